@@ -1,0 +1,4 @@
+//! Span stage: pairs requests with responses and builds spans.
+
+pub mod model;
+pub mod route;

@@ -1,0 +1,81 @@
+//! The span record every later stage (enrich, metrics, sample, export) sees.
+
+/// OpenTelemetry span kind; sonde only produces these two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    /// The traced process accepted the connection and answered the request.
+    Server,
+    /// The traced process opened the connection and sent the request.
+    Client,
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<&str> for AttrValue {
+    fn from(s: &str) -> Self {
+        AttrValue::Str(s.to_owned())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(s: String) -> Self {
+        AttrValue::Str(s)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> Self {
+        AttrValue::Bool(v)
+    }
+}
+
+/// Span status, per the OpenTelemetry trace API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpanStatus {
+    Unset,
+    Error { description: String },
+}
+
+/// One finished span, with wall-clock times and semantic-convention
+/// attributes. Resource attributes are not here: they belong to the process
+/// (`pid`) and are added by the enrich stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Set when the request carried a W3C traceparent.
+    pub parent_span_id: Option<[u8; 8]>,
+    pub name: String,
+    pub kind: SpanKind,
+    /// Unix time in nanoseconds.
+    pub start_unix_ns: u64,
+    /// Unix time in nanoseconds.
+    pub end_unix_ns: u64,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub status: SpanStatus,
+    /// The process (tgid) the span was observed in.
+    pub pid: u32,
+}
+
+impl Span {
+    /// The value of attribute `key`, if set.
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+}

@@ -1,0 +1,1 @@
+//! Low-cardinality routes (being written).

@@ -1,0 +1,158 @@
+//! The contract between sonde's kernel programs and its user-space agent.
+//!
+//! Every record in the ring buffer starts with an [`EventHeader`]. Data
+//! records are followed by `captured_len` bytes: the prefix of the syscall's
+//! buffer that the kernel copied. `total_len` is always the syscall's full byte
+//! count, so user space keeps the true stream offset even when only a prefix
+//! was copied.
+//!
+//! Kinds and enums cross the boundary as `u32` and are decoded with
+//! `TryFrom` in user space.
+#![no_std]
+
+/// The most bytes one record can carry. The per-run capture limit
+/// (`capture.bytes` in the config) is at most this.
+pub const MAX_CAPTURE: usize = 16384;
+/// Default bytes captured per syscall.
+pub const DEFAULT_CAPTURE: u32 = 1024;
+/// How many iovecs of one readv/writev/sendmsg/recvmsg are copied from.
+pub const MAX_IOVECS: u32 = 8;
+
+/// Record kinds (`EventHeader::kind`).
+pub const EVENT_DATA: u32 = 1;
+/// The fd was closed; no payload.
+pub const EVENT_CLOSE: u32 = 2;
+
+/// Directions (`EventHeader::direction`).
+pub const DIR_NONE: u32 = 0;
+/// Bytes written by the traced process.
+pub const DIR_EGRESS: u32 = 1;
+/// Bytes read by the traced process.
+pub const DIR_INGRESS: u32 = 2;
+
+/// Roles (`EventHeader::role`): how the process got the socket.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The process called connect() on it.
+pub const ROLE_CLIENT: u32 = 1;
+/// The process got it from accept()/accept4().
+pub const ROLE_SERVER: u32 = 2;
+
+/// Address families (`SockAddrs::family`), as in the kernel.
+pub const AF_UNIX: u16 = 1;
+/// IPv4.
+pub const AF_INET: u16 = 2;
+/// IPv6.
+pub const AF_INET6: u16 = 10;
+
+/// Syscall numbers as recorded in `EventHeader::syscall` (ours, not the
+/// kernel's, so they are stable across architectures).
+pub mod syscall {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const READV: u32 = 3;
+    pub const WRITEV: u32 = 4;
+    pub const SENDTO: u32 = 5;
+    pub const RECVFROM: u32 = 6;
+    pub const SENDMSG: u32 = 7;
+    pub const RECVMSG: u32 = 8;
+    pub const SENDFILE: u32 = 9;
+    pub const CLOSE: u32 = 10;
+}
+
+/// A socket's two endpoints. Addresses are in network byte order; IPv4
+/// addresses fill the first four bytes. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddrs {
+    pub family: u16,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
+
+/// The fixed header of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// `DIR_*`.
+    pub direction: u32,
+    /// Kernel monotonic time at syscall entry, in nanoseconds.
+    pub start_ns: u64,
+    /// Kernel monotonic time at syscall exit, in nanoseconds.
+    pub end_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// `ROLE_*`.
+    pub role: u32,
+    /// Changes whenever the fd is closed or now names another file.
+    pub generation: u64,
+    /// The syscall's full byte count (its return value).
+    pub total_len: u64,
+    /// How many bytes follow the header.
+    pub captured_len: u32,
+    /// `syscall::*`.
+    pub syscall: u32,
+    pub addrs: SockAddrs,
+}
+pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+const _: () = assert!(HEADER_LEN == 104);
+
+/// Key of the kernel's per-connection maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+
+/// Field offsets inside kernel structures, read from the running kernel's BTF
+/// by user space and handed to the programs as a global, so one object runs on
+/// every kernel layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+
+/// Per-run settings handed to the programs as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// The agent's own process: never traced, so its export cannot feed back.
+    pub agent_tgid: u32,
+    /// Bytes copied per syscall, at most `MAX_CAPTURE`.
+    pub capture_bytes: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` integers and byte arrays with explicit padding.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}
