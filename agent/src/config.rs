@@ -3,6 +3,9 @@
 //! Every section is optional and every key has a default; an unknown key or a
 //! bad value is an error that names the key and its line.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -119,6 +122,819 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             stats_interval_secs: 60,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and checking
+// ---------------------------------------------------------------------------
+
+/// Where in the configuration a problem sits: the file (when it came from
+/// one) and the 1-based line (when it could be found).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Place {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("config")?;
+        if let Some(file) = &self.file {
+            write!(f, " {}", file.display())?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration could not be used. Each variant says where the
+/// problem is; the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error(
+        "config {}: cannot read it: {source} (check the path given to --config and that it is readable)",
+        path.display()
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not YAML, or not a mapping of sections.
+    #[error("{at}: {message}")]
+    Format { at: Place, message: String },
+    /// A key that the schema does not know (often a typo).
+    #[error("{at}: unknown key {key} (expected one of: {expected})")]
+    UnknownKey {
+        at: Place,
+        key: String,
+        expected: String,
+    },
+    /// A known key with a value of the wrong type or out of range.
+    #[error("{at}: {key}: {message}")]
+    Invalid {
+        at: Place,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The place the error points at, if it points at one.
+    pub fn place(&self) -> Option<&Place> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Format { at, .. }
+            | ConfigError::UnknownKey { at, .. }
+            | ConfigError::Invalid { at, .. } => Some(at),
+        }
+    }
+
+    /// The 1-based line the error points at, if known.
+    pub fn line(&self) -> Option<usize> {
+        self.place().and_then(|p| p.line)
+    }
+
+    /// The dotted key the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::UnknownKey { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    fn in_file(mut self, path: &Path) -> Self {
+        match &mut self {
+            ConfigError::Read { .. } => {}
+            ConfigError::Format { at, .. }
+            | ConfigError::UnknownKey { at, .. }
+            | ConfigError::Invalid { at, .. } => at.file = Some(path.to_path_buf()),
+        }
+        self
+    }
+}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|e| e.in_file(path))
+}
+
+/// Parses and checks configuration text. Empty text (or only comments)
+/// gives the defaults.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| decode_error(text, e))?;
+    if let Err((key, message)) = config.check() {
+        return Err(ConfigError::Invalid {
+            at: Place {
+                file: None,
+                line: line_of_key(text, key),
+            },
+            key: key.to_string(),
+            message,
+        });
+    }
+    Ok(config)
+}
+
+impl Config {
+    /// Checks the ranges that the types alone do not enforce. The error has
+    /// no line: use [`parse`] or [`load`] to get one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|(key, message)| ConfigError::Invalid {
+            at: Place::default(),
+            key: key.to_string(),
+            message,
+        })
+    }
+
+    /// The first value out of range, as (dotted key, what is wrong).
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let max_capture = sonde_common::MAX_CAPTURE as u32;
+        let c = &self.capture;
+        if !(1..=max_capture).contains(&c.bytes) {
+            return Err((
+                "capture.bytes",
+                format!("{} is out of range (1..={max_capture})", c.bytes),
+            ));
+        }
+        if c.ring_buffer_bytes < 4096 || !c.ring_buffer_bytes.is_power_of_two() {
+            return Err((
+                "capture.ring_buffer_bytes",
+                format!(
+                    "{} must be a power of two of at least 4096 (for example 16777216)",
+                    c.ring_buffer_bytes
+                ),
+            ));
+        }
+        at_least("capture.max_connections", c.max_connections.into(), 1)?;
+        at_least(
+            "capture.max_buffered_bytes",
+            c.max_buffered_bytes.into(),
+            256,
+        )?;
+        at_least("export.queue_size", self.export.queue_size.into(), 1)?;
+        let otlp = &self.export.otlp;
+        if let Some(protocol) = &otlp.protocol
+            && !OTLP_PROTOCOLS.contains(&protocol.as_str())
+        {
+            return Err((
+                "export.otlp.protocol",
+                format!("{protocol:?} is not a known protocol (expected grpc or http/protobuf)"),
+            ));
+        }
+        at_least("export.otlp.batch_size", otlp.batch_size.into(), 1)?;
+        if self.log.level.trim().is_empty() {
+            return Err((
+                "log.level",
+                "must not be empty (for example info or sonde=debug)".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The values `export.otlp.protocol` accepts.
+pub const OTLP_PROTOCOLS: [&str; 2] = ["grpc", "http/protobuf"];
+
+fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), (&'static str, String)> {
+    if value < min {
+        return Err((key, format!("{value} is out of range (at least {min})")));
+    }
+    Ok(())
+}
+
+/// Turns a decoding error into one that names the key and its line.
+fn decode_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let key = err.path().to_string();
+    let at_root = err.path().iter().next().is_none();
+    let inner = err.into_inner();
+    let reported_line = inner.location().map(|l| l.line());
+    let message = bare_message(&inner.to_string());
+    // YAML syntax errors surface while a value is being read, so they come
+    // with a path, but the position serde_yaml gives is the one that matters.
+    if message.contains("more than one document") {
+        let separator = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("---"))
+            .map(|(i, _)| i + 1)
+            .last();
+        let at = Place {
+            file: None,
+            line: separator,
+        };
+        let message =
+            "the file holds more than one YAML document; keep one (remove the `---` separator)"
+                .to_string();
+        return ConfigError::Format { at, message };
+    }
+    let syntax = message.contains(", while scanning") || message.contains(", while parsing");
+    if syntax || key.contains('?') {
+        let message = if syntax {
+            format!("YAML syntax: {message}")
+        } else {
+            message
+        };
+        let at = Place {
+            file: None,
+            line: reported_line,
+        };
+        return ConfigError::Format { at, message };
+    }
+    // The line of the key itself is the most useful; serde_yaml's own
+    // location is the fallback (it sometimes points at the enclosing map).
+    let line = if at_root {
+        reported_line
+    } else {
+        line_of_key(text, &key).or(reported_line)
+    };
+    let at = Place { file: None, line };
+    if at_root {
+        let message = if message.starts_with("invalid type") {
+            format!(
+                "{message}; the file must be a mapping of sections (capture, http, export, log)"
+            )
+        } else {
+            message
+        };
+        return ConfigError::Format { at, message };
+    }
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let key = format!("{key}.{name}");
+        let at = Place {
+            file: None,
+            line: nth_line_of_key(text, &key, 1).or(at.line),
+        };
+        let message = "is set more than once (keep one)".to_string();
+        return ConfigError::Invalid { at, key, message };
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let expected = rest
+            .split_once("expected ")
+            .map(|(_, list)| {
+                list.trim_start_matches("one of ")
+                    .replace(" or ", ", ")
+                    .replace('`', "")
+            })
+            .unwrap_or_else(|| "no keys here".to_string());
+        return ConfigError::UnknownKey { at, key, expected };
+    }
+    ConfigError::Invalid { at, key, message }
+}
+
+/// serde_yaml's message without the path in front and without the
+/// `at line N column M` positions, which this module reports itself.
+fn bare_message(full: &str) -> String {
+    const AT_LINE: &str = " at line ";
+    let mut out = String::with_capacity(full.len());
+    let mut rest = full;
+    while let Some(idx) = rest.find(AT_LINE) {
+        let tail = &rest[idx + AT_LINE.len()..];
+        let mut skip = None;
+        if let Some((line, after)) = tail.split_once(" column ")
+            && line.parse::<usize>().is_ok()
+        {
+            let digits = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            if digits > 0 {
+                skip = Some(idx + AT_LINE.len() + line.len() + " column ".len() + digits);
+            }
+        }
+        out.push_str(&rest[..idx]);
+        match skip {
+            Some(end) => rest = &rest[end..],
+            None => {
+                out.push_str(AT_LINE);
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    if let Some((head, tail)) = out.split_once(": ")
+        && !head.is_empty()
+        && !head.contains(' ')
+    {
+        return tail.to_string();
+    }
+    out
+}
+
+/// Finds the 1-based line of a dotted key (`export.otlp.endpoint`) in block
+/// style YAML, following indentation. When the key itself is not written
+/// as a block key (flow style, for example) the line of its nearest
+/// ancestor that is is returned.
+pub fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    nth_line_of_key(text, dotted, 0)
+}
+
+/// Like [`line_of_key`], for the `nth` (0-based) time the key is written.
+fn nth_line_of_key(text: &str, dotted: &str, nth: usize) -> Option<usize> {
+    let wanted: Vec<&str> = dotted.split('.').collect();
+    // Keys open at the current position, with their indentation.
+    let mut open: Vec<(usize, String)> = Vec::new();
+    let mut nearest: Option<(usize, usize)> = None; // (matched depth, line)
+    let mut seen = 0;
+    for (index, raw) in text.lines().enumerate() {
+        let body = raw.trim_start_matches(' ');
+        let indent = raw.len() - body.len();
+        if body.is_empty() || body.starts_with('#') || body.starts_with("---") {
+            continue;
+        }
+        let Some(key) = block_key(body) else {
+            continue;
+        };
+        while open.last().is_some_and(|(i, _)| *i >= indent) {
+            open.pop();
+        }
+        open.push((indent, key));
+        let depth = open.len();
+        let matches = depth <= wanted.len()
+            && open
+                .iter()
+                .zip(&wanted)
+                .all(|((_, have), want)| have == want);
+        if !matches {
+            continue;
+        }
+        if depth == wanted.len() {
+            if seen == nth {
+                return Some(index + 1);
+            }
+            seen += 1;
+        }
+        if nearest.is_none_or(|(d, _)| depth > d) {
+            nearest = Some((depth, index + 1));
+        }
+    }
+    nearest.map(|(_, line)| line)
+}
+
+/// The key of a `key: value` or `key:` line, quotes removed.
+fn block_key(body: &str) -> Option<String> {
+    if body.starts_with('-') || body.starts_with('{') || body.starts_with('[') {
+        return None;
+    }
+    let (key, rest) = match body.chars().next()? {
+        q @ ('"' | '\'') => {
+            let close = body[1..].find(q)? + 1;
+            (&body[1..close], &body[close + 1..])
+        }
+        _ => {
+            let colon = body
+                .match_indices(':')
+                .map(|(i, _)| i)
+                .find(|&i| matches!(body.as_bytes().get(i + 1), None | Some(b' ' | b'\t')))?;
+            (body[..colon].trim_end(), &body[colon..])
+        }
+    };
+    let rest = rest.trim_start();
+    if !rest.starts_with(':') {
+        return None;
+    }
+    Some(key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_gives_defaults() {
+        for text in ["", "\n", "# nothing here\n", "---\n", "capture:\n"] {
+            assert_eq!(parse(text).unwrap(), Config::default(), "text {text:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_pass_validation() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn example_file_holds_the_defaults() {
+        let text = include_str!("../../deploy/sonde.example.yaml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let doc = include_str!("../../docs/CONFIGURATION.md");
+        let start = doc.find("```yaml\n").expect("a yaml block in the docs") + 8;
+        let len = doc[start..].find("```").expect("the end of the yaml block");
+        let c = parse(&doc[start..start + len]).unwrap();
+        assert_eq!(c.capture.bytes, 512);
+        assert_eq!(c.export.otlp.protocol.as_deref(), Some("http/protobuf"));
+    }
+
+    #[test]
+    fn every_key_set() {
+        let text = "\
+capture:
+  bytes: 4096
+  ring_buffer_bytes: 8388608
+  max_connections: 1000
+  max_buffered_bytes: 512
+http:
+  capture_query: true
+export:
+  console: false
+  queue_size: 100
+  otlp:
+    endpoint: http://collector:4318
+    traces_endpoint: http://collector:4318/v1/traces
+    protocol: http/protobuf
+    headers:
+      authorization: Bearer abc
+      x-tenant: \"7\"
+    batch_size: 64
+    batch_timeout_ms: 250
+    timeout_ms: 3000
+log:
+  level: debug
+  stats_interval_secs: 0
+";
+        let c = parse(text).unwrap();
+        let want = Config {
+            capture: CaptureConfig {
+                bytes: 4096,
+                ring_buffer_bytes: 8 << 20,
+                max_connections: 1000,
+                max_buffered_bytes: 512,
+            },
+            http: HttpConfig {
+                capture_query: true,
+            },
+            export: ExportConfig {
+                console: Some(false),
+                queue_size: 100,
+                otlp: OtlpConfig {
+                    endpoint: Some("http://collector:4318".into()),
+                    traces_endpoint: Some("http://collector:4318/v1/traces".into()),
+                    protocol: Some("http/protobuf".into()),
+                    headers: [
+                        ("authorization".to_string(), "Bearer abc".to_string()),
+                        ("x-tenant".to_string(), "7".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    batch_size: 64,
+                    batch_timeout_ms: 250,
+                    timeout_ms: 3000,
+                },
+            },
+            log: LogConfig {
+                level: "debug".into(),
+                stats_interval_secs: 0,
+            },
+        };
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = parse("capture:\n  bytes: 64\n").unwrap();
+        assert_eq!(c.capture.bytes, 64);
+        assert_eq!(c.capture.max_connections, 65536);
+        assert_eq!(c.export, ExportConfig::default());
+    }
+
+    /// (name, text, expected key, expected line, words the message must hold)
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+        &'static str,
+    );
+
+    #[test]
+    fn unknown_keys_name_key_and_line() {
+        let cases: [Case; 4] = [
+            (
+                "top level",
+                "capture:\n  bytes: 10\n\ncaptur:\n  bytes: 1\n",
+                "captur",
+                4,
+                "expected one of: capture, http, export, log",
+            ),
+            (
+                "in a section",
+                "capture:\n  bytes: 10\n  bytez: 3\n",
+                "capture.bytez",
+                3,
+                "ring_buffer_bytes",
+            ),
+            (
+                "two levels down",
+                "log:\n  level: info\nexport:\n  queue_size: 5\n  otlp:\n    protocol: grpc\n    endpiont: http://x:4317\n",
+                "export.otlp.endpiont",
+                7,
+                "endpoint, traces_endpoint, protocol",
+            ),
+            (
+                "flow style",
+                "http: {capture_query: true, capture_body: true}\n",
+                "http.capture_body",
+                1,
+                "capture_query",
+            ),
+        ];
+        for (name, text, key, line, words) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::UnknownKey { .. }),
+                "{name}: {err:?}"
+            );
+            assert_eq!(err.key(), Some(key), "{name}");
+            assert_eq!(err.line(), Some(line), "{name}: {err}");
+            let shown = err.to_string();
+            assert!(shown.contains(words), "{name}: {shown}");
+            assert!(
+                shown.starts_with(&format!("config line {line}: unknown key {key} (")),
+                "{name}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let cases: [Case; 12] = [
+            (
+                "string for a number",
+                "capture:\n  bytes: lots\n",
+                "capture.bytes",
+                2,
+                "invalid type: string \"lots\", expected u32",
+            ),
+            (
+                "negative number",
+                "\ncapture:\n  max_connections: -1\n",
+                "capture.max_connections",
+                3,
+                "expected u32",
+            ),
+            (
+                "string for a bool",
+                "http:\n  capture_query: sometimes\n",
+                "http.capture_query",
+                2,
+                "expected a boolean",
+            ),
+            (
+                "number for a section",
+                "log: 3\n",
+                "log",
+                1,
+                "expected struct LogConfig",
+            ),
+            (
+                "bytes too large",
+                "# comment\ncapture:\n  # another\n  bytes: 20000\n",
+                "capture.bytes",
+                4,
+                "20000 is out of range (1..=16384)",
+            ),
+            (
+                "bytes zero",
+                "capture:\n  bytes: 0\n",
+                "capture.bytes",
+                2,
+                "0 is out of range (1..=16384)",
+            ),
+            (
+                "ring buffer not a power of two",
+                "capture:\n  bytes: 10\n  ring_buffer_bytes: 5000\n",
+                "capture.ring_buffer_bytes",
+                3,
+                "power of two",
+            ),
+            (
+                "ring buffer too small",
+                "capture:\n  ring_buffer_bytes: 2048\n",
+                "capture.ring_buffer_bytes",
+                2,
+                "at least 4096",
+            ),
+            (
+                "buffered bytes too small",
+                "capture:\n  max_buffered_bytes: 100\n",
+                "capture.max_buffered_bytes",
+                2,
+                "100 is out of range (at least 256)",
+            ),
+            (
+                "bad protocol",
+                "export:\n  otlp:\n    endpoint: http://x\n    protocol: http/json\n",
+                "export.otlp.protocol",
+                4,
+                "\"http/json\" is not a known protocol (expected grpc or http/protobuf)",
+            ),
+            (
+                "zero batch",
+                "export:\n  otlp:\n    batch_size: 0\n",
+                "export.otlp.batch_size",
+                3,
+                "at least 1",
+            ),
+            (
+                "empty log level",
+                "log:\n  level: \"\"\n",
+                "log.level",
+                2,
+                "must not be empty",
+            ),
+        ];
+        for (name, text, key, line, words) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { .. }),
+                "{name}: {err:?}"
+            );
+            assert_eq!(err.key(), Some(key), "{name}: {err}");
+            assert_eq!(err.line(), Some(line), "{name}: {err}");
+            let shown = err.to_string();
+            assert_eq!(
+                shown,
+                format!(
+                    "config line {line}: {key}: {}",
+                    shown.split_once(&format!("{key}: ")).unwrap().1
+                ),
+                "{name}"
+            );
+            assert!(shown.contains(words), "{name}: {shown}");
+            assert!(!shown.contains(" at line "), "{name}: {shown}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_point_at_the_second() {
+        let text = "capture:\n  bytes: 1\n  max_connections: 5\n  bytes: 2\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.key(), Some("capture.bytes"));
+        assert_eq!(err.line(), Some(4), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "config line 4: capture.bytes: is set more than once (keep one)"
+        );
+    }
+
+    #[test]
+    fn two_documents_are_refused() {
+        let err = parse("capture:\n  bytes: 1\n---\nlog:\n  level: info\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Format { .. }), "{err:?}");
+        assert_eq!(err.line(), Some(3), "{err}");
+    }
+
+    #[test]
+    fn zero_values_with_lower_bound_one() {
+        for (text, key) in [
+            (
+                "capture:\n  max_connections: 0\n",
+                "capture.max_connections",
+            ),
+            ("export:\n  queue_size: 0\n", "export.queue_size"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key(), Some(key));
+            assert_eq!(err.line(), Some(2));
+        }
+    }
+
+    #[test]
+    fn not_a_mapping() {
+        for text in ["- capture\n- log\n", "just words\n", "42\n"] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Format { .. }),
+                "{text:?}: {err:?}"
+            );
+            assert_eq!(err.line(), Some(1), "{text:?}: {err}");
+            assert!(err.to_string().contains("must be a mapping"), "{err}");
+        }
+    }
+
+    #[test]
+    fn yaml_syntax_errors_give_the_line() {
+        let cases = [
+            ("capture:\n  bytes: 'open\n", 3),
+            ("capture:\n\tbytes: 1\n", 2),
+            ("capture:\n  bytes: 1\n - x\n", 3),
+        ];
+        for (text, line) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Format { .. }),
+                "{text:?}: {err:?}"
+            );
+            assert_eq!(err.line(), Some(line), "{text:?}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!("config line {line}: YAML syntax: ")),
+                "{shown}"
+            );
+            assert!(!shown.contains(" column "), "{shown}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("sonde-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sonde.yaml");
+        std::fs::write(
+            &path,
+            "capture:\n  bytes: 1\nexport:\n  otlp:\n    endpiont: x\n",
+        )
+        .unwrap();
+        let err = load(&path).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "config {} line 5: unknown key export.otlp.endpiont (expected one of: endpoint,",
+                path.display()
+            )),
+            "{shown}"
+        );
+        std::fs::write(&path, "capture:\n  bytes: 20000\n").unwrap();
+        let shown = load(&path).unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            format!(
+                "config {} line 2: capture.bytes: 20000 is out of range (1..=16384)",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "log:\n  level: warn\n").unwrap();
+        assert_eq!(load(&path).unwrap().log.level, "warn");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let missing = load(Path::new("/nonexistent/sonde.yaml")).unwrap_err();
+        assert!(matches!(missing, ConfigError::Read { .. }));
+        assert!(missing.to_string().contains("/nonexistent/sonde.yaml"));
+    }
+
+    #[test]
+    fn line_of_key_follows_indentation() {
+        let text = "\
+capture:
+  bytes: 1
+export:
+  # a comment
+  queue_size: 3
+  otlp:
+    headers:
+      \"bytes\": x
+    protocol: grpc
+log: {level: info}
+";
+        let cases = [
+            ("capture", Some(1)),
+            ("capture.bytes", Some(2)),
+            ("export.queue_size", Some(5)),
+            ("export.otlp", Some(6)),
+            ("export.otlp.headers.bytes", Some(8)),
+            ("export.otlp.protocol", Some(9)),
+            ("export.otlp.endpoint", Some(6)),
+            ("log.level", Some(10)),
+            ("http", None),
+        ];
+        for (key, line) in cases {
+            assert_eq!(line_of_key(text, key), line, "{key}");
+        }
+    }
+
+    #[test]
+    fn bare_message_strips_path_and_position() {
+        let cases = [
+            (
+                "capture.bytes: invalid type: string \"x\", expected u32 at line 2 column 10",
+                "invalid type: string \"x\", expected u32",
+            ),
+            (
+                "unknown field `a`, expected `b` at line 1 column 1",
+                "unknown field `a`, expected `b`",
+            ),
+            ("invalid type: sequence", "invalid type: sequence"),
+            (
+                "found unexpected end of stream at line 3 column 1, while scanning a quoted scalar at line 2 column 10",
+                "found unexpected end of stream, while scanning a quoted scalar",
+            ),
+            ("a: value at line x", "value at line x"),
+        ];
+        for (full, bare) in cases {
+            assert_eq!(bare_message(full), bare);
         }
     }
 }

@@ -1,1 +1,208 @@
-fn main() {}
+//! The `sonde` command: `sonde run` traces the host, `sonde check` says
+//! whether it can.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sonde::capture::Clock;
+use sonde::capture::probes::Probes;
+use sonde::config::{self, Config};
+use sonde::enrich::{HostInfo, ProcessResources};
+use sonde::export;
+use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
+use sonde::span::http::HttpSpanOptions;
+use sonde::stats::Stats;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "sonde", version, about = "Zero-instrumentation eBPF tracing agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trace every HTTP/1.x request on this host and export spans.
+    Run {
+        /// YAML configuration file (see docs/CONFIGURATION.md).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check whether this kernel and these privileges can run the agent.
+    Check,
+}
+
+/// Connections with no traffic for this long are finished and forgotten.
+const IDLE_CONN: Duration = Duration::from_secs(300);
+/// How long the ring buffer wait may block, so stop requests are seen quickly.
+const POLL: Duration = Duration::from_millis(100);
+/// Shutdown budget for flushing spans.
+const FLUSH_BUDGET: Duration = Duration::from_secs(4);
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check => {
+            let ok = sonde::check::print(&sonde::check::run_checks());
+            if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Command::Run { config } => match run(config) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sonde: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config_path {
+        Some(path) => config::load(path)?,
+        None => Config::default(),
+    };
+    init_logging(&config.log.level);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sonde-export")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stats = Arc::new(Stats::default());
+    let exporter = runtime
+        .block_on(async { export::start(&config.export, stats.clone()) })
+        .context("starting the exporter")?;
+
+    let mut probes = Probes::start(&config.capture)?;
+    info!(
+        capture_bytes = config.capture.bytes,
+        "sonde ready: syscall tracepoints attached"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        register_stop(signal, stop.clone())?;
+    }
+
+    let mut pipeline = Pipeline::new(
+        PipelineOptions {
+            max_connections: config.capture.max_connections as usize,
+            max_head_bytes: config.capture.max_buffered_bytes as usize,
+            http: HttpSpanOptions {
+                capture_query: config.http.capture_query,
+            },
+        },
+        Clock::now(),
+        ProcessResources::new(HostInfo::detect()),
+        ExportSink(exporter),
+        stats.clone(),
+    );
+    read_loop(&mut probes, &mut pipeline, &stats, &stop, config.log.stats_interval_secs);
+
+    info!("stopping: flushing spans");
+    pipeline.finish_all(Clock::now().to_unix_ns(monotonic_ns()));
+    drop(probes);
+    let exporter = pipeline.into_sink().0;
+    runtime.block_on(exporter.shutdown(FLUSH_BUDGET));
+    info!(summary = %stats.summary(), "sonde stopped");
+    Ok(())
+}
+
+/// Sets `stop` when `signal` arrives. The handler only stores to an atomic.
+fn register_stop(signal: libc::c_int, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let _ = STOP.set(stop);
+    extern "C" fn on_signal(_: libc::c_int) {
+        if let Some(stop) = STOP.get() {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    // SAFETY: the handler is async-signal-safe (one atomic store).
+    let previous = unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        anyhow::bail!("cannot install the handler for signal {signal}");
+    }
+    Ok(())
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads records until `stop` is set, with the periodic chores in between.
+fn read_loop(
+    probes: &mut Probes,
+    pipeline: &mut Pipeline<ExportSink>,
+    stats: &Stats,
+    stop: &AtomicBool,
+    stats_interval_secs: u64,
+) {
+    let fd = probes.events_fd();
+    let mut last_chores = Instant::now();
+    let mut last_summary = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as libc::c_int) };
+        while let Some(record) = probes.events.next() {
+            pipeline.handle_record(&record);
+        }
+        for (key, generation) in pipeline.take_mutes().collect::<Vec<_>>() {
+            probes.mute(key, generation);
+        }
+        if last_chores.elapsed() >= Duration::from_secs(1) {
+            last_chores = Instant::now();
+            stats
+                .events_lost_ringbuf_full
+                .store(probes.lost_records(), Ordering::Relaxed);
+            let clock = Clock::now();
+            pipeline.set_clock(clock);
+            let now = monotonic_ns();
+            pipeline.expire_idle(
+                now.saturating_sub(IDLE_CONN.as_nanos() as u64),
+                clock.to_unix_ns(now),
+            );
+        }
+        if stats_interval_secs > 0 && last_summary.elapsed().as_secs() >= stats_interval_secs {
+            last_summary = Instant::now();
+            info!(
+                connections = pipeline.connections(),
+                "counters: {}",
+                stats.summary()
+            );
+        }
+    }
+    if stats.events_lost_ringbuf_full.load(Ordering::Relaxed) > 0 {
+        warn!("the ring buffer was full at times; raise capture.ring_buffer_bytes");
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

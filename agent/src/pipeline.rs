@@ -1,1 +1,276 @@
-//! TODO
+//! Wires the stages together for one stream of kernel records:
+//! capture (decode) -> conn -> protocol -> span -> enrich -> sink.
+//!
+//! The pipeline does no I/O of its own besides what `enrich` reads from
+//! /proc; records come in as bytes and spans leave through a [`SpanSink`],
+//! so it runs the same under the agent and in benches.
+
+use std::sync::Arc;
+
+use sonde_common::ConnKey;
+
+use crate::capture::{self, Clock, ConnId, Event, Role};
+use crate::conn::{Conn, ConnTable, Displaced};
+use crate::enrich::{ProcessResources, Resource};
+use crate::export::{ExportHandle, ExportItem};
+use crate::protocol::http1::{self, Detect, Http1Conn};
+use crate::protocol::{Chunk, Direction};
+use crate::span::SpanContext;
+use crate::span::http::{HttpPairing, HttpSpanOptions, PairingLoss};
+use crate::span::model::Span;
+use crate::stats::Stats;
+
+/// Where finished spans go.
+pub trait SpanSink {
+    fn send(&mut self, resource: Arc<Resource>, span: Span);
+}
+
+/// The agent's sink: the export queue.
+pub struct ExportSink(pub ExportHandle);
+
+impl SpanSink for ExportSink {
+    fn send(&mut self, resource: Arc<Resource>, span: Span) {
+        self.0.try_send(ExportItem { resource, span });
+    }
+}
+
+/// Chunks with data we look at before deciding a connection carries no
+/// protocol we know.
+const DETECT_CHUNKS: u8 = 4;
+
+/// What we know of a connection's protocol.
+enum Protocol {
+    /// Not decided yet; counts the chunks seen.
+    Unknown(u8),
+    Http1(Box<Http1State>),
+    /// No supported protocol: the kernel was told to ship only message starts.
+    Muted,
+}
+
+struct Http1State {
+    parser: Http1Conn,
+    pairing: HttpPairing,
+}
+
+/// Settings of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub max_connections: usize,
+    pub max_head_bytes: usize,
+    pub http: HttpSpanOptions,
+}
+
+pub struct Pipeline<S: SpanSink> {
+    conns: ConnTable<Protocol>,
+    clock: Clock,
+    options: PipelineOptions,
+    resources: ProcessResources,
+    sink: S,
+    stats: Arc<Stats>,
+    /// Connections to mute in the kernel, taken by the capture loop.
+    to_mute: Vec<(ConnKey, u64)>,
+    messages: Vec<http1::Message>,
+    spans: Vec<Span>,
+}
+
+impl<S: SpanSink> Pipeline<S> {
+    pub fn new(
+        options: PipelineOptions,
+        clock: Clock,
+        resources: ProcessResources,
+        sink: S,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Pipeline {
+            conns: ConnTable::new(options.max_connections),
+            clock,
+            options,
+            resources,
+            sink,
+            stats,
+            to_mute: Vec::new(),
+            messages: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Re-reads the monotonic-to-Unix offset (it moves when the wall clock is set).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections found to carry no supported protocol since the last call.
+    pub fn take_mutes(&mut self) -> std::vec::Drain<'_, (ConnKey, u64)> {
+        self.to_mute.drain(..)
+    }
+
+    /// Handles one ring-buffer record.
+    pub fn handle_record(&mut self, record: &[u8]) {
+        Stats::add(&self.stats.events_read, 1);
+        match capture::decode(record) {
+            Err(_) => Stats::add(&self.stats.events_malformed, 1),
+            Ok(Event::Close { conn, ts_ns }) => {
+                if let Some(c) = self.conns.remove(conn) {
+                    let end = self.clock.to_unix_ns(ts_ns);
+                    self.finish(c, end);
+                }
+            }
+            Ok(Event::Data {
+                conn,
+                role,
+                endpoints,
+                direction,
+                start_ns,
+                end_ns,
+                total_len,
+                payload,
+            }) => {
+                Stats::add(&self.stats.bytes_captured, payload.len() as u64);
+                Stats::add(
+                    &self.stats.bytes_not_captured,
+                    total_len.saturating_sub(payload.len() as u64),
+                );
+                let chunk = Chunk {
+                    data: payload,
+                    total_len,
+                    start_ns: self.clock.to_unix_ns(start_ns),
+                    end_ns: self.clock.to_unix_ns(end_ns),
+                };
+                self.handle_data(conn, role, endpoints, direction, &chunk, end_ns);
+            }
+        }
+    }
+
+    fn handle_data(
+        &mut self,
+        id: ConnId,
+        role: Role,
+        endpoints: capture::Endpoints,
+        dir: Direction,
+        chunk: &Chunk<'_>,
+        mono_ns: u64,
+    ) {
+        let (conn, displaced) =
+            self.conns
+                .lookup(id, role, endpoints, mono_ns, || Protocol::Unknown(0));
+        conn.stream_mut(dir)
+            .advance(chunk.total_len, chunk.data.len());
+
+        // Decide the protocol from the first bytes; a muted connection the
+        // kernel still shipped bytes for starts over, as it may be a message start.
+        if matches!(conn.state, Protocol::Muted) {
+            conn.state = Protocol::Unknown(0);
+        }
+        if let Protocol::Unknown(seen) = &mut conn.state
+            && !chunk.data.is_empty()
+        {
+            match http1::detect(chunk.data) {
+                Detect::Request | Detect::Response => {
+                    conn.state = Protocol::Http1(Box::new(Http1State {
+                        parser: Http1Conn::new(http1::Limits {
+                            max_head_bytes: self.options.max_head_bytes,
+                        }),
+                        pairing: HttpPairing::default(),
+                    }))
+                }
+                Detect::NeedMore if *seen + 1 < DETECT_CHUNKS => *seen += 1,
+                Detect::NeedMore | Detect::No => {
+                    conn.state = Protocol::Muted;
+                    self.to_mute.push((
+                        ConnKey {
+                            tgid: id.tgid,
+                            fd: id.fd,
+                        },
+                        id.generation,
+                    ));
+                }
+            }
+        }
+
+        let ctx = SpanContext {
+            pid: id.tgid,
+            endpoints: conn.endpoints,
+        };
+        let mut loss = PairingLoss::default();
+        if let Protocol::Http1(state) = &mut conn.state {
+            state.parser.feed(dir, chunk, &mut self.messages);
+            let (skipped, resyncs) = state.parser.take_resync();
+            Stats::add(&self.stats.parser_resync_bytes, skipped);
+            Stats::add(&self.stats.parser_resyncs, resyncs);
+            for msg in self.messages.drain(..) {
+                state
+                    .pairing
+                    .push(msg, &ctx, self.options.http, &mut self.spans, &mut loss);
+            }
+        }
+        self.count_loss(loss);
+        match displaced {
+            Displaced::Nothing => {}
+            Displaced::Replaced(old) => self.finish(old, chunk.start_ns),
+            Displaced::Evicted(old) => {
+                Stats::add(&self.stats.conns_evicted, 1);
+                self.finish(old, chunk.start_ns);
+            }
+        }
+        self.emit();
+    }
+
+    /// A connection ended (closed, replaced or evicted): finish its messages.
+    fn finish(&mut self, conn: Conn<Protocol>, end_unix_ns: u64) {
+        if let Protocol::Http1(mut state) = conn.state {
+            let ctx = SpanContext {
+                pid: conn.id.tgid,
+                endpoints: conn.endpoints,
+            };
+            let mut loss = PairingLoss::default();
+            state.parser.close(end_unix_ns, &mut self.messages);
+            for msg in self.messages.drain(..) {
+                state
+                    .pairing
+                    .push(msg, &ctx, self.options.http, &mut self.spans, &mut loss);
+            }
+            state.pairing.finish(&mut loss);
+            self.count_loss(loss);
+            self.emit();
+        }
+    }
+
+    /// Finishes connections idle since before `before_mono_ns`.
+    pub fn expire_idle(&mut self, before_mono_ns: u64, now_unix_ns: u64) {
+        for conn in self.conns.drain_idle(before_mono_ns) {
+            self.finish(conn, now_unix_ns);
+        }
+    }
+
+    /// Finishes every connection (at shutdown).
+    pub fn finish_all(&mut self, now_unix_ns: u64) {
+        for conn in self.conns.drain() {
+            self.finish(conn, now_unix_ns);
+        }
+    }
+
+    fn count_loss(&self, loss: PairingLoss) {
+        Stats::add(&self.stats.requests_unanswered, loss.requests_unanswered);
+        Stats::add(&self.stats.responses_unpaired, loss.responses_unpaired);
+    }
+
+    fn emit(&mut self) {
+        for span in self.spans.drain(..) {
+            Stats::add(&self.stats.spans_built, 1);
+            let resource = self.resources.get(span.pid);
+            self.sink.send(resource, span);
+        }
+    }
+}

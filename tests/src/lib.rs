@@ -1,1 +1,24 @@
+//! Root integration test harness for sonde.
+//!
+//! The tests in `tests/tests/` run the real agent binary (it loads eBPF
+//! programs, so they need root), real servers (nginx, Python) and real
+//! clients (curl, Python), and receive the agent's spans over OTLP in a
+//! receiver that runs inside the test process.
+//!
+//! - [`receiver::Receiver`]: OTLP/gRPC and OTLP/HTTP trace receiver.
+//! - [`agent::Agent`]: starts `target/release/sonde run --config ...`.
+//! - [`servers`]: nginx and a Python upstream.
+//! - [`clients`]: curl and inline Python clients.
+//!
+//! The agent traces the whole host, so tests select spans by the pids and
+//! ports they created themselves.
 
+pub mod agent;
+pub mod clients;
+pub mod receiver;
+pub mod servers;
+pub mod util;
+
+pub use agent::Agent;
+pub use receiver::{Kind, ReceivedSpan, Receiver, Status, Value};
+pub use util::{free_port, require_root};

@@ -1,1 +1,310 @@
-//! TODO
+//! Capture stage: loads the kernel programs and decodes their ring-buffer
+//! records into typed events.
+
+pub mod btf;
+pub mod probes;
+
+use sonde_common::{
+    AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EventHeader,
+    HEADER_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddrs,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::protocol::Direction;
+
+/// How the process got the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Unknown,
+    /// It called connect().
+    Client,
+    /// It accepted it.
+    Server,
+}
+
+impl TryFrom<u32> for Role {
+    type Error = DecodeError;
+    fn try_from(v: u32) -> Result<Self, Self::Error> {
+        match v {
+            ROLE_UNKNOWN => Ok(Role::Unknown),
+            ROLE_CLIENT => Ok(Role::Client),
+            ROLE_SERVER => Ok(Role::Server),
+            other => Err(DecodeError::BadField("role", other)),
+        }
+    }
+}
+
+impl TryFrom<u32> for Direction {
+    type Error = DecodeError;
+    fn try_from(v: u32) -> Result<Self, Self::Error> {
+        match v {
+            DIR_EGRESS => Ok(Direction::Egress),
+            DIR_INGRESS => Ok(Direction::Ingress),
+            other => Err(DecodeError::BadField("direction", other)),
+        }
+    }
+}
+
+/// A socket endpoint as user space sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Ip(IpAddr, u16),
+    Unix,
+    Unknown,
+}
+
+/// Local and peer endpoint of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub local: Endpoint,
+    pub peer: Endpoint,
+}
+
+impl Endpoints {
+    pub fn from_raw(a: &SockAddrs) -> Endpoints {
+        let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
+            match a.family {
+                AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                    bytes[0], bytes[1], bytes[2], bytes[3],
+                ))),
+                AF_INET6 => {
+                    let v6 = Ipv6Addr::from(*bytes);
+                    // Dual-stack sockets talking IPv4 show v4-mapped addresses.
+                    Some(match v6.to_ipv4_mapped() {
+                        Some(v4) => IpAddr::V4(v4),
+                        None => IpAddr::V6(v6),
+                    })
+                }
+                _ => None,
+            }
+        };
+        match a.family {
+            AF_UNIX => Endpoints {
+                local: Endpoint::Unix,
+                peer: Endpoint::Unix,
+            },
+            AF_INET | AF_INET6 => Endpoints {
+                local: ip(&a.local_addr).map_or(Endpoint::Unknown, |i| Endpoint::Ip(i, a.local_port)),
+                peer: ip(&a.peer_addr).map_or(Endpoint::Unknown, |i| Endpoint::Ip(i, a.peer_port)),
+            },
+            _ => Endpoints {
+                local: Endpoint::Unknown,
+                peer: Endpoint::Unknown,
+            },
+        }
+    }
+}
+
+/// A decoded record. Times are kernel monotonic nanoseconds.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Data {
+        conn: ConnId,
+        role: Role,
+        endpoints: Endpoints,
+        direction: Direction,
+        start_ns: u64,
+        end_ns: u64,
+        total_len: u64,
+        payload: &'a [u8],
+    },
+    Close {
+        conn: ConnId,
+        ts_ns: u64,
+    },
+}
+
+/// A connection: (tgid, fd, generation). The generation changes whenever the
+/// fd is closed or reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub tgid: u32,
+    pub fd: u32,
+    pub generation: u64,
+}
+
+/// A record that cannot be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than the {HEADER_LEN}-byte header")]
+    Short(usize),
+    #[error("record announces {announced} captured bytes but carries {carried}")]
+    Length { announced: u32, carried: usize },
+    #[error("bad {0} value {1}")]
+    BadField(&'static str, u32),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
+    if record.len() < HEADER_LEN {
+        return Err(DecodeError::Short(record.len()));
+    }
+    // SAFETY: the length was checked; EventHeader is plain old data and the
+    // read is unaligned-safe.
+    let h: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let conn = ConnId {
+        tgid: h.tgid,
+        fd: h.fd,
+        generation: h.generation,
+    };
+    match h.kind {
+        EVENT_DATA => {
+            let payload = &record[HEADER_LEN..];
+            let captured = h.captured_len as usize;
+            if captured > payload.len() || h.total_len < captured as u64 {
+                return Err(DecodeError::Length {
+                    announced: h.captured_len,
+                    carried: payload.len(),
+                });
+            }
+            Ok(Event::Data {
+                conn,
+                role: Role::try_from(h.role)?,
+                endpoints: Endpoints::from_raw(&h.addrs),
+                direction: Direction::try_from(h.direction)?,
+                start_ns: h.start_ns,
+                end_ns: h.end_ns,
+                total_len: h.total_len,
+                payload: &payload[..captured],
+            })
+        }
+        EVENT_CLOSE => Ok(Event::Close {
+            conn,
+            ts_ns: h.end_ns,
+        }),
+        other => Err(DecodeError::BadField("kind", other)),
+    }
+}
+
+/// Encodes a data record as the kernel would (for tests and benches).
+pub fn encode_data(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
+    let mut h = *header;
+    h.kind = EVENT_DATA;
+    h.captured_len = payload.len() as u32;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    // SAFETY: EventHeader is repr(C) plain data with explicit padding.
+    out.extend_from_slice(unsafe {
+        std::slice::from_raw_parts((&raw const h).cast::<u8>(), HEADER_LEN)
+    });
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Encodes a close record (for tests and benches).
+pub fn encode_close(header: &EventHeader) -> Vec<u8> {
+    let mut h = *header;
+    h.kind = EVENT_CLOSE;
+    h.captured_len = 0;
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts((&raw const h).cast::<u8>(), HEADER_LEN) }.to_vec()
+}
+
+/// Converts kernel monotonic time to Unix time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    /// Measures the offset between CLOCK_REALTIME and CLOCK_MONOTONIC now.
+    pub fn now() -> Clock {
+        let read = |id| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid clock id and pointer.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let mono = read(libc::CLOCK_MONOTONIC);
+        let real = read(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: real - mono,
+        }
+    }
+
+    /// A fixed offset (for tests and benches).
+    pub fn with_offset(offset_ns: i128) -> Clock {
+        Clock { offset_ns }
+    }
+
+    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> EventHeader {
+        EventHeader {
+            direction: DIR_EGRESS,
+            tgid: 42,
+            fd: 7,
+            generation: 9,
+            total_len: 16,
+            addrs: SockAddrs {
+                family: AF_INET,
+                local_port: 8080,
+                peer_port: 40000,
+                _pad: 0,
+                local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                peer_addr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_data() {
+        let rec = encode_data(&header(), b"GET / HTTP/1.1\r\n");
+        let Ok(Event::Data {
+            conn,
+            endpoints,
+            direction,
+            payload,
+            ..
+        }) = decode(&rec)
+        else {
+            panic!("not data");
+        };
+        assert_eq!(
+            conn,
+            ConnId {
+                tgid: 42,
+                fd: 7,
+                generation: 9
+            }
+        );
+        assert_eq!(direction, Direction::Egress);
+        assert_eq!(payload, b"GET / HTTP/1.1\r\n");
+        assert_eq!(
+            endpoints.peer,
+            Endpoint::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 40000)
+        );
+    }
+
+    #[test]
+    fn bad_records_are_errors() {
+        assert_eq!(decode(&[0; 10]).unwrap_err(), DecodeError::Short(10));
+        let mut rec = encode_data(&header(), b"abc");
+        rec.truncate(rec.len() - 1);
+        assert!(matches!(decode(&rec), Err(DecodeError::Length { .. })));
+        let mut h = header();
+        h.kind = 99;
+        let mut rec = encode_close(&h);
+        rec[0] = 99;
+        assert_eq!(decode(&rec).unwrap_err(), DecodeError::BadField("kind", 99));
+    }
+
+    #[test]
+    fn v4_mapped_v6_shows_as_v4() {
+        let mut a = header().addrs;
+        a.family = AF_INET6;
+        a.peer_addr = Ipv6Addr::from(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()).octets();
+        let e = Endpoints::from_raw(&a);
+        assert_eq!(e.peer, Endpoint::Ip(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 40000));
+    }
+}

@@ -1,1 +1,842 @@
-//! TODO
+//! The enrich stage: which process a span came from, as an OpenTelemetry
+//! resource.
+//!
+//! A span only knows the pid (tgid) it was observed in. [`ProcessResources`]
+//! turns that pid into a [`Resource`] by reading `/proc/PID` once and caching
+//! the result, so the hot path is one hash lookup. The resource says which
+//! service the process belongs to (`service.name`), which instance it is, what
+//! it runs and on which host; spans with the same resource are exported
+//! together.
+//!
+//! `service.name` is chosen like an OpenTelemetry SDK inside the process would
+//! choose it, so that spans from sonde and from an instrumented service line
+//! up: `OTEL_SERVICE_NAME` from the process environment, else `service.name`
+//! inside its `OTEL_RESOURCE_ATTRIBUTES`, else the executable name.
+//!
+//! The command line is deliberately not recorded: it often carries passwords
+//! and tokens.
+//!
+//! Parsing (`environ`, `stat`, the `key=value,...` list) is written as pure
+//! functions over bytes so that garbage from `/proc` can be tested without a
+//! live process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::span::model::AttrValue;
+
+/// Processes whose resource is kept at once by [`ProcessResources::new`].
+pub const DEFAULT_PROCESS_CAPACITY: usize = 4096;
+
+/// Most bytes read from `/proc/PID/environ` (larger environments are cut;
+/// the variables sonde looks for are usually set early).
+const MAX_ENVIRON_BYTES: u64 = 1 << 20;
+
+/// `service.name` when nothing at all is known about the process.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// `process.executable.name` when the process could not be inspected.
+pub const UNKNOWN_EXECUTABLE: &str = "unknown";
+
+/// The resource of one process: what every span from it is labelled with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// The value of the `service.name` attribute, kept apart for quick use
+    /// (console output, logs).
+    pub service_name: String,
+    /// All resource attributes, `service.name` included.
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+impl Resource {
+    /// The value of attribute `key`, if set.
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Facts about the host the agent runs on, shared by every resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInfo {
+    /// `host.name`: the kernel host name.
+    pub host_name: String,
+    /// `host.id`: the machine id, when the host has one.
+    pub host_id: Option<String>,
+}
+
+impl HostInfo {
+    /// Reads the host name from `/proc/sys/kernel/hostname` and the machine id
+    /// from `/etc/machine-id` (or `/var/lib/dbus/machine-id`). Never fails:
+    /// an unreadable host name becomes `unknown`, a missing machine id `None`.
+    pub fn detect() -> Self {
+        let host_name = read_trimmed(Path::new("/proc/sys/kernel/hostname"))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let host_id = read_trimmed(Path::new("/etc/machine-id"))
+            .or_else(|| read_trimmed(Path::new("/var/lib/dbus/machine-id")));
+        HostInfo { host_name, host_id }
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// What identifies one run of a process: a pid whose start time or
+/// executable changed belongs to another process (or ran `exec`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    start_time: Option<u64>,
+    exe_path: Option<String>,
+}
+
+/// Everything read from `/proc/PID` to build a resource. Any part may be
+/// missing: the process may have exited or may not be readable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcFacts {
+    /// Field 22 of `/proc/PID/stat`: start time in clock ticks after boot.
+    pub start_time: Option<u64>,
+    /// Target of the `/proc/PID/exe` link, without a ` (deleted)` suffix.
+    pub exe_path: Option<String>,
+    /// `/proc/PID/comm`, without the trailing newline.
+    pub comm: Option<String>,
+    /// Raw `/proc/PID/environ`.
+    pub environ: Option<Vec<u8>>,
+}
+
+impl ProcFacts {
+    /// Reads the facts of `pid` under `proc_root` (normally `/proc`).
+    pub fn read(proc_root: &Path, pid: u32) -> Self {
+        let dir = proc_root.join(pid.to_string());
+        let identity = read_identity(&dir);
+        let comm = std::fs::read(dir.join("comm")).ok().and_then(|b| {
+            let text = String::from_utf8_lossy(&b)
+                .trim_end_matches('\n')
+                .to_owned();
+            (!text.is_empty()).then_some(text)
+        });
+        let environ = std::fs::File::open(dir.join("environ"))
+            .and_then(|f| {
+                let mut buf = Vec::new();
+                f.take(MAX_ENVIRON_BYTES).read_to_end(&mut buf)?;
+                Ok(buf)
+            })
+            .ok();
+        ProcFacts {
+            start_time: identity.start_time,
+            exe_path: identity.exe_path,
+            comm,
+            environ,
+        }
+    }
+}
+
+fn read_identity(dir: &Path) -> Identity {
+    let start_time = std::fs::read(dir.join("stat"))
+        .ok()
+        .and_then(|b| parse_stat_start_time(&b));
+    let exe_path = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| strip_deleted(&p.to_string_lossy()).to_owned())
+        .filter(|p| !p.is_empty());
+    Identity {
+        start_time,
+        exe_path,
+    }
+}
+
+struct Entry {
+    resource: Arc<Resource>,
+    identity: Identity,
+    /// Position in the LRU order.
+    seq: u64,
+    /// Check the identity on the next `get` before trusting the entry.
+    verify: bool,
+}
+
+/// A bounded cache pid → resource.
+///
+/// A hit costs one hash lookup. [`forget`](Self::forget) marks a pid as
+/// doubtful (its process may have exited and the pid may come back as another
+/// process); the next [`get`](Self::get) then compares the start time and
+/// executable in `/proc/PID` with the cached ones and rebuilds the resource
+/// only when they changed. When the cache is full the least recently used
+/// pid is dropped.
+pub struct ProcessResources {
+    host: HostInfo,
+    proc_root: PathBuf,
+    capacity: usize,
+    entries: HashMap<u32, Entry>,
+    /// seq → pid, oldest first.
+    order: BTreeMap<u64, u32>,
+    next_seq: u64,
+}
+
+impl ProcessResources {
+    /// A cache of [`DEFAULT_PROCESS_CAPACITY`] processes read from `/proc`.
+    pub fn new(host: HostInfo) -> Self {
+        Self::with_proc_root(host, "/proc", DEFAULT_PROCESS_CAPACITY)
+    }
+
+    /// A cache of `capacity` processes (at least one) read from `proc_root`,
+    /// for hosts where the host's `/proc` is mounted elsewhere (a container
+    /// with `/host/proc`) and for tests.
+    pub fn with_proc_root(host: HostInfo, proc_root: impl Into<PathBuf>, capacity: usize) -> Self {
+        ProcessResources {
+            host,
+            proc_root: proc_root.into(),
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// The resource of process `pid`. Never fails: a process that is gone
+    /// gets a resource with what is known (its pid, executable `unknown`).
+    pub fn get(&mut self, pid: u32) -> Arc<Resource> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            let trusted = !entry.verify || {
+                let now = read_identity(&self.proc_root.join(pid.to_string()));
+                let same = now == entry.identity;
+                // An entry whose process could not be found stays doubtful,
+                // so that a later process with this pid is noticed.
+                if same && now.start_time.is_some() {
+                    entry.verify = false;
+                }
+                same
+            };
+            if trusted {
+                self.order.remove(&entry.seq);
+                entry.seq = seq;
+                self.order.insert(seq, pid);
+                return Arc::clone(&entry.resource);
+            }
+        }
+
+        let facts = ProcFacts::read(&self.proc_root, pid);
+        let resource = Arc::new(build_resource(&self.host, pid, &facts));
+        let entry = Entry {
+            resource: Arc::clone(&resource),
+            identity: Identity {
+                start_time: facts.start_time,
+                exe_path: facts.exe_path,
+            },
+            seq,
+            verify: facts.start_time.is_none(),
+        };
+        if let Some(old) = self.entries.insert(pid, entry) {
+            self.order.remove(&old.seq);
+        }
+        self.order.insert(seq, pid);
+        while self.entries.len() > self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+        resource
+    }
+
+    /// Says that `pid` may have exited (and its pid may be reused). The entry
+    /// is kept, but the next [`get`](Self::get) checks it against `/proc`.
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            entry.verify = true;
+        }
+    }
+
+    /// Processes cached.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Builds the resource of process `pid` from what was read about it.
+pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource {
+    let exe_name = facts
+        .exe_path
+        .as_deref()
+        .map(executable_name)
+        .filter(|n| !n.is_empty())
+        .or(facts.comm.as_deref())
+        .map(str::to_owned);
+
+    let environ = facts.environ.as_deref().unwrap_or_default();
+    let env_text = |name: &str| {
+        environ_var(environ, name)
+            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    // Per the OpenTelemetry resource spec, a list that cannot be decoded is
+    // ignored as a whole.
+    let env_attributes = env_text("OTEL_RESOURCE_ATTRIBUTES")
+        .and_then(|text| parse_key_value_list(&text).ok())
+        .unwrap_or_default();
+    let env_attr = |key: &str| {
+        env_attributes
+            .iter()
+            .rev()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+
+    let service_name = env_text("OTEL_SERVICE_NAME")
+        .or_else(|| env_attr("service.name"))
+        .or_else(|| exe_name.clone())
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+    let instance_id = env_attr("service.instance.id").unwrap_or_else(|| {
+        let host_key = host.host_id.as_deref().unwrap_or(&host.host_name);
+        instance_uuid(host_key, pid, facts.start_time.unwrap_or(0))
+    });
+
+    let mut attributes: Vec<(String, AttrValue)> = vec![
+        ("service.name".into(), service_name.clone().into()),
+        ("service.instance.id".into(), instance_id.into()),
+        ("process.pid".into(), AttrValue::Int(i64::from(pid))),
+        (
+            "process.executable.name".into(),
+            exe_name
+                .unwrap_or_else(|| UNKNOWN_EXECUTABLE.to_owned())
+                .into(),
+        ),
+    ];
+    if let Some(path) = &facts.exe_path {
+        attributes.push(("process.executable.path".into(), path.clone().into()));
+    }
+    attributes.push(("host.name".into(), host.host_name.clone().into()));
+    if let Some(id) = &host.host_id {
+        attributes.push(("host.id".into(), id.clone().into()));
+    }
+    attributes.push(("telemetry.distro.name".into(), "sonde".into()));
+    attributes.push((
+        "telemetry.distro.version".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    ));
+
+    // The remaining OTEL_RESOURCE_ATTRIBUTES entries (service.version,
+    // deployment.environment.name, ...). What sonde observed itself wins
+    // over what the environment claims.
+    for (key, value) in env_attributes {
+        if AGENT_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        match attributes.iter_mut().find(|(k, _)| *k == key) {
+            // A later duplicate in the list wins.
+            Some(slot) => slot.1 = value.into(),
+            None => attributes.push((key, value.into())),
+        }
+    }
+
+    Resource {
+        service_name,
+        attributes,
+    }
+}
+
+/// Keys [`build_resource`] sets from its own observations; an
+/// `OTEL_RESOURCE_ATTRIBUTES` entry never replaces them (`service.name` and
+/// `service.instance.id` from that list are used when choosing the values).
+const AGENT_KEYS: &[&str] = &[
+    "service.name",
+    "service.instance.id",
+    "process.pid",
+    "process.executable.name",
+    "process.executable.path",
+    "host.name",
+    "host.id",
+    "telemetry.distro.name",
+    "telemetry.distro.version",
+];
+
+/// `service.instance.id`: a UUID (version 8, "custom") derived from the host
+/// (machine id, else host name), the pid and the process start time. The
+/// same process gets the same id across agent restarts, and a later process
+/// that reuses the pid gets another one. The hash is FNV-1a over 128 bits,
+/// fixed here so that the id never changes between sonde versions.
+pub fn instance_uuid(host_key: &str, pid: u32, start_time: u64) -> String {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut hash = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u128::from(b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    feed(b"sonde.instance\0");
+    feed(host_key.as_bytes());
+    feed(&[0]);
+    feed(&pid.to_le_bytes());
+    feed(&start_time.to_le_bytes());
+    let mut b = hash.to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The value of variable `name` in a raw environment block (`NAME=value`
+/// entries separated by NUL bytes), as the C library's `getenv` would find
+/// it: the first entry wins.
+pub fn environ_var<'a>(environ: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let rest = entry.strip_prefix(name.as_bytes())?;
+        rest.strip_prefix(b"=")
+    })
+}
+
+/// Field 22 (`starttime`) of a `/proc/PID/stat` line. The second field is
+/// the command name in parentheses, which may itself hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse_stat_start_time(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the `)` come fields 3 (state) onwards: field 22 is the 20th.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Strips the ` (deleted)` the kernel appends to the `exe` link of a process
+/// whose binary was removed or replaced.
+fn strip_deleted(path: &str) -> &str {
+    path.strip_suffix(" (deleted)").unwrap_or(path)
+}
+
+/// The file name of an executable path (`/usr/sbin/nginx` → `nginx`).
+pub fn executable_name(path: &str) -> &str {
+    let path = strip_deleted(path).trim_end_matches('/');
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Why a `key=value,...` list could not be read. Entries are named by their
+/// position, never by their text: header lists carry credentials.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyValueError {
+    #[error("entry {0} has no `=` (expected key=value)")]
+    MissingEquals(usize),
+    #[error("entry {0} has an empty key")]
+    EmptyKey(usize),
+    #[error("entry {0} has a bad percent escape (expected %XX with two hex digits, giving UTF-8)")]
+    BadEscape(usize),
+}
+
+/// Parses the `key1=value1,key2=value2` lists of `OTEL_RESOURCE_ATTRIBUTES`
+/// and `OTEL_EXPORTER_OTLP_HEADERS`: keys and values are trimmed and
+/// percent-decoded, empty entries are skipped. Entries are 1-based in errors.
+pub fn parse_key_value_list(text: &str) -> Result<Vec<(String, String)>, KeyValueError> {
+    let mut out = Vec::new();
+    for (i, entry) in text.split(',').enumerate() {
+        let n = i + 1;
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or(KeyValueError::MissingEquals(n))?;
+        let key = percent_decode(key.trim()).ok_or(KeyValueError::BadEscape(n))?;
+        let value = percent_decode(value.trim()).ok_or(KeyValueError::BadEscape(n))?;
+        if key.trim().is_empty() {
+            return Err(KeyValueError::EmptyKey(n));
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes. `None` when an escape is malformed or the result
+/// is not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex_digit(*bytes.get(i + 1)?)?;
+            let lo = hex_digit(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostInfo {
+        HostInfo {
+            host_name: "node-1".into(),
+            host_id: Some("0123456789abcdef".into()),
+        }
+    }
+
+    fn facts(exe: Option<&str>, comm: Option<&str>, environ: &[u8]) -> ProcFacts {
+        ProcFacts {
+            start_time: Some(4242),
+            exe_path: exe.map(str::to_owned),
+            comm: comm.map(str::to_owned),
+            environ: Some(environ.to_vec()),
+        }
+    }
+
+    fn str_attr<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
+        match r.attr(key)? {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn environ_lookup() {
+        let env = b"PATH=/bin\0OTEL_SERVICE_NAME_X=no\0OTEL_SERVICE_NAME=shop\0OTEL_SERVICE_NAME=second\0";
+        assert_eq!(environ_var(env, "OTEL_SERVICE_NAME"), Some(&b"shop"[..]));
+        assert_eq!(environ_var(env, "PATH"), Some(&b"/bin"[..]));
+        assert_eq!(environ_var(env, "HOME"), None);
+        assert_eq!(environ_var(b"", "PATH"), None);
+        assert_eq!(environ_var(b"\0\0\0", "PATH"), None);
+        // An entry without `=` is not a match, even with the right name.
+        assert_eq!(environ_var(b"PATH\0PATH=x", "PATH"), Some(&b"x"[..]));
+        // No trailing NUL, empty value, value holding `=`, invalid UTF-8.
+        assert_eq!(environ_var(b"A=", "A"), Some(&b""[..]));
+        assert_eq!(environ_var(b"A=b=c", "A"), Some(&b"b=c"[..]));
+        assert_eq!(environ_var(b"\xff\xfe\0A=\xff", "A"), Some(&b"\xff"[..]));
+    }
+
+    #[test]
+    fn key_value_lists() {
+        assert_eq!(
+            parse_key_value_list(" service.name = shop , deployment.environment.name=prod,")
+                .unwrap(),
+            vec![
+                ("service.name".into(), "shop".into()),
+                ("deployment.environment.name".into(), "prod".into()),
+            ]
+        );
+        assert_eq!(
+            parse_key_value_list("a%2Cb=c%3Dd%20e,,k=").unwrap(),
+            vec![("a,b".into(), "c=d e".into()), ("k".into(), String::new())]
+        );
+        assert_eq!(
+            parse_key_value_list("k=caf%C3%A9").unwrap(),
+            vec![("k".into(), "café".into())]
+        );
+        assert_eq!(parse_key_value_list("").unwrap(), vec![]);
+        assert_eq!(parse_key_value_list(" , ").unwrap(), vec![]);
+        assert_eq!(
+            parse_key_value_list("a=1,b"),
+            Err(KeyValueError::MissingEquals(2))
+        );
+        assert_eq!(parse_key_value_list("=1"), Err(KeyValueError::EmptyKey(1)));
+        assert_eq!(
+            parse_key_value_list("a=%zz"),
+            Err(KeyValueError::BadEscape(1))
+        );
+        assert_eq!(
+            parse_key_value_list("a=%4"),
+            Err(KeyValueError::BadEscape(1))
+        );
+        assert_eq!(
+            parse_key_value_list("a=%"),
+            Err(KeyValueError::BadEscape(1))
+        );
+        assert_eq!(
+            parse_key_value_list("a=%ff"),
+            Err(KeyValueError::BadEscape(1))
+        );
+        // Errors never echo the text (it may be a credential).
+        let msg = parse_key_value_list("authorization=Bearer%zzsecret")
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("secret"), "{msg}");
+    }
+
+    #[test]
+    fn stat_start_time() {
+        let line = b"1234 (nginx) S 1 1234 1234 0 -1 4194560 1300 0 0 0 4 2 0 0 20 0 1 0 987654 12345678 456 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 3 0 0 0 0 0\n";
+        assert_eq!(parse_stat_start_time(line), Some(987654));
+        let tricky = b"77 (a) b (c) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0\n";
+        assert_eq!(parse_stat_start_time(tricky), Some(555));
+        assert_eq!(parse_stat_start_time(b""), None);
+        assert_eq!(parse_stat_start_time(b"1234 (nginx S 1 2 3"), None);
+        assert_eq!(parse_stat_start_time(b"1 (x) S 1 2 3 4 5"), None);
+        assert_eq!(
+            parse_stat_start_time(b"1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 0"),
+            None
+        );
+        assert_eq!(parse_stat_start_time(b"\xff\xff)\xff\xff"), None);
+        // Every prefix of a valid line is handled without panicking.
+        for end in 0..line.len() {
+            let _ = parse_stat_start_time(&line[..end]);
+        }
+    }
+
+    #[test]
+    fn executable_names() {
+        assert_eq!(executable_name("/usr/sbin/nginx"), "nginx");
+        assert_eq!(
+            executable_name("/usr/bin/python3.12 (deleted)"),
+            "python3.12"
+        );
+        assert_eq!(executable_name("redis-server"), "redis-server");
+        assert_eq!(executable_name(""), "");
+        assert_eq!(executable_name("/"), "");
+    }
+
+    #[test]
+    fn service_name_precedence() {
+        let both =
+            b"OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs\0OTEL_SERVICE_NAME=from-env\0";
+        let r = build_resource(&host(), 7, &facts(Some("/usr/bin/app"), Some("app"), both));
+        assert_eq!(r.service_name, "from-env");
+        assert_eq!(str_attr(&r, "service.name"), Some("from-env"));
+
+        let attrs = b"OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs\0OTEL_SERVICE_NAME=  \0";
+        let r = build_resource(&host(), 7, &facts(Some("/usr/bin/app"), Some("app"), attrs));
+        assert_eq!(r.service_name, "from-attrs");
+
+        let r = build_resource(
+            &host(),
+            7,
+            &facts(Some("/usr/bin/app (deleted)"), Some("c"), b""),
+        );
+        assert_eq!(r.service_name, "app");
+        assert_eq!(
+            str_attr(&r, "process.executable.path"),
+            Some("/usr/bin/app (deleted)")
+        );
+
+        let r = build_resource(&host(), 7, &facts(None, Some("worker 3"), b""));
+        assert_eq!(r.service_name, "worker 3");
+        assert_eq!(str_attr(&r, "process.executable.name"), Some("worker 3"));
+        assert_eq!(r.attr("process.executable.path"), None);
+    }
+
+    #[test]
+    fn resource_attributes() {
+        let env = b"OTEL_RESOURCE_ATTRIBUTES=service.version=1.2,deployment.environment.name=prod%2Ceu,process.pid=1,host.name=spoofed,service.version=1.3\0";
+        let r = build_resource(&host(), 31337, &facts(Some("/srv/shop"), None, env));
+        assert_eq!(r.service_name, "shop");
+        assert_eq!(r.attr("process.pid"), Some(&AttrValue::Int(31337)));
+        assert_eq!(str_attr(&r, "host.name"), Some("node-1"));
+        assert_eq!(str_attr(&r, "host.id"), Some("0123456789abcdef"));
+        assert_eq!(str_attr(&r, "service.version"), Some("1.3"));
+        assert_eq!(str_attr(&r, "deployment.environment.name"), Some("prod,eu"));
+        assert_eq!(str_attr(&r, "telemetry.distro.name"), Some("sonde"));
+        assert_eq!(
+            str_attr(&r, "telemetry.distro.version"),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert!(r.attr("process.command_line").is_none());
+        let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        for key in &keys {
+            assert_eq!(keys.iter().filter(|k| *k == key).count(), 1, "{key} twice");
+        }
+        assert_eq!(
+            str_attr(&r, "service.instance.id"),
+            Some(instance_uuid("0123456789abcdef", 31337, 4242).as_str())
+        );
+
+        let own_id = b"OTEL_RESOURCE_ATTRIBUTES=service.instance.id=pod-7\0";
+        let r = build_resource(&host(), 1, &facts(Some("/srv/shop"), None, own_id));
+        assert_eq!(str_attr(&r, "service.instance.id"), Some("pod-7"));
+
+        // A list that cannot be decoded is dropped as a whole.
+        let bad = b"OTEL_SERVICE_NAME=shop\0OTEL_RESOURCE_ATTRIBUTES=a=1,b=%zz\0";
+        let r = build_resource(&host(), 1, &facts(Some("/srv/x"), None, bad));
+        assert_eq!(r.service_name, "shop");
+        assert!(r.attr("a").is_none());
+
+        let no_host_id = HostInfo {
+            host_name: "h".into(),
+            host_id: None,
+        };
+        let r = build_resource(&no_host_id, 1, &facts(Some("/srv/x"), None, b""));
+        assert!(r.attr("host.id").is_none());
+    }
+
+    #[test]
+    fn vanished_process() {
+        let r = build_resource(&host(), 99, &ProcFacts::default());
+        assert_eq!(r.service_name, UNKNOWN_SERVICE);
+        assert_eq!(r.attr("process.pid"), Some(&AttrValue::Int(99)));
+        assert_eq!(
+            str_attr(&r, "process.executable.name"),
+            Some(UNKNOWN_EXECUTABLE)
+        );
+        assert_eq!(r.attr("process.executable.path"), None);
+        // Garbage in the environment block.
+        let f = ProcFacts {
+            environ: Some(b"\xff\0OTEL_SERVICE_NAME=\xff\xfe\0=\0".to_vec()),
+            ..ProcFacts::default()
+        };
+        let r = build_resource(&host(), 99, &f);
+        assert_eq!(r.service_name, "\u{fffd}\u{fffd}");
+    }
+
+    #[test]
+    fn instance_ids() {
+        let a = instance_uuid("host", 10, 500);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.as_bytes()[14], b'8');
+        assert!(matches!(a.as_bytes()[19], b'8' | b'9' | b'a' | b'b'));
+        assert_eq!(a, instance_uuid("host", 10, 500));
+        assert_ne!(a, instance_uuid("host", 10, 501));
+        assert_ne!(a, instance_uuid("host", 11, 500));
+        assert_ne!(a, instance_uuid("other", 10, 500));
+        // Fixed forever: the id of a process must not change when sonde is
+        // upgraded.
+        assert_eq!(a, GOLDEN_INSTANCE_ID);
+    }
+
+    const GOLDEN_INSTANCE_ID: &str = "4d98d073-1b31-8561-854d-5775efe5719a";
+
+    /// A throwaway directory laid out like `/proc`.
+    struct FakeProc(PathBuf);
+
+    impl FakeProc {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("sonde-enrich-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            FakeProc(dir)
+        }
+
+        fn process(&self, pid: u32, start: u64, exe: &str, environ: &[u8]) {
+            let dir = self.0.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let name = executable_name(exe);
+            let stat = format!(
+                "{pid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 100 10\n"
+            );
+            std::fs::write(dir.join("stat"), stat).unwrap();
+            std::fs::write(dir.join("comm"), format!("{name}\n")).unwrap();
+            std::fs::write(dir.join("environ"), environ).unwrap();
+            let link = dir.join("exe");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(exe, &link).unwrap();
+        }
+
+        fn exit(&self, pid: u32) {
+            std::fs::remove_dir_all(self.0.join(pid.to_string())).unwrap();
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn cache_follows_process_lifetimes() {
+        let proc = FakeProc::new("life");
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16);
+        proc.process(100, 1000, "/usr/sbin/nginx", b"OTEL_SERVICE_NAME=web\0");
+
+        let first = cache.get(100);
+        assert_eq!(first.service_name, "web");
+        assert_eq!(
+            str_attr(&first, "process.executable.path"),
+            Some("/usr/sbin/nginx")
+        );
+
+        // A hit does not look at /proc again.
+        proc.process(100, 2000, "/usr/bin/redis-server", b"");
+        assert!(Arc::ptr_eq(&first, &cache.get(100)));
+
+        // After `forget`, a changed start time means another process.
+        cache.forget(100);
+        let second = cache.get(100);
+        assert_eq!(second.service_name, "redis-server");
+        assert!(!Arc::ptr_eq(&first, &second));
+
+        // `forget` of a process that is still the same keeps the resource.
+        cache.forget(100);
+        assert!(Arc::ptr_eq(&second, &cache.get(100)));
+        cache.forget(12345); // unknown pid: nothing happens
+
+        // A process that is gone: what is known, and a stable resource.
+        proc.exit(100);
+        cache.forget(100);
+        let gone = cache.get(100);
+        assert_eq!(gone.service_name, UNKNOWN_SERVICE);
+        assert_eq!(gone.attr("process.pid"), Some(&AttrValue::Int(100)));
+        assert!(Arc::ptr_eq(&gone, &cache.get(100)));
+        // ... until a new process takes the pid.
+        proc.process(100, 3000, "/usr/bin/python3", b"");
+        assert_eq!(cache.get(100).service_name, "python3");
+
+        let never = cache.get(4_000_000);
+        assert_eq!(never.service_name, UNKNOWN_SERVICE);
+    }
+
+    #[test]
+    fn cache_is_bounded_lru() {
+        let proc = FakeProc::new("lru");
+        for pid in 1..=4 {
+            proc.process(pid, u64::from(pid), &format!("/bin/p{pid}"), b"");
+        }
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 2);
+        let one = cache.get(1);
+        let _two = cache.get(2);
+        assert!(Arc::ptr_eq(&one, &cache.get(1))); // 1 is now the most recent
+        cache.get(3); // evicts 2
+        assert_eq!(cache.len(), 2);
+        assert!(Arc::ptr_eq(&one, &cache.get(1)));
+        cache.get(4); // evicts 3
+        cache.get(1);
+        assert_eq!(cache.len(), 2);
+        assert!(Arc::ptr_eq(&one, &cache.get(1)));
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let mut cache = ProcessResources::new(HostInfo::detect());
+        let me = cache.get(std::process::id());
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            str_attr(&me, "process.executable.name"),
+            Some(name.as_str())
+        );
+        assert_eq!(
+            me.attr("process.pid"),
+            Some(&AttrValue::Int(i64::from(std::process::id())))
+        );
+        assert!(!me.service_name.is_empty());
+        assert!(!HostInfo::detect().host_name.is_empty());
+    }
+}

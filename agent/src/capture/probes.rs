@@ -1,0 +1,154 @@
+//! Loading the kernel programs, attaching them, and the maps user space
+//! reads and writes.
+//!
+//! Every program is attached through a perf-event link held by an fd of this
+//! process: when the agent exits, however it exits, the kernel detaches them.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use sonde_common::{ConnKey, MAX_CAPTURE, ProbeConfig};
+
+use super::btf::{Btf, BtfError};
+use crate::config::CaptureConfig;
+
+/// The compiled kernel object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
+
+/// Syscall tracepoints, as `(name, category)`; all in `syscalls`.
+const TRACEPOINTS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "sys_enter_close",
+];
+
+/// Why the probes could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("reading kernel structure offsets: {0}")]
+    Btf(#[from] BtfError),
+    #[error("tracefs: {0}")]
+    Tracefs(String),
+    #[error(
+        "loading the eBPF programs: {0} (run `sonde check` to see what this kernel or these privileges lack)"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source} (run `sonde check`)")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+}
+
+/// The loaded and attached programs and the maps user space uses.
+pub struct Probes {
+    /// Holds the programs and their links; dropping it detaches everything.
+    _ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    muted: BpfHashMap<MapData, ConnKey, u64>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads the programs with this run's settings and attaches them all.
+    pub fn start(config: &CaptureConfig) -> Result<Probes, ProbeError> {
+        crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
+        let probe_config = ProbeConfig {
+            agent_tgid: std::process::id(),
+            capture_bytes: config.bytes.clamp(1, MAX_CAPTURE as u32),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &probe_config, true)
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("SCRATCH", cpus as u32)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .map_max_entries("CONNS", config.max_connections)
+            .map_max_entries("MUTED", config.max_connections)
+            .load(EBPF_OBJECT)?;
+
+        for &name in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .attach("syscalls", name)
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+        };
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let muted = BpfHashMap::try_from(take(&mut ebpf, "MUTED")?)
+            .map_err(|source| ProbeError::Map { name: "MUTED", source })?;
+        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
+            .map_err(|source| ProbeError::Map { name: "LOST", source })?;
+        Ok(Probes {
+            _ebpf: ebpf,
+            events,
+            muted,
+            lost,
+        })
+    }
+
+    /// The ring buffer's fd, to wait on.
+    pub fn events_fd(&self) -> RawFd {
+        self.events.as_fd().as_raw_fd()
+    }
+
+    /// Tells the kernel to ship only message starts for this connection.
+    pub fn mute(&mut self, key: ConnKey, generation: u64) {
+        // A full map evicts its oldest entry (LRU); nothing to count here.
+        let _ = self.muted.insert(key, generation, 0);
+    }
+
+    /// Records the kernel dropped because the ring buffer was full, so far.
+    pub fn lost_records(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}

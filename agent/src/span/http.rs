@@ -1,0 +1,252 @@
+//! HTTP/1.x spans: requests paired with responses in order, then turned into
+//! spans with the HTTP semantic conventions.
+
+use std::collections::VecDeque;
+
+use super::model::{AttrValue, Span, SpanKind, SpanStatus};
+use super::{SpanContext, ids, route};
+use crate::capture::Endpoint;
+use crate::protocol::Direction;
+use crate::protocol::http1::{Message, Request, Response};
+
+/// Requests or responses waiting for their other half, per connection; more
+/// than this means pairing is lost, and the oldest is dropped and counted.
+const MAX_WAITING: usize = 256;
+
+/// What pairing produced besides spans, for the agent's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PairingLoss {
+    pub requests_unanswered: u64,
+    pub responses_unpaired: u64,
+}
+
+/// Pairs one connection's requests and responses in order (HTTP/1.x
+/// answers in request order, pipelined or not).
+#[derive(Debug, Default)]
+pub struct HttpPairing {
+    requests: VecDeque<Request>,
+    responses: VecDeque<Response>,
+}
+
+/// Span options from the config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpSpanOptions {
+    pub capture_query: bool,
+}
+
+impl HttpPairing {
+    /// Takes one parsed message; pushes a span for every completed pair.
+    pub fn push(
+        &mut self,
+        msg: Message,
+        ctx: &SpanContext,
+        options: HttpSpanOptions,
+        out: &mut Vec<Span>,
+        loss: &mut PairingLoss,
+    ) {
+        match msg {
+            Message::Request(req) => {
+                if self.requests.len() >= MAX_WAITING {
+                    self.requests.pop_front();
+                    loss.requests_unanswered += 1;
+                }
+                self.requests.push_back(req);
+            }
+            // Interim responses (100 Continue, 103 Early Hints) do not answer.
+            Message::Response(resp) if (100..200).contains(&resp.status) => {}
+            Message::Response(resp) => {
+                if self.responses.len() >= MAX_WAITING {
+                    self.responses.pop_front();
+                    loss.responses_unpaired += 1;
+                }
+                self.responses.push_back(resp);
+            }
+        }
+        while let (Some(req), Some(resp)) = (self.requests.front(), self.responses.front()) {
+            // A response that ended before its request began answers a
+            // request we never saw: drop it rather than shift every pair.
+            if resp.last_ns < req.first_ns {
+                self.responses.pop_front();
+                loss.responses_unpaired += 1;
+                continue;
+            }
+            if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front()) {
+                out.push(build_span(&req, &resp, ctx, options));
+            }
+        }
+    }
+
+    /// The connection ended: whatever still waits is lost.
+    pub fn finish(&mut self, loss: &mut PairingLoss) {
+        loss.requests_unanswered += self.requests.len() as u64;
+        loss.responses_unpaired += self.responses.len() as u64;
+        self.requests.clear();
+        self.responses.clear();
+    }
+}
+
+fn endpoint_attrs(
+    attrs: &mut Vec<(&'static str, AttrValue)>,
+    addr_key: &'static str,
+    port_key: &'static str,
+    ep: Endpoint,
+) {
+    if let Endpoint::Ip(ip, port) = ep {
+        attrs.push((addr_key, ip.to_string().into()));
+        attrs.push((port_key, i64::from(port).into()));
+    }
+}
+
+/// Splits a Host header into name and port.
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        if let Some((addr, tail)) = rest.split_once(']') {
+            return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+/// Builds the span of one request/response pair.
+pub fn build_span(
+    req: &Request,
+    resp: &Response,
+    ctx: &SpanContext,
+    options: HttpSpanOptions,
+) -> Span {
+    let kind = match req.dir {
+        Direction::Ingress => SpanKind::Server,
+        Direction::Egress => SpanKind::Client,
+    };
+    let path = route::path_only(&req.target);
+    let route = route::route(path);
+    let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
+    attrs.push(("http.request.method", req.method.clone().into()));
+    attrs.push(("http.response.status_code", i64::from(resp.status).into()));
+    attrs.push(("url.path", path.into()));
+    if options.capture_query
+        && let Some(q) = route::query(&req.target)
+    {
+        attrs.push(("url.query", q.into()));
+    }
+    attrs.push(("url.scheme", "http".into()));
+    attrs.push(("http.route", route.clone().into()));
+    attrs.push(("network.protocol.name", "http".into()));
+    attrs.push((
+        "network.protocol.version",
+        format!("1.{}", req.version_minor).into(),
+    ));
+    attrs.push((
+        "network.transport",
+        match ctx.endpoints.peer {
+            Endpoint::Unix => "unix",
+            _ => "tcp",
+        }
+        .into(),
+    ));
+    endpoint_attrs(
+        &mut attrs,
+        "network.peer.address",
+        "network.peer.port",
+        ctx.endpoints.peer,
+    );
+    let host = req.host.as_deref().map(split_host);
+    match kind {
+        SpanKind::Server => {
+            if let Some((name, port)) = host {
+                attrs.push(("server.address", name.into()));
+                if let Some(p) = port.or(match ctx.endpoints.local {
+                    Endpoint::Ip(_, p) => Some(p),
+                    _ => None,
+                }) {
+                    attrs.push(("server.port", i64::from(p).into()));
+                }
+            }
+            endpoint_attrs(
+                &mut attrs,
+                "client.address",
+                "client.port",
+                ctx.endpoints.peer,
+            );
+        }
+        SpanKind::Client => {
+            let (name, port) = match (host, ctx.endpoints.peer) {
+                (Some((name, port)), Endpoint::Ip(_, peer_port)) => {
+                    (name.to_owned(), Some(port.unwrap_or(peer_port)))
+                }
+                (Some((name, port)), _) => (name.to_owned(), port),
+                (None, Endpoint::Ip(ip, p)) => (ip.to_string(), Some(p)),
+                (None, _) => ("localhost".to_owned(), None),
+            };
+            let authority = match port {
+                Some(p) if p != 80 => format!("{name}:{p}"),
+                _ => name.clone(),
+            };
+            attrs.push(("url.full", format!("http://{authority}{path}").into()));
+            attrs.push(("server.address", name.into()));
+            if let Some(p) = port {
+                attrs.push(("server.port", i64::from(p).into()));
+            }
+        }
+    }
+    if let Some(ua) = &req.user_agent {
+        attrs.push(("user_agent.original", ua.clone().into()));
+    }
+    if let Some(n) = req.content_length {
+        attrs.push(("http.request.body.size", (n as i64).into()));
+    }
+    if let Some(n) = resp.content_length {
+        attrs.push(("http.response.body.size", (n as i64).into()));
+    }
+
+    // Servers own 5xx; a client also failed on 4xx.
+    let failed = match kind {
+        SpanKind::Server => resp.status >= 500,
+        SpanKind::Client => resp.status >= 400,
+    };
+    let status = if failed {
+        attrs.push(("error.type", resp.status.to_string().into()));
+        SpanStatus::Error {
+            description: String::new(),
+        }
+    } else {
+        SpanStatus::Unset
+    };
+
+    let parent = req.traceparent.as_deref().and_then(ids::parse_traceparent);
+    let (trace_id, parent_span_id) = match parent {
+        Some((trace, span)) => (trace, Some(span)),
+        None => (ids::new_trace_id(), None),
+    };
+    Span {
+        trace_id,
+        span_id: ids::new_span_id(),
+        parent_span_id,
+        name: format!("{} {}", req.method, route),
+        kind,
+        start_unix_ns: req.first_ns,
+        end_unix_ns: resp.last_ns.max(req.first_ns),
+        attributes: attrs,
+        status,
+        pid: ctx.pid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(split_host("h:notaport"), ("h", None));
+    }
+}

@@ -1,0 +1,232 @@
+//! The real kernel programs, loaded into this kernel: what they record for
+//! sockets this test drives, and what they never record. Needs root.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sonde::capture::probes::Probes;
+use sonde::capture::{self, Endpoint, Event, Role};
+use sonde::config::CaptureConfig;
+use sonde::protocol::Direction;
+
+/// The probes see the whole host; one test at a time keeps them apart.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    // SAFETY: no arguments, no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An owned copy of a data record.
+#[derive(Debug)]
+struct Seen {
+    tgid: u32,
+    fd: u32,
+    role: Role,
+    local: Endpoint,
+    peer: Endpoint,
+    dir: Direction,
+    total_len: u64,
+    payload: Vec<u8>,
+    closed: bool,
+}
+
+/// Runs `work` (in a helper process, so its syscalls are traced: the probes
+/// skip the agent's own process, which is this test), and collects records
+/// of that process until `done` holds, the helper has exited, or 10 s pass.
+fn record_while(
+    config: &CaptureConfig,
+    work: impl FnOnce() -> std::process::Child,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let mut probes = Probes::start(config).expect("probes start (run as root)");
+    let mut child = work();
+    let pid = child.id();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut exited_at: Option<Instant> = None;
+    while Instant::now() < deadline && !done(&seen) {
+        // Once the helper has exited, one more pass drains what it left.
+        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
+            break;
+        }
+        if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+            exited_at = Some(Instant::now());
+        }
+        while let Some(rec) = probes.events.next() {
+            match capture::decode(&rec).expect("well-formed record") {
+                Event::Data {
+                    conn,
+                    role,
+                    endpoints,
+                    direction,
+                    total_len,
+                    payload,
+                    ..
+                } if conn.tgid == pid => seen.push(Seen {
+                    tgid: conn.tgid,
+                    fd: conn.fd,
+                    role,
+                    local: endpoints.local,
+                    peer: endpoints.peer,
+                    dir: direction,
+                    total_len,
+                    payload: payload.to_vec(),
+                    closed: false,
+                }),
+                Event::Close { conn, .. } if conn.tgid == pid => seen.push(Seen {
+                    tgid: conn.tgid,
+                    fd: conn.fd,
+                    role: Role::Unknown,
+                    local: Endpoint::Unknown,
+                    peer: Endpoint::Unknown,
+                    dir: Direction::Egress,
+                    total_len: 0,
+                    payload: Vec::new(),
+                    closed: true,
+                }),
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+fn python(script: &str) -> std::process::Child {
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .expect("python3 runs")
+}
+
+#[test]
+fn client_socket_bytes_roles_and_endpoints() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // An echo-ish server in this process: its own syscalls are not traced.
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        // A large reply: 5000 bytes, more than the 1024 captured.
+        s.write_all(&vec![b'x'; 5000]).unwrap();
+    });
+    let script = format!(
+        "import socket,time\n\
+         s=socket.create_connection(('127.0.0.1',{port}))\n\
+         s.sendall(b'hello sonde')\n\
+         got=b''\n\
+         while len(got)<5011:\n    d=s.recv(65536)\n    if not d: break\n    got+=d\n\
+         s.close()\n\
+         time.sleep(1)\n"
+    );
+    let seen = record_while(
+        &CaptureConfig::default(),
+        || python(&script),
+        |s| s.iter().any(|r| r.closed),
+    );
+    server.join().unwrap();
+
+    let sent: Vec<&Seen> = seen.iter().filter(|r| r.dir == Direction::Egress && !r.closed).collect();
+    assert_eq!(sent.len(), 1, "one send: {seen:?}");
+    assert_eq!(sent[0].payload, b"hello sonde");
+    assert_eq!(sent[0].role, Role::Client);
+    assert_eq!(sent[0].peer, Endpoint::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    assert!(matches!(sent[0].local, Endpoint::Ip(_, p) if p != 0 && p != port));
+
+    let received: Vec<&Seen> = seen.iter().filter(|r| r.dir == Direction::Ingress).collect();
+    let total: u64 = received.iter().map(|r| r.total_len).sum();
+    assert_eq!(total, 5011, "every byte counted even when not captured");
+    assert!(received.iter().all(|r| r.payload.len() as u64 <= r.total_len.min(1024)));
+    assert!(received[0].payload.starts_with(b"hello sonde"));
+    assert!(seen.iter().any(|r| r.closed && r.fd == sent[0].fd), "close seen");
+    assert!(seen.iter().all(|r| r.tgid == sent[0].tgid));
+}
+
+#[test]
+fn files_and_pipes_are_never_recorded() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("sonde-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("big");
+    let script = format!(
+        "import os\n\
+         data=b'GET / HTTP/1.1\\r\\n'*65536\n\
+         open('{f}','wb').write(data)\n\
+         assert open('{f}','rb').read()==data\n\
+         r,w=os.pipe()\n\
+         os.write(w,b'GET /pipe HTTP/1.1\\r\\n\\r\\n'); os.read(r,100)\n",
+        f = file.display()
+    );
+    let seen = record_while(&CaptureConfig::default(), || python(&script), |_| false);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(seen.is_empty(), "file and pipe I/O recorded: {seen:?}");
+}
+
+#[test]
+fn unix_stream_sockets_are_recorded() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let script = "import socket,time\n\
+                  a,b=socket.socketpair()\n\
+                  a.sendall(b'GET /unix HTTP/1.1\\r\\n\\r\\n')\n\
+                  b.recv(100)\n\
+                  time.sleep(1)\n";
+    let seen = record_while(&CaptureConfig::default(), || python(script), |s| s.len() >= 2);
+    assert!(
+        seen.iter().any(|r| r.dir == Direction::Egress && r.payload == b"GET /unix HTTP/1.1\r\n\r\n" && r.peer == Endpoint::Unix),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|r| r.dir == Direction::Ingress && r.total_len == 22), "{seen:?}");
+}
+
+#[test]
+fn capture_limit_is_honoured_without_recompiling() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = CaptureConfig {
+        bytes: 16384,
+        ..CaptureConfig::default()
+    };
+    // writev of three buffers, 20000 bytes in all: 16384 captured.
+    let script = "import socket,time\n\
+                  a,b=socket.socketpair()\n\
+                  a.sendmsg([b'a'*6000,b'b'*6000,b'c'*8000])\n\
+                  n=0\n\
+                  while n<20000: n+=len(b.recv(65536))\n\
+                  time.sleep(1)\n";
+    let seen = record_while(&config, || python(script), |s| {
+        s.iter().any(|r| r.dir == Direction::Egress)
+    });
+    let sent = seen
+        .iter()
+        .find(|r| r.dir == Direction::Egress)
+        .unwrap_or_else(|| panic!("no send recorded: {seen:?}"));
+    assert_eq!(sent.total_len, 20000);
+    assert_eq!(sent.payload.len(), 16384);
+    assert!(sent.payload[..6000].iter().all(|&c| c == b'a'));
+    assert!(sent.payload[6000..12000].iter().all(|&c| c == b'b'));
+    assert!(sent.payload[12000..].iter().all(|&c| c == b'c'));
+}

@@ -1,0 +1,440 @@
+//! `cargo xtask bench pipeline|overhead`.
+//!
+//! `pipeline` runs the criterion benches of the user-space pipeline.
+//! `overhead` measures what the agent costs a real server: nginx on
+//! loopback, loaded by wrk, in rounds that alternate between no agent and
+//! the agent attached, then prints throughput and p99 latency side by side.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{agent_binary, become_root, cargo, deps, on_path, show, step};
+
+const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S]";
+
+/// How long the agent may take to load and attach its programs.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    match args.split_first() {
+        Some((what, rest)) if what == "pipeline" => {
+            if !rest.is_empty() {
+                bail!("{USAGE}");
+            }
+            step(
+                cargo().args(["bench", "-p", "sonde", "--bench", "pipeline"]),
+                "pipeline benches",
+            )
+        }
+        Some((what, rest)) if what == "overhead" => overhead(parse_overhead_args(rest)?),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct OverheadArgs {
+    rounds: u32,
+    secs: u32,
+}
+
+fn parse_overhead_args(args: &[String]) -> anyhow::Result<OverheadArgs> {
+    let mut parsed = OverheadArgs {
+        rounds: 3,
+        secs: 10,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let slot = match flag.as_str() {
+            "--rounds" => &mut parsed.rounds,
+            "--secs" => &mut parsed.secs,
+            _ => bail!("unknown argument `{flag}`\n{USAGE}"),
+        };
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a number\n{USAGE}"))?;
+        *slot = value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{flag} needs a positive number, got `{value}`"))?;
+    }
+    Ok(parsed)
+}
+
+/// One wrk run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Load {
+    requests_per_sec: f64,
+    p99_ms: f64,
+}
+
+fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
+    become_root()?;
+    let have_nginx = on_path("nginx") || Path::new("/usr/sbin/nginx").exists();
+    if !have_nginx || !on_path("wrk") {
+        deps::install()?;
+    }
+    crate::build(false)?;
+
+    let dir = std::env::temp_dir().join(format!("sonde-overhead-{}", std::process::id()));
+    let _cleanup = RemoveDir(dir.clone());
+    let port = free_port()?;
+    let nginx = start_nginx(&dir, port)?;
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let agent_config = dir.join("sonde.yaml");
+    std::fs::write(&agent_config, "export:\n  console: false\n")
+        .context("writing the agent's config")?;
+
+    // One short warm-up so the first measured round is not the coldest.
+    wrk(&url, 1)?;
+    let mut rows = Vec::new();
+    for round in 1..=args.rounds {
+        println!("xtask: round {round}/{}: without the agent", args.rounds);
+        let without = wrk(&url, args.secs)?;
+        println!("xtask: round {round}/{}: with the agent", args.rounds);
+        let agent = start_agent(&agent_config)?;
+        let with = wrk(&url, args.secs);
+        agent.stop();
+        rows.push((without, with?));
+    }
+    drop(nginx);
+    print_table(&rows, args.secs);
+    Ok(())
+}
+
+fn print_table(rows: &[(Load, Load)], secs: u32) {
+    println!();
+    println!("nginx on loopback, wrk -t1 -c16 -d{secs}s, static file");
+    println!(
+        "{:>5}  {:>14}  {:>14}  {:>7}  {:>12}  {:>12}  {:>7}",
+        "round", "req/s without", "req/s with", "ratio", "p99 without", "p99 with", "ratio"
+    );
+    for (i, (without, with)) in rows.iter().enumerate() {
+        println!(
+            "{:>5}  {:>14.0}  {:>14.0}  {:>7.3}  {:>10.3}ms  {:>10.3}ms  {:>7.3}",
+            i + 1,
+            without.requests_per_sec,
+            with.requests_per_sec,
+            with.requests_per_sec / without.requests_per_sec,
+            without.p99_ms,
+            with.p99_ms,
+            with.p99_ms / without.p99_ms,
+        );
+    }
+    let n = rows.len() as f64;
+    let mean = |f: fn(&Load) -> f64, pick_with: bool| {
+        rows.iter()
+            .map(|(a, b)| f(if pick_with { b } else { a }))
+            .sum::<f64>()
+            / n
+    };
+    let rps = |l: &Load| l.requests_per_sec;
+    let p99 = |l: &Load| l.p99_ms;
+    let (rps_without, rps_with) = (mean(rps, false), mean(rps, true));
+    let (p99_without, p99_with) = (mean(p99, false), mean(p99, true));
+    println!(
+        "{:>5}  {:>14.0}  {:>14.0}  {:>7.3}  {:>10.3}ms  {:>10.3}ms  {:>7.3}",
+        "mean",
+        rps_without,
+        rps_with,
+        rps_with / rps_without,
+        p99_without,
+        p99_with,
+        p99_with / p99_without,
+    );
+    println!(
+        "with the agent: {:.1}% of the throughput, p99 latency x{:.2}",
+        100.0 * rps_with / rps_without,
+        p99_with / p99_without
+    );
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A child process that is killed when dropped.
+struct Guard(Child, &'static str);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        signal(&self.0, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("xtask: {} did not stop on SIGTERM; killing it", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends a signal by name with kill(1), which every Debian system has.
+fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Guard> {
+    let html = dir.join("html");
+    std::fs::create_dir_all(&html).with_context(|| format!("creating {}", html.display()))?;
+    // A small page, about the size of nginx's own welcome page.
+    let page = format!(
+        "<!DOCTYPE html>\n<html><head><title>sonde overhead bench</title></head>\n<body>\n{}</body></html>\n",
+        "<p>static content served by nginx for the overhead bench.</p>\n".repeat(8)
+    );
+    std::fs::write(html.join("index.html"), page)?;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/html;
+    }}
+}}
+"
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let nginx = if on_path("nginx") {
+        PathBuf::from("nginx")
+    } else {
+        PathBuf::from("/usr/sbin/nginx")
+    };
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null());
+    println!("xtask: starting nginx on 127.0.0.1:{port}: {}", show(&cmd));
+    let child = cmd.spawn().context(
+        "cannot start nginx (install it with `cargo xtask test` or apt-get install nginx-light)",
+    )?;
+    let mut guard = Guard(child, "nginx");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = guard.0.try_wait() {
+            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            bail!("nginx exited at start ({status}):\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!("nginx did not listen on 127.0.0.1:{port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(guard)
+}
+
+/// The agent, running until [`Agent::stop`].
+struct Agent(Guard);
+
+impl Agent {
+    fn stop(self) {
+        drop(self.0);
+    }
+}
+
+/// Starts `sonde run` and waits for its `sonde ready` line on stderr.
+fn start_agent(config: &Path) -> anyhow::Result<Agent> {
+    let binary = agent_binary();
+    let mut cmd = Command::new(&binary);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let guard = Guard(child, "sonde");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    // Reads stderr to the end so the agent never blocks on a full pipe;
+    // keeps the last lines for an error message.
+    std::thread::spawn(move || {
+        let mut tail: Vec<String> = Vec::new();
+        let mut ready = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !ready {
+                if line.contains("sonde ready") {
+                    ready = true;
+                    let _ = ready_tx.send(Ok(()));
+                } else {
+                    tail.push(line);
+                    if tail.len() > 20 {
+                        tail.remove(0);
+                    }
+                }
+            }
+        }
+        if !ready {
+            let _ = ready_tx.send(Err(tail.join("\n")));
+        }
+    });
+    match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(())) => Ok(Agent(guard)),
+        Ok(Err(tail)) => bail!("the agent exited before it was ready; its last lines:\n{tail}"),
+        Err(_) => bail!(
+            "the agent did not print `sonde ready` within {} s",
+            READY_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+fn wrk(url: &str, secs: u32) -> anyhow::Result<Load> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency", url]);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot start wrk (install it with `cargo xtask test` or apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(&text).with_context(|| format!("cannot read wrk's report:\n{text}"))
+}
+
+/// Requests/sec and the 99th percentile latency from `wrk --latency` output.
+fn parse_wrk(text: &str) -> Option<Load> {
+    let mut requests_per_sec = None;
+    let mut p99_ms = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            requests_per_sec = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99_ms = duration_ms(v.trim());
+        }
+    }
+    Some(Load {
+        requests_per_sec: requests_per_sec?,
+        p99_ms: p99_ms?,
+    })
+}
+
+/// wrk's durations: `850.00us`, `1.23ms`, `2.00s`, `1.50m`.
+fn duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK_OUTPUT: &str = "\
+Running 10s test @ http://127.0.0.1:8080/index.html
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   301.22us  120.50us   5.12ms   91.20%
+    Req/Sec    48.12k     2.01k   51.00k    70.00%
+  Latency Distribution
+     50%  280.00us
+     75%  320.00us
+     90%  390.00us
+     99%    1.02ms
+  478912 requests in 10.00s, 380.12MB read
+Requests/sec:  47890.12
+Transfer/sec:     38.01MB
+";
+
+    #[test]
+    fn wrk_report_is_parsed() {
+        let load = parse_wrk(WRK_OUTPUT).unwrap();
+        assert_eq!(load.requests_per_sec, 47890.12);
+        assert!((load.p99_ms - 1.02).abs() < 1e-9);
+        assert_eq!(parse_wrk("Requests/sec: 10\n"), None);
+    }
+
+    #[test]
+    fn wrk_durations() {
+        let cases = [
+            ("850.00us", Some(0.85)),
+            ("1.5ms", Some(1.5)),
+            ("2.00s", Some(2000.0)),
+            ("1.00m", Some(60_000.0)),
+            ("3.0xs", None),
+            ("ms", None),
+        ];
+        for (text, want) in cases {
+            let got = duration_ms(text);
+            match (got, want) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{text}: {g}"),
+                _ => assert_eq!(got, want, "{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn overhead_flags() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_overhead_args(&args(&[])).unwrap(),
+            OverheadArgs {
+                rounds: 3,
+                secs: 10
+            }
+        );
+        assert_eq!(
+            parse_overhead_args(&args(&["--secs", "2", "--rounds", "5"])).unwrap(),
+            OverheadArgs { rounds: 5, secs: 2 }
+        );
+        assert!(parse_overhead_args(&args(&["--rounds"])).is_err());
+        assert!(parse_overhead_args(&args(&["--rounds", "0"])).is_err());
+        assert!(parse_overhead_args(&args(&["--fast"])).is_err());
+    }
+}

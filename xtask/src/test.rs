@@ -1,0 +1,118 @@
+//! `cargo xtask test`: everything CI runs, as root.
+//!
+//! Installs the toolchain and the test servers, builds the release agent
+//! (the integration tests start it), then runs the unit and integration
+//! tests of every host crate. The eBPF crate is left out: it only builds for
+//! the BPF target, through agent/build.rs.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+
+use crate::{become_root, cargo, deps, setup, show};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    // Extra arguments go to the test binaries (a name filter, --nocapture).
+    become_root()?;
+    setup::run()?;
+    deps::install()?;
+    crate::build(false)?;
+
+    let mut cmd = cargo();
+    // --no-fail-fast: one failing test binary does not hide the others.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sonde-ebpf",
+        "--no-fail-fast",
+    ]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    println!("xtask: running tests: {}", show(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            totals.add(&line);
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() {
+        bail!("cargo test failed ({status}); the failing tests are listed above");
+    }
+    Ok(())
+}
+
+/// Sums of the `test result:` lines of every test binary.
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds one line of cargo test output if it is a result line, e.g.
+    /// `test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_are_summed() {
+        let mut t = Totals::default();
+        for line in [
+            "running 3 tests",
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 4 filtered out; finished in 1.20s",
+            "test foo ... ok",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            t.add(line);
+        }
+        assert_eq!(
+            t,
+            Totals {
+                passed: 15,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
+}
