@@ -165,6 +165,11 @@ impl<S: SpanSink> Pipeline<S> {
         let (conn, displaced) =
             self.conns
                 .lookup(id, role, endpoints, mono_ns, || Protocol::Unknown(0));
+        if conn.egress.offset == 0 && conn.ingress.offset == 0 {
+            // Read the process's metadata while it surely still runs: a
+            // short-lived client may be gone by the time its span is done.
+            self.resources.get(id.tgid);
+        }
         conn.stream_mut(dir)
             .advance(chunk.total_len, chunk.data.len());
 

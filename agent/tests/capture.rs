@@ -2,7 +2,7 @@
 //! sockets this test drives, and what they never record. Needs root.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -251,11 +251,14 @@ conn.close()
 print("done", flush=True)
 "#;
 
-/// Writes every request in one `sendall` on a raw socket, then reads all
-/// responses until the server closes (the last request asks it to).
-/// Arguments: PORT PATH... Prints `local_port N` and `statuses S S ...`.
+/// Writes every request in one `sendall` on a raw socket, waits 300 ms so the
+/// responses pile up in the socket buffer (the first `recv` then usually
+/// returns all of them at once), and reads until the server closes (the last
+/// request asks it to).
+/// Arguments: PORT PATH... Prints `local_port N`, `reads N N ...` (bytes per
+/// `recv`) and `statuses S S ...`.
 pub const PY_PIPELINED_CLIENT: &str = r#"
-import re, socket, sys
+import re, socket, sys, time
 port, paths = int(sys.argv[1]), sys.argv[2:]
 s = socket.create_connection(("127.0.0.1", port), timeout=20)
 print("local_port %d" % s.getsockname()[1], flush=True)
@@ -264,13 +267,17 @@ for i, p in enumerate(paths):
     close = "Connection: close\r\n" if i == len(paths) - 1 else ""
     reqs.append("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: sonde-test-pipeline\r\n%s\r\n" % (p, port, close))
 s.sendall("".join(reqs).encode())
+time.sleep(0.3)
 data = b""
+reads = []
 while True:
     chunk = s.recv(65536)
     if not chunk:
         break
+    reads.append(len(chunk))
     data += chunk
 s.close()
+print("reads " + " ".join(str(n) for n in reads), flush=True)
 statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
 print("statuses " + " ".join(x.decode() for x in statuses), flush=True)
 "#;

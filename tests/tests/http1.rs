@@ -12,7 +12,7 @@ use std::time::Duration;
 use sonde_tests::clients::{
     PY_FILE_IO, PY_KEEPALIVE_CLIENT, PY_PIPELINED_CLIENT, PyChild, curl, run_python,
 };
-use sonde_tests::servers::{Nginx, PyUpstream};
+use sonde_tests::servers::{INDEX_HTML, Nginx, PyUpstream};
 use sonde_tests::util::process_exists;
 use sonde_tests::{Agent, Kind, ReceivedSpan, Receiver, Status, require_root};
 
@@ -44,13 +44,18 @@ impl Ctx {
     /// Starts a receiver and an agent exporting with `protocol`
     /// (`grpc` or `http/protobuf`).
     fn start(protocol: &str) -> Ctx {
+        Ctx::start_with(protocol, "")
+    }
+
+    /// Like [`Ctx::start`], with `extra_yaml` merged into the agent config.
+    fn start_with(protocol: &str, extra_yaml: &str) -> Ctx {
         let rx = must(Receiver::start());
         let endpoint = if protocol == "grpc" {
             rx.grpc_endpoint()
         } else {
             rx.http_endpoint()
         };
-        let agent = must(Agent::start(&endpoint, protocol, ""));
+        let agent = must(Agent::start(&endpoint, protocol, extra_yaml));
         Ctx {
             rx,
             agent: Some(agent),
@@ -377,6 +382,12 @@ fn keep_alive_100() {
         ),
         &relevant,
     );
+    eprintln!(
+        "[keep_alive_100] sample spans:\n  {}\n  {}",
+        servers[0].full(),
+        clients[0].full()
+    );
+    let body_len = INDEX_HTML.len() as i64;
     let mut problems = Vec::new();
     for s in &servers {
         problems.extend(http_problems(s, &get(Kind::Server, "/index.html", 200)));
@@ -384,6 +395,7 @@ fn keep_alive_100() {
         want_res(&mut problems, s, "process.executable.name", "nginx");
         server_side(&mut problems, s, nginx.port, port);
         want_ua(&mut problems, s, "curl/");
+        want_int(&mut problems, s, "http.response.body.size", body_len);
     }
     for s in &clients {
         problems.extend(http_problems(s, &get(Kind::Client, "/index.html", 200)));
@@ -391,6 +403,7 @@ fn keep_alive_100() {
         want_res(&mut problems, s, "process.executable.name", "curl");
         client_side(&mut problems, s, nginx.port);
         want_ua(&mut problems, s, "curl/");
+        want_int(&mut problems, s, "http.response.body.size", body_len);
     }
     ctx.check_problems(problems, &relevant);
     ctx.stop();
@@ -405,7 +418,10 @@ fn pipelined() {
         return;
     }
     let nginx = must(Nginx::start(None));
-    let ctx = Ctx::start("grpc");
+    // The five responses (about 1.7 KB) usually reach the client in a single
+    // read. The agent copies only `capture.bytes` of each read and skips the
+    // rest as a gap, so capture enough to see every response in that read.
+    let ctx = Ctx::start_with("grpc", "capture:\n  bytes: 4096\n");
 
     let paths = [
         "/index.html",
@@ -422,6 +438,7 @@ fn pipelined() {
         Some("200 404 200 404 200"),
         "the pipelined client did not get the expected responses: {run:?}"
     );
+    eprintln!("[pipelined] client recv sizes: {:?}", run.value("reads"));
     let local_port: u16 = run
         .value("local_port")
         .and_then(|p| p.parse().ok())

@@ -5,11 +5,12 @@
 //! loopback, loaded by wrk, in rounds that alternate between no agent and
 //! the agent attached, then prints throughput and p99 latency side by side.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -87,9 +88,18 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let nginx = start_nginx(&dir, port)?;
     let url = format!("http://127.0.0.1:{port}/index.html");
+    // The agent exports over OTLP/HTTP to a sink in this process, as it
+    // would to a collector on the node; the console stays off.
+    let sink = OtlpSink::start()?;
     let agent_config = dir.join("sonde.yaml");
-    std::fs::write(&agent_config, "export:\n  console: false\n")
-        .context("writing the agent's config")?;
+    std::fs::write(
+        &agent_config,
+        format!(
+            "export:\n  console: false\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: http/protobuf\n",
+            sink.port
+        ),
+    )
+    .context("writing the agent's config")?;
 
     // One short warm-up so the first measured round is not the coldest.
     wrk(&url, 1)?;
@@ -105,6 +115,11 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     }
     drop(nginx);
     print_table(&rows, args.secs);
+    let (requests, bytes) = sink.totals();
+    println!(
+        "the agent exported {requests} OTLP requests ({} KiB) in all",
+        bytes / 1024
+    );
     Ok(())
 }
 
@@ -316,6 +331,107 @@ fn start_agent(config: &Path) -> anyhow::Result<Agent> {
             "the agent did not print `sonde ready` within {} s",
             READY_TIMEOUT.as_secs()
         ),
+    }
+}
+
+/// A minimal OTLP/HTTP receiver: answers every request with an empty 200
+/// (a valid, empty `ExportTraceServiceResponse`) and counts what it got.
+struct OtlpSink {
+    port: u16,
+    counts: Arc<(AtomicU64, AtomicU64)>,
+}
+
+impl OtlpSink {
+    fn start() -> anyhow::Result<OtlpSink> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").context("binding the OTLP sink on loopback")?;
+        let port = listener.local_addr()?.port();
+        let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let shared = counts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let counts = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_otlp(stream, &counts);
+                });
+            }
+        });
+        Ok(OtlpSink { port, counts })
+    }
+
+    /// (requests, body bytes) received so far.
+    fn totals(&self) -> (u64, u64) {
+        (
+            self.counts.0.load(Ordering::Relaxed),
+            self.counts.1.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Serves one keep-alive connection until the client closes it.
+fn serve_otlp(stream: TcpStream, counts: &(AtomicU64, AtomicU64)) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut chunked = false;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.eq_ignore_ascii_case("chunked");
+                }
+            }
+        }
+        let body = if chunked {
+            read_chunked(&mut reader)?
+        } else {
+            std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?
+        };
+        counts.0.fetch_add(1, Ordering::Relaxed);
+        counts.1.fetch_add(body, Ordering::Relaxed);
+        writer.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )?;
+    }
+}
+
+/// Reads a chunked body, returning its length.
+fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let size_text = line.trim().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size_text, 16)
+            .map_err(|_| std::io::Error::other("bad chunk size"))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(total);
+                }
+            }
+        }
+        total += std::io::copy(&mut reader.take(size), &mut std::io::sink())?;
+        line.clear();
+        reader.read_line(&mut line)?;
     }
 }
 

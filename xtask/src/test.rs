@@ -14,6 +14,10 @@ use crate::{become_root, cargo, deps, setup, show};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Extra arguments go to the test binaries (a name filter, --nocapture).
+    let args = match args {
+        [dashes, rest @ ..] if dashes == "--" => rest,
+        rest => rest,
+    };
     become_root()?;
     setup::run()?;
     deps::install()?;
