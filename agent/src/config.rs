@@ -320,8 +320,6 @@ fn decode_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) 
     let inner = err.into_inner();
     let reported_line = inner.location().map(|l| l.line());
     let message = bare_message(&inner.to_string());
-    // YAML syntax errors surface while a value is being read, so they come
-    // with a path, but the position serde_yaml gives is the one that matters.
     if message.contains("more than one document") {
         let separator = text
             .lines()
@@ -338,6 +336,8 @@ fn decode_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) 
                 .to_string();
         return ConfigError::Format { at, message };
     }
+    // YAML syntax errors surface while a value is being read, so they come
+    // with a path, but the position serde_yaml gives is the one that matters.
     let syntax = message.contains(", while scanning") || message.contains(", while parsing");
     if syntax || key.contains('?') {
         let message = if syntax {
