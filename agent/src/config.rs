@@ -30,6 +30,10 @@ pub struct CaptureConfig {
     pub max_connections: u32,
     /// Bytes buffered per stream while a message head is incomplete.
     pub max_buffered_bytes: u32,
+    /// The kernel wakes the agent once this many bytes wait in the ring buffer.
+    pub wakeup_bytes: u32,
+    /// Otherwise the agent looks every this many milliseconds.
+    pub poll_interval_ms: u32,
 }
 
 impl Default for CaptureConfig {
@@ -39,6 +43,8 @@ impl Default for CaptureConfig {
             ring_buffer_bytes: 16 << 20,
             max_connections: 65536,
             max_buffered_bytes: 16384,
+            wakeup_bytes: 256 << 10,
+            poll_interval_ms: 50,
         }
     }
 }
@@ -282,6 +288,13 @@ impl Config {
             c.max_buffered_bytes.into(),
             256,
         )?;
+        at_least("capture.wakeup_bytes", c.wakeup_bytes.into(), 1)?;
+        if !(1..=1000).contains(&c.poll_interval_ms) {
+            return Err((
+                "capture.poll_interval_ms",
+                format!("{} is out of range (1..=1000)", c.poll_interval_ms),
+            ));
+        }
         at_least("export.queue_size", self.export.queue_size.into(), 1)?;
         let otlp = &self.export.otlp;
         if let Some(protocol) = &otlp.protocol
@@ -546,6 +559,8 @@ capture:
   ring_buffer_bytes: 8388608
   max_connections: 1000
   max_buffered_bytes: 512
+  wakeup_bytes: 4096
+  poll_interval_ms: 10
 http:
   capture_query: true
 export:
@@ -572,6 +587,8 @@ log:
                 ring_buffer_bytes: 8 << 20,
                 max_connections: 1000,
                 max_buffered_bytes: 512,
+                wakeup_bytes: 4096,
+                poll_interval_ms: 10,
             },
             http: HttpConfig {
                 capture_query: true,

@@ -39,8 +39,6 @@ enum Command {
 
 /// Connections with no traffic for this long are finished and forgotten.
 const IDLE_CONN: Duration = Duration::from_secs(300);
-/// How long the ring buffer wait may block, so stop requests are seen quickly.
-const POLL: Duration = Duration::from_millis(100);
 /// Shutdown budget for flushing spans.
 const FLUSH_BUDGET: Duration = Duration::from_secs(4);
 
@@ -104,15 +102,15 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         },
         Clock::now(),
         ProcessResources::new(HostInfo::detect()),
-        ExportSink(exporter),
+        ExportSink::new(exporter),
         stats.clone(),
     );
-    read_loop(&mut probes, &mut pipeline, &stats, &stop, config.log.stats_interval_secs);
+    read_loop(&mut probes, &mut pipeline, &stats, &stop, &config);
 
     info!("stopping: flushing spans");
     pipeline.finish_all(Clock::now().to_unix_ns(monotonic_ns()));
     drop(probes);
-    let exporter = pipeline.into_sink().0;
+    let exporter = pipeline.into_sink().into_handle();
     runtime.block_on(exporter.shutdown(FLUSH_BUDGET));
     info!(summary = %stats.summary(), "sonde stopped");
     Ok(())
@@ -151,8 +149,10 @@ fn read_loop(
     pipeline: &mut Pipeline<ExportSink>,
     stats: &Stats,
     stop: &AtomicBool,
-    stats_interval_secs: u64,
+    config: &Config,
 ) {
+    let stats_interval_secs = config.log.stats_interval_secs;
+    let poll_ms = config.capture.poll_interval_ms as libc::c_int;
     let fd = probes.events_fd();
     let mut last_chores = Instant::now();
     let mut last_summary = Instant::now();
@@ -163,10 +163,11 @@ fn read_loop(
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as libc::c_int) };
+        unsafe { libc::poll(&mut pfd, 1, poll_ms) };
         while let Some(record) = probes.events.next() {
             pipeline.handle_record(&record);
         }
+        pipeline.sink_mut().flush();
         for (key, generation) in pipeline.take_mutes().collect::<Vec<_>>() {
             probes.mute(key, generation);
         }

@@ -25,12 +25,37 @@ pub trait SpanSink {
     fn send(&mut self, resource: Arc<Resource>, span: Span);
 }
 
-/// The agent's sink: the export queue.
-pub struct ExportSink(pub ExportHandle);
+/// The agent's sink: the export queue. Spans are held until `flush`, so
+/// the export task is woken once per batch of records, not once per span.
+pub struct ExportSink {
+    handle: ExportHandle,
+    held: Vec<ExportItem>,
+}
+
+impl ExportSink {
+    pub fn new(handle: ExportHandle) -> Self {
+        ExportSink {
+            handle,
+            held: Vec::new(),
+        }
+    }
+
+    /// Hands every held span to the export queue.
+    pub fn flush(&mut self) {
+        for item in self.held.drain(..) {
+            self.handle.try_send(item);
+        }
+    }
+
+    pub fn into_handle(mut self) -> ExportHandle {
+        self.flush();
+        self.handle
+    }
+}
 
 impl SpanSink for ExportSink {
     fn send(&mut self, resource: Arc<Resource>, span: Span) {
-        self.0.try_send(ExportItem { resource, span });
+        self.held.push(ExportItem { resource, span });
     }
 }
 

@@ -145,8 +145,13 @@ pub struct ProbeConfig {
     pub agent_tgid: u32,
     /// Bytes copied per syscall, at most `MAX_CAPTURE`.
     pub capture_bytes: u32,
+    /// User space is woken only once this many bytes wait in the ring
+    /// buffer; below that it finds them on its next timed poll. Waking it
+    /// for every record would cost a context switch per syscall.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {

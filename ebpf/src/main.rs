@@ -28,6 +28,8 @@ use sonde_common::{
 static CONFIG: ProbeConfig = ProbeConfig {
     agent_tgid: 0,
     capture_bytes: 0,
+    wakeup_bytes: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -74,6 +76,20 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 fn count_lost() {
     if let Some(n) = LOST.get_ptr_mut(0) {
         unsafe { *n += 1 };
+    }
+}
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Wake user space only when enough is waiting (see `ProbeConfig::wakeup_bytes`).
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 
@@ -464,7 +480,7 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
             HEADER_LEN + captured as usize,
         )
     };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
         count_lost();
     }
     0
@@ -629,7 +645,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             syscall: syscall::CLOSE,
             addrs: state.addrs,
         });
-        entry.submit(0);
+        entry.submit(wakeup_flag());
     } else {
         count_lost();
     }

@@ -90,6 +90,9 @@ impl Probes {
         let probe_config = ProbeConfig {
             agent_tgid: std::process::id(),
             capture_bytes: config.bytes.clamp(1, MAX_CAPTURE as u32),
+            // Never more than half the ring, or it could fill before a wakeup.
+            wakeup_bytes: config.wakeup_bytes.min(config.ring_buffer_bytes / 2),
+            _pad: 0,
         };
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
 
