@@ -59,9 +59,15 @@ fn recorded_events() -> Vec<Vec<u8>> {
                 ..Default::default()
             };
             ts += 10_000;
-            records.push(encode_data(&header(DIR_INGRESS, request.len(), ts), request));
+            records.push(encode_data(
+                &header(DIR_INGRESS, request.len(), ts),
+                request,
+            ));
             ts += 50_000;
-            records.push(encode_data(&header(DIR_EGRESS, response.len(), ts), response));
+            records.push(encode_data(
+                &header(DIR_EGRESS, response.len(), ts),
+                response,
+            ));
             let _ = round;
         }
     }
@@ -79,7 +85,7 @@ fn bench_pipeline(c: &mut Criterion) {
             PipelineOptions {
                 max_connections: 4096,
                 max_head_bytes: 16384,
-                http: Default::default(),
+                spans: Default::default(),
             },
             Clock::with_offset(0),
             ProcessResources::new(HostInfo {

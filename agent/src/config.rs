@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub struct Config {
     pub capture: CaptureConfig,
     pub http: HttpConfig,
+    pub db: DbConfig,
     pub export: ExportConfig,
     pub log: LogConfig,
 }
@@ -55,6 +56,23 @@ impl Default for CaptureConfig {
 pub struct HttpConfig {
     /// Record `url.query` (off by default: query strings often carry secrets).
     pub capture_query: bool,
+}
+
+/// Database span options.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbConfig {
+    /// Replace literals in `db.query.text` with `?` (on by default: values
+    /// in queries are often personal data).
+    pub sanitize_query: bool,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            sanitize_query: true,
+        }
+    }
 }
 
 /// Where spans go.
@@ -375,7 +393,7 @@ fn decode_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) 
     if at_root {
         let message = if message.starts_with("invalid type") {
             format!(
-                "{message}; the file must be a mapping of sections (capture, http, export, log)"
+                "{message}; the file must be a mapping of sections (capture, http, db, export, log)"
             )
         } else {
             message
@@ -563,6 +581,8 @@ capture:
   poll_interval_ms: 10
 http:
   capture_query: true
+db:
+  sanitize_query: false
 export:
   console: false
   queue_size: 100
@@ -592,6 +612,9 @@ log:
             },
             http: HttpConfig {
                 capture_query: true,
+            },
+            db: DbConfig {
+                sanitize_query: false,
             },
             export: ExportConfig {
                 console: Some(false),
@@ -644,7 +667,7 @@ log:
                 "capture:\n  bytes: 10\n\ncaptur:\n  bytes: 1\n",
                 "captur",
                 4,
-                "expected one of: capture, http, export, log",
+                "expected one of: capture, http, db, export, log",
             ),
             (
                 "in a section",

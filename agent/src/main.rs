@@ -15,11 +15,16 @@ use sonde::enrich::{HostInfo, ProcessResources};
 use sonde::export;
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
 use sonde::span::http::HttpSpanOptions;
+use sonde::span::{DbSpanOptions, SpanOptions};
 use sonde::stats::Stats;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "sonde", version, about = "Zero-instrumentation eBPF tracing agent")]
+#[command(
+    name = "sonde",
+    version,
+    about = "Zero-instrumentation eBPF tracing agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,8 +101,13 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         PipelineOptions {
             max_connections: config.capture.max_connections as usize,
             max_head_bytes: config.capture.max_buffered_bytes as usize,
-            http: HttpSpanOptions {
-                capture_query: config.http.capture_query,
+            spans: SpanOptions {
+                http: HttpSpanOptions {
+                    capture_query: config.http.capture_query,
+                },
+                db: DbSpanOptions {
+                    sanitize_query: config.db.sanitize_query,
+                },
             },
         },
         Clock::now(),

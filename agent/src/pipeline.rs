@@ -13,11 +13,15 @@ use crate::capture::{self, Clock, ConnId, Event, Role};
 use crate::conn::{Conn, ConnTable, Displaced};
 use crate::enrich::{ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
-use crate::protocol::http1::{self, Detect, Http1Conn};
-use crate::protocol::{Chunk, Direction};
-use crate::span::SpanContext;
-use crate::span::http::{HttpPairing, HttpSpanOptions, PairingLoss};
+use crate::protocol::http1::{self, Http1Conn};
+use crate::protocol::mysql::{self, MysqlConn};
+use crate::protocol::redis::{self, RedisConn};
+use crate::protocol::{Chunk, Detect, Direction, StreamParser};
+use crate::span::http::HttpPairing;
 use crate::span::model::Span;
+use crate::span::mysql::MysqlPairing;
+use crate::span::redis::RedisPairing;
+use crate::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
 use crate::stats::Stats;
 
 /// Where finished spans go.
@@ -63,26 +67,118 @@ impl SpanSink for ExportSink {
 /// protocol we know.
 const DETECT_CHUNKS: u8 = 4;
 
+/// A connection's parser and pairing, for one protocol.
+struct Session<P, Q> {
+    parser: P,
+    pairing: Q,
+}
+
+impl<P: StreamParser, Q: Pairing<Message = P::Message>> Session<P, Q> {
+    fn new(parser: P) -> Box<Self> {
+        Box::new(Session {
+            parser,
+            pairing: Q::default(),
+        })
+    }
+
+    /// Parses one chunk (or, with `None`, the close at `end_ns`) and pairs
+    /// what it yields.
+    fn run(
+        &mut self,
+        input: Option<(Direction, &Chunk<'_>)>,
+        end_ns: u64,
+        ctx: &SpanContext,
+        stats: &Stats,
+        spans: &mut Vec<Span>,
+    ) {
+        let mut messages = Vec::new();
+        match input {
+            Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut messages),
+            None => self.parser.close(end_ns, &mut messages),
+        }
+        let (skipped, resyncs) = self.parser.take_resync();
+        Stats::add(&stats.parser_resync_bytes, skipped);
+        Stats::add(&stats.parser_resyncs, resyncs);
+        let mut loss = PairingLoss::default();
+        for msg in messages {
+            self.pairing.push(msg, ctx, spans, &mut loss);
+        }
+        if input.is_none() {
+            self.pairing.finish(&mut loss);
+        }
+        Stats::add(&stats.requests_unanswered, loss.requests_unanswered);
+        Stats::add(&stats.responses_unpaired, loss.responses_unpaired);
+    }
+}
+
 /// What we know of a connection's protocol.
 enum Protocol {
     /// Not decided yet; counts the chunks seen.
     Unknown(u8),
-    Http1(Box<Http1State>),
+    Http1(Box<Session<Http1Conn, HttpPairing>>),
+    Redis(Box<Session<RedisConn, RedisPairing>>),
+    Mysql(Box<Session<MysqlConn, MysqlPairing>>),
     /// No supported protocol: the kernel was told to ship only message starts.
     Muted,
 }
 
-struct Http1State {
-    parser: Http1Conn,
-    pairing: HttpPairing,
+impl Protocol {
+    /// The protocol these first bytes start, if one is sure.
+    fn detect(data: &[u8], options: &PipelineOptions) -> Result<Protocol, Detect> {
+        let mut verdict = Detect::No;
+        for (detect, make) in [
+            (
+                http1::detect as fn(&[u8]) -> Detect,
+                (|o: &PipelineOptions| {
+                    Protocol::Http1(Session::new(Http1Conn::new(http1::Limits {
+                        max_head_bytes: o.max_head_bytes,
+                    })))
+                }) as fn(&PipelineOptions) -> Protocol,
+            ),
+            (redis::detect, |o| {
+                Protocol::Redis(Session::new(RedisConn::new(redis::Limits {
+                    max_buffered_bytes: o.max_head_bytes,
+                })))
+            }),
+            (mysql::detect, |o| {
+                Protocol::Mysql(Session::new(MysqlConn::new(mysql::Limits {
+                    max_buffered_bytes: o.max_head_bytes,
+                })))
+            }),
+        ] {
+            match detect(data) {
+                Detect::Request | Detect::Response => return Ok(make(options)),
+                Detect::NeedMore => verdict = Detect::NeedMore,
+                Detect::No => {}
+            }
+        }
+        Err(verdict)
+    }
+
+    fn run(
+        &mut self,
+        input: Option<(Direction, &Chunk<'_>)>,
+        end_ns: u64,
+        ctx: &SpanContext,
+        stats: &Stats,
+        spans: &mut Vec<Span>,
+    ) {
+        match self {
+            Protocol::Http1(s) => s.run(input, end_ns, ctx, stats, spans),
+            Protocol::Redis(s) => s.run(input, end_ns, ctx, stats, spans),
+            Protocol::Mysql(s) => s.run(input, end_ns, ctx, stats, spans),
+            Protocol::Unknown(_) | Protocol::Muted => {}
+        }
+    }
 }
 
 /// Settings of the pipeline.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
     pub max_connections: usize,
+    /// Bytes a parser may buffer per direction while a message start is incomplete.
     pub max_head_bytes: usize,
-    pub http: HttpSpanOptions,
+    pub spans: SpanOptions,
 }
 
 pub struct Pipeline<S: SpanSink> {
@@ -94,7 +190,6 @@ pub struct Pipeline<S: SpanSink> {
     stats: Arc<Stats>,
     /// Connections to mute in the kernel, taken by the capture loop.
     to_mute: Vec<(ConnKey, u64)>,
-    messages: Vec<http1::Message>,
     spans: Vec<Span>,
 }
 
@@ -114,7 +209,6 @@ impl<S: SpanSink> Pipeline<S> {
             sink,
             stats,
             to_mute: Vec::new(),
-            messages: Vec::new(),
             spans: Vec::new(),
         }
     }
@@ -187,9 +281,9 @@ impl<S: SpanSink> Pipeline<S> {
         chunk: &Chunk<'_>,
         mono_ns: u64,
     ) {
-        let (conn, displaced) =
-            self.conns
-                .lookup(id, role, endpoints, mono_ns, || Protocol::Unknown(0));
+        let (conn, displaced) = self
+            .conns
+            .lookup(id, role, endpoints, mono_ns, || Protocol::Unknown(0));
         if conn.egress.offset == 0 && conn.ingress.offset == 0 {
             // Read the process's metadata while it surely still runs: a
             // short-lived client may be gone by the time its span is done.
@@ -206,17 +300,10 @@ impl<S: SpanSink> Pipeline<S> {
         if let Protocol::Unknown(seen) = &mut conn.state
             && !chunk.data.is_empty()
         {
-            match http1::detect(chunk.data) {
-                Detect::Request | Detect::Response => {
-                    conn.state = Protocol::Http1(Box::new(Http1State {
-                        parser: Http1Conn::new(http1::Limits {
-                            max_head_bytes: self.options.max_head_bytes,
-                        }),
-                        pairing: HttpPairing::default(),
-                    }))
-                }
-                Detect::NeedMore if *seen + 1 < DETECT_CHUNKS => *seen += 1,
-                Detect::NeedMore | Detect::No => {
+            match Protocol::detect(chunk.data, &self.options) {
+                Ok(protocol) => conn.state = protocol,
+                Err(Detect::NeedMore) if *seen + 1 < DETECT_CHUNKS => *seen += 1,
+                Err(_) => {
                     conn.state = Protocol::Muted;
                     self.to_mute.push((
                         ConnKey {
@@ -232,20 +319,15 @@ impl<S: SpanSink> Pipeline<S> {
         let ctx = SpanContext {
             pid: id.tgid,
             endpoints: conn.endpoints,
+            options: self.options.spans,
         };
-        let mut loss = PairingLoss::default();
-        if let Protocol::Http1(state) = &mut conn.state {
-            state.parser.feed(dir, chunk, &mut self.messages);
-            let (skipped, resyncs) = state.parser.take_resync();
-            Stats::add(&self.stats.parser_resync_bytes, skipped);
-            Stats::add(&self.stats.parser_resyncs, resyncs);
-            for msg in self.messages.drain(..) {
-                state
-                    .pairing
-                    .push(msg, &ctx, self.options.http, &mut self.spans, &mut loss);
-            }
-        }
-        self.count_loss(loss);
+        conn.state.run(
+            Some((dir, chunk)),
+            chunk.end_ns,
+            &ctx,
+            &self.stats,
+            &mut self.spans,
+        );
         match displaced {
             Displaced::Nothing => {}
             Displaced::Replaced(old) => self.finish(old, chunk.start_ns),
@@ -258,23 +340,15 @@ impl<S: SpanSink> Pipeline<S> {
     }
 
     /// A connection ended (closed, replaced or evicted): finish its messages.
-    fn finish(&mut self, conn: Conn<Protocol>, end_unix_ns: u64) {
-        if let Protocol::Http1(mut state) = conn.state {
-            let ctx = SpanContext {
-                pid: conn.id.tgid,
-                endpoints: conn.endpoints,
-            };
-            let mut loss = PairingLoss::default();
-            state.parser.close(end_unix_ns, &mut self.messages);
-            for msg in self.messages.drain(..) {
-                state
-                    .pairing
-                    .push(msg, &ctx, self.options.http, &mut self.spans, &mut loss);
-            }
-            state.pairing.finish(&mut loss);
-            self.count_loss(loss);
-            self.emit();
-        }
+    fn finish(&mut self, mut conn: Conn<Protocol>, end_unix_ns: u64) {
+        let ctx = SpanContext {
+            pid: conn.id.tgid,
+            endpoints: conn.endpoints,
+            options: self.options.spans,
+        };
+        conn.state
+            .run(None, end_unix_ns, &ctx, &self.stats, &mut self.spans);
+        self.emit();
     }
 
     /// Finishes connections idle since before `before_mono_ns`.
@@ -289,11 +363,6 @@ impl<S: SpanSink> Pipeline<S> {
         for conn in self.conns.drain() {
             self.finish(conn, now_unix_ns);
         }
-    }
-
-    fn count_loss(&self, loss: PairingLoss) {
-        Stats::add(&self.stats.requests_unanswered, loss.requests_unanswered);
-        Stats::add(&self.stats.responses_unpaired, loss.responses_unpaired);
     }
 
     fn emit(&mut self) {

@@ -139,19 +139,35 @@ fn client_socket_bytes_roles_and_endpoints() {
     );
     server.join().unwrap();
 
-    let sent: Vec<&Seen> = seen.iter().filter(|r| r.dir == Direction::Egress && !r.closed).collect();
+    let sent: Vec<&Seen> = seen
+        .iter()
+        .filter(|r| r.dir == Direction::Egress && !r.closed)
+        .collect();
     assert_eq!(sent.len(), 1, "one send: {seen:?}");
     assert_eq!(sent[0].payload, b"hello sonde");
     assert_eq!(sent[0].role, Role::Client);
-    assert_eq!(sent[0].peer, Endpoint::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    assert_eq!(
+        sent[0].peer,
+        Endpoint::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    );
     assert!(matches!(sent[0].local, Endpoint::Ip(_, p) if p != 0 && p != port));
 
-    let received: Vec<&Seen> = seen.iter().filter(|r| r.dir == Direction::Ingress).collect();
+    let received: Vec<&Seen> = seen
+        .iter()
+        .filter(|r| r.dir == Direction::Ingress)
+        .collect();
     let total: u64 = received.iter().map(|r| r.total_len).sum();
     assert_eq!(total, 5011, "every byte counted even when not captured");
-    assert!(received.iter().all(|r| r.payload.len() as u64 <= r.total_len.min(1024)));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.payload.len() as u64 <= r.total_len.min(1024))
+    );
     assert!(received[0].payload.starts_with(b"hello sonde"));
-    assert!(seen.iter().any(|r| r.closed && r.fd == sent[0].fd), "close seen");
+    assert!(
+        seen.iter().any(|r| r.closed && r.fd == sent[0].fd),
+        "close seen"
+    );
     assert!(seen.iter().all(|r| r.tgid == sent[0].tgid));
 }
 
@@ -191,12 +207,22 @@ fn unix_stream_sockets_are_recorded() {
                   a.sendall(b'GET /unix HTTP/1.1\\r\\n\\r\\n')\n\
                   b.recv(100)\n\
                   time.sleep(1)\n";
-    let seen = record_while(&CaptureConfig::default(), || python(script), |s| s.len() >= 2);
+    let seen = record_while(
+        &CaptureConfig::default(),
+        || python(script),
+        |s| s.len() >= 2,
+    );
     assert!(
-        seen.iter().any(|r| r.dir == Direction::Egress && r.payload == b"GET /unix HTTP/1.1\r\n\r\n" && r.peer == Endpoint::Unix),
+        seen.iter().any(|r| r.dir == Direction::Egress
+            && r.payload == b"GET /unix HTTP/1.1\r\n\r\n"
+            && r.peer == Endpoint::Unix),
         "{seen:?}"
     );
-    assert!(seen.iter().any(|r| r.dir == Direction::Ingress && r.total_len == 22), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.dir == Direction::Ingress && r.total_len == 22),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -217,9 +243,11 @@ fn capture_limit_is_honoured_without_recompiling() {
                   n=0\n\
                   while n<20000: n+=len(b.recv(65536))\n\
                   time.sleep(1)\n";
-    let seen = record_while(&config, || python(script), |s| {
-        s.iter().any(|r| r.dir == Direction::Egress)
-    });
+    let seen = record_while(
+        &config,
+        || python(script),
+        |s| s.iter().any(|r| r.dir == Direction::Egress),
+    );
     let sent = seen
         .iter()
         .find(|r| r.dir == Direction::Egress)

@@ -86,7 +86,12 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// Wake user space only when enough is waiting (see `ProbeConfig::wakeup_bytes`).
 #[inline(always)]
 fn wakeup_flag() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
+    wakeup_flag_unless(false)
+}
+
+#[inline(always)]
+fn wakeup_flag_unless(urgent: bool) -> u64 {
+    if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -102,7 +107,10 @@ struct ConnState {
     file: u64,
     generation: u64,
     role: u32,
-    _pad: u32,
+    /// 0 until the connection's first record went out. That record wakes
+    /// user space at once, so it can read the process's metadata from /proc
+    /// while a short-lived client still runs.
+    announced: u32,
     addrs: SockAddrs,
 }
 
@@ -286,7 +294,7 @@ fn conn_state(key: &ConnKey, refresh: bool) -> Option<*mut ConnState> {
         file,
         generation: unsafe { bpf_ktime_get_ns() },
         role: ROLE_UNKNOWN,
-        _pad: 0,
+        announced: 0,
         addrs,
     };
     CONNS.insert(key, &state, 0).ok()?;
@@ -338,8 +346,17 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
 fn may_start_message(first: [u8; 4]) -> bool {
     matches!(
         &first,
-        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
-            | b"HTTP" | b"PRI "
+        b"GET "
+            | b"POST"
+            | b"PUT "
+            | b"HEAD"
+            | b"DELE"
+            | b"PATC"
+            | b"OPTI"
+            | b"CONN"
+            | b"TRAC"
+            | b"HTTP"
+            | b"PRI "
     )
 }
 
@@ -383,10 +400,10 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: call.fd,
     };
-    let Some(state) = CONNS.get_ptr(&key) else {
+    let Some(state_ptr) = CONNS.get_ptr_mut(&key) else {
         return 0;
     };
-    let state = unsafe { *state };
+    let state = unsafe { *state_ptr };
 
     // Where the bytes are: one buffer, or an iovec array (readv/writev and
     // the msghdr of sendmsg/recvmsg).
@@ -480,8 +497,14 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
             HEADER_LEN + captured as usize,
         )
     };
-    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
+    let first = state.announced == 0;
+    if EVENTS
+        .output::<[u8]>(record, wakeup_flag_unless(first))
+        .is_err()
+    {
         count_lost();
+    } else if first {
+        unsafe { (*state_ptr).announced = 1 };
     }
     0
 }
@@ -502,53 +525,87 @@ macro_rules! data_syscall {
     };
 }
 
-data_syscall!(sys_enter_read, sys_exit_read, syscall::READ, DIR_INGRESS, |ctx| (
-    arg(&ctx, 0),
-    arg(&ctx, 1),
-    0
-));
-data_syscall!(sys_enter_write, sys_exit_write, syscall::WRITE, DIR_EGRESS, |ctx| (
-    arg(&ctx, 0),
-    arg(&ctx, 1),
-    0
-));
-data_syscall!(sys_enter_readv, sys_exit_readv, syscall::READV, DIR_INGRESS, |ctx| (
-    arg(&ctx, 0),
-    arg(&ctx, 1),
-    arg(&ctx, 2)
-));
-data_syscall!(sys_enter_writev, sys_exit_writev, syscall::WRITEV, DIR_EGRESS, |ctx| (
-    arg(&ctx, 0),
-    arg(&ctx, 1),
-    arg(&ctx, 2)
-));
-data_syscall!(sys_enter_sendto, sys_exit_sendto, syscall::SENDTO, DIR_EGRESS, |ctx| (
-    arg(&ctx, 0),
-    arg(&ctx, 1),
-    0
-));
-data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG, DIR_EGRESS, |ctx| (
-    arg(&ctx, 0),
-    arg(&ctx, 1),
-    0
-));
-data_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE, DIR_EGRESS, |ctx| (
-    arg(&ctx, 0),
-    0,
-    0
-));
+data_syscall!(
+    sys_enter_read,
+    sys_exit_read,
+    syscall::READ,
+    DIR_INGRESS,
+    |ctx| (arg(&ctx, 0), arg(&ctx, 1), 0)
+);
+data_syscall!(
+    sys_enter_write,
+    sys_exit_write,
+    syscall::WRITE,
+    DIR_EGRESS,
+    |ctx| (arg(&ctx, 0), arg(&ctx, 1), 0)
+);
+data_syscall!(
+    sys_enter_readv,
+    sys_exit_readv,
+    syscall::READV,
+    DIR_INGRESS,
+    |ctx| (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2))
+);
+data_syscall!(
+    sys_enter_writev,
+    sys_exit_writev,
+    syscall::WRITEV,
+    DIR_EGRESS,
+    |ctx| (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2))
+);
+data_syscall!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    syscall::SENDTO,
+    DIR_EGRESS,
+    |ctx| (arg(&ctx, 0), arg(&ctx, 1), 0)
+);
+data_syscall!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    syscall::SENDMSG,
+    DIR_EGRESS,
+    |ctx| (arg(&ctx, 0), arg(&ctx, 1), 0)
+);
+data_syscall!(
+    sys_enter_sendfile64,
+    sys_exit_sendfile64,
+    syscall::SENDFILE,
+    DIR_EGRESS,
+    |ctx| (arg(&ctx, 0), 0, 0)
+);
 
 // Peeked bytes are read again later: skip MSG_PEEK so they are not counted twice.
-data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, syscall::RECVFROM, DIR_INGRESS, |ctx| (
-    if arg(&ctx, 3) & MSG_PEEK != 0 { u64::MAX } else { arg(&ctx, 0) },
-    arg(&ctx, 1),
-    0
-));
-data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, syscall::RECVMSG, DIR_INGRESS, |ctx| (
-    if arg(&ctx, 2) & MSG_PEEK != 0 { u64::MAX } else { arg(&ctx, 0) },
-    arg(&ctx, 1),
-    0
-));
+data_syscall!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    syscall::RECVFROM,
+    DIR_INGRESS,
+    |ctx| (
+        if arg(&ctx, 3) & MSG_PEEK != 0 {
+            u64::MAX
+        } else {
+            arg(&ctx, 0)
+        },
+        arg(&ctx, 1),
+        0
+    )
+);
+data_syscall!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    syscall::RECVMSG,
+    DIR_INGRESS,
+    |ctx| (
+        if arg(&ctx, 2) & MSG_PEEK != 0 {
+            u64::MAX
+        } else {
+            arg(&ctx, 0)
+        },
+        arg(&ctx, 1),
+        0
+    )
+);
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {

@@ -76,9 +76,7 @@ impl Btf {
 
     /// Parses a little-endian BTF blob.
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
-        let magic = data
-            .get(0..2)
-            .ok_or(BtfError::Malformed("no header"))?;
+        let magic = data.get(0..2).ok_or(BtfError::Malformed("no header"))?;
         if magic != [0x9f, 0xeb] {
             return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
         }
@@ -112,8 +110,8 @@ impl Btf {
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4,              // int, var, decl_tag
-                3 => 12,                       // array
+                1 | 14 | 17 => 4, // int, var, decl_tag
+                3 => 12,          // array
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = at + i * 12;
@@ -121,13 +119,17 @@ impl Btf {
                         members.push(Member {
                             name: u32_at(types_bytes, m)?,
                             type_id: u32_at(types_bytes, m + 4)?,
-                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,            // enum, func_proto
-                15 | 19 => vlen * 12,          // datasec, enum64
+                6 | 13 => vlen * 8,   // enum, func_proto
+                15 | 19 => vlen * 12, // datasec, enum64
                 2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
@@ -217,7 +219,8 @@ impl Btf {
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         // struct sock starts with its struct sock_common.
         let sk = self.member_offset("sock", "__sk_common")?;
-        let skc = |m: &str| -> Result<u32, BtfError> { Ok(sk + self.member_offset("sock_common", m)?) };
+        let skc =
+            |m: &str| -> Result<u32, BtfError> { Ok(sk + self.member_offset("sock_common", m)?) };
         Ok(KernelOffsets {
             task_files: self.member_offset("task_struct", "files")?,
             files_fdt: self.member_offset("files_struct", "fdt")?,
@@ -245,7 +248,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for data in [&b""[..], b"\x9f\xeb", b"\x9f\xeb\x01\x00\x18\x00\x00\x00", &[0xff; 64]] {
+        for data in [
+            &b""[..],
+            b"\x9f\xeb",
+            b"\x9f\xeb\x01\x00\x18\x00\x00\x00",
+            &[0xff; 64],
+        ] {
             assert!(Btf::parse(data).is_err());
         }
     }
@@ -262,7 +270,11 @@ mod tests {
         assert!(off.task_files > 0);
         assert!(off.fdt_fd > off.fdt_max_fds);
         assert_ne!(off.sk_daddr, off.sk_rcv_saddr);
-        assert_eq!(off.sk_rcv_saddr, off.sk_daddr + 4, "skc_addrpair: daddr then rcv_saddr");
+        assert_eq!(
+            off.sk_rcv_saddr,
+            off.sk_daddr + 4,
+            "skc_addrpair: daddr then rcv_saddr"
+        );
         assert_eq!(off.sk_num, off.sk_dport + 2, "skc_portpair: dport then num");
         assert!(matches!(
             btf.member_offset("sock", "no_such_member"),

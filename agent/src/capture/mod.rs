@@ -84,7 +84,8 @@ impl Endpoints {
                 peer: Endpoint::Unix,
             },
             AF_INET | AF_INET6 => Endpoints {
-                local: ip(&a.local_addr).map_or(Endpoint::Unknown, |i| Endpoint::Ip(i, a.local_port)),
+                local: ip(&a.local_addr)
+                    .map_or(Endpoint::Unknown, |i| Endpoint::Ip(i, a.local_port)),
                 peer: ip(&a.peer_addr).map_or(Endpoint::Unknown, |i| Endpoint::Ip(i, a.peer_port)),
             },
             _ => Endpoints {
@@ -305,6 +306,9 @@ mod tests {
         a.family = AF_INET6;
         a.peer_addr = Ipv6Addr::from(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()).octets();
         let e = Endpoints::from_raw(&a);
-        assert_eq!(e.peer, Endpoint::Ip(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 40000));
+        assert_eq!(
+            e.peer,
+            Endpoint::Ip(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 40000)
+        );
     }
 }

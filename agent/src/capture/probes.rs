@@ -94,7 +94,8 @@ impl Probes {
             wakeup_bytes: config.wakeup_bytes.min(config.ring_buffer_bytes / 2),
             _pad: 0,
         };
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &probe_config, true)
@@ -122,12 +123,21 @@ impl Probes {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
         };
-        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
-        let muted = BpfHashMap::try_from(take(&mut ebpf, "MUTED")?)
-            .map_err(|source| ProbeError::Map { name: "MUTED", source })?;
-        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
-            .map_err(|source| ProbeError::Map { name: "LOST", source })?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
+                name: "EVENTS",
+                source,
+            })?;
+        let muted =
+            BpfHashMap::try_from(take(&mut ebpf, "MUTED")?).map_err(|source| ProbeError::Map {
+                name: "MUTED",
+                source,
+            })?;
+        let lost =
+            PerCpuArray::try_from(take(&mut ebpf, "LOST")?).map_err(|source| ProbeError::Map {
+                name: "LOST",
+                source,
+            })?;
         Ok(Probes {
             _ebpf: ebpf,
             events,

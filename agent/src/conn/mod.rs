@@ -188,7 +188,11 @@ mod tests {
         c.state = 8;
         let (c, d) = t.lookup(id(3, 1), Role::Unknown, EP, 11, || 0);
         assert_eq!(c.state, 8, "same generation keeps state");
-        assert_eq!(c.role, Role::Server, "an unknown role does not erase a known one");
+        assert_eq!(
+            c.role,
+            Role::Server,
+            "an unknown role does not erase a known one"
+        );
         assert!(matches!(d, Displaced::Nothing));
         let (c, d) = t.lookup(id(3, 2), Role::Client, EP, 12, || 0);
         assert_eq!(c.state, 0);
@@ -223,6 +227,12 @@ mod tests {
         let mut s = Stream::default();
         s.advance(5000, 1024);
         s.advance(10, 10);
-        assert_eq!(s, Stream { offset: 5010, gap_bytes: 3976 });
+        assert_eq!(
+            s,
+            Stream {
+                offset: 5010,
+                gap_bytes: 3976
+            }
+        );
     }
 }

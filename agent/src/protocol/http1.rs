@@ -132,16 +132,7 @@ pub struct Response {
     pub last_ns: u64,
 }
 
-/// What the first bytes of a stream look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detect {
-    Request,
-    Response,
-    /// Not HTTP/1.x.
-    No,
-    /// Too few bytes to tell.
-    NeedMore,
-}
+pub use super::Detect;
 
 /// The first line of a message head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -2438,5 +2429,21 @@ mod tests {
             &mut out,
         );
         assert_eq!(conn.request_direction(), Some(Direction::Ingress));
+    }
+}
+
+impl super::StreamParser for Http1Conn {
+    type Message = Message;
+
+    fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        Http1Conn::feed(self, dir, chunk, out)
+    }
+
+    fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
+        Http1Conn::close(self, end_ns, out)
+    }
+
+    fn take_resync(&mut self) -> (u64, u64) {
+        Http1Conn::take_resync(self)
     }
 }

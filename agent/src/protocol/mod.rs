@@ -2,6 +2,21 @@
 //! (bytes in, messages out; no I/O, no clock, no globals).
 
 pub mod http1;
+pub mod mysql;
+pub mod redis;
+
+/// What the first bytes of a stream look like to one protocol's detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detect {
+    /// The start of a request (the writer is the client).
+    Request,
+    /// The start of a response or of a server greeting (the writer is the server).
+    Response,
+    /// Not this protocol.
+    No,
+    /// Too few bytes to tell.
+    NeedMore,
+}
 
 /// Which way bytes moved, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,4 +56,16 @@ impl Chunk<'_> {
     pub fn gap_len(&self) -> u64 {
         self.total_len.saturating_sub(self.data.len() as u64)
     }
+}
+
+/// A streaming parser for both directions of one connection.
+pub trait StreamParser {
+    type Message;
+    /// Feeds one syscall's bytes; complete messages are pushed to `out`.
+    fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Self::Message>);
+    /// The connection closed at `end_ns`: finish what can be finished.
+    fn close(&mut self, end_ns: u64, out: &mut Vec<Self::Message>);
+    /// Bytes skipped while resynchronising and times sync was lost, since
+    /// the last call.
+    fn take_resync(&mut self) -> (u64, u64);
 }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::model::{AttrValue, Span, SpanKind, SpanStatus};
-use super::{SpanContext, ids, route};
+use super::{Pairing, PairingLoss, SpanContext, ids, route};
 use crate::capture::Endpoint;
 use crate::protocol::Direction;
 use crate::protocol::http1::{Message, Request, Response};
@@ -12,13 +12,6 @@ use crate::protocol::http1::{Message, Request, Response};
 /// Requests or responses waiting for their other half, per connection; more
 /// than this means pairing is lost, and the oldest is dropped and counted.
 const MAX_WAITING: usize = 256;
-
-/// What pairing produced besides spans, for the agent's counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PairingLoss {
-    pub requests_unanswered: u64,
-    pub responses_unpaired: u64,
-}
 
 /// Pairs one connection's requests and responses in order (HTTP/1.x
 /// answers in request order, pipelined or not).
@@ -28,19 +21,20 @@ pub struct HttpPairing {
     responses: VecDeque<Response>,
 }
 
-/// Span options from the config.
+/// HTTP span options from the config.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpSpanOptions {
     pub capture_query: bool,
 }
 
-impl HttpPairing {
+impl Pairing for HttpPairing {
+    type Message = Message;
+
     /// Takes one parsed message; pushes a span for every completed pair.
-    pub fn push(
+    fn push(
         &mut self,
         msg: Message,
         ctx: &SpanContext,
-        options: HttpSpanOptions,
         out: &mut Vec<Span>,
         loss: &mut PairingLoss,
     ) {
@@ -70,14 +64,15 @@ impl HttpPairing {
                 loss.responses_unpaired += 1;
                 continue;
             }
-            if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front()) {
-                out.push(build_span(&req, &resp, ctx, options));
+            if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front())
+            {
+                out.push(build_span(&req, &resp, ctx, ctx.options.http));
             }
         }
     }
 
     /// The connection ended: whatever still waits is lost.
-    pub fn finish(&mut self, loss: &mut PairingLoss) {
+    fn finish(&mut self, loss: &mut PairingLoss) {
         loss.requests_unanswered += self.requests.len() as u64;
         loss.responses_unpaired += self.responses.len() as u64;
         self.requests.clear();
