@@ -258,3 +258,68 @@ fn capture_limit_is_honoured_without_recompiling() {
     assert!(sent.payload[6000..12000].iter().all(|&c| c == b'b'));
     assert!(sent.payload[12000..].iter().all(|&c| c == b'c'));
 }
+
+#[test]
+fn muted_connections_ship_only_message_starts() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probes = Probes::start(&CaptureConfig::default()).expect("probes start");
+    // First a TLS-looking record, then (after the test muted the connection)
+    // more binary bytes, an HTTP request, and binary bytes again.
+    let script = "import socket,time,sys\n\
+                  a,b=socket.socketpair()\n\
+                  a.sendall(b'\\x16\\x03\\x01\\x00\\x05hello')\n\
+                  time.sleep(1.5)\n\
+                  a.sendall(b'\\x17\\x03\\x03binary')\n\
+                  a.sendall(b'GET /after HTTP/1.1\\r\\n\\r\\n')\n\
+                  a.sendall(b'\\x17\\x03\\x03binary again')\n\
+                  time.sleep(0.5)\n";
+    let mut child = python(script);
+    let pid = child.id();
+    let mut sent = Vec::new();
+    let mut muted = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut to_mute = None;
+        while let Some(rec) = probes.events.next() {
+            if let Ok(Event::Data {
+                conn,
+                direction: Direction::Egress,
+                payload,
+                ..
+            }) = capture::decode(&rec)
+                && conn.tgid == pid
+            {
+                sent.push(payload.to_vec());
+                if !muted {
+                    to_mute = Some(conn);
+                    muted = true;
+                }
+            }
+        }
+        if let Some(conn) = to_mute {
+            let key = sonde_common::ConnKey {
+                tgid: conn.tgid,
+                fd: conn.fd,
+            };
+            probes.mute(key, conn.generation);
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        sent,
+        vec![
+            b"\x16\x03\x01\x00\x05hello".to_vec(),
+            b"GET /after HTTP/1.1\r\n\r\n".to_vec()
+        ],
+        "after muting only the message start is shipped"
+    );
+}

@@ -341,11 +341,16 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
 
 // ---- exit: copy what moved ---------------------------------------------------
 
-/// Whether the first bytes could start an HTTP/1.x or HTTP/2 message.
+/// Whether the first bytes could start a message of a protocol user space
+/// parses: an HTTP/1.x request or status line, the HTTP/2 preface, a Redis
+/// command array (`*<digit>`), or a MySQL command packet (sequence 0 and a
+/// command byte of COM_QUERY, COM_INIT_DB, COM_PING, COM_STMT_PREPARE or
+/// COM_STMT_EXECUTE).
 #[inline(always)]
-fn may_start_message(first: [u8; 4]) -> bool {
-    matches!(
-        &first,
+fn may_start_message(first: [u8; 8]) -> bool {
+    let word = [first[0], first[1], first[2], first[3]];
+    if matches!(
+        &word,
         b"GET "
             | b"POST"
             | b"PUT "
@@ -357,7 +362,13 @@ fn may_start_message(first: [u8; 4]) -> bool {
             | b"TRAC"
             | b"HTTP"
             | b"PRI "
-    )
+    ) {
+        return true;
+    }
+    if first[0] == b'*' && first[1].is_ascii_digit() {
+        return true;
+    }
+    first[3] == 0 && matches!(first[4], 0x02 | 0x03 | 0x0e | 0x16 | 0x17)
 }
 
 #[repr(C)]
@@ -426,7 +437,7 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
             } else {
                 read_user::<IoVec>(iov_ptr).base
             };
-            if first_buf == 0 || !may_start_message(read_user(first_buf)) {
+            if first_buf == 0 || !may_start_message(read_user::<[u8; 8]>(first_buf)) {
                 return 0;
             }
         }
