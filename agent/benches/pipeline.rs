@@ -15,6 +15,10 @@ use sonde::span::model::Span;
 use sonde::stats::Stats;
 use sonde_common::{AF_INET, DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_SERVER, SockAddrs};
 
+/// The agent's allocator (see main.rs), so the figure matches the agent.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Counts spans instead of exporting them.
 struct CountingSink(u64);
 

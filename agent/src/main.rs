@@ -19,6 +19,12 @@ use sonde::span::{DbSpanOptions, SpanOptions};
 use sonde::stats::Stats;
 use tracing::{info, warn};
 
+/// The pipeline allocates small strings per message and per span at a high
+/// rate; mimalloc handles that pattern with far less time in the allocator
+/// than the system one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sonde",

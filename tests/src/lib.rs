@@ -9,13 +9,20 @@
 //! - [`agent::Agent`]: starts `target/release/sonde run --config ...`.
 //! - [`servers`]: nginx and a Python upstream.
 //! - [`clients`]: curl and inline Python clients.
+//! - [`redis`]: redis-server, redis-cli, redis-benchmark and a Python client.
+//! - [`mariadb`]: MariaDB with a fresh data directory, the `mariadb` client
+//!   and mysql-connector-python scripts.
+//! - [`db`]: what the database tests share (agent context, span dumps).
 //!
 //! The agent traces the whole host, so tests select spans by the pids and
 //! ports they created themselves.
 
 pub mod agent;
 pub mod clients;
+pub mod db;
+pub mod mariadb;
 pub mod receiver;
+pub mod redis;
 pub mod servers;
 pub mod util;
 
