@@ -7,6 +7,7 @@
 //! before a test starts its agent; the traced clients use TCP as the user
 //! [`USER`] with [`PASSWORD`].
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -219,21 +220,27 @@ pub struct CliRun {
 }
 
 /// One `mariadb` process over TCP to 127.0.0.1:`port` as [`USER`], without
-/// TLS, in database `db`, running `sql` (statements separated by `;`) in
-/// batch mode. `--force` keeps going after an error; the exit status is
-/// then non-zero, so it is returned rather than checked.
+/// TLS, in database `db`, reading `sql` (statements ending in `;`) from
+/// stdin in batch mode, with `--force` so it goes on after an error (`-e`
+/// would stop there). The exit status is returned, not checked.
+///
+/// Its `USE db` sends `SELECT DATABASE()` (a COM_QUERY) before the
+/// COM_INIT_DB.
 pub fn cli(port: u16, db: &str, sql: &str) -> anyhow::Result<CliRun> {
-    let child = Command::new(client_binary())
+    let mut child = Command::new(client_binary())
         .arg("--no-defaults")
         .args(["-h", "127.0.0.1", "-P", &port.to_string()])
         .args(["-u", USER, &format!("-p{PASSWORD}")])
-        .args(["--skip-ssl", "--batch", "--force", "-e", sql, db])
-        .stdin(Stdio::null())
+        .args(["--skip-ssl", "--batch", "--force", db])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start the mariadb client (install mariadb-client)")?;
     let pid = child.id();
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(sql.as_bytes())?;
+    }
     let out = child.wait_with_output()?;
     Ok(CliRun {
         pid,

@@ -955,3 +955,88 @@ fn shutdown() {
         "pinned BPF objects left in /sys/fs/bpf: {pinned:?}"
     );
 }
+
+/// An HTTP/1.1 server on a Unix stream socket (path in argv[1]) that answers
+/// two requests.
+const PY_UNIX_SERVER: &str = r#"
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"unix ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def address_string(self):
+        return "unix"
+    def log_message(self, *a):
+        pass
+srv = socketserver.UnixStreamServer(sys.argv[1], H)
+print("ready", flush=True)
+srv.handle_request()
+"#;
+
+#[test]
+fn unix_socket() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let dir = must(tempfile::tempdir().map_err(anyhow::Error::from));
+    let path = dir.path().join("http.sock");
+    let server = must(PyChild::spawn(
+        PY_UNIX_SERVER,
+        &[path.display().to_string()],
+    ));
+    must(server.wait_line("ready", Duration::from_secs(10)));
+    let ctx = Ctx::start("grpc");
+
+    // Two requests on one connection over the socket.
+    let curl = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-o", "/dev/null", "--unix-socket"])
+        .arg(&path)
+        .args(["http://localhost/unix-a", "http://localhost/unix-b"])
+        .spawn()
+        .expect("curl runs");
+    let curl_pid = curl.id();
+    let out = curl.wait_with_output().expect("curl exits");
+    assert!(out.status.success(), "curl over the unix socket failed");
+
+    let server_pid = server.pid();
+    let srv = |s: &ReceivedSpan| s.pid() == Some(server_pid);
+    let cli = |s: &ReceivedSpan| s.pid() == Some(curl_pid);
+    let relevant = |s: &ReceivedSpan| srv(s) || cli(s);
+    // One keep-alive connection, two requests: two spans on each side.
+    ctx.wait_counts(&[(2, &srv), (2, &cli)]);
+    let mut p = Vec::new();
+    let servers = ctx.spans(srv);
+    let clients = ctx.spans(cli);
+    for (side, spans, kind) in [
+        ("SERVER", &servers, Kind::Server),
+        ("CLIENT", &clients, Kind::Client),
+    ] {
+        if spans.len() != 2 {
+            p.push(format!("{} {side} spans, expected 2", spans.len()));
+            continue;
+        }
+        for (s, path) in spans.iter().zip(["/unix-a", "/unix-b"]) {
+            if s.kind != kind {
+                p.push(format!(
+                    "kind {:?}, expected {kind:?}: {}",
+                    s.kind,
+                    s.compact()
+                ));
+            }
+            want_str(&mut p, s, "network.transport", "unix");
+            want_str(&mut p, s, "url.path", path);
+            want_int(&mut p, s, "http.response.status_code", 200);
+            if s.attr("network.peer.address").is_some() {
+                p.push(format!("a unix span has a peer address: {}", s.compact()));
+            }
+        }
+    }
+    ctx.check_problems(p, &relevant);
+    let _ = server.finish(Duration::from_secs(5));
+    ctx.stop();
+}
