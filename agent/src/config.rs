@@ -978,3 +978,27 @@ log: {level: info}
         }
     }
 }
+
+#[cfg(test)]
+mod deploy_tests {
+    /// The config embedded in the Kubernetes manifest is a valid config.
+    #[test]
+    fn kubernetes_configmap_parses() {
+        let manifest = include_str!("../../deploy/kubernetes/sonde.yaml");
+        let mut found = false;
+        for doc in serde_yaml::Deserializer::from_str(manifest) {
+            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+                .expect("manifest is valid YAML");
+            if let Some(text) = value
+                .get("data")
+                .and_then(|d| d.get("sonde.yaml"))
+                .and_then(|t| t.as_str())
+            {
+                let config = super::parse(text).expect("embedded config parses");
+                assert_eq!(config.export.console, Some(false));
+                found = true;
+            }
+        }
+        assert!(found, "the manifest has a ConfigMap with sonde.yaml");
+    }
+}
