@@ -14,10 +14,12 @@ use crate::conn::{Conn, ConnTable, Displaced};
 use crate::enrich::{ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::protocol::http1::{self, Http1Conn};
+use crate::protocol::http2::{self, Http2Conn};
 use crate::protocol::mysql::{self, MysqlConn};
 use crate::protocol::redis::{self, RedisConn};
 use crate::protocol::{Chunk, Detect, Direction, StreamParser};
 use crate::span::http::HttpPairing;
+use crate::span::http2::Http2Pairing;
 use crate::span::model::Span;
 use crate::span::mysql::MysqlPairing;
 use crate::span::redis::RedisPairing;
@@ -116,6 +118,7 @@ enum Protocol {
     /// Not decided yet; counts the chunks seen.
     Unknown(u8),
     Http1(Box<Session<Http1Conn, HttpPairing>>),
+    Http2(Box<Session<Http2Conn, Http2Pairing>>),
     Redis(Box<Session<RedisConn, RedisPairing>>),
     Mysql(Box<Session<MysqlConn, MysqlPairing>>),
     /// No supported protocol: the kernel was told to ship only message starts.
@@ -126,15 +129,22 @@ impl Protocol {
     /// The protocol these first bytes start, if one is sure.
     fn detect(data: &[u8], options: &PipelineOptions) -> Result<Protocol, Detect> {
         let mut verdict = Detect::No;
+        // HTTP/2 first: its preface would otherwise look like an HTTP/1.x
+        // request line to a lenient reader.
         for (detect, make) in [
             (
-                http1::detect as fn(&[u8]) -> Detect,
+                http2::detect as fn(&[u8]) -> Detect,
                 (|o: &PipelineOptions| {
-                    Protocol::Http1(Session::new(Http1Conn::new(http1::Limits {
-                        max_head_bytes: o.max_head_bytes,
+                    Protocol::Http2(Session::new(Http2Conn::new(http2::Limits {
+                        max_buffered_bytes: o.max_head_bytes,
                     })))
                 }) as fn(&PipelineOptions) -> Protocol,
             ),
+            (http1::detect, |o| {
+                Protocol::Http1(Session::new(Http1Conn::new(http1::Limits {
+                    max_head_bytes: o.max_head_bytes,
+                })))
+            }),
             (redis::detect, |o| {
                 Protocol::Redis(Session::new(RedisConn::new(redis::Limits {
                     max_buffered_bytes: o.max_head_bytes,
@@ -165,6 +175,7 @@ impl Protocol {
     ) {
         match self {
             Protocol::Http1(s) => s.run(input, end_ns, ctx, stats, spans),
+            Protocol::Http2(s) => s.run(input, end_ns, ctx, stats, spans),
             Protocol::Redis(s) => s.run(input, end_ns, ctx, stats, spans),
             Protocol::Mysql(s) => s.run(input, end_ns, ctx, stats, spans),
             Protocol::Unknown(_) | Protocol::Muted => {}

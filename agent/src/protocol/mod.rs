@@ -2,6 +2,7 @@
 //! (bytes in, messages out; no I/O, no clock, no globals).
 
 pub mod http1;
+pub mod http2;
 pub mod mysql;
 pub mod redis;
 

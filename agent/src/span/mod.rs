@@ -3,6 +3,7 @@
 //! read, CLIENT spans for requests it wrote.
 
 pub mod http;
+pub mod http2;
 pub mod ids;
 pub mod model;
 pub mod mysql;
