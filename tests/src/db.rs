@@ -316,10 +316,12 @@ impl Ctx {
     }
 
     /// Panics with `msg` and a dump of the received spans.
+    #[track_caller]
     pub fn fail(&self, msg: &str, relevant: Pick) -> ! {
         panic!("{msg}{}", self.report(relevant));
     }
 
+    #[track_caller]
     pub fn check(&self, ok: bool, msg: &str, relevant: Pick) {
         if !ok {
             self.fail(msg, relevant);
@@ -327,6 +329,7 @@ impl Ctx {
     }
 
     /// Panics listing every problem, if there are any.
+    #[track_caller]
     pub fn check_problems(&self, problems: Problems, relevant: Pick) {
         if !problems.is_empty() {
             let mut msg = format!("{} problem(s):\n", problems.0.len());

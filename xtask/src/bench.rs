@@ -1,9 +1,11 @@
 //! `cargo xtask bench pipeline|overhead`.
 //!
 //! `pipeline` runs the criterion benches of the user-space pipeline.
-//! `overhead` measures what the agent costs a real server: nginx on
-//! loopback, loaded by wrk, in rounds that alternate between no agent and
-//! the agent attached, then prints throughput and p99 latency side by side.
+//! `overhead` measures what the agent costs real servers, in rounds that
+//! alternate between no agent and the agent attached, and prints the
+//! results side by side: nginx on loopback loaded by wrk (throughput and
+//! p99 latency), then redis-server on loopback loaded by redis-benchmark
+//! (SET and GET operations per second). `--only nginx|redis` runs one part.
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -17,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{agent_binary, become_root, cargo, deps, on_path, show, step};
 
-const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S]";
+const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis]";
 
 /// How long the agent may take to load and attach its programs.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,22 +40,52 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
+/// The servers `bench overhead` can load.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Part {
+    Nginx,
+    Redis,
+}
+
 #[derive(Debug, PartialEq)]
 struct OverheadArgs {
     rounds: u32,
+    /// Seconds of wrk load per nginx round.
     secs: u32,
+    /// redis-benchmark requests per command (SET, GET) per redis round.
+    requests: u32,
+    /// One part only; both when `None`.
+    only: Option<Part>,
+}
+
+impl OverheadArgs {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_none_or(|p| p == part)
+    }
 }
 
 fn parse_overhead_args(args: &[String]) -> anyhow::Result<OverheadArgs> {
     let mut parsed = OverheadArgs {
         rounds: 3,
         secs: 10,
+        requests: 200_000,
+        only: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--only" {
+            parsed.only = match it.next().map(String::as_str) {
+                Some("nginx") => Some(Part::Nginx),
+                Some("redis") => Some(Part::Redis),
+                Some(other) => bail!("--only takes nginx or redis, got `{other}`\n{USAGE}"),
+                None => bail!("--only needs nginx or redis\n{USAGE}"),
+            };
+            continue;
+        }
         let slot = match flag.as_str() {
             "--rounds" => &mut parsed.rounds,
             "--secs" => &mut parsed.secs,
+            "--requests" => &mut parsed.requests,
             _ => bail!("unknown argument `{flag}`\n{USAGE}"),
         };
         let value = it
@@ -78,16 +110,17 @@ struct Load {
 fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     become_root()?;
     let have_nginx = on_path("nginx") || Path::new("/usr/sbin/nginx").exists();
-    if !have_nginx || !on_path("wrk") {
+    let need_install = (args.runs(Part::Nginx) && (!have_nginx || !on_path("wrk")))
+        || (args.runs(Part::Redis)
+            && !(Path::new(REDIS_SERVER).exists() && on_path("redis-benchmark")));
+    if need_install {
         deps::install()?;
     }
     crate::build(false)?;
 
     let dir = std::env::temp_dir().join(format!("sonde-overhead-{}", std::process::id()));
     let _cleanup = RemoveDir(dir.clone());
-    let port = free_port()?;
-    let nginx = start_nginx(&dir, port)?;
-    let url = format!("http://127.0.0.1:{port}/index.html");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The agent exports over OTLP/HTTP to a sink in this process, as it
     // would to a collector on the node; the console stays off.
     let sink = OtlpSink::start()?;
@@ -101,26 +134,48 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     )
     .context("writing the agent's config")?;
 
-    // One short warm-up so the first measured round is not the coldest.
-    wrk(&url, 1)?;
-    let mut rows = Vec::new();
-    for round in 1..=args.rounds {
-        println!("xtask: round {round}/{}: without the agent", args.rounds);
-        let without = wrk(&url, args.secs)?;
-        println!("xtask: round {round}/{}: with the agent", args.rounds);
-        let agent = start_agent(&agent_config)?;
-        let with = wrk(&url, args.secs);
-        agent.stop();
-        rows.push((without, with?));
+    if args.runs(Part::Nginx) {
+        let rows = overhead_nginx(&args, &dir, &agent_config)?;
+        print_table(&rows, args.secs);
     }
-    drop(nginx);
-    print_table(&rows, args.secs);
+    if args.runs(Part::Redis) {
+        let rows = overhead_redis(&args, &dir, &agent_config)?;
+        print_redis_table(&rows, args.requests);
+    }
     let (requests, bytes) = sink.totals();
     println!(
         "the agent exported {requests} OTLP requests ({} KiB) in all",
         bytes / 1024
     );
     Ok(())
+}
+
+/// nginx under wrk: one (without, with) pair per round.
+fn overhead_nginx(
+    args: &OverheadArgs,
+    dir: &Path,
+    agent_config: &Path,
+) -> anyhow::Result<Vec<(Load, Load)>> {
+    let port = free_port()?;
+    let nginx = start_nginx(dir, port)?;
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    // One short warm-up so the first measured round is not the coldest.
+    wrk(&url, 1)?;
+    let mut rows = Vec::new();
+    for round in 1..=args.rounds {
+        println!(
+            "xtask: nginx round {round}/{}: without the agent",
+            args.rounds
+        );
+        let without = wrk(&url, args.secs)?;
+        println!("xtask: nginx round {round}/{}: with the agent", args.rounds);
+        let agent = start_agent(agent_config)?;
+        let with = wrk(&url, args.secs);
+        agent.stop();
+        rows.push((without, with?));
+    }
+    drop(nginx);
+    Ok(rows)
 }
 
 fn print_table(rows: &[(Load, Load)], secs: u32) {
@@ -167,6 +222,92 @@ fn print_table(rows: &[(Load, Load)], secs: u32) {
         "with the agent: {:.1}% of the throughput, p99 latency x{:.2}",
         100.0 * rps_with / rps_without,
         p99_with / p99_without
+    );
+}
+
+/// Where Debian's redis-server package puts the server.
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// One redis-benchmark run: operations per second of each command.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RedisLoad {
+    set_per_sec: f64,
+    get_per_sec: f64,
+}
+
+/// redis-server under redis-benchmark: one (without, with) pair per round.
+fn overhead_redis(
+    args: &OverheadArgs,
+    dir: &Path,
+    agent_config: &Path,
+) -> anyhow::Result<Vec<(RedisLoad, RedisLoad)>> {
+    let port = free_port()?;
+    let redis = start_redis(dir, port)?;
+    // One short warm-up so the first measured round is not the coldest.
+    redis_benchmark(port, (args.requests / 10).max(1000))?;
+    let mut rows = Vec::new();
+    for round in 1..=args.rounds {
+        println!(
+            "xtask: redis round {round}/{}: without the agent",
+            args.rounds
+        );
+        let without = redis_benchmark(port, args.requests)?;
+        println!("xtask: redis round {round}/{}: with the agent", args.rounds);
+        let agent = start_agent(agent_config)?;
+        let with = redis_benchmark(port, args.requests);
+        agent.stop();
+        rows.push((without, with?));
+    }
+    drop(redis);
+    Ok(rows)
+}
+
+fn print_redis_table(rows: &[(RedisLoad, RedisLoad)], requests: u32) {
+    println!();
+    println!(
+        "redis-server on loopback, redis-benchmark -c 16 -P 1 -t set,get -n {requests}, operations/s"
+    );
+    println!(
+        "{:>5}  {:>12}  {:>12}  {:>7}  {:>12}  {:>12}  {:>7}",
+        "round", "SET without", "SET with", "ratio", "GET without", "GET with", "ratio"
+    );
+    let row = |label: &str, without: &RedisLoad, with: &RedisLoad| {
+        println!(
+            "{:>5}  {:>12.0}  {:>12.0}  {:>7.3}  {:>12.0}  {:>12.0}  {:>7.3}",
+            label,
+            without.set_per_sec,
+            with.set_per_sec,
+            with.set_per_sec / without.set_per_sec,
+            without.get_per_sec,
+            with.get_per_sec,
+            with.get_per_sec / without.get_per_sec,
+        );
+    };
+    for (i, (without, with)) in rows.iter().enumerate() {
+        row(&(i + 1).to_string(), without, with);
+    }
+    let n = rows.len() as f64;
+    let mean = |f: fn(&RedisLoad) -> f64, pick_with: bool| {
+        rows.iter()
+            .map(|(a, b)| f(if pick_with { b } else { a }))
+            .sum::<f64>()
+            / n
+    };
+    let set = |l: &RedisLoad| l.set_per_sec;
+    let get = |l: &RedisLoad| l.get_per_sec;
+    let without = RedisLoad {
+        set_per_sec: mean(set, false),
+        get_per_sec: mean(get, false),
+    };
+    let with = RedisLoad {
+        set_per_sec: mean(set, true),
+        get_per_sec: mean(get, true),
+    };
+    row("mean", &without, &with);
+    println!(
+        "with the agent: {:.1}% of the SET and {:.1}% of the GET throughput",
+        100.0 * with.set_per_sec / without.set_per_sec,
+        100.0 * with.get_per_sec / without.get_per_sec
     );
 }
 
@@ -271,6 +412,37 @@ http {{
         }
         if Instant::now() > deadline {
             bail!("nginx did not listen on 127.0.0.1:{port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(guard)
+}
+
+/// redis-server on 127.0.0.1:`port`, no persistence, its files in `dir`.
+fn start_redis(dir: &Path, port: u16) -> anyhow::Result<Guard> {
+    let mut cmd = Command::new(REDIS_SERVER);
+    cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--logfile", "", "--loglevel", "warning"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    println!(
+        "xtask: starting redis-server on 127.0.0.1:{port}: {}",
+        show(&cmd)
+    );
+    let child = cmd.spawn().context(
+        "cannot start redis-server (install it with `cargo xtask test` or apt-get install redis-server)",
+    )?;
+    let mut guard = Guard(child, "redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = guard.0.try_wait() {
+            bail!("redis-server exited at start ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("redis-server did not listen on 127.0.0.1:{port} within 10 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -454,6 +626,53 @@ fn wrk(url: &str, secs: u32) -> anyhow::Result<Load> {
     parse_wrk(&text).with_context(|| format!("cannot read wrk's report:\n{text}"))
 }
 
+/// Runs `redis-benchmark -t set,get` with 16 connections, no pipelining.
+fn redis_benchmark(port: u16, requests: u32) -> anyhow::Result<RedisLoad> {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-q", "-t", "set,get", "-c", "16", "-P", "1", "--csv"])
+        .args(["-n", &requests.to_string()]);
+    let out = cmd.stdin(Stdio::null()).output().context(
+        "cannot start redis-benchmark (install it with `cargo xtask test` or apt-get install redis-tools)",
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "redis-benchmark failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_redis_csv(&text).with_context(|| format!("cannot read redis-benchmark's report:\n{text}"))
+}
+
+/// SET and GET requests per second from `redis-benchmark --csv`: lines of
+/// quoted fields, the test name then its rate (newer versions add a header
+/// line and latency columns).
+fn parse_redis_csv(text: &str) -> Option<RedisLoad> {
+    let mut set_per_sec = None;
+    let mut get_per_sec = None;
+    for line in text.lines() {
+        let mut fields = line.split(',').map(|f| f.trim().trim_matches('"'));
+        let (Some(test), Some(rate)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(rate) = rate.parse::<f64>() else {
+            continue;
+        };
+        match test {
+            "SET" => set_per_sec = Some(rate),
+            "GET" => get_per_sec = Some(rate),
+            _ => {}
+        }
+    }
+    Some(RedisLoad {
+        set_per_sec: set_per_sec?,
+        get_per_sec: get_per_sec?,
+    })
+}
+
 /// Requests/sec and the 99th percentile latency from `wrk --latency` output.
 fn parse_wrk(text: &str) -> Option<Load> {
     let mut requests_per_sec = None;
@@ -542,15 +761,62 @@ Transfer/sec:     38.01MB
             parse_overhead_args(&args(&[])).unwrap(),
             OverheadArgs {
                 rounds: 3,
-                secs: 10
+                secs: 10,
+                requests: 200_000,
+                only: None,
             }
         );
         assert_eq!(
-            parse_overhead_args(&args(&["--secs", "2", "--rounds", "5"])).unwrap(),
-            OverheadArgs { rounds: 5, secs: 2 }
+            parse_overhead_args(&args(&[
+                "--secs",
+                "2",
+                "--rounds",
+                "5",
+                "--requests",
+                "5000",
+                "--only",
+                "redis"
+            ]))
+            .unwrap(),
+            OverheadArgs {
+                rounds: 5,
+                secs: 2,
+                requests: 5000,
+                only: Some(Part::Redis),
+            }
         );
+        let nginx_only = parse_overhead_args(&args(&["--only", "nginx"])).unwrap();
+        assert!(nginx_only.runs(Part::Nginx) && !nginx_only.runs(Part::Redis));
         assert!(parse_overhead_args(&args(&["--rounds"])).is_err());
         assert!(parse_overhead_args(&args(&["--rounds", "0"])).is_err());
         assert!(parse_overhead_args(&args(&["--fast"])).is_err());
+        assert!(parse_overhead_args(&args(&["--only"])).is_err());
+        assert!(parse_overhead_args(&args(&["--only", "mysql"])).is_err());
+    }
+
+    #[test]
+    fn redis_csv_is_parsed() {
+        // redis-benchmark 7 prints a header and latency columns.
+        let v7 = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"
+\"SET\",\"98425.20\",\"0.090\",\"0.032\",\"0.087\",\"0.135\",\"0.191\",\"0.807\"
+\"GET\",\"101214.57\",\"0.085\",\"0.024\",\"0.079\",\"0.127\",\"0.183\",\"0.663\"
+";
+        assert_eq!(
+            parse_redis_csv(v7),
+            Some(RedisLoad {
+                set_per_sec: 98425.20,
+                get_per_sec: 101214.57
+            })
+        );
+        // Older versions: name and rate only.
+        assert_eq!(
+            parse_redis_csv("\"SET\",\"1000.00\"\n\"GET\",\"2000.00\"\n"),
+            Some(RedisLoad {
+                set_per_sec: 1000.0,
+                get_per_sec: 2000.0
+            })
+        );
+        assert_eq!(parse_redis_csv("\"SET\",\"1000.00\"\n"), None);
+        assert_eq!(parse_redis_csv(""), None);
     }
 }

@@ -10,11 +10,33 @@ use crate::{on_path, output, step};
 
 /// Debian packages, each a list of alternatives: the first one apt knows is
 /// installed when none of them is.
-pub const APT_PACKAGES: &[&[&str]] =
-    &[&["nginx-light", "nginx"], &["curl"], &["wrk"], &["python3"]];
+pub const APT_PACKAGES: &[&[&str]] = &[
+    &["nginx-light", "nginx"],
+    &["curl"],
+    &["wrk"],
+    &["python3"],
+    &["python3-pip"],
+    &["redis-server"],
+    &["redis-tools"],
+    &["mariadb-server"],
+    &["mariadb-client"],
+];
 
-/// Python packages for test clients, installed with `python3 -m pip`.
-pub const PIP_PACKAGES: &[&str] = &[];
+/// Packaged services that Debian may start (and enable) when it installs
+/// them; the tests and benches run their own instances on free ports, so
+/// these are stopped and disabled after an install.
+const PACKAGED_SERVICES: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("redis-server", "redis-server"),
+    ("mariadb-server", "mariadb"),
+];
+
+/// Python packages for test clients, installed with `python3 -m pip`, each
+/// with the module whose import proves it is there.
+pub const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("redis", "redis"),
+    ("mysql-connector-python", "mysql.connector"),
+];
 
 /// Installs whatever is missing from [`APT_PACKAGES`] and [`PIP_PACKAGES`].
 pub fn install() -> anyhow::Result<()> {
@@ -68,53 +90,71 @@ fn install_apt() -> anyhow::Result<()> {
             .args(&chosen),
         "installing test dependencies",
     )?;
-    if chosen.iter().any(|p| p.starts_with("nginx")) {
-        stop_default_nginx();
+    for (package_prefix, service) in PACKAGED_SERVICES {
+        if chosen.iter().any(|p| p.starts_with(package_prefix)) {
+            stop_packaged_service(service);
+        }
     }
     Ok(())
 }
 
-/// Debian starts nginx on port 80 when it installs it; the tests run their
-/// own nginx, so the packaged service is stopped and disabled.
-fn stop_default_nginx() {
+/// Debian starts some servers (nginx on port 80, redis-server on 6379,
+/// mariadb on 3306) when it installs them; the tests run their own, so the
+/// packaged service is stopped and disabled.
+fn stop_packaged_service(service: &str) {
     let quiet = |cmd: &mut Command, what: &str| {
         if let Err(e) = step(cmd, what) {
             println!("xtask: deps: ignored: {e:#}");
         }
     };
+    let stopping = format!("stopping the packaged {service} service");
+    let init_script = Path::new("/etc/init.d").join(service);
     if Path::new("/run/systemd/system").is_dir() && on_path("systemctl") {
         quiet(
-            Command::new("systemctl").args(["disable", "--now", "nginx"]),
-            "stopping the packaged nginx service",
+            Command::new("systemctl").args(["disable", "--now", service]),
+            &stopping,
         );
-    } else if Path::new("/etc/init.d/nginx").exists() {
-        quiet(
-            Command::new("/etc/init.d/nginx").arg("stop"),
-            "stopping the packaged nginx service",
-        );
+    } else if init_script.exists() {
+        quiet(Command::new(&init_script).arg("stop"), &stopping);
         if on_path("update-rc.d") {
             quiet(
-                Command::new("update-rc.d").args(["nginx", "disable"]),
-                "disabling the packaged nginx service",
+                Command::new("update-rc.d").args([service, "disable"]),
+                &format!("disabling the packaged {service} service"),
             );
         }
     }
 }
 
+/// The interpreter the tests run Python clients with: `$SONDE_TEST_PYTHON`,
+/// else what `python3` on PATH says its `sys.executable` is (the real
+/// binary behind a pyenv shim), so pip installs where the tests import from.
+fn python() -> String {
+    if let Ok(p) = std::env::var("SONDE_TEST_PYTHON") {
+        return p;
+    }
+    output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".to_string())
+}
+
 fn install_pip() -> anyhow::Result<()> {
+    let python = python();
     let missing: Vec<&str> = PIP_PACKAGES
         .iter()
-        .copied()
-        .filter(|p| output(Command::new("python3").args(["-m", "pip", "show", p])).is_none())
+        .filter(|(_, module)| {
+            output(Command::new(&python).args(["-c", &format!("import {module}")])).is_none()
+        })
+        .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
         if !PIP_PACKAGES.is_empty() {
-            println!("xtask: deps: python packages present");
+            println!("xtask: deps: python packages present for {python}");
         }
         return Ok(());
     }
     step(
-        Command::new("python3")
+        Command::new(&python)
             .args(["-m", "pip", "install", "--quiet"])
             .args(&missing)
             // Debian's own python3 refuses pip installs without this.

@@ -24,9 +24,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     crate::build(false)?;
 
     let mut cmd = cargo();
+    // --release: the agent was just built in release, so the tests reuse its
+    // compiled dependencies instead of building them all again unoptimised.
     // --no-fail-fast: one failing test binary does not hide the others.
     cmd.args([
         "test",
+        "--release",
         "--workspace",
         "--exclude",
         "sonde-ebpf",

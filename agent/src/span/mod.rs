@@ -9,6 +9,7 @@ pub mod model;
 pub mod mysql;
 pub mod redis;
 pub mod route;
+pub mod sql;
 
 use crate::capture::Endpoints;
 
