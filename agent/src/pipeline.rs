@@ -298,6 +298,8 @@ impl<S: SpanSink> Pipeline<S> {
         if conn.egress.offset == 0 && conn.ingress.offset == 0 {
             // Read the process's metadata while it surely still runs: a
             // short-lived client may be gone by the time its span is done.
+            // A new connection is also when a reused pid shows: re-check it.
+            self.resources.forget(id.tgid);
             self.resources.get(id.tgid);
         }
         conn.stream_mut(dir)
