@@ -3,15 +3,23 @@
 //!
 //! `cargo xtask bench pipeline` runs it; the figure to read is the
 //! throughput in elements (request/response pairs) per second.
+//!
+//! `http1_pairs` and `http1_pairs_with_metrics` run the same records
+//! without and with the metrics stage (RED histograms, exemplars, service
+//! graph); the difference of their times per element is what aggregation
+//! adds per span. `metrics/record` times the metrics stage alone.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sonde::capture::{Clock, encode_data};
+use sonde::capture::{Endpoint, Endpoints};
+use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
+use sonde::metrics::{Metrics, Store, store_options};
 use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
-use sonde::span::model::Span;
+use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
 use sonde_common::{AF_INET, DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_SERVER, SockAddrs};
 
@@ -78,27 +86,30 @@ fn recorded_events() -> Vec<Vec<u8>> {
     records
 }
 
+fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
+    Pipeline::new(
+        PipelineOptions {
+            max_connections: 4096,
+            max_head_bytes: 16384,
+            spans: Default::default(),
+        },
+        Clock::with_offset(0),
+        ProcessResources::new(HostInfo {
+            host_name: "bench".into(),
+            host_id: None,
+        }),
+        CountingSink(0),
+        stats,
+    )
+}
+
 fn bench_pipeline(c: &mut Criterion) {
     let records = recorded_events();
     let pairs = u64::from(CONNS * PAIRS_PER_CONN);
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(pairs));
     group.bench_function("http1_pairs", |b| {
-        let stats = Arc::new(Stats::default());
-        let mut pipeline = Pipeline::new(
-            PipelineOptions {
-                max_connections: 4096,
-                max_head_bytes: 16384,
-                spans: Default::default(),
-            },
-            Clock::with_offset(0),
-            ProcessResources::new(HostInfo {
-                host_name: "bench".into(),
-                host_id: None,
-            }),
-            CountingSink(0),
-            stats,
-        );
+        let mut pipeline = pipeline(Arc::new(Stats::default()));
         b.iter(|| {
             for r in &records {
                 pipeline.handle_record(black_box(r));
@@ -106,8 +117,96 @@ fn bench_pipeline(c: &mut Criterion) {
         });
         assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
     });
+    group.bench_function("http1_pairs_with_metrics", |b| {
+        let stats = Arc::new(Stats::default());
+        let mut pipeline = pipeline(stats.clone());
+        let metrics = Metrics::new(
+            store_options(&MetricsConfig::default()),
+            Arc::new(Resource {
+                service_name: "sonde".into(),
+                attributes: Vec::new(),
+            }),
+            stats,
+        );
+        pipeline.set_metrics(metrics.clone());
+        b.iter(|| {
+            for r in &records {
+                pipeline.handle_record(black_box(r));
+            }
+        });
+        assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
+        let counts = metrics.recorder().series_counts();
+        assert!(
+            counts.iter().any(|(_, n, _)| *n > 0),
+            "the bench made no series"
+        );
+    });
     group.finish();
 }
 
-criterion_group!(benches, bench_pipeline);
+/// A server span like the ones the pipeline bench builds.
+fn server_span(i: u64) -> Span {
+    Span {
+        trace_id: [i as u8; 16],
+        span_id: [i as u8; 8],
+        parent_span_id: None,
+        name: "GET /api/v1/users/{id}/orders".into(),
+        kind: SpanKind::Server,
+        start_unix_ns: 1_000_000 + i * 100_000,
+        end_unix_ns: 1_000_000 + i * 100_000 + 50_000 + (i % 7) * 1_000_000,
+        attributes: vec![
+            ("http.request.method", AttrValue::from("GET")),
+            ("http.response.status_code", AttrValue::Int(200)),
+            ("url.path", "/api/v1/users/12345/orders".into()),
+            ("url.scheme", "http".into()),
+            ("http.route", "/api/v1/users/{id}/orders".into()),
+            ("network.protocol.name", "http".into()),
+            ("network.protocol.version", "1.1".into()),
+            ("network.transport", "tcp".into()),
+            ("network.peer.address", "127.0.0.1".into()),
+            ("network.peer.port", AttrValue::Int(40000)),
+            ("server.address", "shop.internal".into()),
+            ("server.port", AttrValue::Int(8080)),
+            ("client.address", "127.0.0.1".into()),
+            ("client.port", AttrValue::Int(40000)),
+            ("user_agent.original", "curl/8.5.0".into()),
+            ("http.response.body.size", AttrValue::Int(27)),
+        ],
+        status: SpanStatus::Unset,
+        pid: 1000,
+    }
+}
+
+fn bench_metrics(c: &mut Criterion) {
+    let spans: Vec<Span> = (0..1024).map(server_span).collect();
+    let resource = Arc::new(Resource {
+        service_name: "shop".into(),
+        attributes: vec![("service.name".into(), "shop".into())],
+    });
+    let agent = Arc::new(Resource {
+        service_name: "sonde".into(),
+        attributes: Vec::new(),
+    });
+    let endpoints = Endpoints {
+        local: Endpoint::Ip([127, 0, 0, 1].into(), 8080),
+        peer: Endpoint::Ip([127, 0, 0, 1].into(), 40000),
+    };
+    let mut group = c.benchmark_group("metrics");
+    group.throughput(Throughput::Elements(spans.len() as u64));
+    for (name, graph) in [("record", true), ("record_no_graph", false)] {
+        group.bench_function(name, |b| {
+            let mut config = MetricsConfig::default();
+            config.service_graph.enabled = graph;
+            let mut store = Store::new(store_options(&config), agent.clone());
+            b.iter(|| {
+                for s in &spans {
+                    store.record(&resource, black_box(s), &endpoints);
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_pipeline, bench_metrics);
 criterion_main!(benches);

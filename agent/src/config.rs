@@ -16,6 +16,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub db: DbConfig,
     pub export: ExportConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -128,6 +129,236 @@ impl Default for OtlpConfig {
             batch_timeout_ms: 1000,
             timeout_ms: 10000,
         }
+    }
+}
+
+/// RED metrics and the service graph, aggregated from every span.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Aggregate metrics at all (off: no metric costs, no endpoint).
+    pub enabled: bool,
+    /// Attribute sets kept per metric; the rest are folded into one
+    /// `otel.metric.overflow = true` series and counted.
+    pub max_series_per_metric: u32,
+    /// Series not updated for this many seconds are forgotten (0: never).
+    pub idle_series_secs: u64,
+    /// `explicit` (bucket boundaries below) or `exponential` (base-2).
+    pub histogram: String,
+    /// Most buckets an exponential histogram keeps.
+    pub exponential_max_size: u32,
+    /// Boundaries of duration histograms, in seconds.
+    pub duration_buckets: Vec<f64>,
+    /// Boundaries of body size histograms, in bytes.
+    pub size_buckets: Vec<f64>,
+    /// Boundaries for one metric, by its name; wins over the two above.
+    pub buckets: std::collections::BTreeMap<String, Vec<f64>>,
+    /// Keep the trace and span id of a recent span per bucket.
+    pub exemplars: bool,
+    pub service_graph: ServiceGraphConfig,
+    pub otlp: MetricsOtlpConfig,
+    pub prometheus: PrometheusConfig,
+    /// Seconds between the console table of the busiest routes (printed
+    /// when export.console is on; 0 turns it off).
+    pub console_interval_secs: u64,
+}
+
+/// The OpenTelemetry default duration boundaries for HTTP, RPC and database
+/// durations, in seconds.
+pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Body size boundaries, in bytes: powers of four from 16 B to 16 MiB.
+pub const DEFAULT_SIZE_BUCKETS: [f64; 12] = [
+    0.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0,
+];
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            max_series_per_metric: 2000,
+            idle_series_secs: 900,
+            histogram: "explicit".into(),
+            exponential_max_size: 160,
+            duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
+            buckets: Default::default(),
+            exemplars: true,
+            service_graph: ServiceGraphConfig::default(),
+            otlp: MetricsOtlpConfig::default(),
+            prometheus: PrometheusConfig::default(),
+            console_interval_secs: 60,
+        }
+    }
+}
+
+/// Service graph pairing.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceGraphConfig {
+    pub enabled: bool,
+    /// How long one side of a request waits for the other, in milliseconds.
+    pub wait_ms: u64,
+    /// Sides waiting at once; beyond, the oldest stops waiting.
+    pub max_pending: u32,
+}
+
+impl Default for ServiceGraphConfig {
+    fn default() -> Self {
+        ServiceGraphConfig {
+            enabled: true,
+            wait_ms: 2000,
+            max_pending: 10000,
+        }
+    }
+}
+
+/// OTLP metric export. Endpoint, protocol, headers and timeout come from
+/// `export.otlp` and the `OTEL_EXPORTER_OTLP_*` variables, as for spans.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsOtlpConfig {
+    /// Export metrics over OTLP whenever an OTLP endpoint is known.
+    pub enabled: bool,
+    /// Full metrics URL (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// Milliseconds between exports (`OTEL_METRIC_EXPORT_INTERVAL`, else 60000).
+    pub interval_ms: Option<u64>,
+    /// `cumulative` or `delta`
+    /// (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`, else cumulative).
+    pub temporality: Option<String>,
+}
+
+impl Default for MetricsOtlpConfig {
+    fn default() -> Self {
+        MetricsOtlpConfig {
+            enabled: true,
+            endpoint: None,
+            interval_ms: None,
+            temporality: None,
+        }
+    }
+}
+
+/// The Prometheus/OpenMetrics scrape endpoint.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// `HOST:PORT` to serve `/metrics` on (a bare `PORT` or `:PORT` means
+    /// 127.0.0.1); null: no endpoint. `sonde run --prometheus` wins.
+    pub listen: Option<String>,
+}
+
+/// The values `metrics.histogram` accepts.
+pub const HISTOGRAM_KINDS: [&str; 2] = ["explicit", "exponential"];
+/// The values `metrics.otlp.temporality` accepts.
+pub const TEMPORALITIES: [&str; 2] = ["cumulative", "delta"];
+
+/// Parses a listen address: `HOST:PORT` with an IP address or `localhost`,
+/// `[V6]:PORT`, or a bare `PORT` / `:PORT` (loopback).
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let t = text.trim();
+    let port_only = t.strip_prefix(':').unwrap_or(t);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = t.strip_prefix("localhost:")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    t.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "{text:?} is not a listen address; write IP:PORT (127.0.0.1:9464, [::1]:9464, \
+             0.0.0.0:9464) or a port alone for loopback"
+        )
+    })
+}
+
+fn check_buckets(key: &'static str, values: &[f64]) -> Result<(), (&'static str, String)> {
+    if values.is_empty() {
+        return Err((key, "must hold at least one boundary".to_string()));
+    }
+    for (i, v) in values.iter().enumerate() {
+        if !v.is_finite() || *v < 0.0 {
+            return Err((key, format!("{v} is not a finite number of at least 0")));
+        }
+        if i > 0 && *v <= values[i - 1] {
+            return Err((
+                key,
+                format!("boundaries must increase ({} then {v})", values[i - 1]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl MetricsConfig {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        at_least(
+            "metrics.max_series_per_metric",
+            self.max_series_per_metric.into(),
+            1,
+        )?;
+        if !HISTOGRAM_KINDS.contains(&self.histogram.as_str()) {
+            return Err((
+                "metrics.histogram",
+                format!(
+                    "{:?} is not a histogram kind (expected explicit or exponential)",
+                    self.histogram
+                ),
+            ));
+        }
+        if !(2..=16384).contains(&self.exponential_max_size) {
+            return Err((
+                "metrics.exponential_max_size",
+                format!("{} is out of range (2..=16384)", self.exponential_max_size),
+            ));
+        }
+        check_buckets("metrics.duration_buckets", &self.duration_buckets)?;
+        check_buckets("metrics.size_buckets", &self.size_buckets)?;
+        let known: Vec<&str> = crate::metrics::catalog::histogram_names().collect();
+        for (name, values) in &self.buckets {
+            if !known.contains(&name.as_str()) {
+                return Err((
+                    "metrics.buckets",
+                    format!(
+                        "{name:?} is not a histogram sonde makes (expected one of: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            check_buckets("metrics.buckets", values)?;
+        }
+        at_least(
+            "metrics.service_graph.wait_ms",
+            self.service_graph.wait_ms,
+            1,
+        )?;
+        at_least(
+            "metrics.service_graph.max_pending",
+            self.service_graph.max_pending.into(),
+            1,
+        )?;
+        if let Some(ms) = self.otlp.interval_ms {
+            at_least("metrics.otlp.interval_ms", ms, 100)?;
+        }
+        if let Some(t) = &self.otlp.temporality
+            && !TEMPORALITIES.contains(&t.as_str())
+        {
+            return Err((
+                "metrics.otlp.temporality",
+                format!("{t:?} is not a temporality (expected cumulative or delta)"),
+            ));
+        }
+        if let Some(listen) = &self.prometheus.listen {
+            parse_listen(listen).map_err(|e| ("metrics.prometheus.listen", e))?;
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +555,7 @@ impl Config {
             ));
         }
         at_least("export.otlp.batch_size", otlp.batch_size.into(), 1)?;
+        self.metrics.check()?;
         if self.log.level.trim().is_empty() {
             return Err((
                 "log.level",
@@ -393,7 +625,7 @@ fn decode_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) 
     if at_root {
         let message = if message.starts_with("invalid type") {
             format!(
-                "{message}; the file must be a mapping of sections (capture, http, db, export, log)"
+                "{message}; the file must be a mapping of sections (capture, http, db, export, metrics, log)"
             )
         } else {
             message
@@ -596,6 +828,29 @@ export:
     batch_size: 64
     batch_timeout_ms: 250
     timeout_ms: 3000
+metrics:
+  enabled: true
+  max_series_per_metric: 500
+  idle_series_secs: 60
+  histogram: exponential
+  exponential_max_size: 80
+  duration_buckets: [0.001, 0.01, 0.1, 1]
+  size_buckets: [0, 100, 10000]
+  buckets:
+    http.server.request.duration: [0.5, 1, 2]
+  exemplars: false
+  service_graph:
+    enabled: false
+    wait_ms: 500
+    max_pending: 100
+  otlp:
+    enabled: false
+    endpoint: http://collector:4318/v1/metrics
+    interval_ms: 15000
+    temporality: delta
+  prometheus:
+    listen: 0.0.0.0:9464
+  console_interval_secs: 0
 log:
   level: debug
   stats_interval_secs: 0
@@ -634,12 +889,66 @@ log:
                     timeout_ms: 3000,
                 },
             },
+            metrics: MetricsConfig {
+                enabled: true,
+                max_series_per_metric: 500,
+                idle_series_secs: 60,
+                histogram: "exponential".into(),
+                exponential_max_size: 80,
+                duration_buckets: vec![0.001, 0.01, 0.1, 1.0],
+                size_buckets: vec![0.0, 100.0, 10000.0],
+                buckets: [(
+                    "http.server.request.duration".to_string(),
+                    vec![0.5, 1.0, 2.0],
+                )]
+                .into_iter()
+                .collect(),
+                exemplars: false,
+                service_graph: ServiceGraphConfig {
+                    enabled: false,
+                    wait_ms: 500,
+                    max_pending: 100,
+                },
+                otlp: MetricsOtlpConfig {
+                    enabled: false,
+                    endpoint: Some("http://collector:4318/v1/metrics".into()),
+                    interval_ms: Some(15000),
+                    temporality: Some("delta".into()),
+                },
+                prometheus: PrometheusConfig {
+                    listen: Some("0.0.0.0:9464".into()),
+                },
+                console_interval_secs: 0,
+            },
             log: LogConfig {
                 level: "debug".into(),
                 stats_interval_secs: 0,
             },
         };
         assert_eq!(c, want);
+    }
+
+    #[test]
+    fn listen_addresses() {
+        use std::net::SocketAddr;
+        let ok = |t: &str| parse_listen(t).unwrap();
+        assert_eq!(ok("9464"), "127.0.0.1:9464".parse::<SocketAddr>().unwrap());
+        assert_eq!(ok(":9464"), "127.0.0.1:9464".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            ok("localhost:9464"),
+            "127.0.0.1:9464".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            ok("0.0.0.0:80"),
+            "0.0.0.0:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            ok("[::1]:9464"),
+            "[::1]:9464".parse::<SocketAddr>().unwrap()
+        );
+        for bad in ["", "host:1", "127.0.0.1", "127.0.0.1:99999", "::1:9464"] {
+            assert!(parse_listen(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -661,13 +970,13 @@ log:
 
     #[test]
     fn unknown_keys_name_key_and_line() {
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             (
                 "top level",
                 "capture:\n  bytes: 10\n\ncaptur:\n  bytes: 1\n",
                 "captur",
                 4,
-                "expected one of: capture, http, db, export, log",
+                "expected one of: capture, http, db, export, metrics, log",
             ),
             (
                 "in a section",
@@ -690,6 +999,13 @@ log:
                 1,
                 "capture_query",
             ),
+            (
+                "in the metrics section",
+                "metrics:\n  prometheus:\n    port: 9464\n",
+                "metrics.prometheus.port",
+                3,
+                "expected one of: listen",
+            ),
         ];
         for (name, text, key, line, words) in cases {
             let err = parse(text).unwrap_err();
@@ -710,7 +1026,7 @@ log:
 
     #[test]
     fn bad_values_name_key_and_line() {
-        let cases: [Case; 12] = [
+        let cases: [Case; 23] = [
             (
                 "string for a number",
                 "capture:\n  bytes: lots\n",
@@ -794,6 +1110,83 @@ log:
                 "log.level",
                 2,
                 "must not be empty",
+            ),
+            (
+                "histogram kind",
+                "metrics:\n  histogram: native\n",
+                "metrics.histogram",
+                2,
+                "\"native\" is not a histogram kind (expected explicit or exponential)",
+            ),
+            (
+                "buckets out of order",
+                "metrics:\n  enabled: true\n  duration_buckets: [0.1, 0.05]\n",
+                "metrics.duration_buckets",
+                3,
+                "boundaries must increase (0.1 then 0.05)",
+            ),
+            (
+                "negative bucket",
+                "metrics:\n  size_buckets: [-1, 5]\n",
+                "metrics.size_buckets",
+                2,
+                "-1 is not a finite number of at least 0",
+            ),
+            (
+                "no buckets",
+                "metrics:\n  size_buckets: []\n",
+                "metrics.size_buckets",
+                2,
+                "must hold at least one boundary",
+            ),
+            (
+                "buckets of an unknown metric",
+                "metrics:\n  buckets:\n    http.server.duration: [1]\n",
+                "metrics.buckets",
+                2,
+                "\"http.server.duration\" is not a histogram sonde makes (expected one of: http.server.request.duration,",
+            ),
+            (
+                "zero series",
+                "metrics:\n  max_series_per_metric: 0\n",
+                "metrics.max_series_per_metric",
+                2,
+                "0 is out of range (at least 1)",
+            ),
+            (
+                "temporality",
+                "metrics:\n  otlp:\n    temporality: sometimes\n",
+                "metrics.otlp.temporality",
+                3,
+                "\"sometimes\" is not a temporality (expected cumulative or delta)",
+            ),
+            (
+                "interval too short",
+                "metrics:\n  otlp:\n    interval_ms: 5\n",
+                "metrics.otlp.interval_ms",
+                3,
+                "5 is out of range (at least 100)",
+            ),
+            (
+                "listen address",
+                "metrics:\n  prometheus:\n    listen: everywhere:9464\n",
+                "metrics.prometheus.listen",
+                3,
+                "\"everywhere:9464\" is not a listen address",
+            ),
+            (
+                "exponential size",
+                "metrics:\n  exponential_max_size: 1\n",
+                "metrics.exponential_max_size",
+                2,
+                "1 is out of range (2..=16384)",
+            ),
+            (
+                "graph wait",
+                "metrics:\n  service_graph:\n    wait_ms: 0\n",
+                "metrics.service_graph.wait_ms",
+                3,
+                "0 is out of range (at least 1)",
             ),
         ];
         for (name, text, key, line, words) in cases {

@@ -3,8 +3,9 @@
 //! The stages follow the data: `capture` decodes kernel records, `conn`
 //! keeps one stream per connection and direction, `protocol` parses bytes
 //! into messages, `span` pairs them into spans, `enrich` labels them with
-//! process metadata and `export` ships them. Each stage depends only on the
-//! ones before it.
+//! process metadata, `metrics` aggregates every span into RED histograms and
+//! the service graph, and `export` ships them. Each stage depends only on
+//! the ones before it.
 
 pub mod capture;
 pub mod check;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod enrich;
 pub mod export;
+pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 pub mod span;

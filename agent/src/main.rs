@@ -13,6 +13,8 @@ use sonde::capture::probes::Probes;
 use sonde::config::{self, Config};
 use sonde::enrich::{HostInfo, ProcessResources};
 use sonde::export;
+use sonde::metrics::Metrics;
+use sonde::metrics::runtime::{self as metrics_runtime, agent_resource};
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
 use sonde::span::http::HttpSpanOptions;
 use sonde::span::{DbSpanOptions, SpanOptions};
@@ -43,6 +45,11 @@ enum Command {
         /// YAML configuration file (see docs/CONFIGURATION.md).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Serve Prometheus/OpenMetrics metrics at http://ADDR/metrics
+        /// (for example 127.0.0.1:9464; a port alone means loopback).
+        /// Wins over metrics.prometheus.listen.
+        #[arg(long, value_name = "ADDR")]
+        prometheus: Option<String>,
     },
     /// Check whether this kernel and these privileges can run the agent.
     Check,
@@ -64,7 +71,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
-        Command::Run { config } => match run(config) {
+        Command::Run { config, prometheus } => match run(config, prometheus) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sonde: {e:#}");
@@ -74,7 +81,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Result<()> {
     let config = match &config_path {
         Some(path) => config::load(path)?,
         None => Config::default(),
@@ -91,6 +98,22 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let exporter = runtime
         .block_on(async { export::start(&config.export, stats.clone()) })
         .context("starting the exporter")?;
+    if prometheus.is_some() && !config.metrics.enabled {
+        anyhow::bail!("--prometheus needs metrics, but metrics.enabled is false in the config");
+    }
+    let metrics = Metrics::from_config(&config.metrics, agent_resource(), stats.clone());
+    let metric_tasks = match &metrics {
+        Some(m) => Some(
+            runtime
+                .block_on(metrics_runtime::start(
+                    m.clone(),
+                    &config,
+                    prometheus.as_deref(),
+                ))
+                .context("starting the metric exporters")?,
+        ),
+        None => None,
+    };
 
     let mut probes = Probes::start(&config.capture)?;
     info!(
@@ -121,13 +144,23 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ExportSink::new(exporter),
         stats.clone(),
     );
+    if let Some(m) = &metrics {
+        pipeline.set_metrics(m.clone());
+    }
     read_loop(&mut probes, &mut pipeline, &stats, &stop, &config);
 
     info!("stopping: flushing spans");
     pipeline.finish_all(Clock::now().to_unix_ns(monotonic_ns()));
     drop(probes);
     let exporter = pipeline.into_sink().into_handle();
-    runtime.block_on(exporter.shutdown(FLUSH_BUDGET));
+    runtime.block_on(async {
+        let metrics_done = async {
+            if let Some(tasks) = metric_tasks {
+                tasks.shutdown(FLUSH_BUDGET).await;
+            }
+        };
+        tokio::join!(exporter.shutdown(FLUSH_BUDGET), metrics_done);
+    });
     info!(summary = %stats.summary(), "sonde stopped");
     Ok(())
 }

@@ -3,7 +3,9 @@
 //!
 //! The pipeline does no I/O of its own besides what `enrich` reads from
 //! /proc; records come in as bytes and spans leave through a [`SpanSink`],
-//! so it runs the same under the agent and in benches.
+//! so it runs the same under the agent and in benches. With a metrics stage
+//! set ([`Pipeline::set_metrics`]) every span is aggregated before it
+//! reaches the sink, that is before any sampling.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::capture::{self, Clock, ConnId, Event, Role};
 use crate::conn::{Conn, ConnTable, Displaced};
 use crate::enrich::{ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
+use crate::metrics::Metrics;
 use crate::protocol::http1::{self, Http1Conn};
 use crate::protocol::http2::{self, Http2Conn};
 use crate::protocol::mysql::{self, MysqlConn};
@@ -92,7 +95,7 @@ impl<P: StreamParser, Q: Pairing<Message = P::Message>> Session<P, Q> {
         ctx: &SpanContext,
         stats: &Stats,
         spans: &mut Vec<Span>,
-    ) {
+    ) -> u64 {
         let mut messages = Vec::new();
         match input {
             Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut messages),
@@ -110,6 +113,7 @@ impl<P: StreamParser, Q: Pairing<Message = P::Message>> Session<P, Q> {
         }
         Stats::add(&stats.requests_unanswered, loss.requests_unanswered);
         Stats::add(&stats.responses_unpaired, loss.responses_unpaired);
+        resyncs
     }
 }
 
@@ -165,6 +169,7 @@ impl Protocol {
         Err(verdict)
     }
 
+    /// Runs the connection's session; returns the times its parser lost sync.
     fn run(
         &mut self,
         input: Option<(Direction, &Chunk<'_>)>,
@@ -172,13 +177,24 @@ impl Protocol {
         ctx: &SpanContext,
         stats: &Stats,
         spans: &mut Vec<Span>,
-    ) {
+    ) -> u64 {
         match self {
             Protocol::Http1(s) => s.run(input, end_ns, ctx, stats, spans),
             Protocol::Http2(s) => s.run(input, end_ns, ctx, stats, spans),
             Protocol::Redis(s) => s.run(input, end_ns, ctx, stats, spans),
             Protocol::Mysql(s) => s.run(input, end_ns, ctx, stats, spans),
-            Protocol::Unknown(_) | Protocol::Muted => {}
+            Protocol::Unknown(_) | Protocol::Muted => 0,
+        }
+    }
+
+    /// The protocol's name in metrics (`sonde.parse.errors`).
+    fn name(&self) -> &'static str {
+        match self {
+            Protocol::Http1(_) => "http1",
+            Protocol::Http2(_) => "http2",
+            Protocol::Redis(_) => "redis",
+            Protocol::Mysql(_) => "mysql",
+            Protocol::Unknown(_) | Protocol::Muted => "none",
         }
     }
 }
@@ -202,6 +218,7 @@ pub struct Pipeline<S: SpanSink> {
     /// Connections to mute in the kernel, taken by the capture loop.
     to_mute: Vec<(ConnKey, u64)>,
     spans: Vec<Span>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S: SpanSink> Pipeline<S> {
@@ -221,7 +238,17 @@ impl<S: SpanSink> Pipeline<S> {
             stats,
             to_mute: Vec::new(),
             spans: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Aggregates every span into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Re-reads the monotonic-to-Unix offset (it moves when the wall clock is set).
@@ -334,13 +361,17 @@ impl<S: SpanSink> Pipeline<S> {
             endpoints: conn.endpoints,
             options: self.options.spans,
         };
-        conn.state.run(
+        let protocol = conn.state.name();
+        let resyncs = conn.state.run(
             Some((dir, chunk)),
             chunk.end_ns,
             &ctx,
             &self.stats,
             &mut self.spans,
         );
+        self.count_parse_errors(protocol, resyncs);
+        // This connection's spans go before those of a connection it displaced.
+        self.emit(ctx.endpoints);
         match displaced {
             Displaced::Nothing => {}
             Displaced::Replaced(old) => self.finish(old, chunk.start_ns),
@@ -349,7 +380,6 @@ impl<S: SpanSink> Pipeline<S> {
                 self.finish(old, chunk.start_ns);
             }
         }
-        self.emit();
     }
 
     /// A connection ended (closed, replaced or evicted): finish its messages.
@@ -359,15 +389,29 @@ impl<S: SpanSink> Pipeline<S> {
             endpoints: conn.endpoints,
             options: self.options.spans,
         };
-        conn.state
+        let protocol = conn.state.name();
+        let resyncs = conn
+            .state
             .run(None, end_unix_ns, &ctx, &self.stats, &mut self.spans);
-        self.emit();
+        self.count_parse_errors(protocol, resyncs);
+        self.emit(conn.endpoints);
+    }
+
+    fn count_parse_errors(&self, protocol: &'static str, resyncs: u64) {
+        if resyncs > 0
+            && let Some(m) = &self.metrics
+        {
+            m.count_parse_errors(protocol, resyncs);
+        }
     }
 
     /// Finishes connections idle since before `before_mono_ns`.
     pub fn expire_idle(&mut self, before_mono_ns: u64, now_unix_ns: u64) {
         for conn in self.conns.drain_idle(before_mono_ns) {
             self.finish(conn, now_unix_ns);
+        }
+        if let Some(m) = &self.metrics {
+            m.set_connections(self.conns.len() as u64);
         }
     }
 
@@ -378,10 +422,20 @@ impl<S: SpanSink> Pipeline<S> {
         }
     }
 
-    fn emit(&mut self) {
+    /// Hands the spans built so far, all from one connection with
+    /// `endpoints`, to the metrics stage (when set) and the sink.
+    fn emit(&mut self, endpoints: capture::Endpoints) {
+        if self.spans.is_empty() {
+            return;
+        }
+        // One lock for the whole batch.
+        let mut recorder = self.metrics.as_ref().map(|m| m.recorder());
         for span in self.spans.drain(..) {
             Stats::add(&self.stats.spans_built, 1);
             let resource = self.resources.get(span.pid);
+            if let Some(store) = recorder.as_mut() {
+                store.record(&resource, &span, &endpoints);
+            }
             self.sink.send(resource, span);
         }
     }

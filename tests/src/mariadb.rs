@@ -266,8 +266,12 @@ def connect():
 /// Server-side prepared statements: one `cursor(prepared=True)` runs
 /// `SELECT * FROM items WHERE id = %s` with id 2 (one row) and then id 42
 /// (no row). On the wire: the connector's own `SET NAMES ...` and
-/// `SET @@session.autocommit = OFF` queries, COM_STMT_PREPARE, then for
-/// each run COM_STMT_RESET (no span) and COM_STMT_EXECUTE.
+/// `SET @@session.autocommit = OFF` queries, a COM_PING from `cursor()`,
+/// COM_STMT_PREPARE, then for each run COM_STMT_RESET (no span) and
+/// COM_STMT_EXECUTE, and at the end COM_STMT_CLOSE and COM_QUIT (no spans).
+///
+/// The pure-Python connector reads each packet's 4-byte header and its
+/// payload with separate `recv` calls, the server greeting included.
 /// Prints `rows1 N`, `rows2 N`, `done`.
 pub fn py_prepared() -> String {
     format!(
@@ -287,7 +291,8 @@ print("done", flush=True)
 }
 
 /// Statements that carry the password as a literal: it must come out of
-/// every span as `?`. Prints `done`.
+/// every span as `?`. Before them the connector sends its session setup
+/// and a COM_PING (see [`py_prepared`]). Prints `done`.
 pub fn py_credentials() -> String {
     format!(
         "{PY_CONNECT}{}",
@@ -299,6 +304,31 @@ cur.execute("SELECT COUNT(*) FROM items WHERE name = 'secret'")
 cur.fetchall()
 cur.execute("SELECT 'secret' AS s")
 cur.fetchall()
+c.close()
+print("done", flush=True)
+"#
+    )
+}
+
+/// A connection used before the test's agent starts: `SELECT 1`, then
+/// `waiting` and one line read from stdin, then two queries (one row each).
+/// Prints `rows N N` and `done`.
+pub fn py_preexisting() -> String {
+    format!(
+        "{PY_CONNECT}{}",
+        r#"
+c = connect()
+cur = c.cursor()
+cur.execute("SELECT 1")
+cur.fetchall()
+print("waiting", flush=True)
+if not sys.stdin.readline():
+    sys.exit(3)
+cur.execute("SELECT name FROM items WHERE id = 1")
+a = len(cur.fetchall())
+cur.execute("SELECT COUNT(*) FROM items")
+b = len(cur.fetchall())
+print("rows %d %d" % (a, b), flush=True)
 c.close()
 print("done", flush=True)
 "#

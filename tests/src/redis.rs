@@ -197,14 +197,16 @@ pub fn redis_benchmark(port: u16, args: &[&str]) -> anyhow::Result<Run> {
 ///
 /// What it sends, by connection (redis-py takes pooled connections for
 /// pipelines and pub/sub, so there are three):
-/// - A (the single-connection client): `AUTH`, then 3 x `PUBLISH news mN`.
+/// - A (the single-connection client): `AUTH`, a mistyped `AUHT PASSWORD`
+///   (an `ERR unknown command` error that quotes the password), then
+///   3 x `PUBLISH news mN`.
 /// - B (pool): `AUTH`; one pipelined write of 10 commands: `SET p:0..3`,
 ///   `GET p:0..2`, 2 x `INCRBY p:n 1`, `DEL p:0`; later one transaction
 ///   written at once: `MULTI`, `SET t:a 1`, `INCRBY t:n 1`, `GET t:a`, `EXEC`.
 /// - C (pub/sub): `AUTH`, `SUBSCRIBE news`, then it only receives the three
 ///   published messages.
 ///
-/// Prints `pipeline 10`, `subscribed`, `got m0 m1 m2`, `multi OK 1 1`, `done`.
+/// Prints `pipeline 10`, `typo rejected`, `subscribed`, `got m0 m1 m2`, `multi OK 1 1`, `done`.
 pub const PY_REDIS_CLIENT: &str = r#"
 import sys, redis
 port, pw = int(sys.argv[1]), sys.argv[2]
@@ -227,6 +229,14 @@ p.incr("p:n")
 p.incr("p:n")
 p.delete("p:0")
 print("pipeline %d" % len(p.execute()), flush=True)
+
+# A mistyped AUTH: Redis quotes the arguments of an unknown command back in
+# its error message.
+try:
+    r.execute_command("AUHT", pw)
+    sys.exit("AUHT was accepted")
+except redis.ResponseError as e:
+    print("typo rejected", flush=True)
 
 ps = client().pubsub()
 ps.subscribe("news")

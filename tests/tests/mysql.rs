@@ -13,11 +13,12 @@
 //! kernel, so a static mutex runs them one at a time.
 
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use sonde_tests::clients::run_python;
+use sonde_tests::clients::{PyChild, run_python};
 use sonde_tests::db::{Ctx, Problems, leaks, must};
 use sonde_tests::mariadb::{
-    DATABASE, MariaDb, OTHER_DATABASE, PASSWORD, cli, py_credentials, py_prepared,
+    DATABASE, MariaDb, OTHER_DATABASE, PASSWORD, cli, py_credentials, py_preexisting, py_prepared,
 };
 use sonde_tests::{Kind, ReceivedSpan, require_root};
 
@@ -39,7 +40,10 @@ struct Expect {
     operation: Option<String>,
     collection: Option<String>,
     text: Option<String>,
-    namespace: String,
+    /// `db.namespace`; `None` when the attribute must be absent.
+    namespace: Option<String>,
+    /// `db.system.name`: `mariadb` when the agent saw the server greeting.
+    system: &'static str,
     /// `db.response.returned_rows`: `Some(n)` for a result set, `None`
     /// when the attribute must be absent.
     rows: Option<i64>,
@@ -59,13 +63,22 @@ fn query(operation: &str, collection: Option<&str>, text: &str, namespace: &str)
         operation: Some(operation.to_string()),
         collection: collection.map(str::to_string),
         text: Some(text.to_string()),
-        namespace: namespace.to_string(),
+        namespace: Some(namespace.to_string()),
+        system: "mariadb",
         rows: None,
         error: None,
     }
 }
 
 impl Expect {
+    /// The agent joined the connection after its handshake: it cannot know
+    /// the server (`mysql`) or the database.
+    fn joined_late(mut self) -> Expect {
+        self.system = "mysql";
+        self.namespace = None;
+        self
+    }
+
     fn rows(mut self, n: i64) -> Expect {
         self.rows = Some(n);
         self
@@ -80,7 +93,6 @@ impl Expect {
 /// The attributes every span from these tests carries, on either side.
 fn sql_common(p: &mut Problems, s: &ReceivedSpan, kind: Kind, port: u16) {
     p.kind(s, kind);
-    p.str(s, "db.system.name", "mariadb");
     p.str(s, "server.address", "127.0.0.1");
     p.int(s, "server.port", port.into());
     p.times(s);
@@ -91,7 +103,8 @@ fn sql_expect(p: &mut Problems, s: &ReceivedSpan, e: &Expect) {
     p.opt_str(s, "db.operation.name", e.operation.as_deref());
     p.opt_str(s, "db.collection.name", e.collection.as_deref());
     p.opt_str(s, "db.query.text", e.text.as_deref());
-    p.str(s, "db.namespace", &e.namespace);
+    p.str(s, "db.system.name", e.system);
+    p.opt_str(s, "db.namespace", e.namespace.as_deref());
     match e.rows {
         Some(n) => p.int(s, "db.response.returned_rows", n),
         None => p.absent(s, "db.response.returned_rows"),
@@ -222,15 +235,30 @@ fn init_db(db: &str) -> Expect {
         operation: Some("USE".to_string()),
         collection: None,
         text: None,
-        namespace: db.to_string(),
+        namespace: Some(db.to_string()),
+        system: "mariadb",
+        rows: None,
+        error: None,
+    }
+}
+
+/// The span for a COM_PING.
+fn ping(db: &str) -> Expect {
+    Expect {
+        name: "PING".to_string(),
+        operation: Some("PING".to_string()),
+        collection: None,
+        text: None,
+        namespace: Some(db.to_string()),
+        system: "mariadb",
         rows: None,
         error: None,
     }
 }
 
 /// A server-side prepared statement run twice: one PREPARE span and two
-/// EXECUTE spans, all with the statement's text, the EXECUTE spans with
-/// their own row counts.
+/// EXECUTE spans, all with the statement's text, the EXECUTE spans named
+/// after the statement and with their own row counts.
 #[test]
 fn mysql_connector_prepared() {
     let _serial = serial();
@@ -252,7 +280,11 @@ fn mysql_connector_prepared() {
         // The connector's own session setup.
         query("SET", None, "SET NAMES ? COLLATE ?", shop),
         query("SET", None, "SET @@session.autocommit = OFF", shop),
-        query("SELECT", Some("items"), stmt, shop),
+        // `cursor()` checks the connection with COM_PING.
+        ping(shop),
+        // COM_STMT_PREPARE: its own operation, the statement's table.
+        query("PREPARE", Some("items"), stmt, shop),
+        // COM_STMT_EXECUTE: named after the statement it runs.
         query("SELECT", Some("items"), stmt, shop).rows(1),
         query("SELECT", Some("items"), stmt, shop).rows(0),
     ];
@@ -346,10 +378,16 @@ fn large_result_set_with_gaps() {
     let mut p = Problems::new();
     for (side, kind) in [(&servers, Kind::Server), (&clients, Kind::Client)] {
         let (big, small) = (&side[0], &side[1]);
+        eprintln!(
+            "[large_result_set_with_gaps] {}\n  {}",
+            sonde_tests::db::line(big),
+            sonde_tests::db::line(small)
+        );
         for s in [big, small] {
             sql_common(&mut p, s, kind, db.port);
         }
         p.name(big, "SELECT big");
+        p.str(big, "db.system.name", "mariadb");
         p.str(big, "db.query.text", "SELECT id, pad FROM big");
         p.error(big, None);
         if let Some(rows) = big.attr("db.response.returned_rows")
@@ -402,9 +440,9 @@ fn credentials_never_exported() {
     let from_cli = |s: &ReceivedSpan| s.pid() == Some(run.pid);
     let srv = |s: &ReceivedSpan| s.pid() == Some(server_pid) && s.kind == Kind::Server;
     let relevant = |s: &ReceivedSpan| from_py(s) || from_cli(s) || s.pid() == Some(server_pid);
-    // Python: SET NAMES, SET autocommit and three statements; the client:
-    // two statements.
-    ctx.wait_counts(&[(5, &from_py), (2, &from_cli), (7, &srv)]);
+    // Python: SET NAMES, SET autocommit, PING and three statements; the
+    // client: two statements.
+    ctx.wait_counts(&[(6, &from_py), (2, &from_cli), (8, &srv)]);
     let mut p = Problems::new();
     let py_spans = ctx.spans(from_py);
     let cli_spans = ctx.spans(from_cli);
@@ -416,6 +454,8 @@ fn credentials_never_exported() {
     let want_py = [
         "SET NAMES ? COLLATE ?",
         "SET @@session.autocommit = OFF",
+        // COM_PING from `cursor()`: no text.
+        "<none>",
         "SET PASSWORD = PASSWORD(?)",
         "SELECT COUNT(*) FROM items WHERE name = ?",
         "SELECT ? AS s",
@@ -437,6 +477,13 @@ fn credentials_never_exported() {
     if let Some(bad) = cli_spans.get(1) {
         p.error(bad, Some(("1064", "42000")));
     }
+    // The agent was there from the start of both connections.
+    for s in ctx.spans(relevant) {
+        let kind = if srv(&s) { Kind::Server } else { Kind::Client };
+        sql_common(&mut p, &s, kind, db.port);
+        p.str(&s, "db.system.name", "mariadb");
+        p.str(&s, "db.namespace", DATABASE);
+    }
     let all = ctx.rx.spans();
     p.extend(leaks(&all, PASSWORD));
     eprintln!(
@@ -444,5 +491,53 @@ fn credentials_never_exported() {
         all.len()
     );
     ctx.check_problems(p, &relevant);
+    ctx.stop();
+}
+
+/// A connection that was open (and used) before the agent started: its
+/// later queries are traced on both sides, as `mysql` (the agent never saw
+/// the greeting that names the server) and without a database (nor the
+/// handshake that chose it).
+#[test]
+fn preexisting_connection() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let db = must(MariaDb::start(ITEMS_SQL));
+    let mut client = must(PyChild::spawn(&py_preexisting(), &[db.port.to_string()]));
+    must(client.wait_line("waiting", Duration::from_secs(20)));
+    let ctx = Ctx::start("");
+    must(client.send_line("go"));
+    let pid = client.pid();
+    let out = must(client.finish(Duration::from_secs(20)));
+    assert!(
+        out.iter().any(|l| l == "rows 1 1"),
+        "python client output {out:?}"
+    );
+
+    let want = vec![
+        query(
+            "SELECT",
+            Some("items"),
+            "SELECT name FROM items WHERE id = ?",
+            DATABASE,
+        )
+        .rows(1)
+        .joined_late(),
+        query(
+            "SELECT",
+            Some("items"),
+            "SELECT COUNT(*) FROM items",
+            DATABASE,
+        )
+        .rows(1)
+        .joined_late(),
+    ];
+    let sides = Sides {
+        server_pid: db.pid(),
+        client_pid: pid,
+    };
+    check_both_sides(&ctx, &db, &sides, &want, "preexisting_connection");
     ctx.stop();
 }

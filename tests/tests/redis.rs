@@ -5,8 +5,8 @@
 //!
 //! Every command gives one CLIENT span in the client process and one SERVER
 //! span in redis-server, named after the command (`GET`, `CONFIG GET`),
-//! with `db.query.text` keeping the command, the key and the field names and
-//! replacing values with `?`.
+//! with `db.query.text` keeping the command (and subcommand) and the first
+//! key of a keyed command, every other argument replaced with `?`.
 //!
 //! Every test starts its own receiver, server and agent; they share the
 //! kernel, so a static mutex runs them one at a time.
@@ -118,7 +118,7 @@ fn redis_cli_commands() {
         ok("SET", "SET k ?", "0"),
         ok("GET", "GET k", "0"),
         ok("INCR", "INCR n", "0"),
-        ok("HSET", "HSET h f ?", "0"),
+        ok("HSET", "HSET h ? ?", "0"),
         Expect {
             name: "LPUSH",
             text: "LPUSH k ?",
@@ -126,8 +126,8 @@ fn redis_cli_commands() {
             error: Some("WRONGTYPE"),
         },
         // The SELECT itself runs in the database that was current when it
-        // was sent.
-        ok("SELECT", "SELECT 3", "0"),
+        // was sent; its index is an argument like any other.
+        ok("SELECT", "SELECT ?", "0"),
         ok("SET", "SET a ?", "3"),
     ]);
 
@@ -233,7 +233,8 @@ const PASSWORD: &str = "pw-sonde-3f1c9a";
 /// Python's `redis` client against a password-protected server: a
 /// pipeline, pub/sub and a MULTI/EXEC transaction. Pushed pub/sub messages
 /// make no spans; AUTH makes a span whose text hides the password, and the
-/// password appears nowhere.
+/// password appears nowhere, not even through a mistyped AUTH whose error
+/// message quotes it.
 #[test]
 fn redis_python_client() {
     let _serial = serial();
@@ -249,6 +250,7 @@ fn redis_python_client() {
     ));
     assert!(
         run.value("pipeline") == Some("10")
+            && run.value("typo") == Some("rejected")
             && run.value("got") == Some("m0 m1 m2")
             && run.value("multi") == Some("OK 1 1"),
         "python redis client: {run:?}"
@@ -266,8 +268,9 @@ fn redis_python_client() {
         ("GET", "GET p:2", 1),
         ("INCRBY", "INCRBY p:n ?", 2),
         ("DEL", "DEL p:0", 1),
-        ("SUBSCRIBE", "SUBSCRIBE news", 1),
-        ("PUBLISH", "PUBLISH news ?", 3),
+        ("AUHT", "AUHT ?", 1),
+        ("SUBSCRIBE", "SUBSCRIBE ?", 1),
+        ("PUBLISH", "PUBLISH ? ?", 3),
         ("MULTI", "MULTI", 1),
         ("SET", "SET t:a ?", 1),
         ("INCRBY", "INCRBY t:n ?", 1),
@@ -304,7 +307,8 @@ fn redis_python_client() {
             redis_common(&mut p, s, kind, server.port);
             p.str(s, "db.operation.name", &s.name);
             p.str(s, "db.namespace", "0");
-            p.error(s, None);
+            let error = (s.name == "AUHT").then_some(("ERR", "ERR"));
+            p.error(s, error);
         }
         // The queued commands sit between MULTI and EXEC.
         let order: Vec<&str> = side

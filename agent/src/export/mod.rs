@@ -29,6 +29,7 @@
 //! lines written and lines that could not be written.
 
 pub mod console;
+pub mod metrics_otlp;
 pub mod otlp;
 
 use std::collections::HashMap;
@@ -102,9 +103,9 @@ pub struct Destinations {
 }
 
 const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub(crate) const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
-const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub(crate) const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 
@@ -157,7 +158,7 @@ pub fn resolve_destinations(
                 value
             };
             check_endpoint(&setting, &endpoint)?;
-            let headers = resolve_headers(otlp, env, protocol)?;
+            let headers = resolve_headers(otlp, env, protocol, TRACES_HEADERS)?;
             Some(OtlpTarget {
                 protocol,
                 endpoint,
@@ -179,7 +180,8 @@ pub fn resolve_destinations(
     })
 }
 
-fn check_endpoint(setting: &str, endpoint: &str) -> Result<(), ExportError> {
+/// Checks that `endpoint` is an `http://` URL with a host; errors name `setting`.
+pub(crate) fn check_endpoint(setting: &str, endpoint: &str) -> Result<(), ExportError> {
     let err = |reason: String| ExportError::Endpoint {
         setting: setting.to_owned(),
         reason,
@@ -211,13 +213,17 @@ fn check_endpoint(setting: &str, endpoint: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
-fn resolve_headers(
+/// Request headers: the signal's own variable (`signal_headers`, for
+/// example `OTEL_EXPORTER_OTLP_TRACES_HEADERS`) or else
+/// `OTEL_EXPORTER_OTLP_HEADERS`, then `export.otlp.headers` on top.
+pub(crate) fn resolve_headers(
     otlp: &crate::config::OtlpConfig,
     env: &HashMap<String, String>,
     protocol: Protocol,
+    signal_headers: &str,
 ) -> Result<Vec<(String, String)>, ExportError> {
     let mut headers: std::collections::BTreeMap<String, String> = Default::default();
-    let from_env = [TRACES_HEADERS, HEADERS]
+    let from_env = [signal_headers, HEADERS]
         .into_iter()
         .find_map(|name| Some((name, env.get(name).filter(|v| !v.trim().is_empty())?)));
     if let Some((name, text)) = from_env {
@@ -332,7 +338,7 @@ fn start_with(
 }
 
 /// The endpoint without a user name or password, for logs.
-fn redact_userinfo(endpoint: &str) -> String {
+pub(crate) fn redact_userinfo(endpoint: &str) -> String {
     match reqwest::Url::parse(endpoint) {
         Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
             let _ = url.set_username("");

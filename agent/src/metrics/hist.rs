@@ -124,7 +124,11 @@ fn raw_threshold(bound: f64, per_unit: f64) -> u64 {
     } else {
         x.floor()
     };
-    if t >= u64::MAX as f64 { u64::MAX } else { t as u64 }
+    if t >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        t as u64
+    }
 }
 
 /// A histogram with fixed boundaries. Bucket counts are per bucket (not

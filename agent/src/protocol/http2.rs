@@ -1,38 +1,2990 @@
-//! HTTP/2 frame parser with HPACK, one per connection (being written).
+//! HTTP/2 over cleartext TCP (h2c, prior knowledge) with HPACK, one
+//! [`Http2Conn`] per connection.
+//!
+//! Each direction has its own frame reader and its own HPACK [`Decoder`].
+//! Frames are read header by header; payloads are kept only as far as the
+//! parser needs them (header block fragments, SETTINGS, the error code of
+//! RST_STREAM), everything else is skipped by length, captured or not. So a
+//! large DATA frame whose bytes were not copied by the kernel costs nothing
+//! and loses nothing.
+//!
+//! Streams are followed by id. A stream is reported once, as one
+//! [`StreamDone`], when both sides have ended it (END_STREAM) or either side
+//! reset it (RST_STREAM); a streaming call is therefore one message however
+//! many DATA frames it carried.
+//!
+//! What the parser cannot know it leaves out rather than guess:
+//! - a gap that covers a frame header loses the framing of that direction;
+//!   the parser then waits for a later syscall whose first bytes are
+//!   plausible frames ([`Http2Conn::take_resync`] counts the skipped bytes);
+//! - a header block that was not captured leaves that direction's HPACK
+//!   table unknown, so later references into it decode as unknown fields
+//!   (and the stream says so) while literal and static fields still decode;
+//! - on a connection that was open before the agent, the same holds from
+//!   the first frame seen; `:method` and `:status` are usually static-table
+//!   references and so still known.
 
+use std::collections::{BTreeMap, VecDeque};
+
+use super::hpack::{self, Decoder, Field};
 use super::{Chunk, Detect, Direction, StreamParser};
+
+/// The client connection preface (RFC 9113 section 3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Length of a frame header.
+pub const FRAME_HEADER_LEN: usize = 9;
+/// SETTINGS_MAX_FRAME_SIZE until a peer raises it.
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
+/// Streams followed per connection; opening one more forgets the oldest,
+/// counted as lost.
+pub const MAX_STREAMS: usize = 1024;
+/// Bytes of header values kept per stream and direction; fields past it are
+/// left out (and the stream marked as having unknown fields).
+pub const MAX_STREAM_HEADER_BYTES: usize = 4096;
+/// SETTINGS payload bytes read (20 settings); the rest is skipped.
+const MAX_SETTINGS_BYTES: usize = 120;
+/// SETTINGS frames remembered while waiting for their ACK.
+const MAX_PENDING_SETTINGS: usize = 16;
+/// Longest grpc-message kept, in bytes (after percent-decoding).
+const MAX_GRPC_MESSAGE: usize = 1024;
+
+/// Frame types (RFC 9113 section 6).
+pub mod kind {
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const PRIORITY: u8 = 0x2;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PUSH_PROMISE: u8 = 0x5;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
+}
+
+/// Frame flags.
+pub mod flag {
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const PADDED: u8 = 0x8;
+    pub const PRIORITY: u8 = 0x20;
+}
+
+/// SETTINGS identifiers the parser reads.
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+const SETTINGS_ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
+const SETTINGS_NO_RFC7540_PRIORITIES: u16 = 0x9;
 
 /// Bounds on what the parser buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Most bytes of one header block (HEADERS or PUSH_PROMISE with its
+    /// CONTINUATION frames) kept for decoding. A larger block is not
+    /// decoded, and its direction's HPACK table becomes unknown.
     pub max_buffered_bytes: usize,
 }
 
-/// One parsed request or response (one stream's headers and end).
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buffered_bytes: 16384,
+        }
+    }
+}
+
+/// A frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub length: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub stream_id: u32,
+    /// The reserved bit before the stream id (ignored on receipt, but set
+    /// by no real peer, so a sign of garbage when detecting).
+    pub reserved: bool,
+}
+
+/// A frame header that breaks a rule every HTTP/2 peer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("HTTP/2 frame of this type must be on a stream, not stream 0")]
+    NeedsStream,
+    #[error("HTTP/2 frame of this type must be on stream 0")]
+    NeedsStreamZero,
+    #[error("HTTP/2 frame length invalid for its type")]
+    Length,
+}
+
+impl FrameHeader {
+    /// Reads a frame header from the first 9 bytes of `b`.
+    pub fn parse(b: &[u8]) -> Option<FrameHeader> {
+        let b: &[u8; FRAME_HEADER_LEN] = b.get(..FRAME_HEADER_LEN)?.try_into().ok()?;
+        let id = u32::from_be_bytes([b[5], b[6], b[7], b[8]]);
+        Some(FrameHeader {
+            length: u32::from_be_bytes([0, b[0], b[1], b[2]]),
+            kind: b[3],
+            flags: b[4],
+            stream_id: id & 0x7fff_ffff,
+            reserved: id & 0x8000_0000 != 0,
+        })
+    }
+
+    /// The 9 bytes of this header.
+    pub fn to_bytes(&self) -> [u8; FRAME_HEADER_LEN] {
+        let l = self.length.to_be_bytes();
+        let id = (self.stream_id & 0x7fff_ffff) | if self.reserved { 0x8000_0000 } else { 0 };
+        let s = id.to_be_bytes();
+        [
+            l[1], l[2], l[3], self.kind, self.flags, s[0], s[1], s[2], s[3],
+        ]
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// Checks the stream and length rules of RFC 9113 for the known frame
+    /// types (unknown types pass: peers must ignore them).
+    pub fn check(&self) -> Result<(), FrameError> {
+        let on_stream = self.stream_id != 0;
+        let needs_stream = || {
+            if on_stream {
+                Ok(())
+            } else {
+                Err(FrameError::NeedsStream)
+            }
+        };
+        let needs_zero = || {
+            if on_stream {
+                Err(FrameError::NeedsStreamZero)
+            } else {
+                Ok(())
+            }
+        };
+        let length = |ok: bool| if ok { Ok(()) } else { Err(FrameError::Length) };
+        let padded = u32::from(self.has(flag::PADDED));
+        match self.kind {
+            kind::DATA => {
+                needs_stream()?;
+                length(self.length >= padded)
+            }
+            kind::HEADERS => {
+                needs_stream()?;
+                let prio = if self.has(flag::PRIORITY) { 5 } else { 0 };
+                length(self.length >= padded + prio)
+            }
+            kind::PRIORITY => {
+                needs_stream()?;
+                length(self.length == 5)
+            }
+            kind::RST_STREAM => {
+                needs_stream()?;
+                length(self.length == 4)
+            }
+            kind::SETTINGS => {
+                needs_zero()?;
+                if self.has(flag::ACK) {
+                    length(self.length == 0)
+                } else {
+                    length(self.length % 6 == 0)
+                }
+            }
+            kind::PUSH_PROMISE => {
+                needs_stream()?;
+                length(self.length >= padded + 4)
+            }
+            kind::PING => {
+                needs_zero()?;
+                length(self.length == 8)
+            }
+            kind::GOAWAY => {
+                needs_zero()?;
+                length(self.length >= 8)
+            }
+            kind::WINDOW_UPDATE => length(self.length == 4),
+            kind::CONTINUATION => needs_stream(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Flags defined for each known frame type.
+fn defined_flags(kind: u8) -> u8 {
+    match kind {
+        kind::DATA => flag::END_STREAM | flag::PADDED,
+        kind::HEADERS => flag::END_STREAM | flag::END_HEADERS | flag::PADDED | flag::PRIORITY,
+        kind::SETTINGS | kind::PING => flag::ACK,
+        kind::PUSH_PROMISE => flag::END_HEADERS | flag::PADDED,
+        kind::CONTINUATION => flag::END_HEADERS,
+        _ => 0,
+    }
+}
+
+/// What a strict look at a run of frames found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Not frames a peer would send.
+    No,
+    /// Consistent so far, but not one whole frame header yet.
+    NeedMore,
+    /// Every whole frame header (and the payload bytes at hand) is
+    /// plausible. `request`: the first header block looks like a request
+    /// (`Some(true)`) or a response (`Some(false)`).
+    Frames { request: Option<bool> },
+}
+
+/// Checks that `data` starts a run of frames an HTTP/2 peer would send:
+/// known types, lengths up to `max_len`, defined flags only, reserved bit
+/// clear, the stream and length rules of each type, HEADERS on odd
+/// (client-opened) streams unless a push was promised, CONTINUATION only where a header block goes on,
+/// and plausible SETTINGS, WINDOW_UPDATE and padding values where captured.
+fn shape(data: &[u8], max_len: u32) -> Shape {
+    let mut pos = 0usize;
+    let mut open_block: Option<u32> = None;
+    let mut request = None;
+    let mut promised = false;
+    loop {
+        let rest = data.get(pos..).unwrap_or_default();
+        let Some(h) = FrameHeader::parse(rest) else {
+            if pos > 0 {
+                return Shape::Frames { request };
+            }
+            return if partial_header_ok(rest) {
+                Shape::NeedMore
+            } else {
+                Shape::No
+            };
+        };
+        if h.kind > kind::CONTINUATION
+            || h.length > max_len
+            || h.reserved
+            || h.flags & !defined_flags(h.kind) != 0
+            || h.check().is_err()
+        {
+            return Shape::No;
+        }
+        match open_block {
+            Some(id) if h.kind != kind::CONTINUATION || h.stream_id != id => return Shape::No,
+            None if h.kind == kind::CONTINUATION => return Shape::No,
+            _ => {}
+        }
+        let start = pos + FRAME_HEADER_LEN;
+        let end = start.saturating_add(h.length as usize);
+        let payload = data.get(start..end.min(data.len())).unwrap_or_default();
+        if !payload_ok(&h, payload) {
+            return Shape::No;
+        }
+        if h.kind == kind::PUSH_PROMISE {
+            promised = true;
+        }
+        if h.kind == kind::HEADERS {
+            // Even streams are pushed, so only after a PUSH_PROMISE.
+            if h.stream_id % 2 == 0 && !promised {
+                return Shape::No;
+            }
+            if request.is_none() {
+                request = fragment_of(&h, payload)
+                    .and_then(|f| f.first().copied())
+                    .and_then(looks_like_request);
+            }
+        }
+        open_block = match h.kind {
+            kind::HEADERS | kind::PUSH_PROMISE | kind::CONTINUATION
+                if !h.has(flag::END_HEADERS) =>
+            {
+                Some(h.stream_id)
+            }
+            _ => None,
+        };
+        if end >= data.len() {
+            return Shape::Frames { request };
+        }
+        pos = end;
+    }
+}
+
+/// Fewer than 9 bytes at the start of a stream: could they begin a frame
+/// header that [`shape`] would accept?
+fn partial_header_ok(b: &[u8]) -> bool {
+    let at = |i: usize| b.get(i).copied();
+    // Length up to 16384: 0x00 0x00..=0x40, and 0x40 only with 0x00 after.
+    if at(0).is_some_and(|x| x != 0) || at(1).is_some_and(|x| x > 0x40) {
+        return false;
+    }
+    if at(1) == Some(0x40) && at(2).is_some_and(|x| x != 0) {
+        return false;
+    }
+    if let Some(k) = at(3) {
+        if k >= kind::CONTINUATION {
+            return false;
+        }
+        if at(4).is_some_and(|f| f & !defined_flags(k) != 0) {
+            return false;
+        }
+    }
+    !at(5).is_some_and(|x| x & 0x80 != 0)
+}
+
+/// Checks the captured part of a frame's payload.
+fn payload_ok(h: &FrameHeader, p: &[u8]) -> bool {
+    match h.kind {
+        kind::DATA if h.has(flag::PADDED) => p.first().is_none_or(|&pad| u32::from(pad) < h.length),
+        kind::HEADERS | kind::PUSH_PROMISE if h.has(flag::PADDED) => {
+            let fixed = match h.kind {
+                kind::PUSH_PROMISE => 5,
+                _ if h.has(flag::PRIORITY) => 6,
+                _ => 1,
+            };
+            p.first()
+                .is_none_or(|&pad| u32::from(pad) + fixed <= h.length)
+        }
+        kind::SETTINGS => p.chunks_exact(6).all(|s| {
+            let id = u16::from_be_bytes([s[0], s[1]]);
+            let v = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
+            match id {
+                SETTINGS_ENABLE_PUSH
+                | SETTINGS_ENABLE_CONNECT_PROTOCOL
+                | SETTINGS_NO_RFC7540_PRIORITIES => v <= 1,
+                SETTINGS_INITIAL_WINDOW_SIZE => v <= 0x7fff_ffff,
+                SETTINGS_MAX_FRAME_SIZE => (16_384..=16_777_215).contains(&v),
+                _ => true,
+            }
+        }),
+        kind::WINDOW_UPDATE => match p.get(..4) {
+            Some(b) => {
+                let v = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                v != 0 && v & 0x8000_0000 == 0
+            }
+            None => true,
+        },
+        kind::GOAWAY => p.first().is_none_or(|b| b & 0x80 == 0),
+        _ => true,
+    }
+}
+
+/// Does a header block starting with this byte look like a request
+/// (`:method`, `:scheme`, `:path` or `:authority` first) or a response
+/// (`:status` first)? Only static-table forms are recognised.
+fn looks_like_request(first: u8) -> Option<bool> {
+    match first {
+        0x82..=0x87 => Some(true),
+        0x88..=0x8e => Some(false),
+        // Literals with a static pseudo-header name (with, without or never
+        // indexed).
+        0x41..=0x47 | 0x01..=0x07 | 0x11..=0x17 => Some(true),
+        0x48..=0x4e | 0x08..=0x0e | 0x18..=0x1e => Some(false),
+        _ => None,
+    }
+}
+
+/// The header block fragment inside a whole HEADERS or PUSH_PROMISE payload
+/// (or a CONTINUATION), without padding and priority fields.
+fn fragment_of<'a>(h: &FrameHeader, p: &'a [u8]) -> Option<&'a [u8]> {
+    let mut start = 0usize;
+    let mut end = p.len();
+    if h.kind != kind::CONTINUATION && h.has(flag::PADDED) {
+        let pad = usize::from(*p.first()?);
+        start = 1;
+        end = end.checked_sub(pad)?;
+    }
+    if h.kind == kind::HEADERS && h.has(flag::PRIORITY) {
+        start += 5;
+    }
+    if h.kind == kind::PUSH_PROMISE {
+        start += 4;
+    }
+    p.get(start..end)
+}
+
+/// Could these first bytes start an HTTP/2 connection?
+///
+/// The client preface is a request (a strict prefix of it: need more).
+/// Without it, for connections open before the agent started, the bytes
+/// must be a strict-looking run of frames ([`shape`]): a request if the
+/// first header block starts with a request pseudo-header, else a response.
+pub fn detect(prefix: &[u8]) -> Detect {
+    let n = prefix.len().min(PREFACE.len());
+    if prefix.get(..n) == PREFACE.get(..n) {
+        return if n == PREFACE.len() {
+            Detect::Request
+        } else {
+            Detect::NeedMore
+        };
+    }
+    match shape(prefix, DEFAULT_MAX_FRAME_SIZE) {
+        Shape::No => Detect::No,
+        Shape::NeedMore => Detect::NeedMore,
+        Shape::Frames {
+            request: Some(true),
+        } => Detect::Request,
+        Shape::Frames { .. } => Detect::Response,
+    }
+}
+
+/// The request header fields a span needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<String>,
+    pub content_type: Option<String>,
+    pub te: Option<String>,
+    pub traceparent: Option<String>,
+    pub user_agent: Option<String>,
+    pub content_length: Option<u64>,
+}
+
+/// A stream reset (RST_STREAM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    /// The error code; `None` when the frame's payload was not captured.
+    pub code: Option<u32>,
+    /// The direction the RST_STREAM frame travelled.
+    pub dir: Direction,
+}
+
+/// One finished stream: a request and its response.
+///
+/// A `None` field was absent, or could not be known when the matching
+/// `*_fields_unknown` flag is set (a header block was not captured, or
+/// referred to HPACK table entries from before the agent was watching).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Message {}
+pub struct StreamDone {
+    pub stream_id: u32,
+    /// The direction the request travelled (Egress: the process is the client).
+    pub request_dir: Direction,
+    pub request: RequestHead,
+    /// The final `:status` (interim 1xx responses are skipped).
+    pub status: Option<u16>,
+    pub response_content_type: Option<String>,
+    /// `grpc-status`, from the trailers or a trailers-only response.
+    pub grpc_status: Option<u32>,
+    /// `grpc-message`, percent-decoded.
+    pub grpc_message: Option<String>,
+    pub reset: Option<Reset>,
+    /// The client ended its side (END_STREAM).
+    pub request_ended: bool,
+    /// The server ended its side (END_STREAM); false if the stream was reset
+    /// first or the connection ended first.
+    pub response_ended: bool,
+    /// DATA payload bytes (padding excluded), when the side ended and every
+    /// frame of it was seen.
+    pub request_body_size: Option<u64>,
+    pub response_body_size: Option<u64>,
+    pub request_fields_unknown: bool,
+    pub response_fields_unknown: bool,
+    /// When the request's first HEADERS frame moved (Egress: the write
+    /// started; Ingress: the read returned).
+    pub first_ns: u64,
+    /// When the last frame of the stream (either side) moved.
+    pub last_ns: u64,
+}
+
+/// What the parser emits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A stream ended on both sides, or was reset, or the connection ended
+    /// while its response was under way.
+    Stream(Box<StreamDone>),
+    /// Streams dropped without a span: a request whose response never
+    /// started, or a response to a request the parser never saw (opened
+    /// before the agent was watching, or forgotten because of
+    /// [`MAX_STREAMS`]).
+    Lost {
+        requests_unanswered: u64,
+        responses_unpaired: u64,
+    },
+}
+
+impl Message {
+    /// Start and end time of a stream message.
+    pub fn times(&self) -> Option<(u64, u64)> {
+        match self {
+            Message::Stream(s) => Some((s.first_ns, s.last_ns)),
+            Message::Lost { .. } => None,
+        }
+    }
+}
+
+fn idx(dir: Direction) -> usize {
+    match dir {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    }
+}
+
+/// Where a direction's frame reader is.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// No byte seen in this direction yet.
+    Start,
+    /// Inside the client preface; bytes matched so far.
+    Preface(usize),
+    /// Reading a frame header; `first_ns` is when its first byte moved.
+    Header {
+        buf: [u8; FRAME_HEADER_LEN],
+        have: usize,
+        first_ns: u64,
+    },
+    /// Reading a frame payload.
+    Payload {
+        frame: FrameHeader,
+        remaining: u32,
+        /// Leading payload bytes the parser keeps.
+        want: usize,
+        /// Some of the wanted bytes were not captured.
+        lost: bool,
+        first_ns: u64,
+    },
+    /// Framing lost: waiting for a syscall that starts with plausible frames.
+    Lost,
+}
+
+/// A SETTINGS_HEADER_TABLE_SIZE waiting for its ACK.
+#[derive(Debug, Clone, Copy)]
+enum TableSetting {
+    Unchanged,
+    Set(u32),
+    /// The SETTINGS payload was not captured.
+    Unknown,
+}
+
+/// A header block being put together from HEADERS or PUSH_PROMISE and
+/// CONTINUATION frames.
+#[derive(Debug)]
+struct Block {
+    stream_id: u32,
+    promise: bool,
+    end_stream: bool,
+    buf: Vec<u8>,
+    /// A fragment was not captured, or the block outgrew the bound.
+    lost: bool,
+    first_ns: u64,
+}
+
+/// One direction of the connection: its frames, and the HPACK decoder for
+/// the header blocks that travel it.
+#[derive(Debug)]
+struct Half {
+    phase: Phase,
+    /// Kept payload bytes of the frame being read.
+    payload: Vec<u8>,
+    hpack: Decoder,
+    block: Option<Block>,
+    /// SETTINGS_HEADER_TABLE_SIZE in force for this direction's decoder
+    /// (sent the other way and acknowledged this way), if known.
+    table_acked: Option<u32>,
+    table_pending: VecDeque<TableSetting>,
+    /// Largest SETTINGS_MAX_FRAME_SIZE this direction's reader announced.
+    max_frame_size: u32,
+    /// Header blocks decoded (or lost) in this direction.
+    blocks: u64,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half {
+            phase: Phase::Start,
+            payload: Vec::new(),
+            hpack: Decoder::mid_connection(),
+            block: None,
+            table_acked: None,
+            table_pending: VecDeque::new(),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            blocks: 0,
+        }
+    }
+
+    /// Tells the decoder how large a table the peer may choose.
+    fn update_table_limit(&mut self) {
+        let pending_max = self.table_pending.iter().try_fold(0u32, |m, s| match s {
+            TableSetting::Unchanged => Some(m),
+            TableSetting::Set(v) => Some(m.max(*v)),
+            TableSetting::Unknown => None,
+        });
+        let limit = match (self.table_acked, pending_max) {
+            (Some(a), Some(p)) => Some(a.max(p) as usize),
+            _ => None,
+        };
+        self.hpack.set_size_limit(limit);
+    }
+}
+
+/// Header fields of one stream side, as far as they are wanted.
+#[derive(Debug, Clone, Default)]
+struct Fields {
+    method: Option<String>,
+    path: Option<String>,
+    authority: Option<String>,
+    scheme: Option<String>,
+    content_type: Option<String>,
+    te: Option<String>,
+    traceparent: Option<String>,
+    user_agent: Option<String>,
+    content_length: Option<u64>,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+    grpc_message: Option<String>,
+    /// Bytes of values kept.
+    bytes: usize,
+    /// A wanted field was left out for [`MAX_STREAM_HEADER_BYTES`].
+    over: bool,
+}
+
+impl Fields {
+    /// Keeps `value` in `slot` if the slot is empty and the budget allows.
+    fn keep(slot: &mut Option<String>, value: &[u8], bytes: &mut usize, over: &mut bool) {
+        if slot.is_some() {
+            return;
+        }
+        if *bytes + value.len() > MAX_STREAM_HEADER_BYTES {
+            *over = true;
+            return;
+        }
+        *bytes += value.len();
+        *slot = Some(String::from_utf8_lossy(value).into_owned());
+    }
+
+    /// Takes one decoded field of a block.
+    fn take(&mut self, f: Field<'_>) {
+        let (Some(name), Some(value)) = (f.name, f.value) else {
+            return;
+        };
+        let (bytes, over) = (&mut self.bytes, &mut self.over);
+        match name {
+            b":method" => Self::keep(&mut self.method, value, bytes, over),
+            b":path" => Self::keep(&mut self.path, value, bytes, over),
+            b":authority" => Self::keep(&mut self.authority, value, bytes, over),
+            b":scheme" => Self::keep(&mut self.scheme, value, bytes, over),
+            b"content-type" => Self::keep(&mut self.content_type, value, bytes, over),
+            b"te" => Self::keep(&mut self.te, value, bytes, over),
+            b"traceparent" => Self::keep(&mut self.traceparent, value, bytes, over),
+            b"user-agent" => Self::keep(&mut self.user_agent, value, bytes, over),
+            b"content-length" => {
+                if self.content_length.is_none() {
+                    self.content_length = number(value);
+                }
+            }
+            b":status" => {
+                if self.status.is_none() {
+                    self.status = number(value)
+                        .filter(|s| (100..=599).contains(s))
+                        .map(|s| s as u16);
+                }
+            }
+            b"grpc-status" => self.grpc_status = number(value).and_then(|v| u32::try_from(v).ok()),
+            b"grpc-message" => {
+                let text = percent_decode(value);
+                if *bytes + text.len() > MAX_STREAM_HEADER_BYTES {
+                    *over = true;
+                } else {
+                    *bytes += text.len();
+                    self.grpc_message = Some(text);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Merges the fields of a later block of the same side: request fields
+    /// and the final status come from the first block that has them; gRPC
+    /// status and message from the last.
+    fn merge(&mut self, later: Fields) {
+        let budget = MAX_STREAM_HEADER_BYTES.saturating_sub(self.bytes);
+        if later.bytes > budget {
+            self.over = true;
+            return;
+        }
+        self.bytes += later.bytes;
+        self.over |= later.over;
+        let fill = |a: &mut Option<String>, b: Option<String>| {
+            if a.is_none() {
+                *a = b;
+            }
+        };
+        fill(&mut self.method, later.method);
+        fill(&mut self.path, later.path);
+        fill(&mut self.authority, later.authority);
+        fill(&mut self.scheme, later.scheme);
+        fill(&mut self.content_type, later.content_type);
+        fill(&mut self.te, later.te);
+        fill(&mut self.traceparent, later.traceparent);
+        fill(&mut self.user_agent, later.user_agent);
+        self.content_length = self.content_length.or(later.content_length);
+        if self.status.is_none() {
+            self.status = later.status;
+        }
+        if later.grpc_status.is_some() {
+            self.grpc_status = later.grpc_status;
+        }
+        if later.grpc_message.is_some() {
+            self.grpc_message = later.grpc_message;
+        }
+    }
+}
+
+/// A decimal number of up to 19 digits.
+fn number(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Decodes the percent-encoding of grpc-message (invalid escapes are kept
+/// as they are), cut to [`MAX_GRPC_MESSAGE`] bytes.
+fn percent_decode(v: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(v.len().min(MAX_GRPC_MESSAGE));
+    let mut i = 0;
+    while let Some(&b) = v.get(i) {
+        if out.len() >= MAX_GRPC_MESSAGE {
+            break;
+        }
+        let escaped = match (b, v.get(i + 1).copied(), v.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match escaped {
+            Some(x) => {
+                out.push(x);
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let mut s = String::from_utf8_lossy(&out).into_owned();
+    while s.len() > MAX_GRPC_MESSAGE {
+        s.pop();
+    }
+    s
+}
+
+/// One side of a stream.
+#[derive(Debug, Clone, Default)]
+struct Side {
+    /// Header blocks seen (request or response headers, trailers).
+    blocks: u32,
+    first_ns: u64,
+    last_ns: u64,
+    ended: bool,
+    /// Framing of this direction was lost while the side was open: its end
+    /// may have gone by unseen.
+    maybe_lost: bool,
+    /// Some header field of this side is unknown.
+    unknown: bool,
+    body: u64,
+    /// `body` is not exact (padding length not captured).
+    body_inexact: bool,
+    fields: Fields,
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    sides: [Side; 2],
+    /// The direction of the block that opened the stream here, and whether
+    /// that block had a `:status` (then it was a response).
+    opened_by: Direction,
+    opened_with_status: bool,
+    reset: Option<Reset>,
+    reset_ns: u64,
+}
 
 /// Both directions of one HTTP/2 connection.
 #[derive(Debug)]
-pub struct Http2Conn {}
+pub struct Http2Conn {
+    limits: Limits,
+    halves: [Half; 2],
+    streams: BTreeMap<u32, Stream>,
+    /// Highest stream id a stream was opened for; frames for lower ids not
+    /// followed belong to streams closed or opened before the agent.
+    max_stream_id: u32,
+    /// The direction requests travel, once known.
+    client_dir: Option<Direction>,
+    resync_bytes: u64,
+    resync_events: u64,
+}
 
 impl Http2Conn {
-    pub fn new(_limits: Limits) -> Self {
-        Http2Conn {}
+    pub fn new(limits: Limits) -> Self {
+        Http2Conn {
+            limits,
+            halves: [Half::new(), Half::new()],
+            streams: BTreeMap::new(),
+            max_stream_id: 0,
+            client_dir: None,
+            resync_bytes: 0,
+            resync_events: 0,
+        }
+    }
+
+    /// Which direction carries requests, once known.
+    pub fn request_direction(&self) -> Option<Direction> {
+        self.client_dir
+    }
+
+    /// Does the HPACK decoder of `dir` know its whole dynamic table?
+    pub fn hpack_synchronised(&self, dir: Direction) -> bool {
+        self.halves[idx(dir)].hpack.is_synchronised()
+    }
+
+    /// Streams being followed.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Bytes skipped while resynchronising, and times sync was lost (framing
+    /// or HPACK state), since the last call.
+    pub fn take_resync(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.resync_bytes),
+            std::mem::take(&mut self.resync_events),
+        )
+    }
+
+    fn feed_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        let d = idx(dir);
+        let first_ns = match dir {
+            Direction::Egress => chunk.start_ns,
+            Direction::Ingress => chunk.end_ns,
+        };
+        let end_ns = chunk.end_ns;
+        let mut data = chunk.data;
+        let mut gap = chunk.gap_len();
+        if data.is_empty() && gap == 0 {
+            return;
+        }
+        // Decisions made only where a syscall starts.
+        match self.halves[d].phase {
+            Phase::Start => {
+                let n = data.len().min(PREFACE.len());
+                let max = self.halves[d].max_frame_size;
+                if n > 0 && data.get(..n) == PREFACE.get(..n) {
+                    self.halves[d].phase = Phase::Preface(0);
+                    self.on_preface(dir);
+                } else if !data.is_empty()
+                    && matches!(shape(data, max), Shape::Frames { .. } | Shape::NeedMore)
+                {
+                    // (A first syscall shorter than a frame header is taken
+                    // on trust: its frame is checked once complete.)
+                    self.halves[d].phase = Phase::Header {
+                        buf: [0; FRAME_HEADER_LEN],
+                        have: 0,
+                        first_ns,
+                    };
+                } else {
+                    // Joined in the middle of a frame.
+                    self.halves[d].phase = Phase::Lost;
+                    self.resync_events += 1;
+                    self.resync_bytes += chunk.total_len;
+                    return;
+                }
+            }
+            Phase::Lost => {
+                if self.plausible(d, data) {
+                    self.halves[d].phase = Phase::Header {
+                        buf: [0; FRAME_HEADER_LEN],
+                        have: 0,
+                        first_ns,
+                    };
+                } else {
+                    self.resync_bytes += chunk.total_len;
+                    return;
+                }
+            }
+            _ => {}
+        }
+        while !data.is_empty() {
+            let used = self.step(dir, data, first_ns, end_ns, out);
+            data = data.get(used..).unwrap_or_default();
+            if matches!(self.halves[d].phase, Phase::Lost) {
+                self.resync_bytes += data.len() as u64 + gap;
+                return;
+            }
+        }
+        while gap > 0 {
+            let used = self.step_gap(dir, gap, end_ns, out);
+            gap -= used;
+            if matches!(self.halves[d].phase, Phase::Lost) {
+                self.resync_bytes += gap;
+                return;
+            }
+        }
+    }
+
+    /// Do these first bytes of a syscall look like frame boundaries?
+    fn plausible(&self, d: usize, data: &[u8]) -> bool {
+        let max = self.halves[d].max_frame_size.max(DEFAULT_MAX_FRAME_SIZE);
+        matches!(shape(data, max), Shape::Frames { .. })
+    }
+
+    /// The client preface opened this direction: the connection is new, so
+    /// both HPACK tables start empty.
+    fn on_preface(&mut self, dir: Direction) {
+        self.client_dir = Some(dir);
+        if self.halves.iter().all(|h| h.blocks == 0) {
+            for h in &mut self.halves {
+                h.hpack = Decoder::new();
+                h.table_acked = Some(hpack::DEFAULT_TABLE_SIZE as u32);
+                h.update_table_limit();
+            }
+        }
+    }
+
+    /// Consumes captured bytes; returns how many were used.
+    fn step(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        chunk_first_ns: u64,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) -> usize {
+        let d = idx(dir);
+        match self.halves[d].phase {
+            Phase::Preface(matched) => {
+                let want = PREFACE.get(matched..).unwrap_or_default();
+                let n = want.len().min(data.len());
+                if data.get(..n) != want.get(..n) {
+                    self.lose_sync(dir, out);
+                    return 0;
+                }
+                self.halves[d].phase = if matched + n == PREFACE.len() {
+                    Phase::Header {
+                        buf: [0; FRAME_HEADER_LEN],
+                        have: 0,
+                        first_ns: chunk_first_ns,
+                    }
+                } else {
+                    Phase::Preface(matched + n)
+                };
+                n
+            }
+            Phase::Header {
+                mut buf,
+                have,
+                first_ns,
+            } => {
+                let first_ns = if have == 0 { chunk_first_ns } else { first_ns };
+                let n = (FRAME_HEADER_LEN - have).min(data.len());
+                if let (Some(dst), Some(src)) = (buf.get_mut(have..have + n), data.get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+                let have = have + n;
+                self.halves[d].phase = Phase::Header {
+                    buf,
+                    have,
+                    first_ns,
+                };
+                if have == FRAME_HEADER_LEN
+                    && let Some(frame) = FrameHeader::parse(&buf)
+                {
+                    self.start_frame(dir, frame, first_ns, end_ns, out);
+                }
+                n
+            }
+            Phase::Payload {
+                frame,
+                remaining,
+                want,
+                lost,
+                first_ns,
+            } => {
+                let n = (remaining as usize).min(data.len());
+                let done = (frame.length - remaining) as usize;
+                if done < want {
+                    let keep = (want - done).min(n);
+                    self.halves[d]
+                        .payload
+                        .extend_from_slice(data.get(..keep).unwrap_or_default());
+                }
+                let remaining = remaining - n as u32;
+                self.halves[d].phase = Phase::Payload {
+                    frame,
+                    remaining,
+                    want,
+                    lost,
+                    first_ns,
+                };
+                if remaining == 0 {
+                    self.finish_frame(dir, end_ns, out);
+                }
+                n
+            }
+            Phase::Start | Phase::Lost => data.len(),
+        }
+    }
+
+    /// Skips bytes that moved but were not captured; returns how many.
+    fn step_gap(&mut self, dir: Direction, gap: u64, end_ns: u64, out: &mut Vec<Message>) -> u64 {
+        let d = idx(dir);
+        match self.halves[d].phase {
+            Phase::Preface(matched) => {
+                // The preface has a fixed length: its rest is skipped.
+                let n = ((PREFACE.len() - matched) as u64).min(gap);
+                let matched = matched + n as usize;
+                self.halves[d].phase = if matched == PREFACE.len() {
+                    Phase::Header {
+                        buf: [0; FRAME_HEADER_LEN],
+                        have: 0,
+                        first_ns: end_ns,
+                    }
+                } else {
+                    Phase::Preface(matched)
+                };
+                n
+            }
+            Phase::Header { .. } => {
+                // A frame header was not captured: framing is lost.
+                self.lose_sync(dir, out);
+                0
+            }
+            Phase::Payload {
+                frame,
+                remaining,
+                want,
+                lost,
+                first_ns,
+            } => {
+                let n = u64::from(remaining).min(gap);
+                let done = (frame.length - remaining) as usize;
+                let remaining = remaining - n as u32;
+                self.halves[d].phase = Phase::Payload {
+                    frame,
+                    remaining,
+                    want,
+                    lost: lost || done < want,
+                    first_ns,
+                };
+                if remaining == 0 {
+                    self.finish_frame(dir, end_ns, out);
+                }
+                n
+            }
+            Phase::Start | Phase::Lost => gap,
+        }
+    }
+
+    /// A frame header is complete: check it and start reading the payload.
+    fn start_frame(
+        &mut self,
+        dir: Direction,
+        frame: FrameHeader,
+        first_ns: u64,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) {
+        let d = idx(dir);
+        let half = &self.halves[d];
+        let in_sequence = match &half.block {
+            Some(b) => frame.kind == kind::CONTINUATION && frame.stream_id == b.stream_id,
+            None => frame.kind != kind::CONTINUATION,
+        };
+        if frame.check().is_err() || !in_sequence {
+            self.lose_sync(dir, out);
+            return;
+        }
+        let length = frame.length as usize;
+        let block_room = self
+            .limits
+            .max_buffered_bytes
+            .saturating_sub(half.block.as_ref().map_or(0, |b| b.buf.len()));
+        let want = match frame.kind {
+            // Padding length and priority fields come before the fragment.
+            kind::HEADERS | kind::PUSH_PROMISE | kind::CONTINUATION => length.min(block_room + 6),
+            kind::DATA if frame.has(flag::PADDED) => 1,
+            kind::RST_STREAM => 4,
+            kind::SETTINGS => length.min(MAX_SETTINGS_BYTES),
+            _ => 0,
+        };
+        let half = &mut self.halves[d];
+        half.payload.clear();
+        half.phase = Phase::Payload {
+            frame,
+            remaining: frame.length,
+            want,
+            lost: false,
+            first_ns,
+        };
+        if frame.length == 0 {
+            self.finish_frame(dir, end_ns, out);
+        }
+    }
+
+    /// The payload of the current frame has been read: act on the frame.
+    fn finish_frame(&mut self, dir: Direction, end_ns: u64, out: &mut Vec<Message>) {
+        let d = idx(dir);
+        let half = &mut self.halves[d];
+        let Phase::Payload {
+            frame,
+            want,
+            lost,
+            first_ns,
+            ..
+        } = half.phase
+        else {
+            return;
+        };
+        half.phase = Phase::Header {
+            buf: [0; FRAME_HEADER_LEN],
+            have: 0,
+            first_ns: end_ns,
+        };
+        let payload = std::mem::take(&mut half.payload);
+        // Everything wanted is there only if it was all captured and the
+        // frame was not larger than what is kept.
+        let whole = !lost && want == frame.length as usize;
+        match frame.kind {
+            kind::DATA => self.on_data(dir, &frame, &payload, lost, end_ns, out),
+            kind::HEADERS | kind::PUSH_PROMISE => {
+                let fragment = if whole {
+                    fragment_of(&frame, &payload)
+                } else {
+                    None
+                };
+                let block = Block {
+                    stream_id: frame.stream_id,
+                    promise: frame.kind == kind::PUSH_PROMISE,
+                    end_stream: frame.kind == kind::HEADERS && frame.has(flag::END_STREAM),
+                    buf: Vec::new(),
+                    lost: false,
+                    first_ns,
+                };
+                self.add_fragment(
+                    dir,
+                    block,
+                    fragment,
+                    frame.has(flag::END_HEADERS),
+                    end_ns,
+                    out,
+                );
+            }
+            kind::CONTINUATION => {
+                if let Some(block) = self.halves[d].block.take() {
+                    let fragment = if whole {
+                        Some(payload.as_slice())
+                    } else {
+                        None
+                    };
+                    self.add_fragment(
+                        dir,
+                        block,
+                        fragment,
+                        frame.has(flag::END_HEADERS),
+                        end_ns,
+                        out,
+                    );
+                }
+            }
+            kind::RST_STREAM => {
+                let code = payload
+                    .get(..4)
+                    .filter(|_| !lost)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                self.on_reset(dir, frame.stream_id, code, end_ns, out);
+            }
+            kind::SETTINGS => self.on_settings(dir, &frame, &payload, lost),
+            _ => {}
+        }
+        let half = &mut self.halves[d];
+        if half.payload.is_empty() {
+            half.payload = payload;
+            half.payload.clear();
+        }
+    }
+
+    /// Adds a fragment (`None`: not captured) to a header block, and
+    /// decodes the block once it is complete.
+    fn add_fragment(
+        &mut self,
+        dir: Direction,
+        mut block: Block,
+        fragment: Option<&[u8]>,
+        end_headers: bool,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) {
+        match fragment {
+            Some(f)
+                if !block.lost && block.buf.len() + f.len() <= self.limits.max_buffered_bytes =>
+            {
+                block.buf.extend_from_slice(f);
+            }
+            _ => {
+                block.lost = true;
+                block.buf = Vec::new();
+            }
+        }
+        if end_headers {
+            self.end_block(dir, block, end_ns, out);
+        } else {
+            self.halves[idx(dir)].block = Some(block);
+        }
+    }
+
+    /// A header block is complete: decode it (keeping HPACK in step) and
+    /// apply it to its stream.
+    fn end_block(&mut self, dir: Direction, block: Block, end_ns: u64, out: &mut Vec<Message>) {
+        let d = idx(dir);
+        let half = &mut self.halves[d];
+        half.blocks += 1;
+        let mut fields = Fields::default();
+        let unknown = if block.lost {
+            half.hpack.desync();
+            self.resync_events += 1;
+            true
+        } else {
+            match half.hpack.decode(&block.buf, |f| fields.take(f)) {
+                Ok(summary) => {
+                    if summary.mismatch {
+                        self.resync_events += 1;
+                    }
+                    summary.unknown > 0
+                }
+                Err(_) => {
+                    self.resync_events += 1;
+                    true
+                }
+            }
+        };
+        if block.promise {
+            // A pushed request: decoded only to keep the table in step.
+            return;
+        }
+        if self.client_dir.is_none() {
+            if fields.method.is_some() {
+                self.client_dir = Some(dir);
+            } else if fields.status.is_some() {
+                self.client_dir = Some(dir.opposite());
+            }
+        }
+        let id = block.stream_id;
+        // Even ids are streams the server pushed: no span.
+        if id % 2 == 0 {
+            return;
+        }
+        if !self.streams.contains_key(&id) {
+            if id <= self.max_stream_id {
+                return;
+            }
+            self.max_stream_id = id;
+            if self.streams.len() >= MAX_STREAMS
+                && let Some((_, old)) = self.streams.pop_first()
+            {
+                out.push(self.lost_message(&old));
+            }
+            let mut sides = [Side::default(), Side::default()];
+            if let Some(c) = self.client_dir
+                && c != dir
+            {
+                // Opened by its response: the request went by before the
+                // agent was watching, its end with it.
+                sides[idx(c)].maybe_lost = true;
+            }
+            self.streams.insert(
+                id,
+                Stream {
+                    sides,
+                    opened_by: dir,
+                    opened_with_status: fields.status.is_some(),
+                    reset: None,
+                    reset_ns: 0,
+                },
+            );
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = &mut stream.sides[d];
+        if side.blocks == 0 {
+            side.first_ns = block.first_ns;
+        }
+        side.blocks += 1;
+        side.last_ns = end_ns;
+        // A 1xx response's :status is not the final one.
+        if fields.status.is_some_and(|s| s < 200) {
+            fields.status = None;
+        }
+        side.fields.merge(fields);
+        side.unknown |= unknown || side.fields.over;
+        if block.end_stream {
+            side.ended = true;
+        }
+        self.check_done(id, out);
+    }
+
+    fn on_data(
+        &mut self,
+        dir: Direction,
+        frame: &FrameHeader,
+        payload: &[u8],
+        lost: bool,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) {
+        let Some(stream) = self.streams.get_mut(&frame.stream_id) else {
+            return;
+        };
+        let side = &mut stream.sides[idx(dir)];
+        let mut body = u64::from(frame.length);
+        if frame.has(flag::PADDED) {
+            match payload.first() {
+                Some(&pad) if !lost => body = body.saturating_sub(1 + u64::from(pad)),
+                _ => side.body_inexact = true,
+            }
+        }
+        side.body = side.body.saturating_add(body);
+        side.last_ns = end_ns;
+        if frame.has(flag::END_STREAM) {
+            side.ended = true;
+            self.check_done(frame.stream_id, out);
+        }
+    }
+
+    fn on_reset(
+        &mut self,
+        dir: Direction,
+        id: u32,
+        code: Option<u32>,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.reset = Some(Reset { code, dir });
+            stream.reset_ns = end_ns;
+            self.check_done(id, out);
+        }
+    }
+
+    fn on_settings(&mut self, dir: Direction, frame: &FrameHeader, payload: &[u8], lost: bool) {
+        if frame.has(flag::ACK) {
+            // Acknowledges SETTINGS sent the other way, which concern the
+            // decoder of this direction.
+            let half = &mut self.halves[idx(dir)];
+            match half.table_pending.pop_front() {
+                Some(TableSetting::Set(v)) => half.table_acked = Some(v),
+                Some(TableSetting::Unknown) => half.table_acked = None,
+                Some(TableSetting::Unchanged) | None => {}
+            }
+            half.update_table_limit();
+            return;
+        }
+        // Settings of this direction's writer: they bound what it receives,
+        // i.e. the other direction.
+        let other = &mut self.halves[idx(dir.opposite())];
+        let mut table = if lost || payload.len() < frame.length as usize {
+            TableSetting::Unknown
+        } else {
+            TableSetting::Unchanged
+        };
+        for s in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([s[0], s[1]]);
+            let v = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
+            match id {
+                SETTINGS_HEADER_TABLE_SIZE if !matches!(table, TableSetting::Unknown) => {
+                    table = TableSetting::Set(v);
+                }
+                SETTINGS_MAX_FRAME_SIZE if (16_384..=16_777_215).contains(&v) => {
+                    other.max_frame_size = other.max_frame_size.max(v);
+                }
+                _ => {}
+            }
+        }
+        if other.table_pending.len() >= MAX_PENDING_SETTINGS {
+            other.table_pending.pop_front();
+        }
+        other.table_pending.push_back(table);
+        other.update_table_limit();
+    }
+
+    /// Framing of `dir` is lost.
+    fn lose_sync(&mut self, dir: Direction, out: &mut Vec<Message>) {
+        let d = idx(dir);
+        self.resync_events += 1;
+        let half = &mut self.halves[d];
+        if let Phase::Header { have, .. } = half.phase {
+            // Read, but part of a frame that cannot be framed.
+            self.resync_bytes += have as u64;
+        }
+        half.phase = Phase::Lost;
+        half.payload.clear();
+        // Header blocks may go by unseen.
+        half.hpack.desync();
+        let open_block = half.block.take();
+        if let Some(b) = open_block
+            && let Some(s) = self.streams.get_mut(&b.stream_id)
+            && !b.promise
+        {
+            s.sides[d].unknown = true;
+        }
+        // So may the ends of open streams, and their trailers.
+        let mut ids = Vec::new();
+        for (id, s) in &mut self.streams {
+            let side = &mut s.sides[d];
+            if !side.ended {
+                side.maybe_lost = true;
+                side.unknown = true;
+                ids.push(*id);
+            }
+        }
+        for id in ids {
+            self.check_done(id, out);
+        }
+    }
+
+    /// The direction requests of `stream` travel, if it can be told.
+    fn client_of(&self, stream: &Stream) -> Option<Direction> {
+        if let Some(c) = self.client_dir {
+            return Some(c);
+        }
+        for dir in [Direction::Egress, Direction::Ingress] {
+            let f = &stream.sides[idx(dir)].fields;
+            if f.method.is_some() {
+                return Some(dir);
+            }
+            if f.status.is_some() {
+                return Some(dir.opposite());
+            }
+        }
+        // The side that opened the stream without a :status.
+        (!stream.opened_with_status).then_some(stream.opened_by)
+    }
+
+    /// Emits the stream if it is finished.
+    fn check_done(&mut self, id: u32, out: &mut Vec<Message>) {
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        let done = stream.reset.is_some()
+            || match self.client_dir {
+                Some(c) => {
+                    let client = &stream.sides[idx(c)];
+                    let server = &stream.sides[idx(c.opposite())];
+                    server.ended && (client.ended || client.maybe_lost)
+                }
+                None => stream.sides.iter().all(|s| s.ended),
+            };
+        if done && let Some(stream) = self.streams.remove(&id) {
+            out.push(self.done_message(id, &stream));
+        }
+    }
+
+    /// The message for a finished (or abandoned) stream.
+    fn done_message(&self, id: u32, stream: &Stream) -> Message {
+        let Some(c) = self.client_of(stream) else {
+            return self.lost_message(stream);
+        };
+        let req = &stream.sides[idx(c)];
+        let resp = &stream.sides[idx(c.opposite())];
+        if req.blocks == 0 {
+            return self.lost_message(stream);
+        }
+        let body = |s: &Side| (s.ended && !s.maybe_lost && !s.body_inexact).then_some(s.body);
+        let f = &req.fields;
+        Message::Stream(Box::new(StreamDone {
+            stream_id: id,
+            request_dir: c,
+            request: RequestHead {
+                method: f.method.clone(),
+                path: f.path.clone(),
+                authority: f.authority.clone(),
+                scheme: f.scheme.clone(),
+                content_type: f.content_type.clone(),
+                te: f.te.clone(),
+                traceparent: f.traceparent.clone(),
+                user_agent: f.user_agent.clone(),
+                content_length: f.content_length,
+            },
+            status: resp.fields.status,
+            response_content_type: resp.fields.content_type.clone(),
+            grpc_status: resp.fields.grpc_status,
+            grpc_message: resp.fields.grpc_message.clone(),
+            reset: stream.reset,
+            request_ended: req.ended,
+            response_ended: resp.ended,
+            request_body_size: body(req),
+            response_body_size: body(resp),
+            request_fields_unknown: req.unknown,
+            response_fields_unknown: resp.unknown,
+            first_ns: req.first_ns,
+            last_ns: req
+                .last_ns
+                .max(resp.last_ns)
+                .max(stream.reset_ns)
+                .max(req.first_ns),
+        }))
+    }
+
+    /// The loss a stream dropped without a span counts as.
+    fn lost_message(&self, stream: &Stream) -> Message {
+        let request_seen = self
+            .client_of(stream)
+            .is_some_and(|c| stream.sides[idx(c)].blocks > 0);
+        Message::Lost {
+            requests_unanswered: u64::from(request_seen),
+            responses_unpaired: u64::from(!request_seen),
+        }
     }
 }
 
 impl StreamParser for Http2Conn {
     type Message = Message;
 
-    fn feed(&mut self, _dir: Direction, _chunk: &Chunk<'_>, _out: &mut Vec<Message>) {}
-    fn close(&mut self, _end_ns: u64, _out: &mut Vec<Message>) {}
+    fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        self.feed_chunk(dir, chunk, out);
+    }
+
+    /// The connection ended: streams whose response started are reported
+    /// as they are (not ended); the others are counted as lost.
+    fn close(&mut self, _end_ns: u64, out: &mut Vec<Message>) {
+        let streams = std::mem::take(&mut self.streams);
+        let (mut unanswered, mut unpaired) = (0, 0);
+        for (id, stream) in &streams {
+            let started = self.client_of(stream).is_some_and(|c| {
+                stream.sides[idx(c)].blocks > 0 && stream.sides[idx(c.opposite())].blocks > 0
+            });
+            let msg = if started {
+                self.done_message(*id, stream)
+            } else {
+                self.lost_message(stream)
+            };
+            match msg {
+                Message::Lost {
+                    requests_unanswered,
+                    responses_unpaired,
+                } => {
+                    unanswered += requests_unanswered;
+                    unpaired += responses_unpaired;
+                }
+                m => out.push(m),
+            }
+        }
+        if unanswered + unpaired > 0 {
+            out.push(Message::Lost {
+                requests_unanswered: unanswered,
+                responses_unpaired: unpaired,
+            });
+        }
+        for h in &mut self.halves {
+            h.block = None;
+            h.payload = Vec::new();
+        }
+    }
+
     fn take_resync(&mut self) -> (u64, u64) {
-        (0, 0)
+        Http2Conn::take_resync(self)
     }
 }
 
-/// Could these first bytes start an HTTP/2 connection (client preface or frame shape)?
-pub fn detect(_prefix: &[u8]) -> Detect {
-    Detect::No
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::hpack::{encode_int, encode_str};
+
+    const E: Direction = Direction::Egress;
+    const I: Direction = Direction::Ingress;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let h = FrameHeader {
+            length: payload.len() as u32,
+            kind,
+            flags,
+            stream_id: stream,
+            reserved: false,
+        };
+        let mut v = h.to_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// Header field representations for building blocks.
+    enum H<'a> {
+        /// Indexed field.
+        Idx(u32),
+        /// Literal, new name, without indexing.
+        Lit(&'a str, &'a str),
+        /// Literal, new name, incremental indexing.
+        Inc(&'a str, &'a str),
+        /// Literal, indexed name, without indexing.
+        NameLit(u32, &'a str),
+        /// Literal, indexed name, incremental indexing.
+        NameInc(u32, &'a str),
+        /// Literal, new name, incremental indexing, Huffman-coded.
+        Huff(&'a str, &'a str),
+        /// Dynamic table size update.
+        Size(u32),
+    }
+
+    fn block(fields: &[H<'_>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for f in fields {
+            match *f {
+                H::Idx(i) => encode_int(i, 7, 0x80, &mut b),
+                H::Lit(n, v) | H::Inc(n, v) => {
+                    b.push(if matches!(f, H::Inc(..)) { 0x40 } else { 0 });
+                    encode_str(n.as_bytes(), false, &mut b);
+                    encode_str(v.as_bytes(), false, &mut b);
+                }
+                H::NameLit(i, v) => {
+                    encode_int(i, 4, 0, &mut b);
+                    encode_str(v.as_bytes(), false, &mut b);
+                }
+                H::NameInc(i, v) => {
+                    encode_int(i, 6, 0x40, &mut b);
+                    encode_str(v.as_bytes(), false, &mut b);
+                }
+                H::Huff(n, v) => {
+                    b.push(0x40);
+                    encode_str(n.as_bytes(), true, &mut b);
+                    encode_str(v.as_bytes(), true, &mut b);
+                }
+                H::Size(n) => encode_int(n, 5, 0x20, &mut b),
+            }
+        }
+        b
+    }
+
+    fn headers(stream: u32, end_stream: bool, fields: &[H<'_>]) -> Vec<u8> {
+        let flags = flag::END_HEADERS | if end_stream { flag::END_STREAM } else { 0 };
+        frame(kind::HEADERS, flags, stream, &block(fields))
+    }
+
+    fn data(stream: u32, end_stream: bool, body: &[u8]) -> Vec<u8> {
+        let flags = if end_stream { flag::END_STREAM } else { 0 };
+        frame(kind::DATA, flags, stream, body)
+    }
+
+    fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+        let mut p = Vec::new();
+        for (id, v) in pairs {
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+        frame(kind::SETTINGS, 0, 0, &p)
+    }
+
+    fn settings_ack() -> Vec<u8> {
+        frame(kind::SETTINGS, flag::ACK, 0, &[])
+    }
+
+    fn rst(stream: u32, code: u32) -> Vec<u8> {
+        frame(kind::RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// A connection fed one syscall at a time; syscall `n` runs from
+    /// `100 n` to `100 n + 10` ns.
+    struct Run {
+        conn: Http2Conn,
+        out: Vec<Message>,
+        t: u64,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            Run::with_limits(Limits::default())
+        }
+
+        fn with_limits(limits: Limits) -> Run {
+            Run {
+                conn: Http2Conn::new(limits),
+                out: Vec::new(),
+                t: 0,
+            }
+        }
+
+        fn send(&mut self, dir: Direction, bytes: &[u8]) {
+            self.send_gap(dir, bytes, bytes.len() as u64);
+        }
+
+        /// A syscall that moved `total` bytes of which `captured` were copied.
+        fn send_gap(&mut self, dir: Direction, captured: &[u8], total: u64) {
+            self.t += 1;
+            let chunk = Chunk {
+                data: captured,
+                total_len: total,
+                start_ns: self.t * 100,
+                end_ns: self.t * 100 + 10,
+            };
+            self.conn.feed(dir, &chunk, &mut self.out);
+        }
+
+        fn streams(&self) -> Vec<StreamDone> {
+            self.out
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Stream(s) => Some((**s).clone()),
+                    Message::Lost { .. } => None,
+                })
+                .collect()
+        }
+
+        fn lost(&self) -> (u64, u64) {
+            self.out.iter().fold((0, 0), |(a, b), m| match m {
+                Message::Lost {
+                    requests_unanswered,
+                    responses_unpaired,
+                } => (a + requests_unanswered, b + responses_unpaired),
+                Message::Stream(_) => (a, b),
+            })
+        }
+    }
+
+    /// A client's first flight: preface, SETTINGS, a GET on stream 1.
+    fn client_bytes() -> Vec<u8> {
+        cat(&[
+            PREFACE,
+            &settings(&[
+                (SETTINGS_ENABLE_PUSH, 0),
+                (SETTINGS_INITIAL_WINDOW_SIZE, 65535),
+            ]),
+            &frame(kind::WINDOW_UPDATE, 0, 0, &1_000_000u32.to_be_bytes()),
+            &headers(
+                1,
+                true,
+                &[
+                    H::Idx(2),
+                    H::Idx(6),
+                    H::NameInc(4, "/users/42?q=1"),
+                    H::NameInc(1, "example.com:8080"),
+                    H::Huff("user-agent", "curl/8.5.0"),
+                    H::Lit(
+                        "traceparent",
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    ),
+                    H::Inc("x-request-id", "r-1"),
+                ],
+            ),
+            &settings_ack(),
+        ])
+    }
+
+    /// The server's answer: SETTINGS, ACK, 200 with a body in two frames.
+    fn server_bytes() -> Vec<u8> {
+        cat(&[
+            &settings(&[(SETTINGS_MAX_FRAME_SIZE, 1 << 20)]),
+            &settings_ack(),
+            &headers(1, false, &[H::Idx(8), H::NameInc(31, "text/plain")]),
+            &data(1, false, b"hello "),
+            &data(1, true, b"world"),
+        ])
+    }
+
+    fn expected_get(request_dir: Direction, first_ns: u64, last_ns: u64) -> StreamDone {
+        StreamDone {
+            stream_id: 1,
+            request_dir,
+            request: RequestHead {
+                method: Some("GET".into()),
+                path: Some("/users/42?q=1".into()),
+                authority: Some("example.com:8080".into()),
+                scheme: Some("http".into()),
+                content_type: None,
+                te: None,
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+                user_agent: Some("curl/8.5.0".into()),
+                content_length: None,
+            },
+            status: Some(200),
+            response_content_type: Some("text/plain".into()),
+            grpc_status: None,
+            grpc_message: None,
+            reset: None,
+            request_ended: true,
+            response_ended: true,
+            request_body_size: Some(0),
+            response_body_size: Some(11),
+            request_fields_unknown: false,
+            response_fields_unknown: false,
+            first_ns,
+            last_ns,
+        }
+    }
+
+    #[test]
+    fn frame_header_table() {
+        // (bytes, kind, flags, stream, length, check)
+        let table: &[(&[u8], u8, u8, u32, u32, Result<(), FrameError>)] = &[
+            (
+                &[0, 0, 6, 4, 0, 0, 0, 0, 0],
+                kind::SETTINGS,
+                0,
+                0,
+                6,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 5, 4, 0, 0, 0, 0, 0],
+                kind::SETTINGS,
+                0,
+                0,
+                5,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0, 0, 4, 1, 0, 0, 0, 0],
+                kind::SETTINGS,
+                1,
+                0,
+                0,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 6, 4, 1, 0, 0, 0, 0],
+                kind::SETTINGS,
+                1,
+                0,
+                6,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0, 0, 4, 0, 0, 0, 0, 1],
+                kind::SETTINGS,
+                0,
+                1,
+                0,
+                Err(FrameError::NeedsStreamZero),
+            ),
+            (
+                &[0, 0, 3, 0, 1, 0, 0, 0, 0],
+                kind::DATA,
+                1,
+                0,
+                3,
+                Err(FrameError::NeedsStream),
+            ),
+            (
+                &[0, 0, 0, 0, 8, 0, 0, 0, 1],
+                kind::DATA,
+                8,
+                1,
+                0,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0x40, 0, 0, 1, 0, 0, 0, 3],
+                kind::DATA,
+                1,
+                3,
+                16384,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 5, 1, 0x28, 0, 0, 0, 1],
+                kind::HEADERS,
+                0x28,
+                1,
+                5,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0, 6, 1, 0x28, 0, 0, 0, 1],
+                kind::HEADERS,
+                0x28,
+                1,
+                6,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 5, 2, 0, 0, 0, 0, 7],
+                kind::PRIORITY,
+                0,
+                7,
+                5,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 4, 2, 0, 0, 0, 0, 7],
+                kind::PRIORITY,
+                0,
+                7,
+                4,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0, 4, 3, 0, 0, 0, 0, 7],
+                kind::RST_STREAM,
+                0,
+                7,
+                4,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 4, 3, 0, 0, 0, 0, 0],
+                kind::RST_STREAM,
+                0,
+                0,
+                4,
+                Err(FrameError::NeedsStream),
+            ),
+            (
+                &[0, 0, 4, 5, 0, 0, 0, 0, 1],
+                kind::PUSH_PROMISE,
+                0,
+                1,
+                4,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 4, 5, 8, 0, 0, 0, 1],
+                kind::PUSH_PROMISE,
+                8,
+                1,
+                4,
+                Err(FrameError::Length),
+            ),
+            (&[0, 0, 8, 6, 1, 0, 0, 0, 0], kind::PING, 1, 0, 8, Ok(())),
+            (
+                &[0, 0, 8, 6, 0, 0, 0, 0, 3],
+                kind::PING,
+                0,
+                3,
+                8,
+                Err(FrameError::NeedsStreamZero),
+            ),
+            (
+                &[0, 0, 7, 6, 0, 0, 0, 0, 0],
+                kind::PING,
+                0,
+                0,
+                7,
+                Err(FrameError::Length),
+            ),
+            (&[0, 0, 8, 7, 0, 0, 0, 0, 0], kind::GOAWAY, 0, 0, 8, Ok(())),
+            (
+                &[0, 0, 7, 7, 0, 0, 0, 0, 0],
+                kind::GOAWAY,
+                0,
+                0,
+                7,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0, 4, 8, 0, 0, 0, 0, 0],
+                kind::WINDOW_UPDATE,
+                0,
+                0,
+                4,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 4, 8, 0, 0, 0, 0, 9],
+                kind::WINDOW_UPDATE,
+                0,
+                9,
+                4,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 5, 8, 0, 0, 0, 0, 9],
+                kind::WINDOW_UPDATE,
+                0,
+                9,
+                5,
+                Err(FrameError::Length),
+            ),
+            (
+                &[0, 0, 9, 9, 4, 0, 0, 0, 1],
+                kind::CONTINUATION,
+                4,
+                1,
+                9,
+                Ok(()),
+            ),
+            (
+                &[0, 0, 9, 9, 4, 0, 0, 0, 0],
+                kind::CONTINUATION,
+                4,
+                0,
+                9,
+                Err(FrameError::NeedsStream),
+            ),
+            // Unknown types are ignored by peers, so they pass.
+            (
+                &[0xff, 0xff, 0xff, 0x10, 0xff, 0x7f, 0xff, 0xff, 0xff],
+                0x10,
+                0xff,
+                0x7fff_ffff,
+                0xff_ffff,
+                Ok(()),
+            ),
+        ];
+        for (i, (bytes, k, f, id, len, check)) in table.iter().enumerate() {
+            let h = FrameHeader::parse(bytes).unwrap();
+            assert_eq!(
+                (h.kind, h.flags, h.stream_id, h.length),
+                (*k, *f, *id, *len),
+                "row {i}"
+            );
+            assert_eq!(h.check(), *check, "row {i}");
+            assert!(!h.reserved);
+            assert_eq!(&h.to_bytes()[..], *bytes, "row {i}");
+        }
+        let h = FrameHeader::parse(&[0, 0, 0, 0, 0, 0x80, 0, 0, 1]).unwrap();
+        assert!(h.reserved);
+        assert_eq!(h.stream_id, 1);
+        assert_eq!(FrameHeader::parse(&[0; 8]), None);
+    }
+
+    #[test]
+    fn detect_table() {
+        let get = headers(1, true, &[H::Idx(2), H::Idx(6), H::Idx(4)]);
+        let resp = headers(1, true, &[H::Idx(8)]);
+        let table: Vec<(&str, Vec<u8>, Detect)> = vec![
+            ("preface", client_bytes(), Detect::Request),
+            ("preface alone", PREFACE.to_vec(), Detect::Request),
+            ("preface prefix", PREFACE[..10].to_vec(), Detect::NeedMore),
+            ("empty", Vec::new(), Detect::NeedMore),
+            ("server settings", server_bytes(), Detect::Response),
+            ("request headers", get.clone(), Detect::Request),
+            ("response headers", resp, Detect::Response),
+            ("partial header", get[..5].to_vec(), Detect::NeedMore),
+            (
+                "settings ack then headers",
+                cat(&[&settings_ack(), &get]),
+                Detect::Request,
+            ),
+            (
+                "data mid-connection",
+                data(5, false, &[0, 0, 0, 0, 3, 1, 2, 3]),
+                Detect::Response,
+            ),
+            (
+                "http/1 request",
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                Detect::No,
+            ),
+            (
+                "http/1 response",
+                b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+                Detect::No,
+            ),
+            (
+                "http/1 with PRI method",
+                b"PRI / HTTP/1.1\r\n".to_vec(),
+                Detect::No,
+            ),
+            ("resp array", b"*1\r\n$4\r\nPING\r\n".to_vec(), Detect::No),
+            ("resp simple", b"+OK\r\n".to_vec(), Detect::No),
+            (
+                "mysql greeting",
+                b"\x4a\x00\x00\x00\x0a8.0.36\x00\x08\x00\x00\x00".to_vec(),
+                Detect::No,
+            ),
+            (
+                "mysql 256-byte query",
+                cat(&[&[0x00, 0x01, 0x00, 0x00, 0x03], &[b'S'; 20]]),
+                Detect::No,
+            ),
+            (
+                "tls client hello",
+                vec![
+                    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+                ],
+                Detect::No,
+            ),
+            (
+                "too long",
+                cat(&[&[0, 0x40, 1, 0, 0, 0, 0, 0, 1], &[0; 8]]),
+                Detect::No,
+            ),
+            ("unknown type", frame(0x0a, 0, 0, &[1, 2]), Detect::No),
+            (
+                "reserved bit",
+                vec![0, 0, 0, 4, 0, 0x80, 0, 0, 0],
+                Detect::No,
+            ),
+            (
+                "undefined flag",
+                frame(kind::SETTINGS, 0x02, 0, &[]),
+                Detect::No,
+            ),
+            (
+                "settings on a stream",
+                frame(kind::SETTINGS, 0, 1, &[]),
+                Detect::No,
+            ),
+            (
+                "settings bad length",
+                frame(kind::SETTINGS, 0, 0, &[0; 5]),
+                Detect::No,
+            ),
+            (
+                "settings bad push value",
+                settings(&[(SETTINGS_ENABLE_PUSH, 2)]),
+                Detect::No,
+            ),
+            (
+                "headers on even stream",
+                headers(2, true, &[H::Idx(8)]),
+                Detect::No,
+            ),
+            (
+                "continuation first",
+                frame(kind::CONTINUATION, 4, 1, &[0x82]),
+                Detect::No,
+            ),
+            (
+                "headers then not continuation",
+                cat(&[&frame(kind::HEADERS, 0, 1, &[0x82]), &data(1, true, b"")]),
+                Detect::No,
+            ),
+            (
+                "zero window update",
+                frame(kind::WINDOW_UPDATE, 0, 0, &[0; 4]),
+                Detect::No,
+            ),
+            (
+                "good then garbage",
+                cat(&[&settings_ack(), b"GET / HTTP/1.1\r\n"]),
+                Detect::No,
+            ),
+        ];
+        for (name, bytes, want) in table {
+            assert_eq!(detect(&bytes), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn client_request_and_response() {
+        let mut r = Run::new();
+        r.send(E, &client_bytes());
+        assert!(r.out.is_empty());
+        r.send(I, &server_bytes());
+        // Request written at t=1 (start 100); response read at t=2 (end 210).
+        assert_eq!(r.streams(), [expected_get(E, 100, 210)]);
+        assert_eq!(r.conn.take_resync(), (0, 0));
+        assert_eq!(r.conn.request_direction(), Some(E));
+        assert_eq!(r.conn.open_streams(), 0);
+        assert!(r.conn.hpack_synchronised(E));
+        assert!(r.conn.hpack_synchronised(I));
+    }
+
+    #[test]
+    fn server_side_times() {
+        let mut r = Run::new();
+        r.send(I, &client_bytes());
+        r.send(E, &server_bytes());
+        // Request read at t=1 (end 110); response written by t=2 (end 210).
+        assert_eq!(r.streams(), [expected_get(I, 110, 210)]);
+    }
+
+    #[test]
+    fn every_strict_prefix_is_incomplete() {
+        let client = client_bytes();
+        let server = server_bytes();
+        // Client complete, server cut anywhere.
+        for k in 0..server.len() {
+            let mut r = Run::new();
+            r.send(E, &client);
+            r.send(I, &server[..k]);
+            assert!(r.out.is_empty(), "server prefix {k}");
+            assert_eq!(r.conn.take_resync(), (0, 0), "server prefix {k}");
+        }
+        // Client cut anywhere.
+        for k in 0..client.len() {
+            let mut r = Run::new();
+            r.send(E, &client[..k]);
+            assert!(r.out.is_empty(), "client prefix {k}");
+            assert_eq!(r.conn.take_resync(), (0, 0), "client prefix {k}");
+        }
+        // Both complete, then a second stream cut anywhere on both sides.
+        let second_req = headers(3, true, &[H::Idx(2), H::Idx(62)]);
+        let second_resp = cat(&[
+            &frame(kind::HEADERS, 0, 3, &block(&[H::Idx(8)])),
+            &frame(kind::CONTINUATION, flag::END_HEADERS, 3, &[]),
+            &data(3, true, b"x"),
+        ]);
+        for k in 0..second_resp.len() {
+            let mut r = Run::new();
+            r.send(E, &client);
+            r.send(I, &server);
+            r.send(E, &second_req);
+            r.send(I, &second_resp[..k]);
+            assert_eq!(r.out.len(), 1, "second response prefix {k}");
+            assert_eq!(r.conn.take_resync(), (0, 0), "second response prefix {k}");
+        }
+    }
+
+    /// Feeds `bytes` as syscalls cut at `cuts`, all with the same times.
+    fn feed_cut(
+        conn: &mut Http2Conn,
+        dir: Direction,
+        bytes: &[u8],
+        cuts: &[usize],
+        t: u64,
+        out: &mut Vec<Message>,
+    ) {
+        let mut at = 0;
+        for &c in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            let part = &bytes[at..c];
+            at = c;
+            let chunk = Chunk {
+                data: part,
+                total_len: part.len() as u64,
+                start_ns: t,
+                end_ns: t + 10,
+            };
+            conn.feed(dir, &chunk, out);
+        }
+    }
+
+    #[test]
+    fn split_at_every_byte_gives_the_same_messages() {
+        let client = client_bytes();
+        let server = server_bytes();
+        let mut want = Vec::new();
+        let mut conn = Http2Conn::new(Limits::default());
+        feed_cut(&mut conn, E, &client, &[], 100, &mut want);
+        feed_cut(&mut conn, I, &server, &[], 200, &mut want);
+        assert_eq!(want.len(), 1);
+        for i in 0..=client.len() {
+            for j in [0, 1, 9, 10, server.len() / 2, server.len() - 1] {
+                let mut out = Vec::new();
+                let mut conn = Http2Conn::new(Limits::default());
+                feed_cut(&mut conn, E, &client, &[i], 100, &mut out);
+                feed_cut(&mut conn, I, &server, &[j], 200, &mut out);
+                assert_eq!(out, want, "client cut {i}, server cut {j}");
+                assert_eq!(conn.take_resync(), (0, 0));
+            }
+        }
+        for j in 0..=server.len() {
+            let mut out = Vec::new();
+            let mut conn = Http2Conn::new(Limits::default());
+            feed_cut(&mut conn, E, &client, &[], 100, &mut out);
+            feed_cut(&mut conn, I, &server, &[j], 200, &mut out);
+            assert_eq!(out, want, "server cut {j}");
+        }
+        // One byte per syscall.
+        let mut out = Vec::new();
+        let mut conn = Http2Conn::new(Limits::default());
+        let every: Vec<usize> = (1..client.len()).collect();
+        feed_cut(&mut conn, E, &client, &every, 100, &mut out);
+        let every: Vec<usize> = (1..server.len()).collect();
+        feed_cut(&mut conn, I, &server, &every, 200, &mut out);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn mid_connection_start_with_unknown_dynamic_entries() {
+        // The agent attaches to a gRPC server's connection long open: the
+        // client's encoder holds entries (user-agent, content-type,
+        // :authority) this parser never saw. The first bytes it sees are a
+        // new call on stream 41, read by the server (Ingress).
+        let request = cat(&[
+            &headers(
+                41,
+                false,
+                &[
+                    H::Idx(3),                     // :method POST
+                    H::Idx(6),                     // :scheme http
+                    H::NameInc(4, "/pkg.Svc/Get"), // :path, now index 62
+                    H::Idx(65),                    // :authority (unseen)
+                    H::Idx(64),                    // content-type (unseen)
+                    H::Lit("te", "trailers"),
+                ],
+            ),
+            &data(41, true, &[0, 0, 0, 0, 2, 8, 1]),
+        ]);
+        assert_eq!(detect(&request), Detect::Request);
+        let mut r = Run::new();
+        r.send(I, &request);
+        // The server's encoder state is unknown too; its answer uses static
+        // entries and literals.
+        r.send(
+            E,
+            &cat(&[
+                &headers(41, false, &[H::Idx(8), H::NameLit(31, "application/grpc")]),
+                &data(41, false, &[0, 0, 0, 0, 0]),
+                &headers(41, true, &[H::Lit("grpc-status", "0")]),
+            ]),
+        );
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        let s = &got[0];
+        assert_eq!(s.request_dir, I);
+        assert_eq!(s.request.method.as_deref(), Some("POST"));
+        assert_eq!(s.request.path.as_deref(), Some("/pkg.Svc/Get"));
+        assert_eq!(s.request.te.as_deref(), Some("trailers"));
+        assert_eq!(s.request.authority, None);
+        assert_eq!(s.request.content_type, None);
+        assert!(s.request_fields_unknown);
+        assert_eq!(s.status, Some(200));
+        assert_eq!(s.grpc_status, Some(0));
+        assert_eq!(s.response_content_type.as_deref(), Some("application/grpc"));
+        assert!(!s.response_fields_unknown);
+        assert!(!r.conn.hpack_synchronised(I));
+        // Unknown entries are not sync losses.
+        assert_eq!(r.conn.take_resync(), (0, 0));
+
+        // The next call reuses the :path entry it saw inserted (index 62)
+        // and one it never saw, for the same method on stream 43.
+        r.send(
+            I,
+            &headers(43, true, &[H::Idx(3), H::Idx(6), H::Idx(62), H::Idx(66)]),
+        );
+        r.send(E, &headers(43, true, &[H::Idx(13)]));
+        let got = r.streams();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].request.path.as_deref(), Some("/pkg.Svc/Get"));
+        assert_eq!(got[1].status, Some(404));
+        assert!(got[1].request_fields_unknown);
+
+        // A call whose :path is itself an unseen entry: the method and
+        // status are still right, the path is left out.
+        r.send(I, &headers(45, true, &[H::Idx(3), H::Idx(70)]));
+        r.send(E, &headers(45, true, &[H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[2].request.method.as_deref(), Some("POST"));
+        assert_eq!(got[2].request.path, None);
+        assert_eq!(got[2].status, Some(200));
+        assert!(got[2].request_fields_unknown);
+
+        // The end of a call opened before the agent, below the highest
+        // stream id seen: ignored.
+        r.send(E, &headers(39, true, &[H::Idx(8)]));
+        assert_eq!(r.streams().len(), 3);
+        assert_eq!(r.lost(), (0, 0));
+    }
+
+    #[test]
+    fn mid_connection_start_from_the_server_side_first() {
+        // The first bytes are a response (HEADERS with :status) for a
+        // stream never seen, then a request: the client side is told from
+        // the pseudo-headers, not from who spoke first.
+        let mut r = Run::new();
+        r.send(E, &headers(7, false, &[H::Idx(8)]));
+        r.send(I, &headers(9, true, &[H::Idx(2), H::Idx(4)]));
+        r.send(E, &headers(9, true, &[H::Idx(9)]));
+        r.send(E, &data(7, true, b"x"));
+        assert_eq!(r.conn.request_direction(), Some(I));
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].stream_id, 9);
+        assert_eq!(got[0].status, Some(204));
+        assert_eq!(r.lost(), (0, 1));
+    }
+
+    #[test]
+    fn fifty_interleaved_streams() {
+        let mut r = Run::new();
+        r.send(I, &cat(&[PREFACE, &settings(&[])]));
+        r.send(E, &cat(&[&settings(&[]), &settings_ack()]));
+        // Requests in batches of 10 per syscall; the user-agent goes into
+        // the dynamic table once and is referenced after.
+        let mut batch = Vec::new();
+        for i in 0..50u32 {
+            let id = 2 * i + 1;
+            let path = format!("/item/{i}");
+            let mut fields = vec![H::Idx(2), H::Idx(6), H::Lit(":path", &path)];
+            if i == 0 {
+                fields.push(H::Huff("user-agent", "bench/1"));
+            } else {
+                fields.push(H::Idx(62));
+            }
+            batch.extend(headers(id, true, &fields));
+            if i % 10 == 9 {
+                r.send(I, &batch);
+                batch.clear();
+            }
+        }
+        // Responses in reverse order, each in two DATA frames, interleaved
+        // with the next stream's headers.
+        let mut wire = Vec::new();
+        for i in (0..50u32).rev() {
+            let id = 2 * i + 1;
+            let status = if i % 3 == 0 { 14 } else { 8 }; // 500 or 200
+            wire.extend(headers(id, false, &[H::Idx(status)]));
+            wire.extend(data(id, false, &vec![b'a'; i as usize]));
+        }
+        for i in (0..50u32).rev() {
+            wire.extend(data(2 * i + 1, true, b"!"));
+        }
+        for part in wire.chunks(777) {
+            r.send(E, part);
+        }
+        let got = r.streams();
+        assert_eq!(got.len(), 50);
+        for s in &got {
+            let i = (s.stream_id - 1) / 2;
+            assert_eq!(s.request.path, Some(format!("/item/{i}")));
+            assert_eq!(s.request.user_agent.as_deref(), Some("bench/1"));
+            assert_eq!(s.status, Some(if i % 3 == 0 { 500 } else { 200 }));
+            assert_eq!(s.response_body_size, Some(u64::from(i) + 1));
+            assert!(!s.request_fields_unknown && !s.response_fields_unknown);
+            assert!(s.first_ns <= s.last_ns);
+        }
+        assert_eq!(r.conn.take_resync(), (0, 0));
+        assert_eq!(r.conn.open_streams(), 0);
+    }
+
+    #[test]
+    fn rst_stream_ends_the_stream() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
+        );
+        r.send(E, &data(1, false, b"part"));
+        assert!(r.out.is_empty());
+        // The client gives up (CANCEL).
+        r.send(E, &rst(1, 8));
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].reset,
+            Some(Reset {
+                code: Some(8),
+                dir: E
+            })
+        );
+        assert!(!got[0].request_ended && !got[0].response_ended);
+        assert_eq!(got[0].status, None);
+        assert_eq!(got[0].last_ns, 310);
+        // The server refuses the next one after its headers.
+        r.send(E, &headers(3, true, &[H::Idx(2), H::Idx(4)]));
+        r.send(I, &cat(&[&headers(3, false, &[H::Idx(8)]), &rst(3, 7)]));
+        let got = r.streams();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[1].reset,
+            Some(Reset {
+                code: Some(7),
+                dir: I
+            })
+        );
+        assert_eq!(got[1].status, Some(200));
+        // Frames for the reset stream afterwards are ignored.
+        r.send(I, &data(3, true, b"late"));
+        r.send(E, &frame(kind::WINDOW_UPDATE, 0, 3, &[0, 0, 1, 0]));
+        assert_eq!(r.out.len(), 2);
+    }
+
+    #[test]
+    fn reset_after_the_response_ended() {
+        // The server answers before the upload ends; the client then stops
+        // with RST_STREAM(NO_ERROR).
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
+        );
+        r.send(I, &headers(1, true, &[H::Idx(14)]));
+        assert!(r.out.is_empty());
+        r.send(E, &rst(1, 0));
+        let got = r.streams();
+        assert_eq!(got[0].status, Some(500));
+        assert!(got[0].response_ended && !got[0].request_ended);
+        assert_eq!(got[0].reset.and_then(|r| r.code), Some(0));
+    }
+
+    #[test]
+    fn grpc_trailers_only_error() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &settings(&[]),
+                &headers(
+                    1,
+                    false,
+                    &[
+                        H::Idx(3),
+                        H::Idx(6),
+                        H::NameLit(4, "/helloworld.Greeter/Nope"),
+                        H::NameLit(1, "localhost:50051"),
+                        H::NameInc(31, "application/grpc"),
+                        H::Lit("te", "trailers"),
+                    ],
+                ),
+                &data(1, true, &[0, 0, 0, 0, 0]),
+            ]),
+        );
+        r.send(
+            I,
+            &cat(&[
+                &settings(&[]),
+                &headers(
+                    1,
+                    true,
+                    &[
+                        H::Idx(8),
+                        H::NameLit(31, "application/grpc"),
+                        H::Lit("grpc-status", "12"),
+                        H::Lit("grpc-message", "unknown method Nope for %2Fhelloworld"),
+                    ],
+                ),
+            ]),
+        );
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        let s = &got[0];
+        assert_eq!(s.request.path.as_deref(), Some("/helloworld.Greeter/Nope"));
+        assert_eq!(s.request.content_type.as_deref(), Some("application/grpc"));
+        assert_eq!(s.status, Some(200));
+        assert_eq!(s.grpc_status, Some(12));
+        assert_eq!(
+            s.grpc_message.as_deref(),
+            Some("unknown method Nope for /helloworld")
+        );
+        assert_eq!(s.response_body_size, Some(0));
+        assert_eq!(s.request_body_size, Some(5));
+    }
+
+    #[test]
+    fn grpc_streaming_call_is_one_stream() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &headers(
+                    1,
+                    false,
+                    &[
+                        H::Idx(3),
+                        H::NameLit(4, "/chat.Chat/Talk"),
+                        H::NameLit(31, "application/grpc"),
+                    ],
+                ),
+            ]),
+        );
+        r.send(
+            I,
+            &headers(1, false, &[H::Idx(8), H::NameLit(31, "application/grpc")]),
+        );
+        for k in 0..20u8 {
+            r.send(E, &data(1, false, &[0, 0, 0, 0, 1, k]));
+            r.send(I, &data(1, false, &[0, 0, 0, 0, 1, k]));
+        }
+        r.send(E, &data(1, true, &[]));
+        assert!(r.out.is_empty());
+        r.send(I, &headers(1, true, &[H::Lit("grpc-status", "0")]));
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].first_ns, 100);
+        assert_eq!(got[0].last_ns, r.t * 100 + 10);
+        assert_eq!(got[0].request_body_size, Some(120));
+        assert_eq!(got[0].grpc_status, Some(0));
+    }
+
+    #[test]
+    fn continuation_padding_and_priority() {
+        let req = block(&[
+            H::Idx(2),
+            H::Idx(7),
+            H::NameLit(4, "/padded"),
+            H::NameLit(1, "h.example"),
+            H::Lit("x-filler", "0123456789"),
+        ]);
+        let (a, rest) = req.split_at(3);
+        let (b, c) = rest.split_at(5);
+        // HEADERS with PADDED and PRIORITY: pad length, 5 priority bytes,
+        // fragment, padding.
+        let mut p = vec![4u8, 0x80, 0, 0, 0, 16];
+        p.extend_from_slice(a);
+        p.extend_from_slice(&[0; 4]);
+        let mut padded_data = vec![3u8];
+        padded_data.extend_from_slice(b"body");
+        padded_data.extend_from_slice(&[0; 3]);
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &frame(kind::HEADERS, flag::PADDED | flag::PRIORITY, 1, &p),
+                &frame(kind::CONTINUATION, 0, 1, b),
+                &frame(kind::CONTINUATION, flag::END_HEADERS, 1, c),
+                &frame(kind::PRIORITY, 0, 1, &[0, 0, 0, 0, 7]),
+                &frame(kind::PING, 0, 0, &[1; 8]),
+                &frame(kind::DATA, flag::PADDED | flag::END_STREAM, 1, &padded_data),
+            ]),
+        );
+        r.send(
+            I,
+            &cat(&[
+                &frame(kind::PING, flag::ACK, 0, &[1; 8]),
+                &headers(1, true, &[H::Idx(9)]),
+            ]),
+        );
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].request.path.as_deref(), Some("/padded"));
+        assert_eq!(got[0].request.scheme.as_deref(), Some("https"));
+        assert_eq!(got[0].request.authority.as_deref(), Some("h.example"));
+        assert_eq!(got[0].request_body_size, Some(4));
+        assert_eq!(got[0].status, Some(204));
+        assert_eq!(r.conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn informational_responses_are_skipped() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &headers(
+                    1,
+                    false,
+                    &[H::Idx(3), H::Idx(4), H::Lit("expect", "100-continue")],
+                ),
+            ]),
+        );
+        r.send(I, &headers(1, false, &[H::NameLit(8, "100")]));
+        r.send(E, &data(1, true, b"payload"));
+        r.send(I, &headers(1, true, &[H::NameLit(8, "201")]));
+        assert_eq!(r.streams()[0].status, Some(201));
+    }
+
+    #[test]
+    fn push_promise_keeps_hpack_in_step() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[PREFACE, &headers(1, true, &[H::Idx(2), H::Idx(5)])]),
+        );
+        // The promised request inserts an entry into the server's table;
+        // the response then refers to it by index.
+        let mut pp = 2u32.to_be_bytes().to_vec();
+        pp.extend(block(&[H::Idx(2), H::NameInc(4, "/style.css"), H::Idx(6)]));
+        r.send(
+            I,
+            &cat(&[
+                &frame(kind::PUSH_PROMISE, flag::END_HEADERS, 1, &pp),
+                &headers(1, false, &[H::Idx(8), H::NameInc(31, "text/html")]),
+                &headers(2, false, &[H::Idx(8), H::Idx(62)]),
+                &data(2, true, b"body{}"),
+                &data(1, true, b"<html>"),
+            ]),
+        );
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].stream_id, 1);
+        assert_eq!(got[0].response_content_type.as_deref(), Some("text/html"));
+        assert!(!got[0].response_fields_unknown);
+        assert!(r.conn.hpack_synchronised(I));
+        assert_eq!(r.lost(), (0, 0));
+    }
+
+    #[test]
+    fn settings_header_table_size_and_ack() {
+        let mut r = Run::new();
+        // The client allows the server a 0-byte table; once the server
+        // acknowledges, a larger size update is a protocol error, so the
+        // block is not trusted.
+        r.send(
+            E,
+            &cat(&[PREFACE, &settings(&[(SETTINGS_HEADER_TABLE_SIZE, 0)])]),
+        );
+        r.send(I, &cat(&[&settings(&[]), &settings_ack()]));
+        r.send(
+            E,
+            &cat(&[&settings_ack(), &headers(1, true, &[H::Idx(2), H::Idx(4)])]),
+        );
+        r.send(I, &headers(1, true, &[H::Size(0), H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[0].status, Some(200));
+        assert!(!got[0].response_fields_unknown);
+        assert_eq!(r.conn.take_resync(), (0, 0));
+        r.send(E, &headers(3, true, &[H::Idx(2), H::Idx(4)]));
+        r.send(I, &headers(3, true, &[H::Size(4096), H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[1].status, None);
+        assert!(got[1].response_fields_unknown);
+        assert_eq!(r.conn.take_resync(), (0, 1));
+        assert!(!r.conn.hpack_synchronised(I));
+        // Before the ACK the old limit still counts: a 4096 update is fine.
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[PREFACE, &settings(&[(SETTINGS_HEADER_TABLE_SIZE, 0)])]),
+        );
+        r.send(E, &headers(1, true, &[H::Idx(2), H::Idx(4)]));
+        r.send(I, &headers(1, true, &[H::Size(4096), H::Idx(8)]));
+        assert!(!r.streams()[0].response_fields_unknown);
+    }
+
+    #[test]
+    fn uncaptured_data_keeps_sync() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
+        );
+        // A 10000-byte DATA frame of which the first 100 bytes were copied.
+        let big = data(1, true, &vec![7u8; 10_000]);
+        r.send_gap(E, &big[..100], big.len() as u64);
+        r.send(I, &headers(1, false, &[H::Idx(8)]));
+        // A response body whose syscall copied only the frame header.
+        let body = data(1, true, &vec![1u8; 5000]);
+        r.send_gap(I, &body[..9], body.len() as u64);
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].request_body_size, Some(10_000));
+        assert_eq!(got[0].response_body_size, Some(5000));
+        assert_eq!(r.conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn uncaptured_header_block_leaves_hpack_unknown() {
+        let mut r = Run::new();
+        r.send(E, &cat(&[PREFACE, &settings(&[])]));
+        // Stream 1's HEADERS: only the frame header was copied. Its block
+        // inserted :authority into the table.
+        let h1 = headers(
+            1,
+            true,
+            &[H::Idx(2), H::Idx(4), H::NameInc(1, "secret.example")],
+        );
+        r.send_gap(E, &h1[..9], h1.len() as u64);
+        r.send(I, &headers(1, true, &[H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].request.method, None);
+        assert!(got[0].request_fields_unknown);
+        assert_eq!(got[0].status, Some(200));
+        assert!(!r.conn.hpack_synchronised(E));
+        assert_eq!(r.conn.take_resync(), (0, 1));
+        // Stream 3 refers to the entry it inserted: unknown, not wrong;
+        // static and literal fields still decode.
+        r.send(
+            E,
+            &headers(3, true, &[H::Idx(2), H::NameLit(4, "/next"), H::Idx(62)]),
+        );
+        r.send(I, &headers(3, true, &[H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[1].request.method.as_deref(), Some("GET"));
+        assert_eq!(got[1].request.path.as_deref(), Some("/next"));
+        assert_eq!(got[1].request.authority, None);
+        assert!(got[1].request_fields_unknown);
+        assert_eq!(r.conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn uncaptured_frame_header_loses_framing_until_a_plausible_syscall() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[PREFACE, &headers(1, true, &[H::Idx(2), H::Idx(4)])]),
+        );
+        // A syscall with two frames; the second frame's header was not
+        // copied, so this direction's framing is lost.
+        let wire = cat(&[&headers(1, false, &[H::Idx(8)]), &data(1, true, &[1; 50])]);
+        r.send_gap(I, &wire[..12], wire.len() as u64);
+        let (skipped, events) = r.conn.take_resync();
+        assert_eq!(events, 1);
+        assert_eq!(skipped, (wire.len() - 10) as u64);
+        // The lost side of stream 1 keeps it open.
+        assert!(r.out.is_empty());
+        // A syscall starting mid-frame is skipped.
+        r.send(I, &[1; 30]);
+        assert_eq!(r.conn.take_resync(), (30, 0));
+        // One starting with plausible frames resynchronises; the server's
+        // HPACK table is unknown from here, static entries still decode.
+        r.send(E, &headers(3, true, &[H::Idx(2), H::Idx(4)]));
+        r.send(
+            I,
+            &cat(&[&headers(3, true, &[H::Idx(13)]), &data(1, true, b"")]),
+        );
+        let got = r.streams();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].stream_id, got[0].status), (3, Some(404)));
+        assert_eq!((got[1].stream_id, got[1].status), (1, Some(200)));
+        assert!(got[1].response_fields_unknown);
+        assert_eq!(r.conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn lost_client_side_ends_with_the_response() {
+        let mut r = Run::new();
+        r.send(
+            I,
+            &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
+        );
+        // The request body's end is in bytes whose framing was lost.
+        r.send_gap(I, &[], 100);
+        r.send(E, &headers(1, true, &[H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].request_ended);
+        assert_eq!(got[0].request_body_size, None);
+        assert_eq!(r.conn.take_resync(), (100, 1));
+    }
+
+    #[test]
+    fn bounds_are_kept_and_counted() {
+        // More open streams than MAX_STREAMS: the oldest are dropped.
+        let mut r = Run::new();
+        r.send(E, PREFACE);
+        for i in 0..(MAX_STREAMS as u32 + 6) {
+            r.send(E, &headers(2 * i + 1, true, &[H::Idx(2), H::Idx(4)]));
+        }
+        assert_eq!(r.conn.open_streams(), MAX_STREAMS);
+        assert_eq!(r.lost(), (6, 0));
+        // A header block over the bound is not decoded.
+        let mut r = Run::with_limits(Limits {
+            max_buffered_bytes: 64,
+        });
+        let long = "v".repeat(100);
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &headers(1, true, &[H::Idx(2), H::Lit("x-long", &long)]),
+            ]),
+        );
+        r.send(I, &headers(1, true, &[H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[0].request.method, None);
+        assert!(got[0].request_fields_unknown);
+        assert!(!r.conn.hpack_synchronised(E));
+        // Header values past MAX_STREAM_HEADER_BYTES are left out.
+        let mut r = Run::new();
+        let path = format!("/{}", "p".repeat(MAX_STREAM_HEADER_BYTES));
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &headers(1, true, &[H::Idx(2), H::NameLit(4, &path)]),
+            ]),
+        );
+        r.send(I, &headers(1, true, &[H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[0].request.method.as_deref(), Some("GET"));
+        assert_eq!(got[0].request.path, None);
+        assert!(got[0].request_fields_unknown);
+    }
+
+    #[test]
+    fn close_reports_started_streams_and_counts_the_rest() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &headers(1, true, &[H::Idx(2), H::Idx(4)]),
+                &headers(3, true, &[H::Idx(2), H::Idx(5)]),
+            ]),
+        );
+        r.send(
+            I,
+            &cat(&[
+                &headers(1, false, &[H::Idx(8)]),
+                &data(1, false, b"partial"),
+            ]),
+        );
+        r.conn.close(10_000, &mut r.out);
+        let got = r.streams();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].stream_id, 1);
+        assert!(!got[0].response_ended);
+        assert_eq!(got[0].response_body_size, None);
+        assert_eq!(got[0].last_ns, 210);
+        assert_eq!(r.lost(), (1, 0));
+    }
+
+    #[test]
+    fn goaway_and_unknown_frames_are_skipped() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &frame(0x0a, 0, 0, b"altsvc"),
+                &headers(1, true, &[H::Idx(2), H::Idx(4)]),
+            ]),
+        );
+        r.send(
+            I,
+            &cat(&[
+                &frame(
+                    kind::GOAWAY,
+                    0,
+                    0,
+                    &[0, 0, 0, 1, 0, 0, 0, 0, b'b', b'y', b'e'],
+                ),
+                &headers(1, true, &[H::Idx(8)]),
+            ]),
+        );
+        assert_eq!(r.streams().len(), 1);
+        assert_eq!(r.conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let valid = cat(&[&client_bytes(), &server_bytes()]);
+        for round in 0..300 {
+            let mut conn = Http2Conn::new(Limits {
+                max_buffered_bytes: 256,
+            });
+            let mut out = Vec::new();
+            let mut t = 0;
+            if round % 2 == 0 {
+                let chunk = Chunk {
+                    data: PREFACE,
+                    total_len: 24,
+                    start_ns: 0,
+                    end_ns: 0,
+                };
+                conn.feed(E, &chunk, &mut out);
+            }
+            for _ in 0..40 {
+                let len = (next() % 64) as usize;
+                let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                // Mix in pieces of real frames so parsing gets deep.
+                if next() % 2 == 0 {
+                    let at = next() as usize % valid.len();
+                    let end = (at + len).min(valid.len());
+                    bytes = valid[at..end].to_vec();
+                    if next() % 4 == 0
+                        && let Some(b) = bytes.get_mut(next() as usize % len.max(1))
+                    {
+                        *b ^= next() as u8;
+                    }
+                }
+                let gap = if next() % 5 == 0 {
+                    u64::from(next() % 100)
+                } else {
+                    0
+                };
+                t += 1;
+                let chunk = Chunk {
+                    data: &bytes,
+                    total_len: bytes.len() as u64 + gap,
+                    start_ns: t,
+                    end_ns: t,
+                };
+                let dir = if next() % 2 == 0 { E } else { I };
+                conn.feed(dir, &chunk, &mut out);
+                let _ = detect(&bytes);
+            }
+            conn.close(t + 1, &mut out);
+            let _ = conn.take_resync();
+            for m in &out {
+                if let Some((a, b)) = m.times() {
+                    assert!(a <= b);
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Protocol stage: one module per protocol, each a pure streaming parser
 //! (bytes in, messages out; no I/O, no clock, no globals).
 
+pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod mysql;

@@ -1,38 +1,2885 @@
-//! MySQL client-server protocol streaming parser (being written).
+//! MySQL / MariaDB client-server protocol: a streaming parser.
+//!
+//! One [`MysqlConn`] follows both directions of one connection. The wire
+//! format is a sequence of packets, each a 3-byte little-endian payload
+//! length and a sequence id; a payload of exactly `0xffffff` bytes goes on
+//! in the next packet. Packets are framed per direction; payload bytes past
+//! a chunk's captured prefix are skipped by length, so a large row or query
+//! that was only partly copied keeps the stream in step.
+//!
+//! What a packet means depends on where the conversation is, so the parser
+//! keeps the connection's phase:
+//!
+//! * the handshake: the server greeting (which tells MySQL from MariaDB and
+//!   the server's capabilities), the client's handshake response (its
+//!   capabilities and the default database; user names and credentials are
+//!   skipped and never kept), then the authentication exchange, however many
+//!   packets the auth plugins trade, until the server's OK or ERR;
+//! * the command phase: the client sends one command at sequence id 0, the
+//!   server answers with OK, ERR, a result set (column count, column
+//!   definitions, rows, end marker; possibly several results in a row) or a
+//!   prepared-statement answer. Each command is reported as a
+//!   [`Command`], each complete answer as a [`Response`] carrying the id of
+//!   the command it answers.
+//!
+//! A connection that switches to TLS (SSL request) or to the compressed
+//! protocol, or starts a replication stream, is not parsed further: no
+//! messages, no errors.
+//!
+//! When the agent attaches to a connection that is already open, parsing
+//! starts at the first command; capabilities are then unknown, and result
+//! sets with and without the intermediate EOF packet
+//! (`CLIENT_DEPRECATE_EOF`) are told apart by packet shape.
+//!
+//! Losing sync: when a gap hides a packet header (a result set much larger
+//! than the capture, spread over many reads) the framing of that direction
+//! is lost. The answer being read is kept open; it ends either at a chunk
+//! that is fully captured and ends with a result set's final packet (checked
+//! against the packet before it), or, at the latest, when the client sends
+//! its next command: the protocol is half-duplex, so the answer ended with
+//! the last bytes the server sent before it, and the server's next bytes
+//! start a new packet. Its row count is then unknown. Skipped bytes and
+//! lost-sync events are reported by [`MysqlConn::take_resync`].
+
+use std::collections::VecDeque;
 
 use super::{Chunk, Detect, Direction, StreamParser};
+
+/// Largest payload of one physical packet; a payload this long continues
+/// in the next packet.
+const MAX_PACKET: usize = 0xff_ffff;
+/// Payload bytes kept of each server packet (OK, ERR, greeting, column
+/// count, prepare answer all fit; rows and column definitions need only
+/// their first bytes).
+const RESPONSE_KEEP: usize = 1024;
+/// Least payload kept of any packet, whatever the configured limit.
+const MIN_KEEP: usize = 64;
+/// Commands remembered while waiting for their answers; beyond this the
+/// oldest is forgotten (and reported unanswered by the pairing).
+const MAX_PENDING: usize = 64;
+/// Longest error message kept, in bytes.
+const MAX_ERROR_MESSAGE: usize = 512;
+/// Longest result-set end packet (EOF, OK or ERR) looked for at the end of
+/// a chunk while resynchronising inside rows.
+const MAX_END_PACKET: usize = 600;
+/// Most columns in a result set (MySQL allows 4096).
+const MAX_COLUMNS: u64 = 0xffff;
+/// Longest server version string in a greeting.
+const MAX_VERSION_LEN: usize = 96;
+
+// Client/server capability flags.
+const CLIENT_CONNECT_WITH_DB: u32 = 1 << 3;
+const CLIENT_COMPRESS: u32 = 1 << 5;
+const CLIENT_PROTOCOL_41: u32 = 1 << 9;
+const CLIENT_SSL: u32 = 1 << 11;
+const CLIENT_SECURE_CONNECTION: u32 = 1 << 15;
+const CLIENT_PLUGIN_AUTH_LENENC_DATA: u32 = 1 << 21;
+const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
+const CLIENT_ZSTD_COMPRESSION: u32 = 1 << 26;
+const CLIENT_QUERY_ATTRIBUTES: u32 = 1 << 27;
+
+// Server status flags.
+const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
+const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
+const SERVER_SESSION_STATE_CHANGED: u16 = 0x4000;
+/// Session-state entry type: the default schema changed.
+const SESSION_TRACK_SCHEMA: u8 = 1;
+
+// Command bytes.
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_FIELD_LIST: u8 = 0x04;
+const COM_STATISTICS: u8 = 0x09;
+const COM_PROCESS_INFO: u8 = 0x0a;
+const COM_PING: u8 = 0x0e;
+const COM_CHANGE_USER: u8 = 0x11;
+const COM_BINLOG_DUMP: u8 = 0x12;
+const COM_TABLE_DUMP: u8 = 0x13;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
+const COM_STMT_FETCH: u8 = 0x1c;
+const COM_BINLOG_DUMP_GTID: u8 = 0x1e;
+/// MariaDB's bulk execution of a prepared statement.
+const COM_STMT_BULK_EXECUTE: u8 = 0xfa;
+/// Commands answered by a single OK, ERR or EOF packet and given no span:
+/// create/drop db, refresh, shutdown, process kill, debug, register
+/// replica, set option, reset connection.
+const SIMPLE_COMMANDS: &[u8] = &[0x05, 0x06, 0x07, 0x08, 0x0c, 0x0d, 0x15, 0x1b, 0x1f];
+
+/// First words accepted as the start of a statement by [`detect`].
+const SQL_KEYWORDS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "SET",
+    "SHOW",
+    "USE",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "RENAME",
+    "TRUNCATE",
+    "CALL",
+    "EXPLAIN",
+    "DESCRIBE",
+    "DESC",
+    "WITH",
+    "LOCK",
+    "UNLOCK",
+    "GRANT",
+    "REVOKE",
+    "ANALYZE",
+    "OPTIMIZE",
+    "CHECK",
+    "CHECKSUM",
+    "REPAIR",
+    "LOAD",
+    "DO",
+    "HANDLER",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "XA",
+    "KILL",
+    "FLUSH",
+    "RESET",
+    "PURGE",
+    "VALUES",
+    "TABLE",
+    "HELP",
+    "SIGNAL",
+    "RESIGNAL",
+    "GET",
+    "INSTALL",
+    "UNINSTALL",
+    "BINLOG",
+    "CACHE",
+    "CHANGE",
+];
 
 /// Bounds on what the parser buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Most payload bytes kept of one client packet (the statement text of
+    /// a query or prepare). Longer statements are reported truncated; the
+    /// rest of the packet is skipped by length.
     pub max_buffered_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buffered_bytes: 16384,
+        }
+    }
+}
+
+/// Which server the connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DbSystem {
+    /// MySQL, or a server whose greeting was not seen.
+    #[default]
+    Mysql,
+    Mariadb,
+}
+
+impl DbSystem {
+    /// The `db.system.name` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbSystem::Mysql => "mysql",
+            DbSystem::Mariadb => "mariadb",
+        }
+    }
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// COM_QUERY: a text-protocol statement.
+    Query,
+    /// COM_STMT_PREPARE.
+    Prepare,
+    /// COM_STMT_EXECUTE (or MariaDB's COM_STMT_BULK_EXECUTE). MariaDB
+    /// clients may use `u32::MAX` for "the statement just prepared".
+    Execute { statement_id: u32 },
+    /// COM_STMT_FETCH: more rows from a cursor.
+    Fetch { statement_id: u32 },
+    /// COM_STMT_RESET.
+    StmtReset { statement_id: u32 },
+    /// COM_STMT_CLOSE: has no answer.
+    StmtClose { statement_id: u32 },
+    /// COM_INIT_DB: change the default database.
+    InitDb,
+    /// COM_PING.
+    Ping,
+    /// COM_FIELD_LIST (deprecated).
+    FieldList,
+    /// COM_STATISTICS.
+    Statistics,
+    /// Any other command with an answer, by command byte.
+    Other(u8),
+}
+
+impl CommandKind {
+    /// Does the server answer this command?
+    pub fn expects_response(&self) -> bool {
+        !matches!(self, CommandKind::StmtClose { .. })
+    }
+}
+
+/// A command the client sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// The direction it travelled (Egress: the process is the client).
+    pub dir: Direction,
+    /// Numbers the connection's commands from 0; [`Response::command_id`]
+    /// refers to it.
+    pub id: u64,
+    pub kind: CommandKind,
+    /// The statement of a query or prepare, the database of an init-db.
+    pub text: Option<String>,
+    /// `text` is only the start of the statement (capture or buffer limit).
+    pub text_truncated: bool,
+    pub system: DbSystem,
+    /// The connection's default database when the command was sent, if known.
+    pub namespace: Option<String>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// An error the server returned (ERR packet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// The server error number (1146 for "table doesn't exist", ...).
+    pub code: u16,
+    /// The five-character SQLSTATE, when the server sent one.
+    pub sql_state: Option<String>,
+    pub message: String,
+}
+
+/// The server's whole answer to one command (every result of a
+/// multi-result answer included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub dir: Direction,
+    /// The [`Command::id`] this answers.
+    pub command_id: u64,
+    /// Set when the answer was (or ended with) an ERR packet.
+    pub error: Option<ServerError>,
+    /// Rows of all result sets, when the answer had result sets and every
+    /// row was counted.
+    pub returned_rows: Option<u64>,
+    /// Sum of the affected-row counts of the answer's OK packets.
+    pub affected_rows: Option<u64>,
+    /// The statement id a successful prepare returned.
+    pub statement_id: Option<u32>,
+    /// The end of the answer was seen. When false, sync was lost inside it
+    /// and it was taken to end with the last bytes the server sent before
+    /// the next command (or the close).
+    pub complete: bool,
+    pub first_ns: u64,
+    pub last_ns: u64,
 }
 
 /// One parsed command or response.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Message {}
+pub enum Message {
+    Command(Command),
+    Response(Response),
+}
+
+impl Message {
+    pub fn dir(&self) -> Direction {
+        match self {
+            Message::Command(c) => c.dir,
+            Message::Response(r) => r.dir,
+        }
+    }
+
+    pub fn first_ns(&self) -> u64 {
+        match self {
+            Message::Command(c) => c.first_ns,
+            Message::Response(r) => r.first_ns,
+        }
+    }
+
+    pub fn last_ns(&self) -> u64 {
+        match self {
+            Message::Command(c) => c.last_ns,
+            Message::Response(r) => r.last_ns,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Byte helpers. All return `None` rather than read past the end.
+
+fn u16_at(d: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes([*d.get(at)?, *d.get(at + 1)?]))
+}
+
+fn u24_at(d: &[u8], at: usize) -> Option<usize> {
+    Some(
+        usize::from(*d.get(at)?)
+            | usize::from(*d.get(at + 1)?) << 8
+            | usize::from(*d.get(at + 2)?) << 16,
+    )
+}
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes([
+        *d.get(at)?,
+        *d.get(at + 1)?,
+        *d.get(at + 2)?,
+        *d.get(at + 3)?,
+    ]))
+}
+
+/// A length-encoded integer at the start of `d`: value and bytes used.
+/// `None` for the NULL marker (0xfb), the invalid 0xff, or short input.
+fn lenenc(d: &[u8]) -> Option<(u64, usize)> {
+    let first = *d.first()?;
+    let width = match first {
+        0..=0xfa => return Some((u64::from(first), 1)),
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return None,
+    };
+    let mut v = 0u64;
+    for i in 0..width {
+        v |= u64::from(*d.get(1 + i)?) << (8 * i);
+    }
+    Some((v, 1 + width))
+}
+
+/// A length-encoded string at the start of `d`: its bytes and bytes used.
+fn lenenc_str(d: &[u8]) -> Option<(&[u8], usize)> {
+    let (len, used) = lenenc(d)?;
+    let len = usize::try_from(len).ok()?;
+    let s = d.get(used..used.checked_add(len)?)?;
+    Some((s, used + len))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A NUL-terminated string at `d[at..]`: its bytes and the index after the NUL.
+fn nul_str(d: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = d.get(at..)?;
+    let n = rest.iter().position(|&b| b == 0)?;
+    Some((rest.get(..n)?, at + n + 1))
+}
+
+// ---------------------------------------------------------------------------
+// Detection.
+
+/// Could these first bytes start a MySQL conversation?
+///
+/// `Response` for a server greeting (HandshakeV10 at sequence id 0 with a
+/// printable, NUL-terminated version), `Request` for a plausible command at
+/// sequence id 0: COM_QUERY or COM_STMT_PREPARE with text starting with a
+/// known SQL keyword, COM_PING, COM_INIT_DB with a printable name, or
+/// COM_STMT_EXECUTE with a valid fixed part. `NeedMore` while the bytes are
+/// a strict prefix of one of those.
+pub fn detect(prefix: &[u8]) -> Detect {
+    let (Some(len), Some(&seq)) = (u24_at(prefix, 0), prefix.get(3)) else {
+        if prefix.len() == 3 && u24_at(prefix, 0) == Some(0) {
+            return Detect::No;
+        }
+        return Detect::NeedMore;
+    };
+    if seq != 0 {
+        return Detect::No;
+    }
+    detect_packet(len, prefix.get(4..).unwrap_or_default())
+}
+
+/// [`detect`] for a packet at sequence id 0 of payload length `len`, of
+/// which `body` was seen (it may run on past the packet).
+fn detect_packet(len: usize, body: &[u8]) -> Detect {
+    if len == 0 {
+        return Detect::No;
+    }
+    let body = body.get(..len.min(body.len())).unwrap_or_default();
+    let Some(&first) = body.first() else {
+        return Detect::NeedMore;
+    };
+    let rest = body.get(1..).unwrap_or_default();
+    match first {
+        0x0a => detect_greeting(len, rest),
+        COM_QUERY | COM_STMT_PREPARE => detect_sql(len - 1, rest),
+        COM_PING if len == 1 => Detect::Request,
+        COM_INIT_DB if (2..=257).contains(&len) => {
+            if rest.is_empty() {
+                Detect::NeedMore
+            } else if rest.iter().all(|&b| b > b' ' && b != 0x7f) {
+                Detect::Request
+            } else {
+                Detect::No
+            }
+        }
+        COM_STMT_EXECUTE if len >= 10 => {
+            // statement id (4), flags (1), iteration count (4) = 1
+            let (Some(&flags), Some(iterations)) = (rest.get(4), rest.get(5..9)) else {
+                return Detect::NeedMore;
+            };
+            if flags <= 0x0f && iterations == [1, 0, 0, 0] {
+                Detect::Request
+            } else {
+                Detect::No
+            }
+        }
+        _ => Detect::No,
+    }
+}
+
+fn detect_greeting(len: usize, rest: &[u8]) -> Detect {
+    if !(20..=1024).contains(&len) {
+        return Detect::No;
+    }
+    for (i, &b) in rest.iter().enumerate() {
+        if b == 0 {
+            // A version such as "8.0.36" or "5.5.5-10.11.6-MariaDB".
+            return if i > 0 && i + 2 + 13 <= len {
+                Detect::Response
+            } else {
+                Detect::No
+            };
+        }
+        let ok = if i == 0 {
+            b.is_ascii_digit()
+        } else {
+            (0x20..0x7f).contains(&b)
+        };
+        if !ok || i >= MAX_VERSION_LEN {
+            return Detect::No;
+        }
+    }
+    Detect::NeedMore
+}
+
+/// Statement text of length `len` of which `text` was seen: its first word
+/// must be a known SQL keyword and what follows printable.
+fn detect_sql(len: usize, text: &[u8]) -> Detect {
+    let mut text = text;
+    let mut len = len;
+    // A MySQL 8 client with query attributes sends "no attributes" first.
+    if let [0, 1, tail @ ..] = text {
+        text = tail;
+        len = len.saturating_sub(2);
+    }
+    let mut i = 0;
+    // Leading spaces, parentheses and /* comments */.
+    loop {
+        match text.get(i) {
+            None => {
+                return if i < len {
+                    Detect::NeedMore
+                } else {
+                    Detect::No
+                };
+            }
+            Some(b' ' | b'\t' | b'\r' | b'\n' | b'(') if i < 64 => i += 1,
+            Some(b'/') => match text.get(i + 1) {
+                None => return Detect::NeedMore,
+                Some(b'*') => {
+                    let Some(end) = text
+                        .get(i + 2..)
+                        .and_then(|t| t.windows(2).position(|w| w == b"*/"))
+                    else {
+                        return if text.len() < 256 && text.iter().all(|&b| printable(b)) {
+                            Detect::NeedMore
+                        } else {
+                            Detect::No
+                        };
+                    };
+                    i += 2 + end + 2;
+                }
+                Some(_) => return Detect::No,
+            },
+            Some(_) => break,
+        }
+    }
+    let start = i;
+    while text.get(i).is_some_and(|b| b.is_ascii_alphabetic()) {
+        i += 1;
+    }
+    let word = text.get(start..i).unwrap_or_default();
+    if i == text.len() && i < len {
+        // The word may go on.
+        let could = !word.is_empty()
+            && word.len() <= 10
+            && SQL_KEYWORDS.iter().any(|k| {
+                k.as_bytes()
+                    .get(..word.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(word))
+            });
+        return if could || word.is_empty() && start == text.len() {
+            Detect::NeedMore
+        } else {
+            Detect::No
+        };
+    }
+    let known = SQL_KEYWORDS
+        .iter()
+        .any(|k| k.as_bytes().eq_ignore_ascii_case(word));
+    let tail_ok = text
+        .get(i..)
+        .unwrap_or_default()
+        .iter()
+        .take(64)
+        .all(|&b| printable(b));
+    if known && tail_ok {
+        Detect::Request
+    } else {
+        Detect::No
+    }
+}
+
+/// Text bytes a statement may contain (UTF-8 allowed).
+fn printable(b: u8) -> bool {
+    b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\n' | b'\r')
+}
+
+// ---------------------------------------------------------------------------
+// Framing.
+
+/// One complete logical packet (continuation packets joined).
+#[derive(Debug)]
+struct Packet<'a> {
+    /// Sequence id of its first physical packet.
+    seq: u8,
+    /// Sequence id of its last physical packet.
+    last_seq: u8,
+    /// Payload length on the wire.
+    len: u64,
+    /// The payload bytes that were captured and kept: a prefix of it.
+    data: &'a [u8],
+    /// When its first byte moved.
+    first_ns: u64,
+}
+
+impl Packet<'_> {
+    fn first(&self) -> Option<u8> {
+        self.data.first().copied()
+    }
+
+    /// The whole payload is in `data`.
+    fn whole(&self) -> bool {
+        self.data.len() as u64 == self.len
+    }
+
+    /// An EOF packet: 0xfe with at most the 4.1 EOF's five bytes.
+    fn is_eof(&self) -> bool {
+        self.first() == Some(0xfe) && self.len <= 5
+    }
+
+    /// The last packet of a result set: EOF, or OK with an 0xfe header.
+    fn is_end(&self) -> bool {
+        self.first() == Some(0xfe) && self.len < MAX_PACKET as u64
+    }
+}
+
+/// Assembles packets of one direction across chunks.
+#[derive(Debug, Clone, Default)]
+struct Framer {
+    header: [u8; 4],
+    header_len: usize,
+    /// A header was read and its payload is being read.
+    in_payload: bool,
+    /// Payload bytes of the current physical packet still to come.
+    remaining: usize,
+    /// The current physical packet is `MAX_PACKET` long: another continues it.
+    continues: bool,
+    /// A logical packet has started.
+    open: bool,
+    seq: u8,
+    last_seq: u8,
+    len: u64,
+    buf: Vec<u8>,
+    first_ns: u64,
+}
+
+/// What a gap did to the packet being read.
+enum GapEffect {
+    /// The gap ended inside the packet.
+    Inside,
+    /// The packet ended exactly where the gap ended.
+    Completed,
+    /// The gap went on past the packet's end (or began where a header was
+    /// due): framing is lost. `completed` tells whether a packet ended inside
+    /// the gap; `skipped` counts the gap bytes after it.
+    Lost { completed: bool, skipped: u64 },
+}
+
+impl Framer {
+    fn at_boundary(&self) -> bool {
+        !self.open && self.header_len == 0
+    }
+
+    fn reset(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        *self = Framer {
+            buf,
+            ..Framer::default()
+        };
+    }
+
+    /// Reads bytes of `data` from `*pos`. Returns true when a logical packet
+    /// is complete (read it with [`Framer::packet`]).
+    fn advance(&mut self, data: &[u8], pos: &mut usize, keep: usize, first_ns: u64) -> bool {
+        loop {
+            if !self.in_payload {
+                while self.header_len < 4 {
+                    let (Some(&b), Some(slot)) =
+                        (data.get(*pos), self.header.get_mut(self.header_len))
+                    else {
+                        return false;
+                    };
+                    *slot = b;
+                    self.header_len += 1;
+                    *pos += 1;
+                }
+                self.header_len = 0;
+                let len = u24_at(&self.header, 0).unwrap_or(0);
+                let seq = self.header[3];
+                if !self.open {
+                    self.open = true;
+                    self.seq = seq;
+                    self.len = 0;
+                    self.buf.clear();
+                    self.first_ns = first_ns;
+                }
+                self.last_seq = seq;
+                self.len += len as u64;
+                self.remaining = len;
+                self.continues = len == MAX_PACKET;
+                self.in_payload = true;
+            }
+            let avail = data.len().saturating_sub(*pos);
+            let take = self.remaining.min(avail);
+            let room = keep.saturating_sub(self.buf.len()).min(take);
+            if let Some(bytes) = data.get(*pos..*pos + room) {
+                self.buf.extend_from_slice(bytes);
+            }
+            *pos += take;
+            self.remaining -= take;
+            if self.remaining > 0 {
+                return false;
+            }
+            self.in_payload = false;
+            if !self.continues {
+                return true;
+            }
+        }
+    }
+
+    /// Skips `gap` bytes that moved but were not captured.
+    fn skip_gap(&mut self, gap: u64) -> GapEffect {
+        if !self.in_payload {
+            return GapEffect::Lost {
+                completed: false,
+                skipped: gap,
+            };
+        }
+        let remaining = self.remaining as u64;
+        if gap < remaining {
+            self.remaining -= gap as usize;
+            return GapEffect::Inside;
+        }
+        let extra = gap - remaining;
+        self.remaining = 0;
+        self.in_payload = false;
+        match (self.continues, extra) {
+            // The continuation's header is the next captured byte.
+            (true, 0) => GapEffect::Inside,
+            (true, _) => GapEffect::Lost {
+                completed: false,
+                skipped: extra,
+            },
+            (false, 0) => GapEffect::Completed,
+            (false, _) => GapEffect::Lost {
+                completed: true,
+                skipped: extra,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connection state.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing recognised yet.
+    Start,
+    /// The greeting was seen; the client's handshake response is next.
+    Greeted,
+    /// Authentication (after the handshake response or COM_CHANGE_USER),
+    /// until the server's OK or ERR.
+    Auth,
+    Commands,
+    /// TLS, compression or replication: nothing more is parsed.
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncState {
+    Synced,
+    /// Framing lost; bytes are skipped until a provable packet start.
+    Lost,
+    /// Lost, but the next chunk is known to start with a packet.
+    AtNextChunk,
+}
+
+#[derive(Debug, Clone)]
+struct Side {
+    framer: Framer,
+    sync: SyncState,
+    /// End time of this direction's latest chunk.
+    last_end_ns: u64,
+}
+
+impl Side {
+    fn new() -> Self {
+        Side {
+            framer: Framer::default(),
+            sync: SyncState::Synced,
+            last_end_ns: 0,
+        }
+    }
+}
+
+/// The shape of the answer a command gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// OK, ERR or EOF.
+    Simple,
+    /// OK, ERR, LOCAL INFILE request or result sets, possibly several.
+    ResultSet,
+    /// Prepare OK with parameter and column definitions, or ERR.
+    Prepare,
+    /// Rows then an end packet (COM_STMT_FETCH).
+    Rows,
+    /// Column definitions then an end packet (COM_FIELD_LIST).
+    FieldList,
+    /// A bare string packet (COM_STATISTICS).
+    Statistics,
+}
+
+/// A command waiting for its answer.
+#[derive(Debug, Clone)]
+struct Pending {
+    id: u64,
+    expect: Expect,
+    /// Sequence id of the command's last packet.
+    seq: u8,
+    /// The default database after a successful answer (COM_INIT_DB, `USE`).
+    schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The first packet of the answer, or of its next result.
+    First,
+    Columns {
+        left: u64,
+    },
+    /// The packet after the column definitions: EOF, a row or the end.
+    ColumnsEnd,
+    Rows,
+    PrepareParams {
+        left: u64,
+        columns: u64,
+    },
+    /// After the parameter definitions: an EOF or the first column definition.
+    PrepareParamsEnd {
+        columns: u64,
+    },
+    PrepareColumns {
+        left: u64,
+    },
+    /// The EOF after the prepare answer's column definitions.
+    PrepareColumnsEnd,
+    FieldList,
+    /// The client is sending a file (LOAD DATA LOCAL); OK or ERR follows.
+    Infile,
+}
+
+/// An answer being read.
+#[derive(Debug, Clone)]
+struct Reply {
+    id: u64,
+    expect: Expect,
+    first_ns: u64,
+    next_seq: u8,
+    step: Step,
+    rows: u64,
+    rows_exact: bool,
+    result_sets: u32,
+    affected: Option<u64>,
+    statement_id: Option<u32>,
+    error: Option<ServerError>,
+    schema: Option<String>,
+}
+
+/// What a packet did to the answer.
+enum Flow {
+    Continue,
+    Done,
+    Lost,
+}
+
+/// Counters of lost sync.
+#[derive(Debug, Default, Clone, Copy)]
+struct Resync {
+    bytes: u64,
+    events: u64,
+}
+
+/// An OK packet's fields.
+struct OkPacket {
+    affected: u64,
+    status: u16,
+    schema: Option<String>,
+}
 
 /// Both directions of one MySQL connection.
-#[derive(Debug)]
-pub struct MysqlConn {}
+#[derive(Debug, Clone)]
+pub struct MysqlConn {
+    limits: Limits,
+    phase: Phase,
+    /// The direction commands travel, once known.
+    request_dir: Option<Direction>,
+    egress: Side,
+    ingress: Side,
+    server_caps: Option<u32>,
+    /// Result sets carry no intermediate EOF: from the handshake, or
+    /// learned from a result set's shape.
+    deprecate_eof: Option<bool>,
+    query_attributes: bool,
+    system: DbSystem,
+    database: Option<String>,
+    /// The database COM_CHANGE_USER asked for, set once it succeeds.
+    change_user_db: Option<String>,
+    pending: VecDeque<Pending>,
+    reply: Option<Reply>,
+    /// Sequence id of an EOF that may still follow a finished prepare answer
+    /// (when it is unknown whether EOF packets are sent).
+    trailing_eof: Option<u8>,
+    /// The client is uploading a file for LOAD DATA LOCAL INFILE.
+    infile: bool,
+    next_id: u64,
+    resync: Resync,
+}
 
 impl MysqlConn {
-    pub fn new(_limits: Limits) -> Self {
-        MysqlConn {}
+    pub fn new(limits: Limits) -> Self {
+        MysqlConn {
+            limits,
+            phase: Phase::Start,
+            request_dir: None,
+            egress: Side::new(),
+            ingress: Side::new(),
+            server_caps: None,
+            deprecate_eof: None,
+            query_attributes: false,
+            system: DbSystem::Mysql,
+            database: None,
+            change_user_db: None,
+            pending: VecDeque::new(),
+            reply: None,
+            trailing_eof: None,
+            infile: false,
+            next_id: 0,
+            resync: Resync::default(),
+        }
+    }
+
+    fn side(&mut self, dir: Direction) -> &mut Side {
+        match dir {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
+        }
+    }
+
+    fn is_server_side(&self, dir: Direction) -> bool {
+        self.request_dir.is_some_and(|r| r != dir)
+    }
+
+    /// Payload bytes kept per packet of `dir`.
+    fn keep(&self, dir: Direction) -> usize {
+        let max = self.limits.max_buffered_bytes.max(MIN_KEEP);
+        if self.is_server_side(dir) {
+            max.min(RESPONSE_KEEP)
+        } else {
+            max
+        }
+    }
+
+    /// Feeds one syscall's bytes; complete messages are pushed to `out`.
+    pub fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        if self.phase == Phase::Opaque {
+            return;
+        }
+        let first_ns = match dir {
+            Direction::Egress => chunk.start_ns,
+            Direction::Ingress => chunk.end_ns,
+        };
+        let end_ns = chunk.end_ns;
+        let data = chunk.data;
+        let gap = chunk.gap_len();
+        self.side(dir).last_end_ns = end_ns;
+
+        let mut pos = self.resume(dir, data, gap);
+        while pos < data.len() {
+            if self.phase == Phase::Opaque {
+                return;
+            }
+            if self.side(dir).sync != SyncState::Synced {
+                self.resync.bytes += (data.len() - pos) as u64;
+                break;
+            }
+            let keep = self.keep(dir);
+            // A whole packet inside this chunk is read in place.
+            if self.side(dir).framer.at_boundary()
+                && let Some(rest) = data.get(pos..)
+                && let Some(len) = u24_at(rest, 0)
+                && len < MAX_PACKET
+                && let Some(&seq) = rest.get(3)
+                && let Some(payload) = rest.get(4..4 + len)
+            {
+                pos += 4 + len;
+                let packet = Packet {
+                    seq,
+                    last_seq: seq,
+                    len: len as u64,
+                    data: payload.get(..keep.min(len)).unwrap_or_default(),
+                    first_ns,
+                };
+                self.on_packet(dir, &packet, end_ns, out);
+                continue;
+            }
+            if self
+                .side(dir)
+                .framer
+                .advance(data, &mut pos, keep, first_ns)
+            {
+                self.deliver_framed(dir, end_ns, out);
+            }
+        }
+        if gap > 0 && self.phase != Phase::Opaque {
+            if self.side(dir).sync != SyncState::Synced {
+                self.resync.bytes += gap;
+                return;
+            }
+            match self.side(dir).framer.skip_gap(gap) {
+                GapEffect::Inside => {}
+                GapEffect::Completed => self.deliver_framed(dir, end_ns, out),
+                GapEffect::Lost { completed, skipped } => {
+                    if completed {
+                        self.deliver_framed(dir, end_ns, out);
+                    }
+                    self.lose(dir, skipped);
+                }
+            }
+        }
+    }
+
+    /// Hands the packet the framer of `dir` completed to the state machine.
+    fn deliver_framed(&mut self, dir: Direction, end_ns: u64, out: &mut Vec<Message>) {
+        let side = self.side(dir);
+        let buf = std::mem::take(&mut side.framer.buf);
+        let packet = Packet {
+            seq: side.framer.seq,
+            last_seq: side.framer.last_seq,
+            len: side.framer.len,
+            data: &buf,
+            first_ns: side.framer.first_ns,
+        };
+        side.framer.open = false;
+        self.on_packet(dir, &packet, end_ns, out);
+        let framer = &mut self.side(dir).framer;
+        if framer.buf.is_empty() {
+            framer.buf = buf;
+            framer.buf.clear();
+        }
+    }
+
+    /// Framing of `dir` is lost; `skipped` bytes are already known lost.
+    fn lose(&mut self, dir: Direction, skipped: u64) {
+        let side = self.side(dir);
+        let was_in_sync = side.sync == SyncState::Synced;
+        side.sync = SyncState::Lost;
+        side.framer.reset();
+        if was_in_sync {
+            self.resync.events += 1;
+        }
+        self.resync.bytes += skipped;
+        if self.is_server_side(dir)
+            && let Some(reply) = &mut self.reply
+        {
+            reply.rows_exact = false;
+        }
+    }
+
+    /// At the start of a chunk of a direction whose framing was lost: where
+    /// parsing can pick up again (0, or `data.len()` when it cannot yet).
+    fn resume(&mut self, dir: Direction, data: &[u8], gap: u64) -> usize {
+        match self.side(dir).sync {
+            SyncState::Synced => return 0,
+            SyncState::AtNextChunk => {
+                self.side(dir).sync = SyncState::Synced;
+                return 0;
+            }
+            SyncState::Lost => {}
+        }
+        if data.is_empty() {
+            return 0;
+        }
+        let start_ok = match detect(data) {
+            Detect::Request => self.phase == Phase::Start || !self.is_server_side(dir),
+            Detect::Response => self.phase == Phase::Start,
+            Detect::No | Detect::NeedMore => false,
+        };
+        if start_ok {
+            self.side(dir).sync = SyncState::Synced;
+            return 0;
+        }
+        // Inside the rows of a result set: a fully captured chunk that ends
+        // with the result set's last packet.
+        if gap == 0
+            && self.is_server_side(dir)
+            && let Some(reply) = &mut self.reply
+            && reply.step == Step::Rows
+            && let Some((at, seq)) = rows_resume_point(data)
+        {
+            reply.next_seq = seq;
+            self.resync.bytes += at as u64;
+            self.side(dir).sync = SyncState::Synced;
+            return at;
+        }
+        0
+    }
+
+    fn on_packet(&mut self, dir: Direction, p: &Packet<'_>, end_ns: u64, out: &mut Vec<Message>) {
+        match self.phase {
+            Phase::Opaque => {}
+            Phase::Start => self.on_start(dir, p, end_ns, out),
+            _ if self.is_server_side(dir) => self.on_server(dir, p, end_ns, out),
+            _ => self.on_client(dir, p, end_ns, out),
+        }
+    }
+
+    fn on_start(&mut self, dir: Direction, p: &Packet<'_>, end_ns: u64, out: &mut Vec<Message>) {
+        let verdict = if p.seq == 0 {
+            detect_packet(usize::try_from(p.len).unwrap_or(usize::MAX), p.data)
+        } else {
+            Detect::No
+        };
+        match verdict {
+            Detect::Response => {
+                self.request_dir = Some(dir.opposite());
+                self.greeting(p.data);
+                self.phase = Phase::Greeted;
+            }
+            Detect::Request => {
+                self.request_dir = Some(dir);
+                self.phase = Phase::Commands;
+                self.command(dir, p, end_ns, out);
+            }
+            Detect::No | Detect::NeedMore => {
+                let lost = p.len.saturating_add(4);
+                self.lose(dir, lost);
+            }
+        }
+    }
+
+    fn greeting(&mut self, d: &[u8]) {
+        let Some((version, mut at)) = nul_str(d, 1) else {
+            return;
+        };
+        if version
+            .windows(7)
+            .any(|w| w.eq_ignore_ascii_case(b"mariadb"))
+        {
+            self.system = DbSystem::Mariadb;
+        }
+        // connection id (4), auth data (8), filler (1)
+        at += 13;
+        let low = u16_at(d, at);
+        // character set (1), status (2)
+        let high = u16_at(d, at + 5);
+        self.server_caps = low.map(|l| u32::from(l) | u32::from(high.unwrap_or(0)) << 16);
+    }
+
+    fn on_client(&mut self, dir: Direction, p: &Packet<'_>, end_ns: u64, out: &mut Vec<Message>) {
+        match self.phase {
+            Phase::Greeted | Phase::Auth if p.seq != 0 => {
+                if self.phase == Phase::Greeted && p.seq == 1 {
+                    self.handshake_response(p.data);
+                }
+                // Anything else is authentication data: never looked at.
+            }
+            Phase::Greeted | Phase::Auth => {
+                // A command: the end of the handshake was not seen.
+                self.phase = Phase::Commands;
+                self.command(dir, p, end_ns, out);
+            }
+            Phase::Commands => self.command(dir, p, end_ns, out),
+            Phase::Start | Phase::Opaque => {}
+        }
+    }
+
+    /// The client's handshake response: capabilities and database. The user
+    /// name and auth data are stepped over, not kept.
+    fn handshake_response(&mut self, d: &[u8]) {
+        self.phase = Phase::Auth;
+        let Some(caps) = u32_at(d, 0).or_else(|| u16_at(d, 0).map(u32::from)) else {
+            return;
+        };
+        if caps & CLIENT_SSL != 0 {
+            // An SSL request: TLS follows.
+            self.phase = Phase::Opaque;
+            return;
+        }
+        let effective = caps & self.server_caps.unwrap_or(u32::MAX);
+        if effective & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION) != 0 {
+            self.phase = Phase::Opaque;
+            return;
+        }
+        self.deprecate_eof = Some(effective & CLIENT_DEPRECATE_EOF != 0);
+        self.query_attributes = effective & CLIENT_QUERY_ATTRIBUTES != 0;
+        if caps & CLIENT_PROTOCOL_41 == 0 || caps & CLIENT_CONNECT_WITH_DB == 0 {
+            return;
+        }
+        // caps (4), max packet (4), charset (1), filler (23), user NUL.
+        let Some((_, at)) = nul_str(d, 32) else {
+            return;
+        };
+        let rest = d.get(at..).unwrap_or_default();
+        let after_auth = if caps & CLIENT_PLUGIN_AUTH_LENENC_DATA != 0 {
+            lenenc_str(rest).map(|(_, n)| at + n)
+        } else if caps & CLIENT_SECURE_CONNECTION != 0 {
+            rest.first().map(|&n| at + 1 + usize::from(n))
+        } else {
+            nul_str(d, at).map(|(_, n)| n)
+        };
+        if let Some((db, _)) = after_auth.and_then(|at| nul_str(d, at))
+            && !db.is_empty()
+        {
+            self.database = Some(lossy(db));
+        }
+    }
+
+    fn on_server(&mut self, dir: Direction, p: &Packet<'_>, end_ns: u64, out: &mut Vec<Message>) {
+        match self.phase {
+            Phase::Auth => match p.first() {
+                Some(0x00) => {
+                    self.phase = Phase::Commands;
+                    if let Some(db) = self.change_user_db.take() {
+                        self.database = Some(db);
+                    }
+                }
+                Some(0xff) => {
+                    self.phase = Phase::Commands;
+                    self.change_user_db = None;
+                }
+                // Auth switch (0xfe), more data (0x01): the exchange goes on.
+                _ => {}
+            },
+            Phase::Commands => self.response_packet(dir, p, end_ns, out),
+            Phase::Start | Phase::Greeted | Phase::Opaque => {}
+        }
+    }
+
+    /// A packet from the client in the command phase.
+    fn command(&mut self, dir: Direction, p: &Packet<'_>, end_ns: u64, out: &mut Vec<Message>) {
+        if self.infile {
+            if p.seq != 0 {
+                // File contents (never looked at); an empty packet ends them.
+                if p.len == 0 {
+                    self.infile = false;
+                }
+                return;
+            }
+            self.infile = false;
+        }
+        let Some(code) = p.first().filter(|_| p.seq == 0) else {
+            self.lose(dir, 0);
+            return;
+        };
+        let body = p.data.get(1..).unwrap_or_default();
+        let truncated = !p.whole();
+        let statement = || u32_at(body, 0);
+        let (kind, text, expect, schema) = match code {
+            COM_QUIT | COM_STMT_SEND_LONG_DATA => return,
+            COM_INIT_DB => {
+                let name = lossy(body);
+                let schema = (!truncated).then(|| name.clone());
+                (CommandKind::InitDb, Some(name), Expect::Simple, schema)
+            }
+            COM_QUERY => {
+                let sql = query_text(body, self.query_attributes).map(lossy);
+                let schema = sql.as_deref().and_then(use_statement);
+                (CommandKind::Query, sql, Expect::ResultSet, schema)
+            }
+            COM_STMT_PREPARE => (
+                CommandKind::Prepare,
+                Some(lossy(body)),
+                Expect::Prepare,
+                None,
+            ),
+            COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => match statement() {
+                Some(statement_id) => (
+                    CommandKind::Execute { statement_id },
+                    None,
+                    Expect::ResultSet,
+                    None,
+                ),
+                None => {
+                    self.lose(dir, 0);
+                    return;
+                }
+            },
+            COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_CLOSE => {
+                let Some(statement_id) = statement() else {
+                    self.lose(dir, 0);
+                    return;
+                };
+                match code {
+                    COM_STMT_FETCH => (
+                        CommandKind::Fetch { statement_id },
+                        None,
+                        Expect::Rows,
+                        None,
+                    ),
+                    COM_STMT_RESET => (
+                        CommandKind::StmtReset { statement_id },
+                        None,
+                        Expect::Simple,
+                        None,
+                    ),
+                    _ => (
+                        CommandKind::StmtClose { statement_id },
+                        None,
+                        Expect::Simple,
+                        None,
+                    ),
+                }
+            }
+            COM_PING => (CommandKind::Ping, None, Expect::Simple, None),
+            COM_FIELD_LIST => (CommandKind::FieldList, None, Expect::FieldList, None),
+            COM_STATISTICS => (CommandKind::Statistics, None, Expect::Statistics, None),
+            COM_PROCESS_INFO => (CommandKind::Other(code), None, Expect::ResultSet, None),
+            COM_CHANGE_USER => {
+                self.new_command(out);
+                self.change_user(body);
+                return;
+            }
+            COM_BINLOG_DUMP | COM_BINLOG_DUMP_GTID | COM_TABLE_DUMP => {
+                self.phase = Phase::Opaque;
+                return;
+            }
+            c if SIMPLE_COMMANDS.contains(&c) => {
+                (CommandKind::Other(c), None, Expect::Simple, None)
+            }
+            _ => {
+                self.lose(dir, 0);
+                return;
+            }
+        };
+        self.new_command(out);
+        let id = self.next_id;
+        self.next_id += 1;
+        if kind.expects_response() {
+            if self.pending.len() >= MAX_PENDING {
+                self.pending.pop_front();
+            }
+            self.pending.push_back(Pending {
+                id,
+                expect,
+                seq: p.last_seq,
+                schema,
+            });
+        }
+        let text_truncated = truncated && text.is_some();
+        out.push(Message::Command(Command {
+            dir,
+            id,
+            kind,
+            text,
+            text_truncated,
+            system: self.system,
+            namespace: self.database.clone(),
+            first_ns: p.first_ns,
+            last_ns: end_ns,
+        }));
+    }
+
+    /// A new command started. If the server direction lost its framing, the
+    /// answer it was reading ended before this command (the protocol is
+    /// half-duplex): report it with what is known, and expect the server's
+    /// next chunk to start a packet.
+    fn new_command(&mut self, out: &mut Vec<Message>) {
+        let Some(server) = self.request_dir.map(Direction::opposite) else {
+            return;
+        };
+        if self.side(server).sync != SyncState::Lost {
+            return;
+        }
+        let last = self.side(server).last_end_ns;
+        if let Some(reply) = self.reply.take() {
+            self.finish(server, reply, last, false, out);
+        }
+        self.pending.clear();
+        self.trailing_eof = None;
+        self.side(server).sync = SyncState::AtNextChunk;
+    }
+
+    /// COM_CHANGE_USER: authentication starts over; the new default
+    /// database applies once it succeeds. User and auth data are skipped.
+    fn change_user(&mut self, body: &[u8]) {
+        self.phase = Phase::Auth;
+        self.pending.clear();
+        self.reply = None;
+        let Some((_, at)) = nul_str(body, 0) else {
+            return;
+        };
+        // With CLIENT_SECURE_CONNECTION (every 4.1+ client) the auth data
+        // has a one-byte length.
+        let Some(&n) = body.get(at) else {
+            return;
+        };
+        if let Some((db, _)) = nul_str(body, at + 1 + usize::from(n))
+            && !db.is_empty()
+        {
+            self.change_user_db = Some(lossy(db));
+        }
+    }
+
+    /// A packet from the server in the command phase.
+    fn response_packet(
+        &mut self,
+        dir: Direction,
+        p: &Packet<'_>,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) {
+        let mut reply = match self.reply.take() {
+            Some(reply) => reply,
+            None => {
+                if let Some(seq) = self.trailing_eof.take()
+                    && p.seq == seq
+                    && p.is_eof()
+                {
+                    self.deprecate_eof = Some(false);
+                    return;
+                }
+                let Some(cmd) = self.pending.pop_front() else {
+                    // An answer to a command that was not seen.
+                    self.lose(dir, p.len.saturating_add(4));
+                    return;
+                };
+                Reply {
+                    id: cmd.id,
+                    expect: cmd.expect,
+                    first_ns: p.first_ns,
+                    next_seq: cmd.seq.wrapping_add(1),
+                    step: Step::First,
+                    rows: 0,
+                    rows_exact: true,
+                    result_sets: 0,
+                    affected: None,
+                    statement_id: None,
+                    error: None,
+                    schema: cmd.schema,
+                }
+            }
+        };
+        // After a file upload the client's packets took sequence ids.
+        if p.seq != reply.next_seq && reply.step != Step::Infile {
+            self.reply = Some(reply);
+            self.lose(dir, 0);
+            return;
+        }
+        reply.next_seq = p.last_seq.wrapping_add(1);
+        // MariaDB progress reports (ERR 0xffff) come before the real answer.
+        if p.data.starts_with(&[0xff, 0xff, 0xff]) {
+            self.reply = Some(reply);
+            return;
+        }
+        match self.step(&mut reply, p) {
+            Flow::Continue => self.reply = Some(reply),
+            Flow::Done => self.finish(dir, reply, end_ns, true, out),
+            Flow::Lost => {
+                self.reply = Some(reply);
+                self.lose(dir, 0);
+            }
+        }
+    }
+
+    fn step(&mut self, r: &mut Reply, p: &Packet<'_>) -> Flow {
+        match r.step {
+            Step::First => match r.expect {
+                Expect::Simple => {
+                    match p.first() {
+                        Some(0x00) => {
+                            self.ok(r, p);
+                        }
+                        Some(0xff) => r.error = Some(parse_err(p.data)),
+                        _ => {}
+                    }
+                    Flow::Done
+                }
+                Expect::Statistics => Flow::Done,
+                Expect::ResultSet => self.result_start(r, p),
+                Expect::Prepare => match p.first() {
+                    Some(0x00) => {
+                        let (Some(id), Some(columns), Some(params)) =
+                            (u32_at(p.data, 1), u16_at(p.data, 5), u16_at(p.data, 7))
+                        else {
+                            return Flow::Lost;
+                        };
+                        r.statement_id = Some(id);
+                        let (columns, params) = (u64::from(columns), u64::from(params));
+                        if params > 0 {
+                            r.step = Step::PrepareParams {
+                                left: params,
+                                columns,
+                            };
+                            Flow::Continue
+                        } else if columns > 0 {
+                            r.step = Step::PrepareColumns { left: columns };
+                            Flow::Continue
+                        } else {
+                            Flow::Done
+                        }
+                    }
+                    Some(0xff) => {
+                        r.error = Some(parse_err(p.data));
+                        Flow::Done
+                    }
+                    _ => Flow::Lost,
+                },
+                Expect::Rows => {
+                    r.step = Step::Rows;
+                    r.result_sets += 1;
+                    self.row_or_end(r, p)
+                }
+                Expect::FieldList => {
+                    r.step = Step::FieldList;
+                    self.step(r, p)
+                }
+            },
+            Step::Columns { left } => {
+                r.step = if left > 1 {
+                    Step::Columns { left: left - 1 }
+                } else {
+                    Step::ColumnsEnd
+                };
+                Flow::Continue
+            }
+            Step::ColumnsEnd => {
+                if self.deprecate_eof != Some(true) && p.is_eof() {
+                    self.deprecate_eof = Some(false);
+                    let status = u16_at(p.data, 3).unwrap_or(0);
+                    if status & SERVER_STATUS_CURSOR_EXISTS != 0 {
+                        // Rows come later, through COM_STMT_FETCH.
+                        return Flow::Done;
+                    }
+                    r.step = Step::Rows;
+                    return Flow::Continue;
+                }
+                if self.deprecate_eof.is_none() {
+                    self.deprecate_eof = Some(true);
+                }
+                r.step = Step::Rows;
+                self.row_or_end(r, p)
+            }
+            Step::Rows => self.row_or_end(r, p),
+            Step::PrepareParams { left, columns } => {
+                if left > 1 {
+                    r.step = Step::PrepareParams {
+                        left: left - 1,
+                        columns,
+                    };
+                    return Flow::Continue;
+                }
+                match (self.deprecate_eof, columns) {
+                    (Some(true), 0) => Flow::Done,
+                    (Some(true), _) => {
+                        r.step = Step::PrepareColumns { left: columns };
+                        Flow::Continue
+                    }
+                    (None, 0) => {
+                        self.trailing_eof = Some(r.next_seq);
+                        Flow::Done
+                    }
+                    _ => {
+                        r.step = Step::PrepareParamsEnd { columns };
+                        Flow::Continue
+                    }
+                }
+            }
+            Step::PrepareParamsEnd { columns } => {
+                if p.is_eof() {
+                    self.deprecate_eof = Some(false);
+                    if columns == 0 {
+                        return Flow::Done;
+                    }
+                    r.step = Step::PrepareColumns { left: columns };
+                    return Flow::Continue;
+                }
+                if columns == 0 || self.deprecate_eof == Some(false) {
+                    return Flow::Lost;
+                }
+                // No EOF: this is the first column definition.
+                self.deprecate_eof = Some(true);
+                r.step = Step::PrepareColumns { left: columns };
+                self.step(r, p)
+            }
+            Step::PrepareColumns { left } => {
+                if left > 1 {
+                    r.step = Step::PrepareColumns { left: left - 1 };
+                    return Flow::Continue;
+                }
+                match self.deprecate_eof {
+                    Some(true) => Flow::Done,
+                    Some(false) => {
+                        r.step = Step::PrepareColumnsEnd;
+                        Flow::Continue
+                    }
+                    None => {
+                        self.trailing_eof = Some(r.next_seq);
+                        Flow::Done
+                    }
+                }
+            }
+            Step::PrepareColumnsEnd => {
+                if p.is_eof() {
+                    Flow::Done
+                } else {
+                    Flow::Lost
+                }
+            }
+            Step::FieldList => match p.first() {
+                Some(0xff) => {
+                    r.error = Some(parse_err(p.data));
+                    Flow::Done
+                }
+                _ if p.is_end() => Flow::Done,
+                _ => Flow::Continue,
+            },
+            Step::Infile => match p.first() {
+                Some(0x00) => self.after_ok(r, p),
+                Some(0xff) => {
+                    r.error = Some(parse_err(p.data));
+                    Flow::Done
+                }
+                _ => Flow::Lost,
+            },
+        }
+    }
+
+    /// The first packet of a (next) result of a query or execute.
+    fn result_start(&mut self, r: &mut Reply, p: &Packet<'_>) -> Flow {
+        match p.first() {
+            None => Flow::Lost,
+            Some(0x00) => self.after_ok(r, p),
+            Some(0xff) => {
+                r.error = Some(parse_err(p.data));
+                Flow::Done
+            }
+            Some(0xfb) => {
+                // LOCAL INFILE request: the client sends the file next.
+                self.infile = true;
+                r.step = Step::Infile;
+                Flow::Continue
+            }
+            Some(_) => {
+                let Some((columns, used)) = lenenc(p.data) else {
+                    return Flow::Lost;
+                };
+                if columns == 0 || columns > MAX_COLUMNS {
+                    return Flow::Lost;
+                }
+                r.result_sets += 1;
+                // MariaDB with cached metadata: a 0 after the count means
+                // the column definitions are not sent again.
+                let metadata = !(p.whole() && p.data.get(used..) == Some(&[0][..]));
+                r.step = if metadata {
+                    Step::Columns { left: columns }
+                } else {
+                    Step::ColumnsEnd
+                };
+                Flow::Continue
+            }
+        }
+    }
+
+    /// An OK packet as (part of) an answer: more results may follow.
+    fn after_ok(&mut self, r: &mut Reply, p: &Packet<'_>) -> Flow {
+        let status = self.ok(r, p);
+        if status & SERVER_MORE_RESULTS_EXISTS != 0 {
+            r.step = Step::First;
+            Flow::Continue
+        } else {
+            Flow::Done
+        }
+    }
+
+    /// Records an OK packet's affected rows and schema change; returns its
+    /// status flags.
+    fn ok(&mut self, r: &mut Reply, p: &Packet<'_>) -> u16 {
+        let Some(ok) = parse_ok(p.data, p.whole()) else {
+            return 0;
+        };
+        r.affected = Some(r.affected.unwrap_or(0).saturating_add(ok.affected));
+        if ok.schema.is_some() {
+            self.database = ok.schema;
+        }
+        ok.status
+    }
+
+    /// A packet where rows are expected: a row, or the result set's end.
+    fn row_or_end(&mut self, r: &mut Reply, p: &Packet<'_>) -> Flow {
+        match p.first() {
+            Some(0xff) => {
+                r.error = Some(parse_err(p.data));
+                Flow::Done
+            }
+            _ if p.is_end() => {
+                let status = end_status(p);
+                if status & SERVER_MORE_RESULTS_EXISTS != 0 && r.expect == Expect::ResultSet {
+                    r.step = Step::First;
+                    Flow::Continue
+                } else {
+                    Flow::Done
+                }
+            }
+            _ => {
+                r.rows += 1;
+                Flow::Continue
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        dir: Direction,
+        reply: Reply,
+        last_ns: u64,
+        complete: bool,
+        out: &mut Vec<Message>,
+    ) {
+        if complete
+            && reply.error.is_none()
+            && let Some(schema) = reply.schema
+        {
+            self.database = Some(schema);
+        }
+        let returned_rows =
+            (reply.result_sets > 0 && reply.rows_exact && complete).then_some(reply.rows);
+        out.push(Message::Response(Response {
+            dir,
+            command_id: reply.id,
+            error: reply.error,
+            returned_rows,
+            affected_rows: reply.affected,
+            statement_id: reply.statement_id,
+            complete,
+            first_ns: reply.first_ns,
+            last_ns: last_ns.max(reply.first_ns),
+        }));
+    }
+
+    /// The connection closed at `end_ns`: an answer still being read is
+    /// reported as incomplete; everything else is dropped.
+    pub fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
+        if let (Some(reply), Some(server)) =
+            (self.reply.take(), self.request_dir.map(Direction::opposite))
+        {
+            let last = self.side(server).last_end_ns.min(end_ns);
+            self.finish(server, reply, last, false, out);
+        }
+        let resync = self.resync;
+        *self = MysqlConn::new(self.limits);
+        self.resync = resync;
+    }
+
+    /// Bytes skipped so far while resynchronising, and how many times sync
+    /// was lost. Returns and resets both.
+    pub fn take_resync(&mut self) -> (u64, u64) {
+        let r = std::mem::take(&mut self.resync);
+        (r.bytes, r.events)
+    }
+
+    /// The database system, as far as the greeting told.
+    pub fn system(&self) -> DbSystem {
+        self.system
+    }
+
+    /// The connection's default database, when known.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
     }
 }
 
 impl StreamParser for MysqlConn {
     type Message = Message;
 
-    fn feed(&mut self, _dir: Direction, _chunk: &Chunk<'_>, _out: &mut Vec<Message>) {}
-    fn close(&mut self, _end_ns: u64, _out: &mut Vec<Message>) {}
+    fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        MysqlConn::feed(self, dir, chunk, out)
+    }
+
+    fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
+        MysqlConn::close(self, end_ns, out)
+    }
+
     fn take_resync(&mut self) -> (u64, u64) {
-        (0, 0)
+        MysqlConn::take_resync(self)
     }
 }
 
-/// Could these first bytes start a MySQL conversation?
-pub fn detect(_prefix: &[u8]) -> Detect {
-    Detect::No
+// ---------------------------------------------------------------------------
+// Packet contents.
+
+/// An OK packet (0x00 or 0xfe header). Session-state changes are read
+/// only from a whole packet.
+fn parse_ok(d: &[u8], whole: bool) -> Option<OkPacket> {
+    let mut at = 1;
+    let (affected, n) = lenenc(d.get(at..)?)?;
+    at += n;
+    let (_, n) = lenenc(d.get(at..)?)?;
+    at += n;
+    let status = u16_at(d, at)?;
+    at += 4;
+    let mut schema = None;
+    if whole && status & SERVER_SESSION_STATE_CHANGED != 0 {
+        // info, then the session-state changes, both length-encoded.
+        if let Some((_, n)) = d.get(at..).and_then(lenenc_str)
+            && let Some((mut state, _)) = d.get(at + n..).and_then(lenenc_str)
+        {
+            while let [kind, rest @ ..] = state {
+                let Some((entry, n)) = lenenc_str(rest) else {
+                    break;
+                };
+                if *kind == SESSION_TRACK_SCHEMA
+                    && let Some((name, _)) = lenenc_str(entry)
+                    && !name.is_empty()
+                {
+                    schema = Some(lossy(name));
+                }
+                state = rest.get(n..).unwrap_or_default();
+            }
+        }
+    }
+    Some(OkPacket {
+        affected,
+        status,
+        schema,
+    })
+}
+
+/// The status flags of a result set's last packet: an EOF (0xfe, warnings,
+/// status) or an OK with an 0xfe header.
+fn end_status(p: &Packet<'_>) -> u16 {
+    if p.len <= 5 {
+        u16_at(p.data, 3).unwrap_or(0)
+    } else {
+        parse_ok(p.data, false).map_or(0, |ok| ok.status)
+    }
+}
+
+/// An ERR packet: 0xff, error code, then `#` and the SQLSTATE (protocol
+/// 4.1), then the message.
+fn parse_err(d: &[u8]) -> ServerError {
+    let code = u16_at(d, 1).unwrap_or(0);
+    let rest = d.get(3..).unwrap_or_default();
+    let (sql_state, message) = match rest {
+        [b'#', tail @ ..] if tail.len() >= 5 => {
+            let (state, msg) = tail.split_at(5);
+            (Some(lossy(state)), msg)
+        }
+        _ => (None, rest),
+    };
+    let message = message.get(..MAX_ERROR_MESSAGE).unwrap_or(message);
+    ServerError {
+        code,
+        sql_state,
+        message: lossy(message),
+    }
+}
+
+/// The statement of a COM_QUERY body. With query attributes (MySQL 8) the
+/// text follows the attribute count, set count and the attributes.
+fn query_text(body: &[u8], attributes: bool) -> Option<&[u8]> {
+    if !attributes && !body.starts_with(&[0, 1]) {
+        return Some(body);
+    }
+    let (count, mut at) = lenenc(body)?;
+    let (_, n) = lenenc(body.get(at..)?)?;
+    at += n;
+    if count == 0 {
+        return body.get(at..);
+    }
+    let count = usize::try_from(count).ok().filter(|&c| c <= 4096)?;
+    let bitmap = body.get(at..at + count.div_ceil(8))?;
+    at += bitmap.len();
+    if *body.get(at)? != 1 {
+        return None;
+    }
+    at += 1;
+    let mut types = Vec::with_capacity(count.min(body.len() / 2));
+    for _ in 0..count {
+        types.push(*body.get(at)?);
+        at += 2;
+        let (_, n) = lenenc_str(body.get(at..)?)?;
+        at += n;
+    }
+    for (i, &t) in types.iter().enumerate() {
+        let is_null = bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+        if !is_null {
+            at += binary_value_len(t, body.get(at..)?)?;
+        }
+    }
+    body.get(at..)
+}
+
+/// Length of one binary-protocol value of column type `t` at the start of `d`.
+fn binary_value_len(t: u8, d: &[u8]) -> Option<usize> {
+    Some(match t {
+        0x06 => 0,                                                 // NULL
+        0x01 => 1,                                                 // TINY
+        0x02 | 0x0d => 2,                                          // SHORT, YEAR
+        0x03 | 0x04 | 0x09 => 4,                                   // LONG, FLOAT, INT24
+        0x05 | 0x08 => 8,                                          // DOUBLE, LONGLONG
+        0x07 | 0x0a | 0x0b | 0x0c => 1 + usize::from(*d.first()?), // dates and times
+        _ => lenenc_str(d)?.1,
+    })
+}
+
+/// The database a `USE name` statement switches to.
+fn use_statement(sql: &str) -> Option<String> {
+    let s = sql.trim_start();
+    let head = s.get(..3)?;
+    if !head.eq_ignore_ascii_case("use") {
+        return None;
+    }
+    let rest = s.get(3..)?;
+    if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let (name, tail) = if let Some(quoted) = rest.strip_prefix('`') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        loop {
+            let (i, c) = chars.next()?;
+            if c == '`' {
+                if quoted.get(i + 1..)?.starts_with('`') {
+                    name.push('`');
+                    chars.next();
+                } else {
+                    break (name, quoted.get(i + 1..)?);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+    } else {
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(rest.len());
+        (rest.get(..end)?.to_owned(), rest.get(end..)?)
+    };
+    let tail = tail.trim();
+    let tail = tail.strip_prefix(';').unwrap_or(tail).trim();
+    (!name.is_empty() && tail.is_empty()).then_some(name)
+}
+
+/// Inside a result set's rows, framing lost: looks for a fully captured
+/// chunk that ends with the result set's last packet (EOF, OK with 0xfe or
+/// ERR), confirmed by the packet just before it (consecutive sequence id,
+/// length reaching exactly to it) unless it is alone in the chunk. Returns
+/// where parsing resumes and the sequence id expected there.
+fn rows_resume_point(data: &[u8]) -> Option<(usize, u8)> {
+    let n = data.len();
+    for len in 5..=MAX_END_PACKET {
+        let Some(at) = n.checked_sub(4 + len) else {
+            break;
+        };
+        if u24_at(data, at) != Some(len) {
+            continue;
+        }
+        let seq = *data.get(at + 3)?;
+        let payload = data.get(at + 4..)?;
+        let plausible = match payload.first() {
+            Some(0xfe) if len == 5 => true,
+            Some(0xfe) => parse_ok(payload, true).is_some() && len <= 64,
+            Some(0xff) => payload.get(3) == Some(&b'#'),
+            _ => false,
+        };
+        if !plausible {
+            continue;
+        }
+        if at == 0 {
+            return Some((0, seq));
+        }
+        // The packet before it.
+        let prev_seq = seq.wrapping_sub(1);
+        for start in (0..at.saturating_sub(3)).rev() {
+            if data.get(start + 3) == Some(&prev_seq) && u24_at(data, start) == Some(at - start - 4)
+            {
+                return Some((start, prev_seq));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded conversation: (direction the client's bytes travel is
+    /// Egress unless `server_view`), one entry per recv() of the recording.
+    fn fixture(text: &str, server_view: bool) -> Vec<(Direction, Vec<u8>)> {
+        let (client, server) = if server_view {
+            (Direction::Ingress, Direction::Egress)
+        } else {
+            (Direction::Egress, Direction::Ingress)
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (tag, hex) = l.split_once(' ').expect("tagged line");
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                    .collect();
+                (if tag == "C" { client } else { server }, bytes)
+            })
+            .collect()
+    }
+
+    const CLI_SESSION: &str = include_str!("fixtures/mysql/cli_session.txt");
+    const CLI_INFILE: &str = include_str!("fixtures/mysql/cli_infile.txt");
+    const BINARY_EOF: &str = include_str!("fixtures/mysql/binary_eof.txt");
+    const BINARY_DEPRECATE_EOF: &str = include_str!("fixtures/mysql/binary_deprecate_eof.txt");
+    const LARGE_RESULT: &str = include_str!("fixtures/mysql/large_result.txt");
+    const AUTH_SWITCH: &str = include_str!("fixtures/mysql/auth_switch.txt");
+    const AUTH_FAILED: &str = include_str!("fixtures/mysql/auth_failed.txt");
+    const SSL_REQUEST: &str = include_str!("fixtures/mysql/ssl_request.txt");
+    const COMPRESSED: &str = include_str!("fixtures/mysql/compressed.txt");
+
+    const ALL_FIXTURES: &[(&str, &str)] = &[
+        ("cli_session", CLI_SESSION),
+        ("cli_infile", CLI_INFILE),
+        ("binary_eof", BINARY_EOF),
+        ("binary_deprecate_eof", BINARY_DEPRECATE_EOF),
+        ("large_result", LARGE_RESULT),
+        ("auth_switch", AUTH_SWITCH),
+        ("auth_failed", AUTH_FAILED),
+        ("ssl_request", SSL_REQUEST),
+        ("compressed", COMPRESSED),
+    ];
+
+    /// A fully captured syscall.
+    fn whole(data: &[u8], t: u64) -> Chunk<'_> {
+        Chunk {
+            data,
+            total_len: data.len() as u64,
+            start_ns: t,
+            end_ns: t + 1,
+        }
+    }
+
+    /// A syscall of `total` bytes of which `data` was captured.
+    fn gapped(data: &[u8], total: usize, t: u64) -> Chunk<'_> {
+        Chunk {
+            data,
+            total_len: total as u64,
+            start_ns: t,
+            end_ns: t + 1,
+        }
+    }
+
+    /// A compact description of a message, without times.
+    fn summary(m: &Message) -> String {
+        let d = |d: Direction| match d {
+            Direction::Egress => "E",
+            Direction::Ingress => "I",
+        };
+        match m {
+            Message::Command(c) => {
+                let mut s = format!("{} #{} {:?}", d(c.dir), c.id, c.kind);
+                if let Some(t) = &c.text {
+                    s += &format!(" {t:?}");
+                }
+                if c.text_truncated {
+                    s += " trunc";
+                }
+                s += &format!(" {}", c.system.as_str());
+                if let Some(ns) = &c.namespace {
+                    s += &format!(" db={ns}");
+                }
+                s
+            }
+            Message::Response(r) => {
+                let mut s = format!("{} re#{}", d(r.dir), r.command_id);
+                match &r.error {
+                    Some(e) => {
+                        s += &format!(
+                            " ERR {} {} {:?}",
+                            e.code,
+                            e.sql_state.as_deref().unwrap_or("-"),
+                            e.message
+                        )
+                    }
+                    None => s += " OK",
+                }
+                if let Some(n) = r.returned_rows {
+                    s += &format!(" rows={n}");
+                }
+                if let Some(n) = r.affected_rows {
+                    s += &format!(" affected={n}");
+                }
+                if let Some(id) = r.statement_id {
+                    s += &format!(" stmt={id}");
+                }
+                if !r.complete {
+                    s += " incomplete";
+                }
+                s
+            }
+        }
+    }
+
+    fn summaries(msgs: &[Message]) -> Vec<String> {
+        msgs.iter().map(summary).collect()
+    }
+
+    /// Feeds each recorded recv() as one whole syscall.
+    fn run(records: &[(Direction, Vec<u8>)]) -> (Vec<Message>, (u64, u64)) {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        for (i, (dir, bytes)) in records.iter().enumerate() {
+            conn.feed(*dir, &whole(bytes, i as u64 * 10), &mut out);
+        }
+        let resync = conn.take_resync();
+        (out, resync)
+    }
+
+    fn expect_fixture(text: &str, want: &[&str]) {
+        let (out, resync) = run(&fixture(text, false));
+        assert_eq!(summaries(&out), want);
+        assert_eq!(resync, (0, 0));
+    }
+
+    #[test]
+    fn cli_session() {
+        expect_fixture(
+            CLI_SESSION,
+            &[
+                "E #0 Query \"SELECT DATABASE()\" mariadb",
+                "I re#0 OK rows=1",
+                "E #1 InitDb \"shop\" mariadb",
+                "I re#1 OK affected=0",
+                "E #2 Query \"SELECT id, name FROM users WHERE id = 1\" mariadb db=shop",
+                "I re#2 OK rows=1",
+                "E #3 Query \"INSERT INTO users (name, email, age) VALUES ('dan', 'd@example.com', 50)\" mariadb db=shop",
+                "I re#3 OK affected=1",
+                "E #4 Query \"UPDATE users SET age = 51 WHERE name = 'dan'\" mariadb db=shop",
+                "I re#4 OK affected=1",
+                "E #5 Query \"SELECT * FROM nope\" mariadb db=shop",
+                "I re#5 ERR 1146 42S02 \"Table 'shop.nope' doesn't exist\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn load_data_local_infile() {
+        expect_fixture(
+            CLI_INFILE,
+            &[
+                "E #0 Query \"LOAD DATA LOCAL INFILE '/tmp/sonde-mysql/users.csv' INTO TABLE users FIELDS TERMINATED BY ',' (name, email, age)\" mariadb db=shop",
+                "I re#0 OK affected=2",
+                "E #1 Query \"DELETE FROM users WHERE name = 'dan'\" mariadb db=shop",
+                "I re#1 OK affected=3",
+            ],
+        );
+    }
+
+    /// The binary-protocol session, with or without intermediate EOF packets.
+    fn binary_expectation(stmt_a: u32, stmt_b: u32) -> Vec<String> {
+        [
+            "E #0 Prepare \"SELECT id, name FROM users WHERE age > ?\" mariadb db=shop".to_owned(),
+            format!("I re#0 OK stmt={stmt_a}"),
+            format!("E #1 Execute {{ statement_id: {stmt_a} }} mariadb db=shop"),
+            "I re#1 OK rows=2".to_owned(),
+            format!("E #2 Execute {{ statement_id: {stmt_a} }} mariadb db=shop"),
+            "I re#2 OK rows=1".to_owned(),
+            format!("E #3 StmtClose {{ statement_id: {stmt_a} }} mariadb db=shop"),
+            "E #4 Prepare \"INSERT INTO users (name, email, age) VALUES (?, ?, ?)\" mariadb db=shop"
+                .to_owned(),
+            format!("I re#4 OK stmt={stmt_b}"),
+            format!("E #5 StmtReset {{ statement_id: {stmt_b} }} mariadb db=shop"),
+            "I re#5 OK affected=0".to_owned(),
+            format!("E #6 StmtClose {{ statement_id: {stmt_b} }} mariadb db=shop"),
+            "E #7 Ping mariadb db=shop".to_owned(),
+            "I re#7 OK affected=0".to_owned(),
+            "E #8 InitDb \"shop\" mariadb db=shop".to_owned(),
+            "I re#8 OK affected=0".to_owned(),
+            "E #9 Query \"SELECT COUNT(*) FROM users; UPDATE users SET age = age + 1 WHERE id = 2\" mariadb db=shop".to_owned(),
+            "I re#9 OK rows=1 affected=1".to_owned(),
+            "E #10 Query \"SELECT * FROM missing_table\" mariadb db=shop".to_owned(),
+            "I re#10 ERR 1146 42S02 \"Table 'shop.missing_table' doesn't exist\"".to_owned(),
+            "E #11 Query \"INSERT INTO users (name, email, age) VALUES ('eve', 'eve@example.com', 29)\" mariadb db=shop".to_owned(),
+            "I re#11 OK affected=1".to_owned(),
+            "E #12 Query \"USE mysql\" mariadb db=shop".to_owned(),
+            "I re#12 ERR 1044 42000 \"Access denied for user 'app'@'%' to database 'mysql'\"".to_owned(),
+            "E #13 Query \"CALL shop.two_results()\" mariadb db=shop".to_owned(),
+            "I re#13 OK rows=2 affected=0".to_owned(),
+            "E #14 Prepare \"SELECT nope FROM users\" mariadb db=shop".to_owned(),
+            "I re#14 ERR 1054 42S22 \"Unknown column 'nope' in 'SELECT'\"".to_owned(),
+        ]
+        .to_vec()
+    }
+
+    #[test]
+    fn binary_protocol_with_eof_packets() {
+        let (out, resync) = run(&fixture(BINARY_EOF, false));
+        assert_eq!(summaries(&out), binary_expectation(1, 2));
+        assert_eq!(resync, (0, 0));
+    }
+
+    #[test]
+    fn binary_protocol_without_eof_packets() {
+        let (out, resync) = run(&fixture(BINARY_DEPRECATE_EOF, false));
+        assert_eq!(summaries(&out), binary_expectation(4, 5));
+        assert_eq!(resync, (0, 0));
+    }
+
+    /// Attached mid-connection: the handshake is not seen, so whether EOF
+    /// packets are sent is learned from the packets themselves.
+    #[test]
+    fn binary_protocol_without_the_handshake() {
+        for (text, stmts) in [(BINARY_EOF, (1, 2)), (BINARY_DEPRECATE_EOF, (4, 5))] {
+            let records = fixture(text, false);
+            // Skip greeting, handshake response and OK.
+            let (out, resync) = run(&records[3..]);
+            // The namespace is known from the COM_INIT_DB (#8) on.
+            let want: Vec<String> = binary_expectation(stmts.0, stmts.1)
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if i <= 14 {
+                        s.replace(" mariadb db=shop", " mysql")
+                    } else {
+                        s.replace(" mariadb", " mysql")
+                    }
+                })
+                .collect();
+            assert_eq!(summaries(&out), want);
+            assert_eq!(resync, (0, 0));
+        }
+    }
+
+    #[test]
+    fn auth_switch_then_ping() {
+        expect_fixture(
+            AUTH_SWITCH,
+            &["E #0 Ping mariadb db=shop", "I re#0 OK affected=0"],
+        );
+    }
+
+    #[test]
+    fn ignored_connections() {
+        for text in [AUTH_FAILED, SSL_REQUEST, COMPRESSED] {
+            let (out, resync) = run(&fixture(text, false));
+            assert!(out.is_empty(), "{:?}", summaries(&out));
+            assert_eq!(resync, (0, 0));
+        }
+    }
+
+    #[test]
+    fn server_view_has_ingress_commands() {
+        let (out, resync) = run(&fixture(AUTH_SWITCH, true));
+        assert_eq!(
+            summaries(&out),
+            ["I #0 Ping mariadb db=shop", "E re#0 OK affected=0"]
+        );
+        assert_eq!(resync, (0, 0));
+    }
+
+    #[test]
+    fn large_result_fully_captured() {
+        let (out, resync) = run(&fixture(LARGE_RESULT, false));
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Query \"SELECT seq, REPEAT('x', 40) AS pad FROM seq_1_to_1000\" mariadb db=shop",
+                "I re#0 OK rows=1000",
+                "E #1 Ping mariadb db=shop",
+                "I re#1 OK affected=0",
+            ]
+        );
+        assert_eq!(resync, (0, 0));
+    }
+
+    /// The server's reads of the large result set, joined into one stream.
+    fn large_result_stream() -> (Vec<(Direction, Vec<u8>)>, Vec<u8>) {
+        let records = fixture(LARGE_RESULT, false);
+        // greeting, response, OK, query | result (3 reads) | ping, OK, quit
+        let head = records[..4].to_vec();
+        let result: Vec<u8> = records[4..7].iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(result.len(), 16384 + 16384 + 16232);
+        (head, result)
+    }
+
+    #[test]
+    fn large_result_beyond_the_capture_then_next_command() {
+        let (head, result) = large_result_stream();
+        let records = fixture(LARGE_RESULT, false);
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        for (i, (dir, bytes)) in head.iter().enumerate() {
+            conn.feed(*dir, &whole(bytes, i as u64), &mut out);
+        }
+        // Reads of 4096 bytes, 1024 of each captured.
+        for (i, read) in result.chunks(4096).enumerate() {
+            let captured = &read[..read.len().min(1024)];
+            conn.feed(
+                Direction::Ingress,
+                &gapped(captured, read.len(), 100 + i as u64 * 10),
+                &mut out,
+            );
+        }
+        let last_read_end = 100 + (result.len().div_ceil(4096) as u64 - 1) * 10 + 1;
+        assert_eq!(out.len(), 1, "the answer is still open");
+        for (i, (dir, bytes)) in records[7..].iter().enumerate() {
+            conn.feed(*dir, &whole(bytes, 1000 + i as u64 * 10), &mut out);
+        }
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Query \"SELECT seq, REPEAT('x', 40) AS pad FROM seq_1_to_1000\" mariadb db=shop",
+                "I re#0 OK incomplete",
+                "E #1 Ping mariadb db=shop",
+                "I re#1 OK affected=0",
+            ]
+        );
+        assert_eq!(out[1].last_ns(), last_read_end);
+        let (skipped, events) = conn.take_resync();
+        assert_eq!(events, 1);
+        assert!(skipped > 30_000, "{skipped}");
+    }
+
+    #[test]
+    fn large_result_ends_in_a_captured_read() {
+        let (head, result) = large_result_stream();
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        for (i, (dir, bytes)) in head.iter().enumerate() {
+            conn.feed(*dir, &whole(bytes, i as u64), &mut out);
+        }
+        // Big reads with small captures, then a last read of 300 bytes
+        // that was captured whole.
+        let split = result.len() - 300;
+        for (i, read) in result[..split].chunks(16384).enumerate() {
+            conn.feed(
+                Direction::Ingress,
+                &gapped(&read[..1024], read.len(), 100 + i as u64 * 10),
+                &mut out,
+            );
+        }
+        conn.feed(Direction::Ingress, &whole(&result[split..], 500), &mut out);
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Query \"SELECT seq, REPEAT('x', 40) AS pad FROM seq_1_to_1000\" mariadb db=shop",
+                "I re#0 OK",
+            ]
+        );
+        assert_eq!(out[1].last_ns(), 501);
+        assert_eq!(conn.take_resync().1, 1);
+        // And the connection carries on in step.
+        conn.feed(
+            Direction::Egress,
+            &whole(b"\x01\x00\x00\x00\x0e", 600),
+            &mut out,
+        );
+        conn.feed(
+            Direction::Ingress,
+            &whole(b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00", 610),
+            &mut out,
+        );
+        assert_eq!(
+            summaries(&out)[2..],
+            ["E #1 Ping mariadb db=shop", "I re#1 OK affected=0"]
+        );
+        assert_eq!(conn.take_resync(), (0, 0));
+    }
+
+    /// Packets of a result set with one text column, rows of `row_len` bytes.
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut p = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, seq];
+        p.extend_from_slice(payload);
+        p
+    }
+
+    const COLUMN_DEF: &[u8] =
+        b"\x03def\x00\x00\x00\x01a\x00\x0c\x21\x00\xff\xff\xff\x00\xfc\x00\x00\x00\x00";
+
+    #[test]
+    fn a_row_larger_than_the_capture_is_skipped_by_length() {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x03SELECT blob FROM t"), 0),
+            &mut out,
+        );
+        // column count, definition, a 70000-byte row; only 1024 bytes captured.
+        let mut row = vec![0xfd, 0x6d, 0x11, 0x01]; // lenenc 69997
+        row.resize(70000, b'z');
+        let stream = [packet(1, b"\x01"), packet(2, COLUMN_DEF), packet(3, &row)].concat();
+        conn.feed(
+            Direction::Ingress,
+            &gapped(&stream[..1024], stream.len(), 10),
+            &mut out,
+        );
+        conn.feed(
+            Direction::Ingress,
+            &whole(&packet(4, b"\xfe\x00\x00\x02\x00\x00\x00"), 20),
+            &mut out,
+        );
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Query \"SELECT blob FROM t\" mysql",
+                "I re#0 OK rows=1"
+            ]
+        );
+        assert_eq!(conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn continued_packets_make_one_payload() {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x03SELECT big FROM t"), 0),
+            &mut out,
+        );
+        let start = [packet(1, b"\x01"), packet(2, COLUMN_DEF)].concat();
+        conn.feed(Direction::Ingress, &whole(&start, 10), &mut out);
+        // A row of 0xffffff + 10 bytes: a full packet (mostly not captured)
+        // and a 10-byte continuation. The continuation starts with 0xfe,
+        // which must not be taken for an end packet.
+        let mut first = vec![0xff, 0xff, 0xff, 3, 0xfe];
+        first.resize(1024, b'q');
+        conn.feed(
+            Direction::Ingress,
+            &gapped(&first, 4 + MAX_PACKET, 20),
+            &mut out,
+        );
+        let rest = [
+            packet(4, b"\xfe\x00\x00\x02\x00\x00\x00\x00\x00\x00"),
+            packet(5, b"\xfe\x00\x00\x02\x00\x00\x00"),
+        ]
+        .concat();
+        conn.feed(Direction::Ingress, &whole(&rest, 30), &mut out);
+        assert_eq!(
+            summaries(&out),
+            ["E #0 Query \"SELECT big FROM t\" mysql", "I re#0 OK rows=1"]
+        );
+        assert_eq!(conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn long_statement_is_truncated_and_skipped_by_length() {
+        let mut conn = MysqlConn::new(Limits {
+            max_buffered_bytes: 100,
+        });
+        let mut out = Vec::new();
+        let mut sql = b"\x03INSERT INTO t VALUES ".to_vec();
+        while sql.len() < 5000 {
+            sql.extend_from_slice(b"(1, 'abc'), ");
+        }
+        sql.extend_from_slice(b"(2, 'z')");
+        let p = packet(0, &sql);
+        // 2000 bytes captured of the write, then the rest in a second write.
+        conn.feed(Direction::Egress, &gapped(&p[..1000], 2000, 0), &mut out);
+        conn.feed(Direction::Egress, &whole(&p[2000..], 10), &mut out);
+        conn.feed(
+            Direction::Ingress,
+            &whole(&packet(1, b"\x00\x2a\x00\x02\x00\x00\x00"), 20),
+            &mut out,
+        );
+        let s = summaries(&out);
+        assert_eq!(s.len(), 2);
+        assert!(s[0].starts_with("E #0 Query \"INSERT INTO t VALUES (1, 'abc')"));
+        assert!(s[0].ends_with(" trunc mysql"), "{}", s[0]);
+        assert_eq!(s[1], "I re#0 OK affected=42");
+        if let Message::Command(c) = &out[0] {
+            assert_eq!(c.text.as_ref().map(|t| t.len()), Some(99));
+        }
+        assert_eq!(conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn gap_over_a_command_header_resyncs_at_the_next_command() {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        let ping = packet(0, b"\x0e");
+        let query = packet(0, b"\x03SELECT 1");
+        // A ping followed by 9 uncaptured bytes: another packet started there.
+        conn.feed(
+            Direction::Egress,
+            &gapped(&ping, ping.len() + 9, 0),
+            &mut out,
+        );
+        conn.feed(
+            Direction::Ingress,
+            &whole(&packet(1, b"\x00\x00\x00\x02\x00\x00\x00"), 10),
+            &mut out,
+        );
+        conn.feed(Direction::Egress, &whole(&query, 20), &mut out);
+        let answer = [
+            packet(1, b"\x01"),
+            packet(2, COLUMN_DEF),
+            packet(3, b"\x011"),
+            packet(4, b"\xfe\x00\x00\x02\x00\x00\x00"),
+        ]
+        .concat();
+        conn.feed(Direction::Ingress, &whole(&answer, 30), &mut out);
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Ping mysql",
+                "I re#0 OK affected=0",
+                "E #1 Query \"SELECT 1\" mysql",
+                "I re#1 OK rows=1",
+            ]
+        );
+        assert_eq!(conn.take_resync(), (9, 1));
+    }
+
+    #[test]
+    fn answer_without_a_command_is_skipped() {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(Direction::Egress, &whole(&packet(0, b"\x0e"), 0), &mut out);
+        let ok = packet(1, b"\x00\x00\x00\x02\x00\x00\x00");
+        conn.feed(Direction::Ingress, &whole(&ok, 10), &mut out);
+        // A second OK nobody asked for.
+        conn.feed(Direction::Ingress, &whole(&ok, 20), &mut out);
+        conn.feed(Direction::Egress, &whole(&packet(0, b"\x0e"), 30), &mut out);
+        conn.feed(Direction::Ingress, &whole(&ok, 40), &mut out);
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Ping mysql",
+                "I re#0 OK affected=0",
+                "E #1 Ping mysql",
+                "I re#1 OK affected=0",
+            ]
+        );
+        assert_eq!(conn.take_resync(), (11, 1));
+    }
+
+    #[test]
+    fn session_tracking_and_use_change_the_namespace() {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x03use `my``db`;"), 0),
+            &mut out,
+        );
+        conn.feed(
+            Direction::Ingress,
+            &whole(&packet(1, b"\x00\x00\x00\x02\x00\x00\x00"), 10),
+            &mut out,
+        );
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x03SET @a = 1"), 20),
+            &mut out,
+        );
+        // OK with SERVER_SESSION_STATE_CHANGED and a schema entry "inv".
+        conn.feed(
+            Direction::Ingress,
+            &whole(
+                &packet(1, b"\x00\x00\x00\x02\x40\x00\x00\x00\x06\x01\x04\x03inv"),
+                30,
+            ),
+            &mut out,
+        );
+        conn.feed(Direction::Egress, &whole(&packet(0, b"\x0e"), 40), &mut out);
+        let s = summaries(&out);
+        assert_eq!(s[0], "E #0 Query \"use `my``db`;\" mysql");
+        assert_eq!(s[2], "E #1 Query \"SET @a = 1\" mysql db=my`db");
+        assert_eq!(s[4], "E #2 Ping mysql db=inv");
+    }
+
+    #[test]
+    fn use_statement_table() {
+        for (sql, want) in [
+            ("USE shop", Some("shop")),
+            ("  use shop ; ", Some("shop")),
+            ("use `a b`", Some("a b")),
+            ("use `x``y`", Some("x`y")),
+            ("USE", None),
+            ("USEshop", None),
+            ("use shop; select 1", None),
+            ("user_table", None),
+            ("use ``", None),
+        ] {
+            assert_eq!(use_statement(sql).as_deref(), want, "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn query_attributes_are_stepped_over() {
+        assert_eq!(
+            query_text(b"\x00\x01SELECT 1", false),
+            Some(&b"SELECT 1"[..])
+        );
+        assert_eq!(query_text(b"SELECT 1", true), None);
+        assert_eq!(
+            query_text(b"\x00\x01SELECT 1", true),
+            Some(&b"SELECT 1"[..])
+        );
+        // One LONGLONG attribute "a" = 5, one NULL VARCHAR attribute "b".
+        let body =
+            b"\x02\x01\x02\x01\x08\x00\x01a\x0f\x00\x01b\x05\x00\x00\x00\x00\x00\x00\x00SELECT 2";
+        assert_eq!(query_text(body, true), Some(&b"SELECT 2"[..]));
+        assert_eq!(query_text(b"SELECT 1", false), Some(&b"SELECT 1"[..]));
+    }
+
+    #[test]
+    fn detect_table() {
+        let greeting = &fixture(CLI_SESSION, false)[0].1;
+        let query = packet(0, b"\x03SELECT * FROM users");
+        let cases: &[(&[u8], Detect)] = &[
+            (greeting, Detect::Response),
+            (&greeting[..30], Detect::NeedMore),
+            (&query, Detect::Request),
+            (
+                &packet(0, b"\x16 insert into t values (?)"),
+                Detect::Request,
+            ),
+            (&packet(0, b"\x03/* app */ SELECT 1"), Detect::Request),
+            (&packet(0, b"\x03\x00\x01SELECT 1"), Detect::Request),
+            (
+                &packet(0, b"\x03(SELECT 1) UNION (SELECT 2)"),
+                Detect::Request,
+            ),
+            (&packet(0, b"\x03SELEKT 1"), Detect::No),
+            (&packet(0, b"\x03\x01\x02\x03"), Detect::No),
+            (&packet(0, b"\x03SELECT \x01\x02"), Detect::No),
+            (&packet(0, b"\x0e"), Detect::Request),
+            (&packet(0, b"\x0e\x00"), Detect::No),
+            (&packet(0, b"\x02shop"), Detect::Request),
+            (&packet(0, b"\x02sh op"), Detect::No),
+            (
+                &packet(0, b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00"),
+                Detect::Request,
+            ),
+            (
+                &packet(0, b"\x17\x01\x00\x00\x00\x00\x02\x00\x00\x00"),
+                Detect::No,
+            ),
+            (&packet(1, b"\x0e"), Detect::No),
+            (&packet(0, b"\x19\x01\x00\x00\x00"), Detect::No),
+            (&packet(0, b""), Detect::No),
+            (b"", Detect::NeedMore),
+            (b"\x05\x00", Detect::NeedMore),
+            (b"\x00\x00\x00", Detect::No),
+            (b"\x13\x00\x00\x00", Detect::NeedMore),
+            (b"\x13\x00\x00\x00\x03SEL", Detect::NeedMore),
+            (b"\x13\x00\x00\x00\x03SELX", Detect::No),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Detect::No),
+            (b"HTTP/1.1 200 OK\r\n\r\n", Detect::No),
+            (b"*1\r\n$4\r\nPING\r\n", Detect::No),
+            (b"+OK\r\n", Detect::No),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", Detect::No),
+            (b"\x16\x03\x01\x00\x03\x01\x00\x00", Detect::No),
+            (b"\x17\x03\x03\x00\x0a\x01\x02\x03\x04\x05", Detect::No),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Detect::No),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", Detect::No),
+        ];
+        for (i, (bytes, want)) in cases.iter().enumerate() {
+            assert_eq!(detect(bytes), *want, "case {i}: {bytes:?}");
+        }
+        // Every strict prefix of a detectable start says NeedMore.
+        for start in [greeting.as_slice(), &query[..]] {
+            let verdict = detect(start);
+            for n in 0..start.len() {
+                let d = detect(&start[..n]);
+                assert!(d == Detect::NeedMore || d == verdict, "prefix {n}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn detect_random_bytes_is_no() {
+        let mut seed = 0x1234_5678_u32;
+        let mut yes = 0;
+        for _ in 0..20000 {
+            let bytes: Vec<u8> = (0..64)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            if matches!(detect(&bytes), Detect::Request | Detect::Response) {
+                yes += 1;
+            }
+        }
+        assert_eq!(yes, 0);
+    }
+
+    /// Splits the conversation into turns: consecutive records of one direction.
+    fn turns(records: &[(Direction, Vec<u8>)]) -> Vec<(Direction, Vec<u8>)> {
+        let mut out: Vec<(Direction, Vec<u8>)> = Vec::new();
+        for (dir, bytes) in records {
+            match out.last_mut() {
+                Some((d, b)) if d == dir => b.extend_from_slice(bytes),
+                _ => out.push((*dir, bytes.clone())),
+            }
+        }
+        out
+    }
+
+    const SMALL_FIXTURES: &[&str] = &[
+        CLI_SESSION,
+        CLI_INFILE,
+        BINARY_EOF,
+        BINARY_DEPRECATE_EOF,
+        AUTH_SWITCH,
+    ];
+
+    #[test]
+    fn strict_prefixes_are_incomplete() {
+        for text in SMALL_FIXTURES {
+            let turns = turns(&fixture(text, false));
+            let mut conn = MysqlConn::new(Limits::default());
+            let mut out = Vec::new();
+            for (t, (dir, bytes)) in turns.iter().enumerate() {
+                let mut full = conn.clone();
+                let mut whole_out = Vec::new();
+                full.feed(*dir, &whole(bytes, t as u64 * 10), &mut whole_out);
+                for n in 0..bytes.len() {
+                    let mut c = conn.clone();
+                    let mut part = Vec::new();
+                    c.feed(*dir, &whole(&bytes[..n], t as u64 * 10), &mut part);
+                    assert!(
+                        part.len() < whole_out.len() || whole_out.is_empty() && part.is_empty(),
+                        "turn {t}, prefix {n}: {:?}",
+                        summaries(&part)
+                    );
+                    assert_eq!(summaries(&part), summaries(&whole_out[..part.len()]));
+                    assert_eq!(c.take_resync(), (0, 0), "turn {t}, prefix {n}");
+                }
+                conn = full;
+                out.extend(whole_out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_split_gives_the_same_messages() {
+        for text in SMALL_FIXTURES {
+            let records = turns(&fixture(text, false));
+            let (reference, _) = run(&records);
+            assert!(!reference.is_empty());
+            for (t, (_, bytes)) in records.iter().enumerate() {
+                for cut in 1..bytes.len() {
+                    let mut split = records.clone();
+                    let (dir, b) = split.remove(t);
+                    split.insert(t, (dir, b[cut..].to_vec()));
+                    split.insert(t, (dir, b[..cut].to_vec()));
+                    let (out, resync) = run(&split);
+                    assert_eq!(summaries(&out), summaries(&reference), "turn {t} cut {cut}");
+                    assert_eq!(resync, (0, 0));
+                }
+            }
+            // And one byte per syscall.
+            let bytewise: Vec<(Direction, Vec<u8>)> = records
+                .iter()
+                .flat_map(|(d, b)| b.iter().map(|&x| (*d, vec![x])))
+                .collect();
+            let (out, _) = run(&bytewise);
+            assert_eq!(summaries(&out), summaries(&reference));
+        }
+    }
+
+    #[test]
+    fn message_times() {
+        let records = fixture(AUTH_SWITCH, false);
+        let (out, _) = run(&records);
+        // The ping is record 5 (time 50, written: starts at 50), its OK
+        // record 6 (read: first byte known at its end, 61).
+        assert_eq!((out[0].first_ns(), out[0].last_ns()), (50, 51));
+        assert_eq!((out[1].first_ns(), out[1].last_ns()), (61, 61));
+    }
+
+    #[test]
+    fn close_reports_an_open_answer() {
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x03SELECT a FROM t"), 0),
+            &mut out,
+        );
+        let start = [
+            packet(1, b"\x01"),
+            packet(2, COLUMN_DEF),
+            packet(3, b"\x01x"),
+        ]
+        .concat();
+        conn.feed(Direction::Ingress, &whole(&start, 10), &mut out);
+        conn.close(100, &mut out);
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Query \"SELECT a FROM t\" mysql",
+                "I re#0 OK incomplete"
+            ]
+        );
+        assert_eq!(out[1].last_ns(), 11);
+        // A fresh start after close.
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x0e"), 200),
+            &mut out,
+        );
+        assert_eq!(summaries(&out)[2], "E #0 Ping mysql");
+    }
+
+    #[test]
+    fn prepare_without_handshake_and_trailing_eof() {
+        // Prepare answer with only parameters, EOF style, handshake unseen:
+        // the answer ends after the last definition and the EOF that follows
+        // is recognised by its sequence id.
+        let mut conn = MysqlConn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(
+            Direction::Egress,
+            &whole(&packet(0, b"\x16INSERT INTO t VALUES (?)"), 0),
+            &mut out,
+        );
+        let answer = [
+            packet(1, b"\x00\x07\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"),
+            packet(2, COLUMN_DEF),
+        ]
+        .concat();
+        conn.feed(Direction::Ingress, &whole(&answer, 10), &mut out);
+        conn.feed(
+            Direction::Ingress,
+            &whole(&packet(3, b"\xfe\x00\x00\x02\x00"), 20),
+            &mut out,
+        );
+        conn.feed(Direction::Egress, &whole(&packet(0, b"\x0e"), 30), &mut out);
+        conn.feed(
+            Direction::Ingress,
+            &whole(&packet(1, b"\x00\x00\x00\x02\x00\x00\x00"), 40),
+            &mut out,
+        );
+        assert_eq!(
+            summaries(&out),
+            [
+                "E #0 Prepare \"INSERT INTO t VALUES (?)\" mysql",
+                "I re#0 OK stmt=7",
+                "E #1 Ping mysql",
+                "I re#1 OK affected=0",
+            ]
+        );
+        assert_eq!(conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0xdead_beef_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut all: Vec<(Direction, Vec<u8>)> = Vec::new();
+        for (_, text) in ALL_FIXTURES {
+            all.extend(fixture(text, false));
+        }
+        for round in 0..300 {
+            let mut conn = MysqlConn::new(Limits {
+                max_buffered_bytes: 64 + (round % 5) * 200,
+            });
+            let mut out = Vec::new();
+            for k in 0..40 {
+                let (dir, mut bytes) = if round % 2 == 0 {
+                    let (d, b) = &all[next() as usize % all.len()];
+                    (*d, b.clone())
+                } else {
+                    let len = next() as usize % 64;
+                    let d = if next() % 2 == 0 {
+                        Direction::Egress
+                    } else {
+                        Direction::Ingress
+                    };
+                    (d, (0..len).map(|_| next() as u8).collect())
+                };
+                // Flip some bytes.
+                for _ in 0..(next() % 4) {
+                    if !bytes.is_empty() {
+                        let i = next() as usize % bytes.len();
+                        bytes[i] = next() as u8;
+                    }
+                }
+                let cut = if bytes.is_empty() {
+                    0
+                } else {
+                    next() as usize % (bytes.len() + 1)
+                };
+                let extra = if next() % 3 == 0 {
+                    next() as usize % 3000
+                } else {
+                    0
+                };
+                let chunk = gapped(&bytes[..cut], bytes.len() + extra, k * 10);
+                conn.feed(dir, &chunk, &mut out);
+            }
+            conn.close(10_000, &mut out);
+            for m in &out {
+                assert!(m.first_ns() <= m.last_ns());
+            }
+            let _ = conn.take_resync();
+        }
+    }
 }

@@ -1,0 +1,222 @@
+//! The metrics stage: RED histograms and the service graph, from every span
+//! before any sampling.
+//!
+//! - [`store`]: series keyed by (process resource, metric, attribute set),
+//!   with a cap per metric and an overflow series beyond it; exemplars.
+//! - [`graph`]: pairs CLIENT and SERVER spans of one connection into
+//!   service graph edges.
+//! - [`hist`]: explicit and exponential histograms.
+//! - [`catalog`]: every metric, its unit, attributes and Prometheus name.
+//! - [`selfstats`]: the agent's own health.
+//! - [`prometheus`]: the text and OpenMetrics renderings and the scrape
+//!   endpoint; [`otlp`]: the OTLP data model; [`console`]: the per-minute
+//!   table; [`runtime`]: the tasks that export, serve and print.
+//!
+//! The pipeline thread records spans through [`Metrics::recorder`] (one
+//! lock per batch of spans); exporters take [`Metrics::snapshot`]s from the
+//! runtime's tasks.
+
+pub mod attrs;
+pub mod catalog;
+pub mod console;
+pub mod graph;
+pub mod hist;
+pub mod otlp;
+pub mod prometheus;
+pub mod runtime;
+pub mod selfstats;
+pub mod store;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::MetricsConfig;
+use crate::enrich::Resource;
+use crate::stats::Stats;
+
+pub use store::{Snapshot, Store, StoreOptions, Temporality};
+
+use catalog::CATALOG;
+use graph::GraphOptions;
+use hist::Bounds;
+use store::HistogramKind;
+
+/// How long a failed span's exemplar is kept against newer successful ones.
+const EXEMPLAR_HOLD_NS: u64 = 10_000_000_000;
+
+/// The store settings a configuration asks for.
+pub fn store_options(c: &MetricsConfig) -> StoreOptions {
+    let bounds = CATALOG
+        .iter()
+        .map(|d| {
+            let values = c
+                .buckets
+                .get(d.name)
+                .map(Vec::as_slice)
+                .unwrap_or(if d.size {
+                    &c.size_buckets
+                } else {
+                    &c.duration_buckets
+                });
+            Arc::new(Bounds::new(values, d.raw))
+        })
+        .collect();
+    StoreOptions {
+        max_series: c.max_series_per_metric.max(1) as usize,
+        histogram: if c.histogram == "exponential" {
+            HistogramKind::Exponential {
+                max_size: c.exponential_max_size.max(2) as usize,
+            }
+        } else {
+            HistogramKind::Explicit
+        },
+        bounds,
+        exemplars: c.exemplars,
+        exemplar_hold_ns: EXEMPLAR_HOLD_NS,
+        graph: c.service_graph.enabled.then_some(GraphOptions {
+            wait_ns: c.service_graph.wait_ms.saturating_mul(1_000_000),
+            max_pending: c.service_graph.max_pending.max(1) as usize,
+        }),
+        idle_ns: c.idle_series_secs.saturating_mul(1_000_000_000),
+    }
+}
+
+/// Wall-clock time, Unix ns.
+pub fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The metrics stage, shared by the pipeline thread (which records) and
+/// the exporters (which read).
+pub struct Metrics {
+    store: Mutex<Store>,
+    stats: Arc<Stats>,
+    connections: AtomicU64,
+    parse_errors: Mutex<Vec<(&'static str, u64)>>,
+    export_failures: AtomicU64,
+    started_ns: u64,
+    delta: Mutex<selfstats::DeltaState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Metrics {
+    /// A stage with `options`; `agent` is the agent's own resource (its
+    /// health metrics and the service graph are reported under it).
+    pub fn new(options: StoreOptions, agent: Arc<Resource>, stats: Arc<Stats>) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            store: Mutex::new(Store::new(options, agent)),
+            stats,
+            connections: AtomicU64::new(0),
+            parse_errors: Mutex::new(Vec::new()),
+            export_failures: AtomicU64::new(0),
+            started_ns: unix_now_ns(),
+            delta: Mutex::new(selfstats::DeltaState::default()),
+        })
+    }
+
+    /// The stage a configuration asks for; `None` when `metrics.enabled` is off.
+    pub fn from_config(
+        c: &MetricsConfig,
+        agent: Arc<Resource>,
+        stats: Arc<Stats>,
+    ) -> Option<Arc<Metrics>> {
+        c.enabled
+            .then(|| Metrics::new(store_options(c), agent, stats))
+    }
+
+    /// The store, locked, to record spans into. Hold it for a batch of
+    /// spans, not longer: exporters wait for it.
+    pub fn recorder(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Connections the pipeline tracks now.
+    pub fn set_connections(&self, n: u64) {
+        self.connections.store(n, Ordering::Relaxed);
+    }
+
+    /// A parser of `protocol` lost sync `n` times.
+    pub fn count_parse_errors(&self, protocol: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut list = lock(&self.parse_errors);
+        match list.iter_mut().find(|(p, _)| *p == protocol) {
+            Some((_, c)) => *c += n,
+            None => list.push((protocol, n)),
+        }
+    }
+
+    /// An OTLP metric export request failed.
+    pub fn count_export_failure(&self) {
+        self.export_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Turns every waiting service-graph half into an edge (at shutdown,
+    /// before the last export).
+    pub fn finish(&self) {
+        lock(&self.store).drain_graph();
+    }
+
+    /// Every series and the agent's health, as of now. Service-graph halves
+    /// that waited too long become edges first, and idle series are
+    /// forgotten.
+    pub fn snapshot(&self, temporality: Temporality) -> Snapshot {
+        let now = unix_now_ns();
+        let (mut snap, series, graph) = {
+            let mut store = lock(&self.store);
+            store.expire(now);
+            store.evict_idle(now);
+            let snap = store.snapshot(now, temporality);
+            (snap, store.series_counts(), store.graph_counts())
+        };
+        let inputs = selfstats::Inputs {
+            stats: self.stats.snapshot(),
+            connections: self.connections.load(Ordering::Relaxed),
+            parse_errors: lock(&self.parse_errors).clone(),
+            series,
+            metric_export_failures: self.export_failures.load(Ordering::Relaxed),
+            graph: graph.map(|(dropped, client, server, _)| (dropped, client, server)),
+            process: selfstats::ProcessUsage::read(),
+        };
+        let own = {
+            let mut delta = lock(&self.delta);
+            selfstats::build(&inputs, temporality, self.started_ns, now, &mut delta)
+        };
+        // The store lists the agent's own resource first, always.
+        if let Some(agent) = snap.resources.first_mut() {
+            agent.metrics.extend(own);
+        }
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MetricsConfig;
+
+    #[test]
+    fn options_follow_the_config() {
+        let mut c = MetricsConfig::default();
+        c.buckets
+            .insert("http.server.request.body.size".into(), vec![1.0, 2.0]);
+        c.histogram = "exponential".into();
+        c.service_graph.enabled = false;
+        let o = store_options(&c);
+        let b = |id: catalog::MetricId| o.bounds[id as usize].values().to_vec();
+        assert_eq!(b(catalog::MetricId::HttpServerDuration), c.duration_buckets);
+        assert_eq!(b(catalog::MetricId::HttpServerRequestSize), vec![1.0, 2.0]);
+        assert_eq!(b(catalog::MetricId::HttpClientResponseSize), c.size_buckets);
+        assert_eq!(o.histogram, HistogramKind::Exponential { max_size: 160 });
+        assert!(o.graph.is_none());
+        assert_eq!(o.max_series, 2000);
+    }
+}

@@ -1,0 +1,601 @@
+//! The Prometheus scrape endpoint: `GET /metrics` in the Prometheus text
+//! format (0.0.4), or in OpenMetrics 1.0 with exemplars when the scraper
+//! asks for `application/openmetrics-text`.
+//!
+//! One endpoint serves the metrics of every traced process. Each series
+//! carries the labels that tell processes apart (`service_name`,
+//! `service_namespace` when set, `service_instance_id`), and `target_info`
+//! carries each process's full resource, as the OpenTelemetry Prometheus
+//! compatibility rules describe.
+//!
+//! The server is a small HTTP/1.1 loop on the agent's tokio runtime: it
+//! reads request heads (bounded), answers `GET`/`HEAD`, keeps connections
+//! alive, and closes idle ones.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::attrs::{Key, OwnedVal};
+use super::catalog::{Instrument, label_name, prometheus_name};
+use super::hist::{RawUnit, bucket_index};
+use super::store::{Exemplar, MetricSnap, Point, PointValue, Snapshot};
+use super::{Metrics, Temporality};
+use crate::enrich::Resource;
+use crate::span::model::AttrValue;
+
+/// The two exposition formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (no exemplars).
+    Text,
+    /// OpenMetrics 1.0 text, with exemplars.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: &str) -> Format {
+        if accept.contains("application/openmetrics-text") {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Resource attributes that become labels of every series.
+const RESOURCE_LABELS: &[&str] = &["service.namespace", "service.name", "service.instance.id"];
+
+fn escape_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A number as Prometheus writes it.
+fn number(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// A bucket boundary, always with a decimal point (`1.0`, `0.005`), so the
+/// `le` label is the same text in both formats.
+fn le_text(v: f64) -> String {
+    if !v.is_finite() {
+        return "+Inf".into();
+    }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.1}")
+    } else {
+        format!("{v}")
+    }
+}
+
+fn attr_text(v: &AttrValue) -> String {
+    match v {
+        AttrValue::Str(s) => s.clone(),
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Bool(b) => b.to_string(),
+    }
+}
+
+/// `name="value",...` for a resource's identifying labels.
+fn resource_labels(r: &Resource) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let mut names = Vec::new();
+    for key in RESOURCE_LABELS {
+        if let Some(v) = r.attr(key) {
+            let name = label_name(key);
+            if !text.is_empty() {
+                text.push(',');
+            }
+            let _ = write!(text, "{name}=\"");
+            escape_value(&mut text, &attr_text(v));
+            text.push('"');
+            names.push(name);
+        }
+    }
+    (text, names)
+}
+
+/// The label set of one point: the resource's labels, then the point's
+/// attributes (a name the resource already uses is left out), then `extra`.
+fn labels(
+    base: &(String, Vec<String>),
+    attrs: &[(Key, OwnedVal)],
+    extra: Option<(&str, &str)>,
+) -> String {
+    let mut out = base.0.clone();
+    for (k, v) in attrs {
+        let name = label_name(k.name());
+        if base.1.contains(&name) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{name}=\"");
+        escape_value(&mut out, &v.to_string());
+        out.push('"');
+    }
+    if let Some((k, v)) = extra {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}=\"");
+        escape_value(&mut out, v);
+        out.push('"');
+    }
+    out
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        out.push_str(labels);
+        out.push('}');
+    }
+    out.push(' ');
+    number(out, value);
+}
+
+/// ` # {trace_id="...",span_id="..."} VALUE TIMESTAMP`
+fn exemplar(out: &mut String, e: &Exemplar, raw: RawUnit) {
+    out.push_str(" # {trace_id=\"");
+    for b in e.trace_id {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push_str("\",span_id=\"");
+    for b in e.span_id {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push_str("\"} ");
+    number(out, raw.to_unit(e.raw));
+    let _ = write!(
+        out,
+        " {}.{:09}",
+        e.time_ns / 1_000_000_000,
+        e.time_ns % 1_000_000_000
+    );
+}
+
+/// A histogram point as classic buckets.
+struct Classic {
+    /// (upper bound, count in that bucket), the last one `+Inf`.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+    /// Each exemplar with the index of its bucket.
+    exemplars: Vec<(usize, Exemplar)>,
+}
+
+/// Classic buckets of a histogram point (`None` for other points).
+fn classic_buckets(p: &Point, raw: RawUnit) -> Option<Classic> {
+    match &p.value {
+        PointValue::Explicit { bounds, hist } => {
+            let mut buckets: Vec<(f64, u64)> = bounds
+                .values()
+                .iter()
+                .copied()
+                .zip(hist.counts.iter().copied())
+                .collect();
+            buckets.push((f64::INFINITY, hist.counts.last().copied().unwrap_or(0)));
+            let ex = p
+                .exemplars
+                .iter()
+                .map(|e| (bounds.bucket_of(e.raw), *e))
+                .collect();
+            Some(Classic {
+                buckets,
+                sum: raw.sum_to_unit(hist.sum),
+                count: hist.count,
+                exemplars: ex,
+            })
+        }
+        PointValue::Exponential(h) => {
+            let mut buckets = vec![(0.0, h.zero_count)];
+            for (k, c) in h.counts.iter().enumerate() {
+                if *c > 0 {
+                    buckets.push((h.upper_bound(h.offset + k as i32), *c));
+                }
+            }
+            buckets.push((f64::INFINITY, 0));
+            let ex = p
+                .exemplars
+                .iter()
+                .map(|e| {
+                    let v = raw.to_unit(e.raw);
+                    let at = if v <= 0.0 {
+                        0
+                    } else {
+                        let upper = h.upper_bound(bucket_index(v, h.scale));
+                        buckets
+                            .iter()
+                            .position(|(b, _)| *b >= upper * (1.0 - 1e-12))
+                            .unwrap_or(buckets.len() - 1)
+                    };
+                    (at, *e)
+                })
+                .collect();
+            Some(Classic {
+                buckets,
+                sum: raw.sum_to_unit(h.sum),
+                count: h.count,
+                exemplars: ex,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Renders a cumulative snapshot.
+pub fn render(snap: &Snapshot, format: Format) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    let open = format == Format::OpenMetrics;
+    let bases: Vec<(String, Vec<String>)> = snap
+        .resources
+        .iter()
+        .map(|r| resource_labels(&r.resource))
+        .collect();
+
+    // Families across resources, by Prometheus name.
+    let mut families: BTreeMap<String, Vec<(usize, &MetricSnap)>> = BTreeMap::new();
+    for (ri, r) in snap.resources.iter().enumerate() {
+        for m in &r.metrics {
+            let name = prometheus_name(&m.name, m.unit, m.instrument);
+            families.entry(name).or_default().push((ri, m));
+        }
+    }
+
+    for (name, members) in &families {
+        let Some((_, first)) = members.first() else {
+            continue;
+        };
+        let instrument = first.instrument;
+        let family = match (open, instrument) {
+            (true, Instrument::Counter) => name.strip_suffix("_total").unwrap_or(name),
+            _ => name.as_str(),
+        };
+        let kind = match instrument {
+            Instrument::Histogram => "histogram",
+            Instrument::Counter => "counter",
+            Instrument::Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# HELP {family} {}", escape_help(first.description));
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        if open {
+            let unit = match first.unit {
+                "s" => Some("seconds"),
+                "By" => Some("bytes"),
+                _ => None,
+            };
+            if let Some(unit) = unit
+                && family.ends_with(&format!("_{unit}"))
+            {
+                let _ = writeln!(out, "# UNIT {family} {unit}");
+            }
+        }
+        for (ri, m) in members {
+            let base = &bases[*ri];
+            for p in &m.points {
+                match &p.value {
+                    PointValue::Sum(v) | PointValue::Gauge(v) => {
+                        sample(&mut out, name, &labels(base, &p.attrs, None), *v);
+                        out.push('\n');
+                    }
+                    _ => {
+                        let Some(Classic {
+                            buckets,
+                            sum,
+                            count,
+                            exemplars,
+                        }) = classic_buckets(p, m.raw)
+                        else {
+                            continue;
+                        };
+                        let bucket_name = format!("{name}_bucket");
+                        let mut cumulative = 0u64;
+                        for (i, (upper, c)) in buckets.iter().enumerate() {
+                            cumulative += c;
+                            let le = le_text(*upper);
+                            sample(
+                                &mut out,
+                                &bucket_name,
+                                &labels(base, &p.attrs, Some(("le", &le))),
+                                cumulative as f64,
+                            );
+                            if open && let Some((_, e)) = exemplars.iter().find(|(at, _)| *at == i)
+                            {
+                                exemplar(&mut out, e, m.raw);
+                            }
+                            out.push('\n');
+                        }
+                        let plain = labels(base, &p.attrs, None);
+                        sample(&mut out, &format!("{name}_sum"), &plain, sum);
+                        out.push('\n');
+                        sample(&mut out, &format!("{name}_count"), &plain, count as f64);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+    }
+
+    // target_info: one series per process, with its whole resource.
+    if open {
+        out.push_str("# HELP target info Target metadata\n# TYPE target info\n");
+    } else {
+        out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
+    }
+    for r in &snap.resources {
+        let mut text = String::new();
+        let mut seen: Vec<String> = Vec::new();
+        for (k, v) in &r.resource.attributes {
+            let name = label_name(k);
+            if seen.contains(&name) {
+                continue;
+            }
+            if !text.is_empty() {
+                text.push(',');
+            }
+            let _ = write!(text, "{name}=\"");
+            escape_value(&mut text, &attr_text(v));
+            text.push('"');
+            seen.push(name);
+        }
+        sample(&mut out, "target_info", &text, 1.0);
+        out.push('\n');
+    }
+    if open {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// Most bytes of a request head.
+const MAX_HEAD: usize = 16 * 1024;
+/// A connection with no complete request for this long is closed.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Serves `/metrics` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("prometheus endpoint: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, metrics).await {
+                tracing::debug!("prometheus endpoint: {e}");
+            }
+        });
+    }
+}
+
+/// Binds the endpoint (before anything is traced, so a taken port is an
+/// error at start).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// One parsed request head.
+struct Head {
+    method: String,
+    path: String,
+    accept: String,
+    keep_alive: bool,
+    body_len: usize,
+}
+
+fn parse_head(text: &str) -> Option<Head> {
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next()?.split_whitespace();
+    let method = first.next()?.to_string();
+    let target = first.next()?;
+    let version = first.next().unwrap_or("HTTP/1.0");
+    let path = target.split('?').next().unwrap_or("/").to_string();
+    let mut accept = String::new();
+    let mut keep_alive = version == "HTTP/1.1";
+    let mut body_len = 0;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "accept" => accept = value.to_string(),
+            "connection" => {
+                let v = value.to_ascii_lowercase();
+                if v.contains("close") {
+                    keep_alive = false;
+                } else if v.contains("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+            "content-length" => body_len = value.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some(Head {
+        method,
+        path,
+        accept,
+        keep_alive,
+        body_len,
+    })
+}
+
+async fn connection(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        // Read until the end of a head.
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                let _ = respond(
+                    &mut stream,
+                    "431 Request Header Fields Too Large",
+                    "text/plain",
+                    b"request head too large\n",
+                    false,
+                    false,
+                )
+                .await;
+                return Ok(());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout(IDLE, stream.read(&mut chunk)).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head_text = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let Some(head) = parse_head(&head_text) else {
+            let _ = respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"bad request\n",
+                false,
+                false,
+            )
+            .await;
+            return Ok(());
+        };
+        // Skip a body, if any (nothing here takes one).
+        let mut rest = buf.split_off(end);
+        if head.body_len > MAX_HEAD {
+            return Ok(());
+        }
+        while rest.len() < head.body_len {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        buf = rest.split_off(head.body_len);
+
+        let head_only = head.method == "HEAD";
+        let keep = head.keep_alive;
+        match (head.method.as_str(), head.path.as_str()) {
+            ("GET" | "HEAD", "/metrics") => {
+                let format = Format::from_accept(&head.accept);
+                let snap = metrics.snapshot(Temporality::Cumulative);
+                let body = render(&snap, format);
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    format.content_type(),
+                    body.as_bytes(),
+                    keep,
+                    head_only,
+                )
+                .await?;
+            }
+            ("GET" | "HEAD", "/") => {
+                let body = b"sonde: metrics are at /metrics\n";
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "text/plain; charset=utf-8",
+                    body,
+                    keep,
+                    head_only,
+                )
+                .await?;
+            }
+            ("GET" | "HEAD", _) => {
+                respond(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    b"not found; try /metrics\n",
+                    keep,
+                    head_only,
+                )
+                .await?;
+            }
+            _ => {
+                respond(
+                    &mut stream,
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    b"use GET\n",
+                    keep,
+                    false,
+                )
+                .await?;
+            }
+        }
+        if !keep {
+            return Ok(());
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body).await?;
+    }
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+use std::io::{Read, Write};
+
+use super::*;
+use crate::capture::{Endpoint, Endpoints};
+use crate::config::MetricsConfig;
+use crate::metrics::store::Store;
+use crate::metrics::store_options;
+use crate::span::model::{Span, SpanKind, SpanStatus};
+use crate::stats::Stats;
+
+const MS: u64 = 1_000_000;
+
+fn resource(service: &str) -> Arc<Resource> {
+    Arc::new(Resource {
+        service_name: service.into(),
+        attributes: vec![
+            ("service.name".into(), service.into()),
+            ("service.instance.id".into(), format!("{service}-1").into()),
+            ("process.pid".into(), AttrValue::Int(42)),
+            ("host.name".into(), "node \"a\"".into()),
+        ],
+    })
+}
+
+fn span(route: &str, status: i64, dur_ms: u64, kind: SpanKind, id: u8) -> Span {
+    Span {
+        trace_id: [id; 16],
+        span_id: [id; 8],
+        parent_span_id: None,
+        name: route.into(),
+        kind,
+        start_unix_ns: 1_700_000_000_000 * MS - dur_ms * MS,
+        end_unix_ns: 1_700_000_000_000 * MS,
+        attributes: vec![
+            ("http.request.method", "GET".into()),
+            ("http.route", route.into()),
+            ("http.response.status_code", AttrValue::Int(status)),
+        ],
+        status: SpanStatus::Unset,
+        pid: 1,
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let mut config = MetricsConfig::default();
+    config.service_graph.wait_ms = 1;
+    let mut store = Store::new(store_options(&config), resource("sonde"));
+    let shop = resource("shop");
+    let e = Endpoints {
+        local: Endpoint::Unknown,
+        peer: Endpoint::Unknown,
+    };
+    store.record(&shop, &span("/a", 200, 5, SpanKind::Server, 0xab), &e);
+    store.record(&shop, &span("/a", 200, 300, SpanKind::Server, 0xcd), &e);
+    store.record(&shop, &span("/q\"x\\y\nz", 200, 1, SpanKind::Server, 1), &e);
+    store.snapshot(1_700_000_001_000 * MS, Temporality::Cumulative)
+}
+
+#[test]
+fn text_format() {
+    let text = render(&snapshot(), Format::Text);
+    let has = |line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line {line:?} in:\n{text}"
+        )
+    };
+    has("# TYPE http_server_request_duration_seconds histogram");
+    let labels = "service_name=\"shop\",service_instance_id=\"shop-1\",http_request_method=\"GET\",http_route=\"/a\",http_response_status_code=\"200\"";
+    has(&format!(
+        "http_server_request_duration_seconds_bucket{{{labels},le=\"0.005\"}} 1"
+    ));
+    has(&format!(
+        "http_server_request_duration_seconds_bucket{{{labels},le=\"0.25\"}} 1"
+    ));
+    has(&format!(
+        "http_server_request_duration_seconds_bucket{{{labels},le=\"0.5\"}} 2"
+    ));
+    has(&format!(
+        "http_server_request_duration_seconds_bucket{{{labels},le=\"1.0\"}} 2"
+    ));
+    has(&format!(
+        "http_server_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 2"
+    ));
+    has(&format!(
+        "http_server_request_duration_seconds_count{{{labels}}} 2"
+    ));
+    has(&format!(
+        "http_server_request_duration_seconds_sum{{{labels}}} 0.305"
+    ));
+    // Escaping in label values.
+    assert!(text.contains("http_route=\"/q\\\"x\\\\y\\nz\""), "{text}");
+    // The whole resource, once per process.
+    assert!(
+        text.contains("target_info{service_name=\"shop\",service_instance_id=\"shop-1\",process_pid=\"42\",host_name=\"node \\\"a\\\"\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains(" # {"), "no exemplars in the text format");
+    assert!(!text.contains("# EOF"));
+    // Each family appears once, with its samples together.
+    assert_eq!(
+        text.matches("# TYPE http_server_request_duration_seconds ")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn openmetrics_format_with_exemplars() {
+    let text = render(&snapshot(), Format::OpenMetrics);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# UNIT http_server_request_duration_seconds seconds\n"));
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains("http_route=\"/a\"")
+                && l.contains("le=\"0.005\"")
+        })
+        .unwrap();
+    assert_eq!(
+        line.split_once(" # ").map(|x| x.1),
+        Some(
+            "{trace_id=\"abababababababababababababababab\",span_id=\"abababababababab\"} 0.005 1700000000.000000000"
+        ),
+        "{line}"
+    );
+    let slow = text
+        .lines()
+        .find(|l| l.contains("http_route=\"/a\"") && l.contains("le=\"0.5\""))
+        .unwrap();
+    assert!(
+        slow.contains("trace_id=\"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\""),
+        "{slow}"
+    );
+    // Empty buckets carry none.
+    let empty = text
+        .lines()
+        .find(|l| l.contains("http_route=\"/a\"") && l.contains("le=\"0.01\""))
+        .unwrap();
+    assert!(!empty.contains(" # "), "{empty}");
+    assert!(text.contains("# TYPE target info\n"));
+}
+
+#[test]
+fn counters_in_both_formats() {
+    let mut config = MetricsConfig::default();
+    config.service_graph.wait_ms = 1;
+    let mut store = Store::new(store_options(&config), resource("sonde"));
+    let e = Endpoints {
+        local: Endpoint::Unix,
+        peer: Endpoint::Unix,
+    };
+    store.record(
+        &resource("shop"),
+        &span("/a", 200, 1, SpanKind::Server, 1),
+        &e,
+    );
+    let snap = store.snapshot(1_700_000_001_000 * MS, Temporality::Cumulative);
+    let text = render(&snap, Format::Text);
+    assert!(
+        text.contains("# TYPE traces_service_graph_request_total counter\n"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "traces_service_graph_request_total{service_name=\"sonde\",service_instance_id=\"sonde-1\",client=\"unix\",server=\"shop\",connection_type=\"virtual_node\"} 1\n"
+    ), "{text}");
+    let open = render(&snap, Format::OpenMetrics);
+    assert!(
+        open.contains("# TYPE traces_service_graph_request counter\n"),
+        "{open}"
+    );
+    assert!(
+        open.contains("traces_service_graph_request_total{"),
+        "{open}"
+    );
+}
+
+#[test]
+fn accept_header_picks_the_format() {
+    assert_eq!(
+        Format::from_accept(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ),
+        Format::OpenMetrics
+    );
+    assert_eq!(Format::from_accept("text/plain"), Format::Text);
+    assert_eq!(Format::from_accept(""), Format::Text);
+}
+
+#[test]
+fn le_values() {
+    assert_eq!(le_text(0.005), "0.005");
+    assert_eq!(le_text(1.0), "1.0");
+    assert_eq!(le_text(16384.0), "16384.0");
+    assert_eq!(le_text(f64::INFINITY), "+Inf");
+}
+
+#[test]
+fn parses_request_heads() {
+    let h = parse_head(
+        "GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (h.method.as_str(), h.path.as_str(), h.keep_alive),
+        ("GET", "/metrics", true)
+    );
+    assert_eq!(h.accept, "application/openmetrics-text");
+    let h = parse_head("GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(!h.keep_alive);
+    let h = parse_head("GET / HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\n").unwrap();
+    assert!(!h.keep_alive);
+    assert_eq!(h.body_len, 3);
+    assert!(parse_head("").is_none());
+    assert!(parse_head("GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n").is_none());
+}
+
+#[test]
+fn serves_metrics_over_http() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Metrics::new(
+        store_options(&MetricsConfig::default()),
+        resource("sonde"),
+        Arc::new(Stats::default()),
+    );
+    {
+        let mut store = metrics.recorder();
+        let e = Endpoints {
+            local: Endpoint::Unknown,
+            peer: Endpoint::Unknown,
+        };
+        // Now, or the idle-series sweep would take it away.
+        let mut s = span("/a", 200, 5, SpanKind::Server, 7);
+        s.end_unix_ns = crate::metrics::unix_now_ns();
+        s.start_unix_ns = s.end_unix_ns - 5 * MS;
+        store.record(&resource("shop"), &s, &e);
+    }
+    let listener = runtime
+        .block_on(bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(serve(listener, metrics));
+
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    // Two requests on one connection: OpenMetrics, then the text format.
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut conn);
+    assert!(first.0.starts_with("HTTP/1.1 200 OK"), "{}", first.0);
+    assert!(
+        first
+            .0
+            .contains("Content-Type: application/openmetrics-text"),
+        "{}",
+        first.0
+    );
+    assert!(first.1.ends_with("# EOF\n"));
+    assert!(
+        first
+            .1
+            .contains("trace_id=\"07070707070707070707070707070707\"")
+    );
+    assert!(
+        first.1.contains("sonde_events_read_total{"),
+        "self-metrics are served"
+    );
+    assert!(first.1.contains("sonde_process_memory_rss_bytes{"));
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let second = read_response(&mut conn);
+    assert!(
+        second.0.contains("Content-Type: text/plain; version=0.0.4"),
+        "{}",
+        second.0
+    );
+    assert!(!second.1.contains("# EOF"));
+    conn.write_all(b"GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    conn.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 404"), "{rest}");
+    runtime.shutdown_background();
+}
+
+/// Reads one response with a Content-Length: (head, body).
+fn read_response(conn: &mut std::net::TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
+}

@@ -1,0 +1,391 @@
+//! The agent's own health as metrics: the counters of [`Stats`], the
+//! connection table, per-protocol parse errors, what the metric stage
+//! itself holds and drops, and the agent's CPU time and resident memory
+//! from `/proc/self`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use super::attrs::{Key, OwnedAttrs, OwnedVal};
+use super::catalog::{Instrument, SELF_METRICS};
+use super::hist::RawUnit;
+use super::store::{MetricSnap, Point, PointValue, Temporality};
+
+/// (counter, metric, attribute key and value)
+type CounterMetric = (&'static str, &'static str, Option<(Key, &'static str)>);
+
+/// Which metric each [`crate::stats::Stats`] counter feeds. `parser_resyncs`
+/// is absent: it is reported per protocol. A counter not listed here is
+/// exported as `sonde.<counter>`.
+const COUNTERS: &[CounterMetric] = &[
+    ("events_read", "sonde.events.read", None),
+    (
+        "events_lost_ringbuf_full",
+        "sonde.events.dropped",
+        Some((Key::Reason, "ringbuf_full")),
+    ),
+    (
+        "events_malformed",
+        "sonde.events.dropped",
+        Some((Key::Reason, "malformed")),
+    ),
+    ("bytes_captured", "sonde.captured", None),
+    ("bytes_not_captured", "sonde.not_captured", None),
+    ("conns_evicted", "sonde.connections.evicted", None),
+    ("parser_resync_bytes", "sonde.parse.skipped", None),
+    ("requests_unanswered", "sonde.requests.unanswered", None),
+    ("responses_unpaired", "sonde.responses.unpaired", None),
+    ("spans_built", "sonde.spans.built", None),
+    ("spans_exported", "sonde.spans.exported", None),
+    (
+        "spans_dropped_queue_full",
+        "sonde.spans.dropped",
+        Some((Key::Reason, "queue_full")),
+    ),
+    ("spans_export_failed", "sonde.spans.export_failed", None),
+];
+
+/// What the self-metrics are made of, gathered by [`super::Metrics`].
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Every [`crate::stats::Stats`] counter.
+    pub stats: Vec<(&'static str, u64)>,
+    pub connections: u64,
+    /// Parse errors by protocol.
+    pub parse_errors: Vec<(&'static str, u64)>,
+    /// (metric, series, folded measurements).
+    pub series: Vec<(&'static str, usize, u64)>,
+    pub metric_export_failures: u64,
+    /// (pushed out early, client-only edges, server-only edges).
+    pub graph: Option<(u64, u64, u64)>,
+    pub process: Option<ProcessUsage>,
+}
+
+/// The agent's own resource use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessUsage {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
+}
+
+impl ProcessUsage {
+    /// Reads `/proc/self`.
+    pub fn read() -> Option<ProcessUsage> {
+        let stat = std::fs::read("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        parse_usage(&stat, &status, if ticks > 0 { ticks as u64 } else { 100 })
+    }
+}
+
+/// CPU time from `/proc/PID/stat` (fields 14 and 15, in clock ticks) and
+/// resident memory from the `VmRSS:` line of `/proc/PID/status`.
+pub fn parse_usage(stat: &[u8], status: &str, ticks_per_sec: u64) -> Option<ProcessUsage> {
+    let text = String::from_utf8_lossy(stat);
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(ProcessUsage {
+        cpu_seconds: (utime + stime) as f64 / ticks_per_sec.max(1) as f64,
+        rss_bytes: rss_kib * 1024,
+    })
+}
+
+/// Remembers the last exported counter values, for delta export.
+#[derive(Debug, Default)]
+pub struct DeltaState {
+    last: HashMap<(String, Option<String>), f64>,
+    at_ns: Option<u64>,
+}
+
+struct Builder<'a> {
+    out: Vec<MetricSnap>,
+    temporality: Temporality,
+    start_ns: u64,
+    delta: &'a mut DeltaState,
+}
+
+impl Builder<'_> {
+    fn add(
+        &mut self,
+        name: Cow<'static, str>,
+        attr: Option<(Key, String)>,
+        value: f64,
+        gauge: bool,
+    ) {
+        let (unit, instrument, description) = SELF_METRICS
+            .iter()
+            .find(|m| m.0 == name)
+            .map(|m| (m.1, m.2, m.3))
+            .unwrap_or((
+                "1",
+                if gauge {
+                    Instrument::Gauge
+                } else {
+                    Instrument::Counter
+                },
+                "An agent counter.",
+            ));
+        let mut value = value;
+        let mut start = self.start_ns;
+        if instrument == Instrument::Counter && self.temporality == Temporality::Delta {
+            let key = (name.to_string(), attr.as_ref().map(|(_, v)| v.clone()));
+            let before = self.delta.last.insert(key, value).unwrap_or(0.0);
+            value = (value - before).max(0.0);
+            if let Some(at) = self.delta.at_ns {
+                start = at;
+            }
+        }
+        let attrs: OwnedAttrs = attr
+            .map(|(k, v)| vec![(k, OwnedVal::Str(v.into()))])
+            .unwrap_or_default()
+            .into();
+        let point = Point {
+            attrs,
+            start_ns: start,
+            value: if instrument == Instrument::Gauge {
+                PointValue::Gauge(value)
+            } else {
+                PointValue::Sum(value)
+            },
+            exemplars: Vec::new(),
+        };
+        match self.out.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.points.push(point),
+            None => self.out.push(MetricSnap {
+                name,
+                unit,
+                description,
+                instrument,
+                raw: RawUnit::One,
+                points: vec![point],
+            }),
+        }
+    }
+}
+
+/// The self-metrics from `inputs`. `start_ns` is when the agent started
+/// (the start of every cumulative sum); with delta temporality `delta`
+/// holds the values of the previous call.
+pub fn build(
+    inputs: &Inputs,
+    temporality: Temporality,
+    start_ns: u64,
+    now_ns: u64,
+    delta: &mut DeltaState,
+) -> Vec<MetricSnap> {
+    let mut b = Builder {
+        out: Vec::new(),
+        temporality,
+        start_ns,
+        delta,
+    };
+    let mut resyncs = 0u64;
+    for &(counter, value) in &inputs.stats {
+        if counter == "parser_resyncs" {
+            resyncs = value;
+            continue;
+        }
+        match COUNTERS.iter().find(|c| c.0 == counter) {
+            Some((_, metric, attr)) => b.add(
+                Cow::Borrowed(metric),
+                attr.map(|(k, v)| (k, v.to_string())),
+                value as f64,
+                false,
+            ),
+            None => b.add(
+                Cow::Owned(format!("sonde.{counter}")),
+                None,
+                value as f64,
+                false,
+            ),
+        }
+    }
+    b.add(
+        Cow::Borrowed("sonde.connections.tracked"),
+        None,
+        inputs.connections as f64,
+        true,
+    );
+    let mut known = 0u64;
+    for &(protocol, n) in &inputs.parse_errors {
+        known += n;
+        b.add(
+            Cow::Borrowed("sonde.parse.errors"),
+            Some((Key::Protocol, protocol.to_string())),
+            n as f64,
+            false,
+        );
+    }
+    if resyncs > known || inputs.parse_errors.is_empty() {
+        b.add(
+            Cow::Borrowed("sonde.parse.errors"),
+            Some((Key::Protocol, "unknown".to_string())),
+            resyncs.saturating_sub(known) as f64,
+            false,
+        );
+    }
+    for &(metric, series, folded) in &inputs.series {
+        b.add(
+            Cow::Borrowed("sonde.metrics.series"),
+            Some((Key::Metric, metric.to_string())),
+            series as f64,
+            true,
+        );
+        b.add(
+            Cow::Borrowed("sonde.metrics.overflow"),
+            Some((Key::Metric, metric.to_string())),
+            folded as f64,
+            false,
+        );
+    }
+    b.add(
+        Cow::Borrowed("sonde.metrics.export_failed"),
+        None,
+        inputs.metric_export_failures as f64,
+        false,
+    );
+    if let Some((dropped, client, server)) = inputs.graph {
+        for (side, n) in [("client", client), ("server", server)] {
+            b.add(
+                Cow::Borrowed("sonde.service_graph.unpaired"),
+                Some((Key::Side, side.to_string())),
+                n as f64,
+                false,
+            );
+        }
+        b.add(
+            Cow::Borrowed("sonde.service_graph.dropped"),
+            None,
+            dropped as f64,
+            false,
+        );
+    }
+    if let Some(p) = inputs.process {
+        b.add(
+            Cow::Borrowed("sonde.process.cpu.time"),
+            None,
+            p.cpu_seconds,
+            false,
+        );
+        b.add(
+            Cow::Borrowed("sonde.process.memory.rss"),
+            None,
+            p.rss_bytes as f64,
+            true,
+        );
+    }
+    if temporality == Temporality::Delta {
+        b.delta.at_ns = Some(now_ns);
+    }
+    b.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_self() {
+        let stat = b"4242 (sonde (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 3 0 1234 100000 2000";
+        let status = "Name:\tsonde\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        let u = parse_usage(stat, status, 100).unwrap();
+        assert_eq!(u.cpu_seconds, 3.0);
+        assert_eq!(u.rss_bytes, 12345 * 1024);
+        assert!(parse_usage(b"garbage", status, 100).is_none());
+        assert!(parse_usage(stat, "Name: x\n", 100).is_none());
+        assert!(ProcessUsage::read().is_some_and(|u| u.rss_bytes > 0));
+    }
+
+    fn value(ms: &[MetricSnap], name: &str, attr: Option<&str>) -> Option<f64> {
+        let m = ms.iter().find(|m| m.name == name)?;
+        let p = m.points.iter().find(|p| match attr {
+            None => p.attrs.is_empty(),
+            Some(v) => p.attrs.first().is_some_and(|(_, a)| a.as_str() == Some(v)),
+        })?;
+        match p.value {
+            PointValue::Sum(v) | PointValue::Gauge(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn maps_counters_and_reports_deltas() {
+        let inputs = Inputs {
+            stats: vec![
+                ("events_read", 10),
+                ("events_lost_ringbuf_full", 2),
+                ("events_malformed", 1),
+                ("parser_resyncs", 5),
+                ("a_new_counter", 7),
+            ],
+            connections: 3,
+            parse_errors: vec![("http1", 4)],
+            series: vec![("http.server.request.duration", 12, 0)],
+            metric_export_failures: 0,
+            graph: Some((0, 1, 2)),
+            process: Some(ProcessUsage {
+                cpu_seconds: 1.5,
+                rss_bytes: 1 << 20,
+            }),
+        };
+        let mut delta = DeltaState::default();
+        let ms = build(&inputs, Temporality::Cumulative, 1, 2, &mut delta);
+        assert_eq!(value(&ms, "sonde.events.read", None), Some(10.0));
+        assert_eq!(
+            value(&ms, "sonde.events.dropped", Some("ringbuf_full")),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&ms, "sonde.events.dropped", Some("malformed")),
+            Some(1.0)
+        );
+        assert_eq!(value(&ms, "sonde.parse.errors", Some("http1")), Some(4.0));
+        assert_eq!(value(&ms, "sonde.parse.errors", Some("unknown")), Some(1.0));
+        assert_eq!(value(&ms, "sonde.a_new_counter", None), Some(7.0));
+        assert_eq!(value(&ms, "sonde.connections.tracked", None), Some(3.0));
+        assert_eq!(
+            value(&ms, "sonde.service_graph.unpaired", Some("server")),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&ms, "sonde.process.memory.rss", None),
+            Some(1048576.0)
+        );
+        let dropped = ms
+            .iter()
+            .find(|m| m.name == "sonde.events.dropped")
+            .unwrap();
+        assert_eq!(dropped.points.len(), 2);
+        assert_eq!(dropped.instrument, Instrument::Counter);
+
+        let d1 = build(&inputs, Temporality::Delta, 1, 100, &mut delta);
+        assert_eq!(value(&d1, "sonde.events.read", None), Some(10.0));
+        let mut later = inputs.clone();
+        later.stats[0].1 = 25;
+        later.connections = 9;
+        let d2 = build(&later, Temporality::Delta, 1, 200, &mut delta);
+        assert_eq!(value(&d2, "sonde.events.read", None), Some(15.0));
+        // Gauges are values, not differences.
+        assert_eq!(value(&d2, "sonde.connections.tracked", None), Some(9.0));
+        let p = &d2
+            .iter()
+            .find(|m| m.name == "sonde.events.read")
+            .unwrap()
+            .points[0];
+        assert_eq!(p.start_ns, 100);
+    }
+}

@@ -1,0 +1,1368 @@
+//! The metric store: every series, keyed by (process resource, metric,
+//! attribute set), updated from spans and read as snapshots.
+//!
+//! Cost per span: one pointer lookup for the resource, one attribute pick
+//! and hash, one hash lookup per metric touched, a bucket search. Memory
+//! grows only with new series, and each metric is capped at
+//! `max_series` attribute sets: the ones beyond are folded into one series
+//! per resource marked `otel.metric.overflow = true` (what the OpenTelemetry
+//! SDK does) and counted.
+//!
+//! Resources are told apart by (`service.namespace`, `service.name`,
+//! `service.instance.id`), the identity both OTLP and Prometheus use; the
+//! enrich stage may hand out a new `Arc` for the same process, which then
+//! keeps its series.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::attrs::{AttrSet, FastBuild, IdentityBuild, Key, OwnedAttrs, OwnedVal, Picked, Val};
+use super::catalog::{
+    CATALOG, DB_CLIENT_KEYS, DB_SERVER_KEYS, Family, HTTP_CLIENT_KEYS, HTTP_SERVER_KEYS,
+    Instrument, MetricDesc, MetricId, RPC_CLIENT_KEYS, RPC_SERVER_KEYS,
+};
+use super::graph::{Edge, Graph, GraphOptions, Half, Other, Side};
+use super::hist::{Bounds, Explicit, Exponential, RawUnit};
+use crate::capture::Endpoints;
+use crate::enrich::Resource;
+use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+
+/// How histograms aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistogramKind {
+    Explicit,
+    /// Base-2 exponential with at most this many buckets.
+    Exponential {
+        max_size: usize,
+    },
+}
+
+/// Store settings (from `metrics:` in the configuration).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Attribute sets kept per metric before overflow.
+    pub max_series: usize,
+    pub histogram: HistogramKind,
+    /// Explicit boundaries per metric, indexed by [`MetricId`].
+    pub bounds: Vec<Arc<Bounds>>,
+    pub exemplars: bool,
+    /// How long an exemplar from a failed span is kept against newer
+    /// successful ones, in ns.
+    pub exemplar_hold_ns: u64,
+    /// `None`: no service graph.
+    pub graph: Option<GraphOptions>,
+    /// Series not updated for this long are forgotten (0: never), in ns.
+    pub idle_ns: u64,
+}
+
+/// One exemplar: a span that fell in a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exemplar {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The measurement, raw.
+    pub raw: u64,
+    /// Span end, Unix ns.
+    pub time_ns: u64,
+    pub failed: bool,
+}
+
+impl Exemplar {
+    /// Whether `new` should replace `old` in a bucket: the newest wins,
+    /// except that a failed span's exemplar is kept for `hold_ns` against
+    /// successful ones (errors are what users click through to, and what
+    /// the sampler keeps).
+    pub fn replaces(new: &Exemplar, old: &Exemplar, hold_ns: u64) -> bool {
+        new.failed || !old.failed || new.time_ns >= old.time_ns.saturating_add(hold_ns)
+    }
+}
+
+/// Exemplar slots of an exponential histogram: one per decade of the raw value.
+const DECADE_SLOTS: usize = 12;
+
+fn decade(raw: u64) -> usize {
+    (raw.max(1).ilog10() as usize).min(DECADE_SLOTS - 1)
+}
+
+/// A series' aggregation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Agg {
+    Explicit(Explicit),
+    Exponential(Exponential),
+    Count(u64),
+}
+
+impl Agg {
+    fn count(&self) -> u64 {
+        match self {
+            Agg::Explicit(h) => h.count,
+            Agg::Exponential(h) => h.count,
+            Agg::Count(c) => *c,
+        }
+    }
+
+    fn since(&self, earlier: &Agg) -> Agg {
+        match (self, earlier) {
+            (Agg::Explicit(a), Agg::Explicit(b)) => Agg::Explicit(a.since(b)),
+            (Agg::Exponential(a), Agg::Exponential(b)) => Agg::Exponential(a.since(b)),
+            (Agg::Count(a), Agg::Count(b)) => Agg::Count(a.saturating_sub(*b)),
+            (a, _) => a.clone(),
+        }
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+struct Series {
+    slot: u32,
+    attrs: OwnedAttrs,
+    /// Next series with the same hash.
+    next: u32,
+    hash: u64,
+    overflow: bool,
+    start_ns: u64,
+    last_ns: u64,
+    agg: Agg,
+    exemplars: Option<Box<[Option<Exemplar>]>>,
+    /// Delta export: the aggregation as last exported, and when.
+    exported: Option<(Box<Agg>, u64)>,
+}
+
+struct MetricState {
+    desc: &'static MetricDesc,
+    bounds: Arc<Bounds>,
+    series: Vec<Series>,
+    /// hash → first series with it.
+    index: HashMap<u64, u32, IdentityBuild>,
+    /// Series that are not overflow series.
+    distinct: usize,
+    /// Measurements folded into overflow series.
+    folded: u64,
+}
+
+impl MetricState {
+    fn find(&self, slot: u32, attrs: &AttrSet<'_>, hash: u64) -> Option<usize> {
+        let mut i = *self.index.get(&hash)?;
+        while i != NONE {
+            let s = &self.series[i as usize];
+            if s.slot == slot && attrs.matches(&s.attrs) {
+                return Some(i as usize);
+            }
+            i = s.next;
+        }
+        None
+    }
+
+    /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &mut self,
+        options: &StoreOptions,
+        now: u64,
+        slot: u32,
+        attrs: &AttrSet<'_>,
+        hash: u64,
+        raw: u64,
+        exemplar: Option<Exemplar>,
+    ) {
+        let exemplars_on = options.exemplars;
+        let hold = options.exemplar_hold_ns;
+        let i = self.series_index(options, now, slot, attrs, hash);
+        let state = self;
+        let unit = state.desc.raw;
+        let bounds = &state.bounds;
+        let s = &mut state.series[i];
+        s.last_ns = now;
+        let (slot_of_exemplar, slots) = match &mut s.agg {
+            Agg::Explicit(h) => (h.record(bounds, raw), bounds.buckets()),
+            Agg::Exponential(h) => {
+                h.record(raw, unit.to_unit(raw));
+                (decade(raw), DECADE_SLOTS)
+            }
+            Agg::Count(c) => {
+                *c += raw;
+                return;
+            }
+        };
+        if !exemplars_on {
+            return;
+        }
+        let Some(new) = exemplar else {
+            return;
+        };
+        let list = s
+            .exemplars
+            .get_or_insert_with(|| vec![None; slots].into_boxed_slice());
+        if let Some(cell) = list.get_mut(slot_of_exemplar) {
+            match cell {
+                Some(old) if !Exemplar::replaces(&new, old, hold) => {}
+                _ => *cell = Some(new),
+            }
+        }
+    }
+
+    /// The series for (`slot`, `attrs`) of `metric`, created if new; the
+    /// overflow series when the metric is full.
+    fn series_index(
+        &mut self,
+        options: &StoreOptions,
+        now: u64,
+        slot: u32,
+        attrs: &AttrSet<'_>,
+        hash: u64,
+    ) -> usize {
+        let max_series = options.max_series;
+        let histogram = options.histogram;
+        let state = self;
+        if let Some(i) = state.find(slot, attrs, hash) {
+            return i;
+        }
+        let mut overflow_attrs = AttrSet::default();
+        let (attrs, hash, overflow) = if state.distinct >= max_series {
+            state.folded += 1;
+            overflow_attrs.push(Key::Overflow, Val::Bool(true));
+            let h = overflow_attrs.hash(slot);
+            if let Some(i) = state.find(slot, &overflow_attrs, h) {
+                return i;
+            }
+            (&overflow_attrs, h, true)
+        } else {
+            (attrs, hash, false)
+        };
+        let agg = match (state.desc.instrument, histogram) {
+            (Instrument::Histogram, HistogramKind::Explicit) => {
+                Agg::Explicit(Explicit::new(&state.bounds))
+            }
+            (Instrument::Histogram, HistogramKind::Exponential { max_size }) => {
+                Agg::Exponential(Exponential::new(max_size))
+            }
+            _ => Agg::Count(0),
+        };
+        let i = state.series.len();
+        let next = state.index.insert(hash, i as u32).unwrap_or(NONE);
+        state.series.push(Series {
+            slot,
+            attrs: attrs.to_stored(),
+            next,
+            hash,
+            overflow,
+            start_ns: now,
+            last_ns: now,
+            agg,
+            exemplars: None,
+            exported: None,
+        });
+        if !overflow {
+            state.distinct += 1;
+        }
+        i
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index.clear();
+        self.distinct = 0;
+        for i in 0..self.series.len() {
+            let s = &mut self.series[i];
+            if !s.overflow {
+                self.distinct += 1;
+            }
+            s.next = self.index.insert(s.hash, i as u32).unwrap_or(NONE);
+        }
+    }
+}
+
+/// (service.namespace, service.name, service.instance.id)
+type SlotKey = (Option<Box<str>>, Box<str>, Option<Box<str>>);
+
+fn slot_key(r: &Resource) -> SlotKey {
+    let text = |k: &str| match r.attr(k) {
+        Some(AttrValue::Str(s)) => Some(s.as_str().into()),
+        Some(AttrValue::Int(i)) => Some(i.to_string().into()),
+        _ => None,
+    };
+    (
+        text("service.namespace"),
+        r.service_name.as_str().into(),
+        text("service.instance.id"),
+    )
+}
+
+/// Resource slots; slot 0 is the agent's own.
+struct Slots {
+    list: Vec<Option<Arc<Resource>>>,
+    keys: Vec<Option<SlotKey>>,
+    free: Vec<u32>,
+    by_ptr: HashMap<usize, (Arc<Resource>, u32), FastBuild>,
+    by_key: HashMap<SlotKey, u32>,
+}
+
+/// Resource pointers remembered before the cache starts over.
+const MAX_PTRS: usize = 16384;
+
+impl Slots {
+    fn new(agent: Arc<Resource>) -> Slots {
+        let key = slot_key(&agent);
+        let mut by_key = HashMap::new();
+        by_key.insert(key.clone(), 0);
+        Slots {
+            list: vec![Some(agent)],
+            keys: vec![Some(key)],
+            free: Vec::new(),
+            by_ptr: HashMap::default(),
+            by_key,
+        }
+    }
+
+    #[inline]
+    fn slot_of(&mut self, r: &Arc<Resource>) -> u32 {
+        let ptr = Arc::as_ptr(r) as usize;
+        if let Some((_, id)) = self.by_ptr.get(&ptr) {
+            return *id;
+        }
+        self.slot_of_slow(r, ptr)
+    }
+
+    fn slot_of_slow(&mut self, r: &Arc<Resource>, ptr: usize) -> u32 {
+        let key = slot_key(r);
+        let id = match self.by_key.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = match self.free.pop() {
+                    Some(id) => {
+                        self.list[id as usize] = Some(Arc::clone(r));
+                        self.keys[id as usize] = Some(key.clone());
+                        id
+                    }
+                    None => {
+                        self.list.push(Some(Arc::clone(r)));
+                        self.keys.push(Some(key.clone()));
+                        (self.list.len() - 1) as u32
+                    }
+                };
+                self.by_key.insert(key, id);
+                id
+            }
+        };
+        if self.by_ptr.len() >= MAX_PTRS {
+            self.by_ptr.clear();
+        }
+        self.by_ptr.insert(ptr, (Arc::clone(r), id));
+        id
+    }
+
+    fn resource(&self, id: u32) -> Option<&Arc<Resource>> {
+        self.list.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Forgets the slots no series uses (never the agent's).
+    fn retain(&mut self, used: &[bool]) {
+        for id in 1..self.list.len() {
+            if self.list[id].is_some() && !used.get(id).copied().unwrap_or(false) {
+                self.list[id] = None;
+                if let Some(key) = self.keys[id].take() {
+                    self.by_key.remove(&key);
+                }
+                self.free.push(id as u32);
+            }
+        }
+        self.by_ptr.clear();
+    }
+}
+
+/// Which duration metric a span feeds, with which attributes, and its
+/// body size metrics.
+struct Class {
+    duration: MetricId,
+    keys: &'static [Key],
+    sizes: Option<(MetricId, MetricId)>,
+    family: Family,
+}
+
+impl Class {
+    /// RPC first (gRPC spans also carry HTTP/2 attributes), then databases,
+    /// then HTTP; other spans feed no request metric.
+    fn of(kind: SpanKind, picked: &Picked<'_>) -> Option<Class> {
+        let server = kind == SpanKind::Server;
+        use MetricId::*;
+        let c = if picked.has(Key::RpcSystem) {
+            if server {
+                (RpcServerDuration, RPC_SERVER_KEYS, None, Family::Rpc)
+            } else {
+                (RpcClientDuration, RPC_CLIENT_KEYS, None, Family::Rpc)
+            }
+        } else if picked.has(Key::DbSystem) {
+            if server {
+                (DbServerDuration, DB_SERVER_KEYS, None, Family::Db)
+            } else {
+                (DbClientDuration, DB_CLIENT_KEYS, None, Family::Db)
+            }
+        } else if picked.has(Key::Method) {
+            if server {
+                (
+                    HttpServerDuration,
+                    HTTP_SERVER_KEYS,
+                    Some((HttpServerRequestSize, HttpServerResponseSize)),
+                    Family::Http,
+                )
+            } else {
+                (
+                    HttpClientDuration,
+                    HTTP_CLIENT_KEYS,
+                    Some((HttpClientRequestSize, HttpClientResponseSize)),
+                    Family::Http,
+                )
+            }
+        } else {
+            return None;
+        };
+        Some(Class {
+            duration: c.0,
+            keys: c.1,
+            sizes: c.2,
+            family: c.3,
+        })
+    }
+}
+
+/// How a snapshot reports counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Temporality {
+    /// Totals since each series started.
+    Cumulative,
+    /// What changed since the last delta snapshot (series with no change
+    /// are left out).
+    Delta,
+}
+
+/// A copy of the store's data at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub time_ns: u64,
+    pub temporality: Temporality,
+    pub resources: Vec<ResourceSnap>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResourceSnap {
+    pub resource: Arc<Resource>,
+    pub metrics: Vec<MetricSnap>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricSnap {
+    pub name: Cow<'static, str>,
+    pub unit: &'static str,
+    pub description: &'static str,
+    pub instrument: Instrument,
+    pub raw: RawUnit,
+    pub points: Vec<Point>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub attrs: OwnedAttrs,
+    pub start_ns: u64,
+    pub value: PointValue,
+    pub exemplars: Vec<Exemplar>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PointValue {
+    Explicit {
+        bounds: Arc<Bounds>,
+        hist: Explicit,
+    },
+    Exponential(Exponential),
+    /// A monotonic sum, in the metric's unit.
+    Sum(f64),
+    Gauge(f64),
+}
+
+/// The store. Not thread-safe on its own: [`super::Metrics`] wraps it in a mutex.
+pub struct Store {
+    options: StoreOptions,
+    slots: Slots,
+    metrics: Vec<MetricState>,
+    graph: Option<Graph>,
+    edges: Vec<Edge>,
+    now: u64,
+}
+
+impl Store {
+    pub fn new(options: StoreOptions, agent: Arc<Resource>) -> Store {
+        let metrics = CATALOG
+            .iter()
+            .map(|desc| MetricState {
+                desc,
+                bounds: options
+                    .bounds
+                    .get(desc.id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Bounds::new(&[], desc.raw))),
+                series: Vec::new(),
+                index: HashMap::default(),
+                distinct: 0,
+                folded: 0,
+            })
+            .collect();
+        Store {
+            graph: options.graph.map(Graph::new),
+            options,
+            slots: Slots::new(agent),
+            metrics,
+            edges: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// The agent's own resource.
+    pub fn agent_resource(&self) -> Arc<Resource> {
+        self.slots.resource(0).cloned().unwrap_or_else(|| {
+            Arc::new(Resource {
+                service_name: "sonde".into(),
+                attributes: Vec::new(),
+            })
+        })
+    }
+
+    /// Aggregates one span of the process described by `resource`, on a
+    /// connection with `endpoints` (as the span's process sees them).
+    pub fn record(&mut self, resource: &Arc<Resource>, span: &Span, endpoints: &Endpoints) {
+        self.now = self.now.max(span.end_unix_ns);
+        let slot = self.slots.slot_of(resource);
+        let duration = span.duration_ns();
+        let failed = matches!(span.status, SpanStatus::Error { .. });
+        let exemplar = Exemplar {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            raw: duration,
+            time_ns: span.end_unix_ns,
+            failed,
+        };
+        let picked = Picked::of(span);
+        let class = Class::of(span.kind, &picked);
+        if let Some(class) = &class {
+            let attrs = AttrSet::from_picked(&picked, class.keys);
+            let hash = attrs.hash(slot);
+            self.observe(class.duration, slot, &attrs, hash, duration, Some(exemplar));
+            if let Some((request, response)) = class.sizes {
+                for (metric, key) in [
+                    (request, Key::RequestBodySize),
+                    (response, Key::ResponseBodySize),
+                ] {
+                    if let Some(AttrValue::Int(n)) = picked.get(key) {
+                        let raw = u64::try_from(*n).unwrap_or(0);
+                        let ex = Exemplar { raw, ..exemplar };
+                        self.observe(metric, slot, &attrs, hash, raw, Some(ex));
+                    }
+                }
+            }
+        }
+        if let Some(graph) = &mut self.graph {
+            let side = match span.kind {
+                SpanKind::Client => Side::Client,
+                SpanKind::Server => Side::Server,
+            };
+            let half = Half {
+                slot,
+                duration_ns: duration,
+                failed,
+                db: class.as_ref().is_some_and(|c| c.family == Family::Db),
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                end_ns: span.end_unix_ns,
+            };
+            let mut edges = std::mem::take(&mut self.edges);
+            graph.offer(side, half, endpoints, || server_name(&picked), &mut edges);
+            for edge in edges.drain(..) {
+                self.record_edge(edge);
+            }
+            self.edges = edges;
+        }
+    }
+
+    /// Ends the wait of service-graph halves older than the wait at `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        self.now = self.now.max(now_ns);
+        let Some(graph) = &mut self.graph else {
+            return;
+        };
+        let mut edges = std::mem::take(&mut self.edges);
+        graph.expire(now_ns, &mut edges);
+        for edge in edges.drain(..) {
+            self.record_edge(edge);
+        }
+        self.edges = edges;
+    }
+
+    /// Every waiting service-graph half becomes an edge (at shutdown).
+    pub fn drain_graph(&mut self) {
+        let Some(graph) = &mut self.graph else {
+            return;
+        };
+        let mut edges = std::mem::take(&mut self.edges);
+        graph.drain(&mut edges);
+        for edge in edges.drain(..) {
+            self.record_edge(edge);
+        }
+        self.edges = edges;
+    }
+
+    fn record_edge(&mut self, edge: Edge) {
+        let (client, server, other) = match edge {
+            Edge::Paired { client, server } => (Some(client), Some(server), None),
+            Edge::ClientOnly { client, server } => (Some(client), None, Some(server)),
+            Edge::ServerOnly { server, client } => (None, Some(server), Some(client)),
+        };
+        // The unseen side's name, written on the stack.
+        let mut other_text = StackText::default();
+        if let Some(o) = &other {
+            let _ = write!(other_text, "{o}");
+        }
+        let slots = &self.slots;
+        let name = |half: Option<Half>| match half {
+            Some(h) => slots
+                .resource(h.slot)
+                .map(|r| r.service_name.as_str())
+                .unwrap_or("unknown"),
+            None => other_text.as_str(),
+        };
+        let mut attrs = AttrSet::default();
+        attrs.push(Key::Client, Val::Str(name(client)));
+        attrs.push(Key::Server, Val::Str(name(server)));
+        match (client, server) {
+            (Some(c), None) if c.db => attrs.push(Key::ConnectionType, Val::Str("database")),
+            (Some(_), None) | (None, Some(_)) => {
+                attrs.push(Key::ConnectionType, Val::Str("virtual_node"))
+            }
+            _ => {}
+        }
+        let hash = attrs.hash(0);
+        let (options, now) = (&self.options, self.now);
+        let metrics = &mut self.metrics;
+        let mut observe = |metric: MetricId, raw: u64, ex: Option<Exemplar>| {
+            metrics[metric as usize].observe(options, now, 0, &attrs, hash, raw, ex);
+        };
+        observe(MetricId::GraphRequests, 1, None);
+        if client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed) {
+            observe(MetricId::GraphFailed, 1, None);
+        }
+        for (half, metric) in [
+            (client, MetricId::GraphClientSeconds),
+            (server, MetricId::GraphServerSeconds),
+        ] {
+            if let Some(h) = half {
+                let ex = Exemplar {
+                    trace_id: h.trace_id,
+                    span_id: h.span_id,
+                    raw: h.duration_ns,
+                    time_ns: h.end_ns,
+                    failed: h.failed,
+                };
+                observe(metric, h.duration_ns, Some(ex));
+            }
+        }
+    }
+
+    /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &mut self,
+        options: &StoreOptions,
+        now: u64,
+        slot: u32,
+        attrs: &AttrSet<'_>,
+        hash: u64,
+        raw: u64,
+        exemplar: Option<Exemplar>,
+    ) {
+        let exemplars_on = options.exemplars;
+        let hold = options.exemplar_hold_ns;
+        let i = self.series_index(options, now, slot, attrs, hash);
+        let state = self;
+        let unit = state.desc.raw;
+        let bounds = &state.bounds;
+        let s = &mut state.series[i];
+        s.last_ns = now;
+        let (slot_of_exemplar, slots) = match &mut s.agg {
+            Agg::Explicit(h) => (h.record(bounds, raw), bounds.buckets()),
+            Agg::Exponential(h) => {
+                h.record(raw, unit.to_unit(raw));
+                (decade(raw), DECADE_SLOTS)
+            }
+            Agg::Count(c) => {
+                *c += raw;
+                return;
+            }
+        };
+        if !exemplars_on {
+            return;
+        }
+        let Some(new) = exemplar else {
+            return;
+        };
+        let list = s
+            .exemplars
+            .get_or_insert_with(|| vec![None; slots].into_boxed_slice());
+        if let Some(cell) = list.get_mut(slot_of_exemplar) {
+            match cell {
+                Some(old) if !Exemplar::replaces(&new, old, hold) => {}
+                _ => *cell = Some(new),
+            }
+        }
+    }
+
+    /// The series for (`slot`, `attrs`) of `metric`, created if new; the
+    /// overflow series when the metric is full.
+    fn series_index(
+        &mut self,
+        options: &StoreOptions,
+        now: u64,
+        slot: u32,
+        attrs: &AttrSet<'_>,
+        hash: u64,
+    ) -> usize {
+        let max_series = options.max_series;
+        let histogram = options.histogram;
+        let state = self;
+        if let Some(i) = state.find(slot, attrs, hash) {
+            return i;
+        }
+        let mut overflow_attrs = AttrSet::default();
+        let (attrs, hash, overflow) = if state.distinct >= max_series {
+            state.folded += 1;
+            overflow_attrs.push(Key::Overflow, Val::Bool(true));
+            let h = overflow_attrs.hash(slot);
+            if let Some(i) = state.find(slot, &overflow_attrs, h) {
+                return i;
+            }
+            (&overflow_attrs, h, true)
+        } else {
+            (attrs, hash, false)
+        };
+        let agg = match (state.desc.instrument, histogram) {
+            (Instrument::Histogram, HistogramKind::Explicit) => {
+                Agg::Explicit(Explicit::new(&state.bounds))
+            }
+            (Instrument::Histogram, HistogramKind::Exponential { max_size }) => {
+                Agg::Exponential(Exponential::new(max_size))
+            }
+            _ => Agg::Count(0),
+        };
+        let i = state.series.len();
+        let next = state.index.insert(hash, i as u32).unwrap_or(NONE);
+        state.series.push(Series {
+            slot,
+            attrs: attrs.to_stored(),
+            next,
+            hash,
+            overflow,
+            start_ns: now,
+            last_ns: now,
+            agg,
+            exemplars: None,
+            exported: None,
+        });
+        if !overflow {
+            state.distinct += 1;
+        }
+        i
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index.clear();
+        self.distinct = 0;
+        for i in 0..self.series.len() {
+            let s = &mut self.series[i];
+            if !s.overflow {
+                self.distinct += 1;
+            }
+            s.next = self.index.insert(s.hash, i as u32).unwrap_or(NONE);
+        }
+    }
+}
+
+/// (service.namespace, service.name, service.instance.id)
+type SlotKey = (Option<Box<str>>, Box<str>, Option<Box<str>>);
+
+fn slot_key(r: &Resource) -> SlotKey {
+    let text = |k: &str| match r.attr(k) {
+        Some(AttrValue::Str(s)) => Some(s.as_str().into()),
+        Some(AttrValue::Int(i)) => Some(i.to_string().into()),
+        _ => None,
+    };
+    (
+        text("service.namespace"),
+        r.service_name.as_str().into(),
+        text("service.instance.id"),
+    )
+}
+
+/// Resource slots; slot 0 is the agent's own.
+struct Slots {
+    list: Vec<Option<Arc<Resource>>>,
+    keys: Vec<Option<SlotKey>>,
+    free: Vec<u32>,
+    by_ptr: HashMap<usize, (Arc<Resource>, u32), FastBuild>,
+    by_key: HashMap<SlotKey, u32>,
+}
+
+/// Resource pointers remembered before the cache starts over.
+const MAX_PTRS: usize = 16384;
+
+impl Slots {
+    fn new(agent: Arc<Resource>) -> Slots {
+        let key = slot_key(&agent);
+        let mut by_key = HashMap::new();
+        by_key.insert(key.clone(), 0);
+        Slots {
+            list: vec![Some(agent)],
+            keys: vec![Some(key)],
+            free: Vec::new(),
+            by_ptr: HashMap::default(),
+            by_key,
+        }
+    }
+
+    #[inline]
+    fn slot_of(&mut self, r: &Arc<Resource>) -> u32 {
+        let ptr = Arc::as_ptr(r) as usize;
+        if let Some((_, id)) = self.by_ptr.get(&ptr) {
+            return *id;
+        }
+        self.slot_of_slow(r, ptr)
+    }
+
+    fn slot_of_slow(&mut self, r: &Arc<Resource>, ptr: usize) -> u32 {
+        let key = slot_key(r);
+        let id = match self.by_key.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = match self.free.pop() {
+                    Some(id) => {
+                        self.list[id as usize] = Some(Arc::clone(r));
+                        self.keys[id as usize] = Some(key.clone());
+                        id
+                    }
+                    None => {
+                        self.list.push(Some(Arc::clone(r)));
+                        self.keys.push(Some(key.clone()));
+                        (self.list.len() - 1) as u32
+                    }
+                };
+                self.by_key.insert(key, id);
+                id
+            }
+        };
+        if self.by_ptr.len() >= MAX_PTRS {
+            self.by_ptr.clear();
+        }
+        self.by_ptr.insert(ptr, (Arc::clone(r), id));
+        id
+    }
+
+    fn resource(&self, id: u32) -> Option<&Arc<Resource>> {
+        self.list.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Forgets the slots no series uses (never the agent's).
+    fn retain(&mut self, used: &[bool]) {
+        for id in 1..self.list.len() {
+            if self.list[id].is_some() && !used.get(id).copied().unwrap_or(false) {
+                self.list[id] = None;
+                if let Some(key) = self.keys[id].take() {
+                    self.by_key.remove(&key);
+                }
+                self.free.push(id as u32);
+            }
+        }
+        self.by_ptr.clear();
+    }
+}
+
+/// Which duration metric a span feeds, with which attributes, and its
+/// body size metrics.
+struct Class {
+    duration: MetricId,
+    keys: &'static [Key],
+    sizes: Option<(MetricId, MetricId)>,
+    family: Family,
+}
+
+impl Class {
+    /// RPC first (gRPC spans also carry HTTP/2 attributes), then databases,
+    /// then HTTP; other spans feed no request metric.
+    fn of(kind: SpanKind, picked: &Picked<'_>) -> Option<Class> {
+        let server = kind == SpanKind::Server;
+        use MetricId::*;
+        let c = if picked.has(Key::RpcSystem) {
+            if server {
+                (RpcServerDuration, RPC_SERVER_KEYS, None, Family::Rpc)
+            } else {
+                (RpcClientDuration, RPC_CLIENT_KEYS, None, Family::Rpc)
+            }
+        } else if picked.has(Key::DbSystem) {
+            if server {
+                (DbServerDuration, DB_SERVER_KEYS, None, Family::Db)
+            } else {
+                (DbClientDuration, DB_CLIENT_KEYS, None, Family::Db)
+            }
+        } else if picked.has(Key::Method) {
+            if server {
+                (
+                    HttpServerDuration,
+                    HTTP_SERVER_KEYS,
+                    Some((HttpServerRequestSize, HttpServerResponseSize)),
+                    Family::Http,
+                )
+            } else {
+                (
+                    HttpClientDuration,
+                    HTTP_CLIENT_KEYS,
+                    Some((HttpClientRequestSize, HttpClientResponseSize)),
+                    Family::Http,
+                )
+            }
+        } else {
+            return None;
+        };
+        Some(Class {
+            duration: c.0,
+            keys: c.1,
+            sizes: c.2,
+            family: c.3,
+        })
+    }
+}
+
+/// How a snapshot reports counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Temporality {
+    /// Totals since each series started.
+    Cumulative,
+    /// What changed since the last delta snapshot (series with no change
+    /// are left out).
+    Delta,
+}
+
+/// A copy of the store's data at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub time_ns: u64,
+    pub temporality: Temporality,
+    pub resources: Vec<ResourceSnap>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResourceSnap {
+    pub resource: Arc<Resource>,
+    pub metrics: Vec<MetricSnap>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricSnap {
+    pub name: Cow<'static, str>,
+    pub unit: &'static str,
+    pub description: &'static str,
+    pub instrument: Instrument,
+    pub raw: RawUnit,
+    pub points: Vec<Point>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub attrs: OwnedAttrs,
+    pub start_ns: u64,
+    pub value: PointValue,
+    pub exemplars: Vec<Exemplar>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PointValue {
+    Explicit {
+        bounds: Arc<Bounds>,
+        hist: Explicit,
+    },
+    Exponential(Exponential),
+    /// A monotonic sum, in the metric's unit.
+    Sum(f64),
+    Gauge(f64),
+}
+
+/// The store. Not thread-safe on its own: [`super::Metrics`] wraps it in a mutex.
+pub struct Store {
+    options: StoreOptions,
+    slots: Slots,
+    metrics: Vec<MetricState>,
+    graph: Option<Graph>,
+    edges: Vec<Edge>,
+    now: u64,
+}
+
+impl Store {
+    pub fn new(options: StoreOptions, agent: Arc<Resource>) -> Store {
+        let metrics = CATALOG
+            .iter()
+            .map(|desc| MetricState {
+                desc,
+                bounds: options
+                    .bounds
+                    .get(desc.id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Bounds::new(&[], desc.raw))),
+                series: Vec::new(),
+                index: HashMap::default(),
+                distinct: 0,
+                folded: 0,
+            })
+            .collect();
+        Store {
+            graph: options.graph.map(Graph::new),
+            options,
+            slots: Slots::new(agent),
+            metrics,
+            edges: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// The agent's own resource.
+    pub fn agent_resource(&self) -> Arc<Resource> {
+        self.slots.resource(0).cloned().unwrap_or_else(|| {
+            Arc::new(Resource {
+                service_name: "sonde".into(),
+                attributes: Vec::new(),
+            })
+        })
+    }
+
+    /// Aggregates one span of the process described by `resource`, on a
+    /// connection with `endpoints` (as the span's process sees them).
+    pub fn record(&mut self, resource: &Arc<Resource>, span: &Span, endpoints: &Endpoints) {
+        self.now = self.now.max(span.end_unix_ns);
+        let slot = self.slots.slot_of(resource);
+        let duration = span.duration_ns();
+        let failed = matches!(span.status, SpanStatus::Error { .. });
+        let exemplar = Exemplar {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            raw: duration,
+            time_ns: span.end_unix_ns,
+            failed,
+        };
+        let picked = Picked::of(span);
+        let class = Class::of(span.kind, &picked);
+        if let Some(class) = &class {
+            let attrs = AttrSet::from_picked(&picked, class.keys);
+            let hash = attrs.hash(slot);
+            self.observe(class.duration, slot, &attrs, hash, duration, Some(exemplar));
+            if let Some((request, response)) = class.sizes {
+                for (metric, key) in [
+                    (request, Key::RequestBodySize),
+                    (response, Key::ResponseBodySize),
+                ] {
+                    if let Some(AttrValue::Int(n)) = picked.get(key) {
+                        let raw = u64::try_from(*n).unwrap_or(0);
+                        let ex = Exemplar { raw, ..exemplar };
+                        self.observe(metric, slot, &attrs, hash, raw, Some(ex));
+                    }
+                }
+            }
+        }
+        if let Some(graph) = &mut self.graph {
+            let side = match span.kind {
+                SpanKind::Client => Side::Client,
+                SpanKind::Server => Side::Server,
+            };
+            let half = Half {
+                slot,
+                duration_ns: duration,
+                failed,
+                db: class.as_ref().is_some_and(|c| c.family == Family::Db),
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                end_ns: span.end_unix_ns,
+            };
+            let mut edges = std::mem::take(&mut self.edges);
+            graph.offer(side, half, endpoints, || server_name(&picked), &mut edges);
+            for edge in edges.drain(..) {
+                self.record_edge(edge);
+            }
+            self.edges = edges;
+        }
+    }
+
+    /// Ends the wait of service-graph halves older than the wait at `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        self.now = self.now.max(now_ns);
+        let Some(graph) = &mut self.graph else {
+            return;
+        };
+        let mut edges = std::mem::take(&mut self.edges);
+        graph.expire(now_ns, &mut edges);
+        for edge in edges.drain(..) {
+            self.record_edge(edge);
+        }
+        self.edges = edges;
+    }
+
+    /// Every waiting service-graph half becomes an edge (at shutdown).
+    pub fn drain_graph(&mut self) {
+        let Some(graph) = &mut self.graph else {
+            return;
+        };
+        let mut edges = std::mem::take(&mut self.edges);
+        graph.drain(&mut edges);
+        for edge in edges.drain(..) {
+            self.record_edge(edge);
+        }
+        self.edges = edges;
+    }
+
+    fn record_edge(&mut self, edge: Edge) {
+        let (client, server, other) = match edge {
+            Edge::Paired { client, server } => (Some(client), Some(server), None),
+            Edge::ClientOnly { client, server } => (Some(client), None, Some(server)),
+            Edge::ServerOnly { server, client } => (None, Some(server), Some(client)),
+        };
+        let name_of = |h: &Option<Half>| h.and_then(|h| self.slots.resource(h.slot).cloned());
+        let (client_res, server_res) = (name_of(&client), name_of(&server));
+        let other_name = other.as_ref().map(Other::to_string);
+        let unknown = "unknown";
+        let client_name = match (&client_res, &client) {
+            (Some(r), _) => r.service_name.as_str(),
+            (None, Some(_)) => unknown,
+            (None, None) => other_name.as_deref().unwrap_or(unknown),
+        };
+        let server_name = match (&server_res, &server) {
+            (Some(r), _) => r.service_name.as_str(),
+            (None, Some(_)) => unknown,
+            (None, None) => other_name.as_deref().unwrap_or(unknown),
+        };
+        let mut attrs = AttrSet::default();
+        attrs.push(Key::Client, Val::Str(client_name));
+        attrs.push(Key::Server, Val::Str(server_name));
+        match (client, server) {
+            (Some(c), None) if c.db => attrs.push(Key::ConnectionType, Val::Str("database")),
+            (Some(_), None) | (None, Some(_)) => {
+                attrs.push(Key::ConnectionType, Val::Str("virtual_node"))
+            }
+            _ => {}
+        }
+        let hash = attrs.hash(0);
+        self.observe(MetricId::GraphRequests, 0, &attrs, hash, 1, None);
+        let failed = client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed);
+        if failed {
+            self.observe(MetricId::GraphFailed, 0, &attrs, hash, 1, None);
+        }
+        for (half, metric) in [
+            (client, MetricId::GraphClientSeconds),
+            (server, MetricId::GraphServerSeconds),
+        ] {
+            if let Some(h) = half {
+                let ex = Exemplar {
+                    trace_id: h.trace_id,
+                    span_id: h.span_id,
+                    raw: h.duration_ns,
+                    time_ns: h.end_ns,
+                    failed: h.failed,
+                };
+                self.observe(metric, 0, &attrs, hash, h.duration_ns, Some(ex));
+            }
+        }
+    }
+
+    /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
+    fn observe(
+        &mut self,
+        metric: MetricId,
+        slot: u32,
+        attrs: &AttrSet<'_>,
+        hash: u64,
+        raw: u64,
+        exemplar: Option<Exemplar>,
+    ) {
+        self.metrics[metric as usize].observe(
+            &self.options,
+            self.now,
+            slot,
+            attrs,
+            hash,
+            raw,
+            exemplar,
+        );
+    }
+
+    /// Forgets series idle for longer than the configured time, and the
+    /// resources left without series.
+    pub fn evict_idle(&mut self, now_ns: u64) {
+        let idle = self.options.idle_ns;
+        if idle == 0 {
+            return;
+        }
+        let cutoff = now_ns.saturating_sub(idle);
+        let mut used = vec![false; self.slots.list.len()];
+        used[0] = true;
+        for state in &mut self.metrics {
+            let before = state.series.len();
+            state.series.retain(|s| s.last_ns >= cutoff);
+            if state.series.len() != before {
+                state.rebuild_index();
+            }
+            for s in &state.series {
+                if let Some(u) = used.get_mut(s.slot as usize) {
+                    *u = true;
+                }
+            }
+        }
+        self.slots.retain(&used);
+    }
+
+    /// A copy of every series. With [`Temporality::Delta`] each point holds
+    /// what changed since the previous delta snapshot, and series with no
+    /// change are left out. Both kinds may be taken from the same store
+    /// (Prometheus reads cumulative totals while OTLP sends deltas).
+    pub fn snapshot(&mut self, now_ns: u64, temporality: Temporality) -> Snapshot {
+        let mut by_slot: Vec<Vec<MetricSnap>> = vec![Vec::new(); self.slots.list.len()];
+        for state in &mut self.metrics {
+            let desc = state.desc;
+            // Points grouped by slot, in series order.
+            let mut per_slot: HashMap<u32, Vec<Point>> = HashMap::new();
+            for s in &mut state.series {
+                let (agg, start) = match temporality {
+                    Temporality::Cumulative => (s.agg.clone(), s.start_ns),
+                    Temporality::Delta => {
+                        let (delta, start) = match &s.exported {
+                            Some((before, at)) => (s.agg.since(before), *at),
+                            None => (s.agg.clone(), s.start_ns),
+                        };
+                        s.exported = Some((Box::new(s.agg.clone()), now_ns));
+                        if delta.count() == 0 {
+                            continue;
+                        }
+                        (delta, start)
+                    }
+                };
+                let exemplars: Vec<Exemplar> = s
+                    .exemplars
+                    .iter()
+                    .flat_map(|l| l.iter().flatten())
+                    .filter(|e| temporality == Temporality::Cumulative || e.time_ns >= start)
+                    .copied()
+                    .collect();
+                let value = match agg {
+                    Agg::Explicit(hist) => PointValue::Explicit {
+                        bounds: Arc::clone(&state.bounds),
+                        hist,
+                    },
+                    Agg::Exponential(h) => PointValue::Exponential(h),
+                    Agg::Count(c) => PointValue::Sum(desc.raw.to_unit(c)),
+                };
+                per_slot.entry(s.slot).or_default().push(Point {
+                    attrs: s.attrs.clone(),
+                    start_ns: start,
+                    value,
+                    exemplars,
+                });
+            }
+            for (slot, points) in per_slot {
+                if let Some(list) = by_slot.get_mut(slot as usize) {
+                    list.push(MetricSnap {
+                        name: Cow::Borrowed(desc.name),
+                        unit: desc.unit,
+                        description: desc.description,
+                        instrument: desc.instrument,
+                        raw: desc.raw,
+                        points,
+                    });
+                }
+            }
+        }
+        let mut resources = Vec::new();
+        for (slot, metrics) in by_slot.into_iter().enumerate() {
+            // The agent's resource is always there: self-metrics join it.
+            if metrics.is_empty() && slot != 0 {
+                continue;
+            }
+            if let Some(resource) = self.slots.resource(slot as u32) {
+                resources.push(ResourceSnap {
+                    resource: Arc::clone(resource),
+                    metrics,
+                });
+            }
+        }
+        Snapshot {
+            time_ns: now_ns,
+            temporality,
+            resources,
+        }
+    }
+
+    /// (metric name, series held, measurements folded into overflow).
+    pub fn series_counts(&self) -> Vec<(&'static str, usize, u64)> {
+        self.metrics
+            .iter()
+            .map(|m| (m.desc.name, m.series.len(), m.folded))
+            .collect()
+    }
+
+    /// Service graph counters: (halves pushed out early, client-only
+    /// edges, server-only edges, halves waiting).
+    pub fn graph_counts(&self) -> Option<(u64, u64, u64, usize)> {
+        self.graph
+            .as_ref()
+            .map(|g| (g.dropped, g.unpaired_client, g.unpaired_server, g.waiting()))
+    }
+}
+
+/// A short text on the stack; what does not fit is cut (at a character
+/// boundary).
+#[derive(Default)]
+struct StackText {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.buf.len() - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// How a client span names its server: `server.address:server.port`
+/// (the address alone without a port).
+fn server_name(picked: &Picked<'_>) -> Option<Box<str>> {
+    let addr = match picked.get(Key::ServerAddress)? {
+        AttrValue::Str(s) if !s.is_empty() => s,
+        _ => return None,
+    };
+    let name = match picked.get(Key::ServerPort) {
+        Some(AttrValue::Int(p)) if addr.contains(':') => format!("[{addr}]:{p}"),
+        Some(AttrValue::Int(p)) => format!("{addr}:{p}"),
+        _ => addr.clone(),
+    };
+    Some(name.into())
+}
+
+/// The value of one attribute of a point, for tests and the console table.
+pub fn point_attr<'a>(p: &'a Point, key: &str) -> Option<&'a OwnedVal> {
+    p.attrs.iter().find(|(k, _)| k.name() == key).map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests;
