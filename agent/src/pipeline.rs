@@ -70,7 +70,7 @@ impl SpanSink for ExportSink {
 
 /// Chunks with data we look at before deciding a connection carries no
 /// protocol we know.
-const DETECT_CHUNKS: u8 = 4;
+const DETECT_CHUNKS: usize = 4;
 
 /// A connection's parser and pairing, for one protocol.
 struct Session<P, Q> {
@@ -119,8 +119,8 @@ impl<P: StreamParser, Q: Pairing<Message = P::Message>> Session<P, Q> {
 
 /// What we know of a connection's protocol.
 enum Protocol {
-    /// Not decided yet; counts the chunks seen.
-    Unknown(u8),
+    /// Not decided yet; keeps the chunks seen so far.
+    Unknown(Box<Detecting>),
     Http1(Box<Session<Http1Conn, HttpPairing>>),
     Http2(Box<Session<Http2Conn, Http2Pairing>>),
     Redis(Box<Session<RedisConn, RedisPairing>>),
@@ -129,7 +129,53 @@ enum Protocol {
     Muted,
 }
 
+/// The first chunks of a connection whose protocol is not known yet. Some
+/// programs read a message in pieces (MySQL clients read the 4-byte packet
+/// header, then the payload), so detection looks at each direction's bytes
+/// together, and the chunks are replayed into the parser once it is chosen.
+#[derive(Default)]
+struct Detecting {
+    chunks: Vec<OwnedChunk>,
+}
+
+struct OwnedChunk {
+    dir: Direction,
+    data: Vec<u8>,
+    total_len: u64,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+impl OwnedChunk {
+    fn as_chunk(&self) -> Chunk<'_> {
+        Chunk {
+            data: &self.data,
+            total_len: self.total_len,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+        }
+    }
+}
+
+impl Detecting {
+    /// The bytes `dir` carried so far, as one stream up to its first gap.
+    fn prefix(&self, dir: Direction) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in self.chunks.iter().filter(|c| c.dir == dir) {
+            out.extend_from_slice(&c.data);
+            if c.total_len > c.data.len() as u64 {
+                break;
+            }
+        }
+        out
+    }
+}
+
 impl Protocol {
+    fn unknown() -> Protocol {
+        Protocol::Unknown(Box::default())
+    }
+
     /// The protocol these first bytes start, if one is sure.
     fn detect(data: &[u8], options: &PipelineOptions) -> Result<Protocol, Detect> {
         let mut verdict = Detect::No;
@@ -321,7 +367,7 @@ impl<S: SpanSink> Pipeline<S> {
     ) {
         let (conn, displaced) = self
             .conns
-            .lookup(id, role, endpoints, mono_ns, || Protocol::Unknown(0));
+            .lookup(id, role, endpoints, mono_ns, Protocol::unknown);
         if conn.egress.offset == 0 && conn.ingress.offset == 0 {
             // Read the process's metadata while it surely still runs: a
             // short-lived client may be gone by the time its span is done.
@@ -335,43 +381,71 @@ impl<S: SpanSink> Pipeline<S> {
         // Decide the protocol from the first bytes; a muted connection the
         // kernel still shipped bytes for starts over, as it may be a message start.
         if matches!(conn.state, Protocol::Muted) {
-            conn.state = Protocol::Unknown(0);
+            conn.state = Protocol::unknown();
         }
-        if let Protocol::Unknown(seen) = &mut conn.state
-            && !chunk.data.is_empty()
-        {
-            match Protocol::detect(chunk.data, &self.options) {
-                Ok(protocol) => conn.state = protocol,
-                Err(Detect::NeedMore) if *seen + 1 < DETECT_CHUNKS => *seen += 1,
-                Err(_) => {
-                    conn.state = Protocol::Muted;
-                    self.to_mute.push((
-                        ConnKey {
-                            tgid: id.tgid,
-                            fd: id.fd,
-                        },
-                        id.generation,
-                    ));
+        'parse: {
+            let mut replay = Vec::new();
+            if let Protocol::Unknown(detecting) = &mut conn.state {
+                if chunk.data.is_empty() {
+                    break 'parse;
+                }
+                detecting.chunks.push(OwnedChunk {
+                    dir,
+                    data: chunk.data.to_vec(),
+                    total_len: chunk.total_len,
+                    start_ns: chunk.start_ns,
+                    end_ns: chunk.end_ns,
+                });
+                match Protocol::detect(&detecting.prefix(dir), &self.options) {
+                    Ok(protocol) => {
+                        replay = std::mem::take(&mut detecting.chunks);
+                        conn.state = protocol;
+                    }
+                    Err(Detect::NeedMore) if detecting.chunks.len() < DETECT_CHUNKS => break 'parse,
+                    Err(_) => {
+                        conn.state = Protocol::Muted;
+                        self.to_mute.push((
+                            ConnKey {
+                                tgid: id.tgid,
+                                fd: id.fd,
+                            },
+                            id.generation,
+                        ));
+                        break 'parse;
+                    }
                 }
             }
-        }
 
-        let ctx = SpanContext {
-            pid: id.tgid,
-            endpoints: conn.endpoints,
-            options: self.options.spans,
-        };
-        let protocol = conn.state.name();
-        let resyncs = conn.state.run(
-            Some((dir, chunk)),
-            chunk.end_ns,
-            &ctx,
-            &self.stats,
-            &mut self.spans,
-        );
-        self.count_parse_errors(protocol, resyncs);
-        // This connection's spans go before those of a connection it displaced.
-        self.emit(ctx.endpoints);
+            let ctx = SpanContext {
+                pid: id.tgid,
+                endpoints: conn.endpoints,
+                options: self.options.spans,
+            };
+            let protocol = conn.state.name();
+            let mut resyncs = 0;
+            if replay.is_empty() {
+                resyncs += conn.state.run(
+                    Some((dir, chunk)),
+                    chunk.end_ns,
+                    &ctx,
+                    &self.stats,
+                    &mut self.spans,
+                );
+            }
+            // The chunks kept while detecting, this one last among them.
+            for kept in &replay {
+                resyncs += conn.state.run(
+                    Some((kept.dir, &kept.as_chunk())),
+                    kept.end_ns,
+                    &ctx,
+                    &self.stats,
+                    &mut self.spans,
+                );
+            }
+            self.count_parse_errors(protocol, resyncs);
+            // This connection's spans go before those of a connection it displaced.
+            self.emit(ctx.endpoints);
+        }
         match displaced {
             Displaced::Nothing => {}
             Displaced::Replaced(old) => self.finish(old, chunk.start_ns),
@@ -438,5 +512,113 @@ impl<S: SpanSink> Pipeline<S> {
             }
             self.sink.send(resource, span);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{encode_close, encode_data};
+    use crate::enrich::HostInfo;
+    use sonde_common::{AF_INET, DIR_EGRESS, DIR_INGRESS, EventHeader, SockAddrs};
+
+    struct Collect(Vec<Span>);
+    impl SpanSink for Collect {
+        fn send(&mut self, _resource: Arc<Resource>, span: Span) {
+            self.0.push(span);
+        }
+    }
+
+    fn pipeline() -> Pipeline<Collect> {
+        Pipeline::new(
+            PipelineOptions {
+                max_connections: 16,
+                max_head_bytes: 4096,
+                spans: SpanOptions::default(),
+            },
+            Clock::with_offset(0),
+            ProcessResources::new(HostInfo {
+                host_name: "test".into(),
+                host_id: None,
+            }),
+            Collect(Vec::new()),
+            Arc::new(Stats::default()),
+        )
+    }
+
+    fn record(direction: u32, ts: u64, bytes: &[u8]) -> Vec<u8> {
+        let header = EventHeader {
+            direction,
+            start_ns: ts,
+            end_ns: ts + 10,
+            tgid: 4_000_000,
+            tid: 4_000_000,
+            fd: 5,
+            generation: 1,
+            total_len: bytes.len() as u64,
+            addrs: SockAddrs {
+                family: AF_INET,
+                local_port: 8080,
+                peer_port: 50000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        encode_data(&header, bytes)
+    }
+
+    /// A request read in pieces too small to recognise alone is still
+    /// recognised, and none of its bytes are lost to detection.
+    #[test]
+    fn detection_sees_a_message_read_in_pieces() {
+        let mut p = pipeline();
+        p.handle_record(&record(DIR_INGRESS, 100, b"GE"));
+        p.handle_record(&record(
+            DIR_INGRESS,
+            200,
+            b"T /orders/17 HTTP/1.1\r\nHost: shop\r\n\r\n",
+        ));
+        p.handle_record(&record(
+            DIR_EGRESS,
+            300,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ));
+        let spans = &p.sink_mut().0;
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        assert_eq!(spans[0].name, "GET /orders/{id}");
+        assert_eq!(
+            spans[0].start_unix_ns, 110,
+            "starts when the first piece was read"
+        );
+        assert!(p.take_mutes().next().is_none(), "not muted");
+    }
+
+    /// Bytes of no known protocol mute the connection in the kernel, and a
+    /// later message start brings it back.
+    #[test]
+    fn unknown_bytes_mute_then_a_message_start_revives() {
+        let mut p = pipeline();
+        p.handle_record(&record(
+            DIR_INGRESS,
+            100,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ));
+        let mutes: Vec<_> = p.take_mutes().collect();
+        assert_eq!(mutes.len(), 1);
+        assert_eq!(mutes[0].0.fd, 5);
+        p.handle_record(&record(DIR_INGRESS, 200, b"GET /x HTTP/1.1\r\n\r\n"));
+        p.handle_record(&record(DIR_EGRESS, 300, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(p.sink_mut().0.len(), 1);
+        // Closing ends the connection: nothing is left over.
+        let mut close = EventHeader {
+            tgid: 4_000_000,
+            fd: 5,
+            generation: 1,
+            end_ns: 400,
+            ..Default::default()
+        };
+        close.direction = 0;
+        p.handle_record(&encode_close(&close));
+        assert_eq!(p.connections(), 0);
     }
 }

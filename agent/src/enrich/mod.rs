@@ -264,15 +264,33 @@ impl ProcessResources {
     }
 }
 
+/// Longest process name the kernel keeps in `comm`.
+const COMM_MAX: usize = 15;
+
 /// Builds the resource of process `pid` from what was read about it.
 pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource {
-    let exe_name = facts
+    // The process name the kernel shows (`comm`, the Name in
+    // /proc/PID/status), as the semantic conventions define
+    // process.executable.name: it follows what the program was started as,
+    // where the exe link may name a symlink's target (Debian's redis-server
+    // is a link to redis-check-rdb). The kernel cuts comm at 15 bytes; when
+    // it is such a cut of the exe file name, the full file name is better.
+    let exe_file = facts
         .exe_path
         .as_deref()
         .map(executable_name)
-        .filter(|n| !n.is_empty())
-        .or(facts.comm.as_deref())
-        .map(str::to_owned);
+        .filter(|n| !n.is_empty());
+    let comm = facts
+        .comm
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    let exe_name = match (comm, exe_file) {
+        (Some(c), Some(f)) if c.len() >= COMM_MAX && f.starts_with(c) => Some(f),
+        (Some(c), _) => Some(c),
+        (None, f) => f,
+    }
+    .map(str::to_owned);
 
     let environ = facts.environ.as_deref().unwrap_or_default();
     let env_text = |name: &str| {
@@ -626,10 +644,29 @@ mod tests {
         let r = build_resource(&host(), 7, &facts(Some("/usr/bin/app"), Some("app"), attrs));
         assert_eq!(r.service_name, "from-attrs");
 
+        // The name the process runs as wins over a symlink's target.
         let r = build_resource(
             &host(),
             7,
-            &facts(Some("/usr/bin/app (deleted)"), Some("c"), b""),
+            &facts(Some("/usr/bin/redis-check-rdb"), Some("redis-server"), b""),
+        );
+        assert_eq!(r.service_name, "redis-server");
+        // A comm the kernel cut at 15 bytes gives way to the full file name.
+        let r = build_resource(
+            &host(),
+            7,
+            &facts(
+                Some("/usr/bin/kube-controller-manager"),
+                Some("kube-controller"),
+                b"",
+            ),
+        );
+        assert_eq!(r.service_name, "kube-controller-manager");
+
+        let r = build_resource(
+            &host(),
+            7,
+            &facts(Some("/usr/bin/app (deleted)"), None, b""),
         );
         assert_eq!(r.service_name, "app");
         assert_eq!(
