@@ -123,6 +123,17 @@ impl Agent {
     /// `sonde run --config` exporting to `endpoint` with `protocol`
     /// (`grpc` or `http/protobuf`), and waits for `sonde ready`.
     pub fn start(endpoint: &str, protocol: &str, extra_yaml: &str) -> anyhow::Result<Agent> {
+        Agent::start_with_args(endpoint, protocol, extra_yaml, &[])
+    }
+
+    /// Like [`Agent::start`], with `args` added to `sonde run` (for
+    /// example `--prometheus 127.0.0.1:PORT`).
+    pub fn start_with_args(
+        endpoint: &str,
+        protocol: &str,
+        extra_yaml: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Agent> {
         let bin = agent_binary();
         if !bin.is_file() {
             bail!(
@@ -135,7 +146,7 @@ impl Agent {
         std::fs::write(&config_path, config_text(extra_yaml)?)?;
 
         let mut cmd = Command::new(&bin);
-        cmd.arg("run").arg("--config").arg(&config_path);
+        cmd.arg("run").arg("--config").arg(&config_path).args(args);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("OTEL_") {
                 cmd.env_remove(&k);

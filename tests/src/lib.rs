@@ -5,7 +5,9 @@
 //! clients (curl, Python), and receive the agent's spans over OTLP in a
 //! receiver that runs inside the test process.
 //!
-//! - [`receiver::Receiver`]: OTLP/gRPC and OTLP/HTTP trace receiver.
+//! - [`receiver::Receiver`]: OTLP/gRPC and OTLP/HTTP trace and metrics
+//!   receiver ([`received_metrics`] holds the metric data points).
+//! - [`prometheus::Prometheus`]: a real Prometheus server scraping the agent.
 //! - [`agent::Agent`]: starts `target/release/sonde run --config ...`.
 //! - [`servers`]: nginx and a Python upstream.
 //! - [`clients`]: curl and inline Python clients.
@@ -21,11 +23,14 @@ pub mod agent;
 pub mod clients;
 pub mod db;
 pub mod mariadb;
+pub mod prometheus;
+pub mod received_metrics;
 pub mod receiver;
 pub mod redis;
 pub mod servers;
 pub mod util;
 
 pub use agent::Agent;
+pub use received_metrics::{PointData, ReceivedPoint};
 pub use receiver::{Kind, ReceivedSpan, Receiver, Status, Value};
 pub use util::{free_port, require_root};

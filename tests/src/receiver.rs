@@ -1,9 +1,11 @@
-//! An OTLP trace receiver that lives inside the test process.
+//! An OTLP trace and metrics receiver that lives inside the test process.
 //!
-//! It listens on two loopback ports at once: an OTLP/gRPC `TraceService` (tonic)
-//! and a small hand-written HTTP/1.1 server that accepts protobuf bodies on
-//! `POST /v1/traces`. Every span that arrives is flattened into a
-//! [`ReceivedSpan`] and stored, so tests can poll with [`Receiver::wait_for`].
+//! It listens on two loopback ports at once: OTLP/gRPC `TraceService` and
+//! `MetricsService` (tonic), and a small hand-written HTTP/1.1 server that
+//! accepts protobuf bodies on `POST /v1/traces` and `POST /v1/metrics`.
+//! Every span that arrives is flattened into a [`ReceivedSpan`] and every
+//! metric data point into a [`ReceivedPoint`], so tests can poll with
+//! [`Receiver::wait_for`] and [`Receiver::wait_points`].
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -11,6 +13,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -21,6 +29,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::received_metrics::{self, ReceivedPoint};
 
 /// An attribute value, decoded from OTLP's `AnyValue`.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,7 +46,7 @@ pub enum Value {
 }
 
 impl Value {
-    fn from_any(v: Option<&AnyValue>) -> Value {
+    pub(crate) fn from_any(v: Option<&AnyValue>) -> Value {
         let Some(inner) = v.and_then(|v| v.value.as_ref()) else {
             return Value::Empty;
         };
@@ -359,6 +369,9 @@ struct Store {
     spans: Vec<ReceivedSpan>,
     /// Export requests received (both transports).
     requests: usize,
+    points: Vec<ReceivedPoint>,
+    /// Metric export requests received (both transports).
+    metric_requests: usize,
     /// Anything the receiver could not handle.
     errors: Vec<String>,
 }
@@ -384,6 +397,26 @@ impl TraceService for GrpcService {
         store.requests += 1;
         store.spans.extend(spans);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+struct GrpcMetrics {
+    store: Shared,
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let points = received_metrics::flatten(request.get_ref(), Via::Grpc);
+        let mut store = lock(&self.store);
+        store.metric_requests += 1;
+        store.points.extend(points);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
     }
@@ -418,11 +451,15 @@ impl Receiver {
         let svc = TraceServiceServer::new(GrpcService {
             store: store.clone(),
         });
+        let metrics_svc = MetricsServiceServer::new(GrpcMetrics {
+            store: store.clone(),
+        });
         let grpc_store = store.clone();
         runtime.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
+                .add_service(metrics_svc)
                 .serve_with_incoming(incoming)
                 .await
             {
@@ -496,6 +533,62 @@ impl Receiver {
     /// Forgets every span received so far.
     pub fn clear(&self) {
         lock(&self.store).spans.clear();
+    }
+
+    /// A copy of every metric data point received so far.
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        lock(&self.store).points.clone()
+    }
+
+    /// Number of metric export requests received so far.
+    pub fn metric_requests(&self) -> usize {
+        lock(&self.store).metric_requests
+    }
+
+    /// Forgets every metric data point received so far.
+    pub fn clear_points(&self) {
+        lock(&self.store).points.clear();
+    }
+
+    /// Polls every 50 ms until `pred` holds over the received data points
+    /// or `timeout` passes. Returns whether it held.
+    pub fn wait_points(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[ReceivedPoint]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let store = lock(&self.store);
+                if pred(&store.points) {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The received data points, one line each (at most `limit`), for
+    /// failure messages.
+    pub fn points_report(&self, relevant: impl Fn(&ReceivedPoint) -> bool, limit: usize) -> String {
+        let store = lock(&self.store);
+        let latest = received_metrics::latest(&store.points);
+        let mut s = format!(
+            "\n  receiver: {} metric export requests, {} points ({} series)\n",
+            store.metric_requests,
+            store.points.len(),
+            latest.len()
+        );
+        for p in latest.iter().filter(|p| relevant(p)).take(limit) {
+            s.push_str("    ");
+            s.push_str(&p.compact());
+            s.push('\n');
+        }
+        s
     }
 
     /// Polls every 50 ms until `pred` holds over the received spans or
@@ -618,7 +711,7 @@ async fn serve_http(stream: TcpStream, store: Shared) -> anyhow::Result<()> {
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or_default();
         let path = parts.next().unwrap_or_default();
-        let (status, reply) = if method != "POST" || path != "/v1/traces" {
+        let (status, reply) = if method != "POST" || (path != "/v1/traces" && path != "/v1/metrics") {
             lock(&store).errors.push(format!(
                 "http receiver: unexpected request {request_line:?}"
             ));
@@ -633,6 +726,26 @@ async fn serve_http(stream: TcpStream, store: Shared) -> anyhow::Result<()> {
                 .errors
                 .push("http receiver: JSON bodies are not supported".into());
             ("415 Unsupported Media Type", Vec::new())
+        } else if path == "/v1/metrics" {
+            match ExportMetricsServiceRequest::decode(body.as_slice()) {
+                Ok(req) => {
+                    let points = received_metrics::flatten(&req, Via::Http);
+                    let mut st = lock(&store);
+                    st.metric_requests += 1;
+                    st.points.extend(points);
+                    drop(st);
+                    let resp = ExportMetricsServiceResponse {
+                        partial_success: None,
+                    };
+                    ("200 OK", resp.encode_to_vec())
+                }
+                Err(e) => {
+                    lock(&store)
+                        .errors
+                        .push(format!("http receiver: bad metrics protobuf body: {e}"));
+                    ("400 Bad Request", Vec::new())
+                }
+            }
         } else {
             match ExportTraceServiceRequest::decode(body.as_slice()) {
                 Ok(req) => {

@@ -20,6 +20,7 @@ pub const APT_PACKAGES: &[&[&str]] = &[
     &["redis-tools"],
     &["mariadb-server"],
     &["mariadb-client"],
+    &["prometheus"],
 ];
 
 /// Packaged services that Debian may start (and enable) when it installs
@@ -29,6 +30,7 @@ const PACKAGED_SERVICES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("redis-server", "redis-server"),
     ("mariadb-server", "mariadb"),
+    ("prometheus", "prometheus"),
 ];
 
 /// Python packages for test clients, installed with `python3 -m pip`, each

@@ -74,7 +74,7 @@ impl std::fmt::Display for OwnedVal {
 }
 
 /// A stored attribute set.
-pub type OwnedAttrs = Box<[(Key, OwnedVal)]>;
+pub type OwnedAttrs = std::sync::Arc<[(Key, OwnedVal)]>;
 
 /// An attribute set under construction, on the stack.
 #[derive(Clone, Copy, Debug)]

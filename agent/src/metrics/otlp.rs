@@ -198,41 +198,74 @@ fn metric(m: &MetricSnap, points: &[Point], time_ns: u64, t: Temporality) -> Met
 }
 
 /// The export requests for `snap`, each with at most `max_points` data
-/// points (one metric's points may be split across requests).
-pub fn requests(snap: &Snapshot, max_points: usize) -> Vec<ExportMetricsServiceRequest> {
-    let max_points = max_points.max(1);
-    let mut out = Vec::new();
-    let mut current = ExportMetricsServiceRequest::default();
-    let mut in_current = 0usize;
-    for r in &snap.resources {
-        let mut metrics: Vec<Metric> = Vec::new();
-        for m in &r.metrics {
-            let mut rest: &[Point] = &m.points;
-            while !rest.is_empty() {
-                let room = max_points - in_current;
+/// points (one metric's points may be split across requests), built one
+/// at a time as the iterator is advanced.
+pub struct Requests<'a> {
+    snap: &'a Snapshot,
+    max_points: usize,
+    resource: usize,
+    metric: usize,
+    point: usize,
+}
+
+impl<'a> Requests<'a> {
+    pub fn new(snap: &'a Snapshot, max_points: usize) -> Requests<'a> {
+        Requests {
+            snap,
+            max_points: max_points.max(1),
+            resource: 0,
+            metric: 0,
+            point: 0,
+        }
+    }
+}
+
+impl Iterator for Requests<'_> {
+    type Item = ExportMetricsServiceRequest;
+
+    fn next(&mut self) -> Option<ExportMetricsServiceRequest> {
+        let mut req = ExportMetricsServiceRequest::default();
+        let mut room = self.max_points;
+        while room > 0 {
+            let Some(r) = self.snap.resources.get(self.resource) else {
+                break;
+            };
+            let mut metrics = Vec::new();
+            while room > 0 {
+                let Some(m) = r.metrics.get(self.metric) else {
+                    break;
+                };
+                let rest = m.points.get(self.point..).unwrap_or_default();
                 let take = rest.len().min(room);
-                metrics.push(metric(m, &rest[..take], snap.time_ns, snap.temporality));
-                in_current += take;
-                rest = &rest[take..];
-                if in_current >= max_points {
-                    push_resource(
-                        &mut current,
-                        r.resource.as_ref(),
-                        std::mem::take(&mut metrics),
-                    );
-                    out.push(std::mem::take(&mut current));
-                    in_current = 0;
+                if take > 0 {
+                    metrics.push(metric(
+                        m,
+                        &rest[..take],
+                        self.snap.time_ns,
+                        self.snap.temporality,
+                    ));
+                }
+                room -= take;
+                self.point += take;
+                if self.point >= m.points.len() {
+                    self.metric += 1;
+                    self.point = 0;
                 }
             }
+            push_resource(&mut req, r.resource.as_ref(), metrics);
+            if self.metric >= r.metrics.len() {
+                self.resource += 1;
+                self.metric = 0;
+                self.point = 0;
+            }
         }
-        if !metrics.is_empty() {
-            push_resource(&mut current, r.resource.as_ref(), metrics);
-        }
+        (!req.resource_metrics.is_empty()).then_some(req)
     }
-    if !current.resource_metrics.is_empty() {
-        out.push(current);
-    }
-    out
+}
+
+/// Every request for `snap` at once.
+pub fn requests(snap: &Snapshot, max_points: usize) -> Vec<ExportMetricsServiceRequest> {
+    Requests::new(snap, max_points).collect()
 }
 
 fn push_resource(req: &mut ExportMetricsServiceRequest, r: &Resource, metrics: Vec<Metric>) {

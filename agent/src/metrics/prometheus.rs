@@ -128,12 +128,8 @@ fn resource_labels(r: &Resource) -> (String, Vec<String>) {
 }
 
 /// The label set of one point: the resource's labels, then the point's
-/// attributes (a name the resource already uses is left out), then `extra`.
-fn labels(
-    base: &(String, Vec<String>),
-    attrs: &[(Key, OwnedVal)],
-    extra: Option<(&str, &str)>,
-) -> String {
+/// attributes (a name the resource already uses is left out).
+fn labels(base: &(String, Vec<String>), attrs: &[(Key, OwnedVal)]) -> String {
     let mut out = base.0.clone();
     for (k, v) in attrs {
         let name = label_name(k.name());
@@ -145,14 +141,6 @@ fn labels(
         }
         let _ = write!(out, "{name}=\"");
         escape_value(&mut out, &v.to_string());
-        out.push('"');
-    }
-    if let Some((k, v)) = extra {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        let _ = write!(out, "{k}=\"");
-        escape_value(&mut out, v);
         out.push('"');
     }
     out
@@ -258,127 +246,209 @@ fn classic_buckets(p: &Point, raw: RawUnit) -> Option<Classic> {
     }
 }
 
-/// Renders a cumulative snapshot.
-pub fn render(snap: &Snapshot, format: Format) -> String {
-    let mut out = String::with_capacity(64 * 1024);
-    let open = format == Format::OpenMetrics;
-    let bases: Vec<(String, Vec<String>)> = snap
-        .resources
-        .iter()
-        .map(|r| resource_labels(&r.resource))
-        .collect();
+/// Renders a snapshot a piece at a time, so that a large page never sits
+/// in memory whole: [`Renderer::fill`] appends about `budget` bytes.
+pub struct Renderer<'a> {
+    snap: &'a Snapshot,
+    format: Format,
+    bases: Vec<(String, Vec<String>)>,
+    /// Families by Prometheus name: the metrics of every resource that
+    /// share it.
+    families: Vec<(String, Vec<(usize, &'a MetricSnap)>)>,
+    family: usize,
+    member: usize,
+    point: usize,
+    header_done: bool,
+    /// Next resource for `target_info`; `None` before that part starts.
+    target: Option<usize>,
+    done: bool,
+}
 
-    // Families across resources, by Prometheus name.
-    let mut families: BTreeMap<String, Vec<(usize, &MetricSnap)>> = BTreeMap::new();
-    for (ri, r) in snap.resources.iter().enumerate() {
-        for m in &r.metrics {
-            let name = prometheus_name(&m.name, m.unit, m.instrument);
-            families.entry(name).or_default().push((ri, m));
+impl<'a> Renderer<'a> {
+    pub fn new(snap: &'a Snapshot, format: Format) -> Renderer<'a> {
+        let bases = snap
+            .resources
+            .iter()
+            .map(|r| resource_labels(&r.resource))
+            .collect();
+        let mut families: BTreeMap<String, Vec<(usize, &MetricSnap)>> = BTreeMap::new();
+        for (ri, r) in snap.resources.iter().enumerate() {
+            for m in &r.metrics {
+                let name = prometheus_name(&m.name, m.unit, m.instrument);
+                families.entry(name).or_default().push((ri, m));
+            }
+        }
+        Renderer {
+            snap,
+            format,
+            bases,
+            families: families.into_iter().collect(),
+            family: 0,
+            member: 0,
+            point: 0,
+            header_done: false,
+            target: None,
+            done: false,
         }
     }
 
-    for (name, members) in &families {
-        let Some((_, first)) = members.first() else {
-            continue;
-        };
-        let instrument = first.instrument;
-        let family = match (open, instrument) {
-            (true, Instrument::Counter) => name.strip_suffix("_total").unwrap_or(name),
-            _ => name.as_str(),
-        };
-        let kind = match instrument {
-            Instrument::Histogram => "histogram",
-            Instrument::Counter => "counter",
-            Instrument::Gauge => "gauge",
-        };
-        let _ = writeln!(out, "# HELP {family} {}", escape_help(first.description));
-        let _ = writeln!(out, "# TYPE {family} {kind}");
-        if open {
-            let unit = match first.unit {
-                "s" => Some("seconds"),
-                "By" => Some("bytes"),
-                _ => None,
-            };
-            if let Some(unit) = unit
-                && family.ends_with(&format!("_{unit}"))
-            {
-                let _ = writeln!(out, "# UNIT {family} {unit}");
-            }
+    /// Appends at least one piece and then more until `out` grew by
+    /// `budget` bytes; returns false once everything was written.
+    pub fn fill(&mut self, out: &mut String, budget: usize) -> bool {
+        let start = out.len();
+        while !self.done && out.len() - start < budget.max(1) {
+            self.step(out);
         }
-        for (ri, m) in members {
-            let base = &bases[*ri];
-            for p in &m.points {
-                match &p.value {
-                    PointValue::Sum(v) | PointValue::Gauge(v) => {
-                        sample(&mut out, name, &labels(base, &p.attrs, None), *v);
-                        out.push('\n');
+        !self.done
+    }
+
+    /// Writes one piece: a family header, one point, or one `target_info` line.
+    fn step(&mut self, out: &mut String) {
+        let open = self.format == Format::OpenMetrics;
+        if let Some(ri) = self.target {
+            match self.snap.resources.get(ri) {
+                Some(r) => {
+                    target_info(out, &r.resource);
+                    self.target = Some(ri + 1);
+                }
+                None => {
+                    if open {
+                        out.push_str("# EOF\n");
                     }
-                    _ => {
-                        let Some(Classic {
-                            buckets,
-                            sum,
-                            count,
-                            exemplars,
-                        }) = classic_buckets(p, m.raw)
-                        else {
-                            continue;
-                        };
-                        let bucket_name = format!("{name}_bucket");
-                        let mut cumulative = 0u64;
-                        for (i, (upper, c)) in buckets.iter().enumerate() {
-                            cumulative += c;
-                            let le = le_text(*upper);
-                            sample(
-                                &mut out,
-                                &bucket_name,
-                                &labels(base, &p.attrs, Some(("le", &le))),
-                                cumulative as f64,
-                            );
-                            if open && let Some((_, e)) = exemplars.iter().find(|(at, _)| *at == i)
-                            {
-                                exemplar(&mut out, e, m.raw);
-                            }
-                            out.push('\n');
-                        }
-                        let plain = labels(base, &p.attrs, None);
-                        sample(&mut out, &format!("{name}_sum"), &plain, sum);
-                        out.push('\n');
-                        sample(&mut out, &format!("{name}_count"), &plain, count as f64);
-                        out.push('\n');
-                    }
+                    self.done = true;
                 }
             }
+            return;
         }
+        let Some((name, members)) = self.families.get(self.family) else {
+            if open {
+                out.push_str("# HELP target info Target metadata\n# TYPE target info\n");
+            } else {
+                out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
+            }
+            self.target = Some(0);
+            return;
+        };
+        if !self.header_done {
+            self.header_done = true;
+            if let Some((_, first)) = members.first() {
+                family_header(out, name, first, open);
+            }
+            return;
+        }
+        let Some((ri, m)) = members.get(self.member) else {
+            self.family += 1;
+            self.member = 0;
+            self.point = 0;
+            self.header_done = false;
+            return;
+        };
+        let Some(p) = m.points.get(self.point) else {
+            self.member += 1;
+            self.point = 0;
+            return;
+        };
+        self.point += 1;
+        point(out, name, &self.bases[*ri], m, p, open);
     }
+}
 
-    // target_info: one series per process, with its whole resource.
+fn family_header(out: &mut String, name: &str, first: &MetricSnap, open: bool) {
+    let family = match (open, first.instrument) {
+        (true, Instrument::Counter) => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    let kind = match first.instrument {
+        Instrument::Histogram => "histogram",
+        Instrument::Counter => "counter",
+        Instrument::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {family} {}", escape_help(first.description));
+    let _ = writeln!(out, "# TYPE {family} {kind}");
     if open {
-        out.push_str("# HELP target info Target metadata\n# TYPE target info\n");
-    } else {
-        out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
-    }
-    for r in &snap.resources {
-        let mut text = String::new();
-        let mut seen: Vec<String> = Vec::new();
-        for (k, v) in &r.resource.attributes {
-            let name = label_name(k);
-            if seen.contains(&name) {
-                continue;
-            }
-            if !text.is_empty() {
-                text.push(',');
-            }
-            let _ = write!(text, "{name}=\"");
-            escape_value(&mut text, &attr_text(v));
-            text.push('"');
-            seen.push(name);
+        let unit = match first.unit {
+            "s" => Some("seconds"),
+            "By" => Some("bytes"),
+            _ => None,
+        };
+        if let Some(unit) = unit
+            && family.ends_with(&format!("_{unit}"))
+        {
+            let _ = writeln!(out, "# UNIT {family} {unit}");
         }
-        sample(&mut out, "target_info", &text, 1.0);
-        out.push('\n');
     }
-    if open {
-        out.push_str("# EOF\n");
+}
+
+/// The samples of one point.
+fn point(out: &mut String, name: &str, base: &(String, Vec<String>), m: &MetricSnap, p: &Point, open: bool) {
+    match &p.value {
+        PointValue::Sum(v) | PointValue::Gauge(v) => {
+            sample(out, name, &labels(base, &p.attrs), *v);
+            out.push('\n');
+        }
+        _ => {
+            let Some(Classic {
+                buckets,
+                sum,
+                count,
+                exemplars,
+            }) = classic_buckets(p, m.raw)
+            else {
+                return;
+            };
+            let plain = labels(base, &p.attrs);
+            let mut cumulative = 0u64;
+            for (i, (upper, c)) in buckets.iter().enumerate() {
+                cumulative += c;
+                out.push_str(name);
+                out.push_str("_bucket{");
+                out.push_str(&plain);
+                if !plain.is_empty() {
+                    out.push(',');
+                }
+                let _ = write!(out, "le=\"{}\"}} ", le_text(*upper));
+                number(out, cumulative as f64);
+                if open && let Some((_, e)) = exemplars.iter().find(|(at, _)| *at == i) {
+                    exemplar(out, e, m.raw);
+                }
+                out.push('\n');
+            }
+            let _ = write!(out, "{name}_sum");
+            sample(out, "", &plain, sum);
+            out.push('\n');
+            let _ = write!(out, "{name}_count");
+            sample(out, "", &plain, count as f64);
+            out.push('\n');
+        }
     }
+}
+
+/// `target_info` of one process, with its whole resource.
+fn target_info(out: &mut String, r: &Resource) {
+    let mut text = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (k, v) in &r.attributes {
+        let name = label_name(k);
+        if seen.contains(&name) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push(',');
+        }
+        let _ = write!(text, "{name}=\"");
+        escape_value(&mut text, &attr_text(v));
+        text.push('"');
+        seen.push(name);
+    }
+    sample(out, "target_info", &text, 1.0);
+    out.push('\n');
+}
+
+/// Renders a whole snapshot into one string.
+pub fn render(snap: &Snapshot, format: Format) -> String {
+    let mut out = String::new();
+    let mut r = Renderer::new(snap, format);
+    while r.fill(&mut out, usize::MAX) {}
     out
 }
 
@@ -415,6 +485,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// One parsed request head.
 struct Head {
+    http11: bool,
     method: String,
     path: String,
     accept: String,
@@ -452,6 +523,7 @@ fn parse_head(text: &str) -> Option<Head> {
         }
     }
     Some(Head {
+        http11: version == "HTTP/1.1",
         method,
         path,
         accept,
@@ -525,16 +597,20 @@ async fn connection(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Re
             ("GET" | "HEAD", "/metrics") => {
                 let format = Format::from_accept(&head.accept);
                 let snap = metrics.snapshot(Temporality::Cumulative);
-                let body = render(&snap, format);
-                respond(
-                    &mut stream,
-                    "200 OK",
-                    format.content_type(),
-                    body.as_bytes(),
-                    keep,
-                    head_only,
-                )
-                .await?;
+                if head.http11 {
+                    stream_page(&mut stream, &snap, format, keep, head_only).await?;
+                } else {
+                    let body = render(&snap, format);
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        format.content_type(),
+                        body.as_bytes(),
+                        keep,
+                        head_only,
+                    )
+                    .await?;
+                }
             }
             ("GET" | "HEAD", "/") => {
                 let body = b"sonde: metrics are at /metrics\n";
@@ -575,6 +651,47 @@ async fn connection(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Re
             return Ok(());
         }
     }
+}
+
+/// Bytes rendered per chunk of a streamed page.
+const CHUNK: usize = 64 * 1024;
+
+/// Sends the page with chunked transfer encoding, rendering one chunk at a
+/// time: a page of many series never sits in memory whole.
+async fn stream_page(
+    stream: &mut TcpStream,
+    snap: &Snapshot,
+    format: Format,
+    keep_alive: bool,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+        format.content_type(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if head_only {
+        return stream.flush().await;
+    }
+    let mut renderer = Renderer::new(snap, format);
+    let mut buf = String::with_capacity(CHUNK + 8192);
+    loop {
+        buf.clear();
+        let more = renderer.fill(&mut buf, CHUNK);
+        if !buf.is_empty() {
+            stream
+                .write_all(format!("{:x}\r\n", buf.len()).as_bytes())
+                .await?;
+            stream.write_all(buf.as_bytes()).await?;
+            stream.write_all(b"\r\n").await?;
+        }
+        if !more {
+            break;
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").await?;
+    stream.flush().await
 }
 
 async fn respond(

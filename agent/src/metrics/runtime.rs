@@ -179,7 +179,7 @@ async fn export_once(
     warnings: &mut Warnings,
 ) {
     let snap = metrics.snapshot(temporality);
-    for request in otlp::requests(&snap, otlp::MAX_POINTS_PER_REQUEST) {
+    for request in otlp::Requests::new(&snap, otlp::MAX_POINTS_PER_REQUEST) {
         if let Err(e) = exporter.export(request).await {
             metrics.count_export_failure();
             warnings.warn(&e);

@@ -23,7 +23,7 @@ use super::catalog::{
     CATALOG, DB_CLIENT_KEYS, DB_SERVER_KEYS, Family, HTTP_CLIENT_KEYS, HTTP_SERVER_KEYS,
     Instrument, MetricDesc, MetricId, RPC_CLIENT_KEYS, RPC_SERVER_KEYS,
 };
-use super::graph::{Edge, Graph, GraphOptions, Half, Other, Side};
+use super::graph::{Edge, Graph, GraphOptions, Half, Side};
 use super::hist::{Bounds, Explicit, Exponential, RawUnit};
 use crate::capture::Endpoints;
 use crate::enrich::Resource;
@@ -79,11 +79,10 @@ impl Exemplar {
     }
 }
 
-/// Exemplar slots of an exponential histogram: one per decade of the raw value.
-const DECADE_SLOTS: usize = 12;
-
+/// Exemplar slot of a value in an exponential histogram: one per decade
+/// of the raw value (its buckets change with the scale).
 fn decade(raw: u64) -> usize {
-    (raw.max(1).ilog10() as usize).min(DECADE_SLOTS - 1)
+    raw.max(1).ilog10() as usize
 }
 
 /// A series' aggregation.
@@ -125,7 +124,9 @@ struct Series {
     start_ns: u64,
     last_ns: u64,
     agg: Agg,
-    exemplars: Option<Box<[Option<Exemplar>]>>,
+    /// (bucket, exemplar), only for buckets that got one; most series
+    /// fill a few buckets, so this stays small.
+    exemplars: Vec<(u16, Exemplar)>,
     /// Delta export: the aggregation as last exported, and when.
     exported: Option<(Box<Agg>, u64)>,
 }
@@ -175,11 +176,11 @@ impl MetricState {
         let bounds = &state.bounds;
         let s = &mut state.series[i];
         s.last_ns = now;
-        let (slot_of_exemplar, slots) = match &mut s.agg {
-            Agg::Explicit(h) => (h.record(bounds, raw), bounds.buckets()),
+        let bucket = match &mut s.agg {
+            Agg::Explicit(h) => h.record(bounds, raw),
             Agg::Exponential(h) => {
                 h.record(raw, unit.to_unit(raw));
-                (decade(raw), DECADE_SLOTS)
+                decade(raw)
             }
             Agg::Count(c) => {
                 *c += raw;
@@ -192,13 +193,19 @@ impl MetricState {
         let Some(new) = exemplar else {
             return;
         };
-        let list = s
-            .exemplars
-            .get_or_insert_with(|| vec![None; slots].into_boxed_slice());
-        if let Some(cell) = list.get_mut(slot_of_exemplar) {
-            match cell {
-                Some(old) if !Exemplar::replaces(&new, old, hold) => {}
-                _ => *cell = Some(new),
+        let bucket = bucket as u16;
+        match s.exemplars.iter_mut().find(|(b, _)| *b == bucket) {
+            Some((_, old)) => {
+                if Exemplar::replaces(&new, old, hold) {
+                    *old = new;
+                }
+            }
+            None => {
+                if s.exemplars.capacity() == s.exemplars.len() {
+                    // Grow by two, not by doubling: few buckets fill.
+                    s.exemplars.reserve_exact(2);
+                }
+                s.exemplars.push((bucket, new));
             }
         }
     }
@@ -251,7 +258,7 @@ impl MetricState {
             start_ns: now,
             last_ns: now,
             agg,
-            exemplars: None,
+            exemplars: Vec::new(),
             exported: None,
         });
         if !overflow {
@@ -667,514 +674,6 @@ impl Store {
     }
 
     /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
-    #[allow(clippy::too_many_arguments)]
-    fn observe(
-        &mut self,
-        options: &StoreOptions,
-        now: u64,
-        slot: u32,
-        attrs: &AttrSet<'_>,
-        hash: u64,
-        raw: u64,
-        exemplar: Option<Exemplar>,
-    ) {
-        let exemplars_on = options.exemplars;
-        let hold = options.exemplar_hold_ns;
-        let i = self.series_index(options, now, slot, attrs, hash);
-        let state = self;
-        let unit = state.desc.raw;
-        let bounds = &state.bounds;
-        let s = &mut state.series[i];
-        s.last_ns = now;
-        let (slot_of_exemplar, slots) = match &mut s.agg {
-            Agg::Explicit(h) => (h.record(bounds, raw), bounds.buckets()),
-            Agg::Exponential(h) => {
-                h.record(raw, unit.to_unit(raw));
-                (decade(raw), DECADE_SLOTS)
-            }
-            Agg::Count(c) => {
-                *c += raw;
-                return;
-            }
-        };
-        if !exemplars_on {
-            return;
-        }
-        let Some(new) = exemplar else {
-            return;
-        };
-        let list = s
-            .exemplars
-            .get_or_insert_with(|| vec![None; slots].into_boxed_slice());
-        if let Some(cell) = list.get_mut(slot_of_exemplar) {
-            match cell {
-                Some(old) if !Exemplar::replaces(&new, old, hold) => {}
-                _ => *cell = Some(new),
-            }
-        }
-    }
-
-    /// The series for (`slot`, `attrs`) of `metric`, created if new; the
-    /// overflow series when the metric is full.
-    fn series_index(
-        &mut self,
-        options: &StoreOptions,
-        now: u64,
-        slot: u32,
-        attrs: &AttrSet<'_>,
-        hash: u64,
-    ) -> usize {
-        let max_series = options.max_series;
-        let histogram = options.histogram;
-        let state = self;
-        if let Some(i) = state.find(slot, attrs, hash) {
-            return i;
-        }
-        let mut overflow_attrs = AttrSet::default();
-        let (attrs, hash, overflow) = if state.distinct >= max_series {
-            state.folded += 1;
-            overflow_attrs.push(Key::Overflow, Val::Bool(true));
-            let h = overflow_attrs.hash(slot);
-            if let Some(i) = state.find(slot, &overflow_attrs, h) {
-                return i;
-            }
-            (&overflow_attrs, h, true)
-        } else {
-            (attrs, hash, false)
-        };
-        let agg = match (state.desc.instrument, histogram) {
-            (Instrument::Histogram, HistogramKind::Explicit) => {
-                Agg::Explicit(Explicit::new(&state.bounds))
-            }
-            (Instrument::Histogram, HistogramKind::Exponential { max_size }) => {
-                Agg::Exponential(Exponential::new(max_size))
-            }
-            _ => Agg::Count(0),
-        };
-        let i = state.series.len();
-        let next = state.index.insert(hash, i as u32).unwrap_or(NONE);
-        state.series.push(Series {
-            slot,
-            attrs: attrs.to_stored(),
-            next,
-            hash,
-            overflow,
-            start_ns: now,
-            last_ns: now,
-            agg,
-            exemplars: None,
-            exported: None,
-        });
-        if !overflow {
-            state.distinct += 1;
-        }
-        i
-    }
-
-    fn rebuild_index(&mut self) {
-        self.index.clear();
-        self.distinct = 0;
-        for i in 0..self.series.len() {
-            let s = &mut self.series[i];
-            if !s.overflow {
-                self.distinct += 1;
-            }
-            s.next = self.index.insert(s.hash, i as u32).unwrap_or(NONE);
-        }
-    }
-}
-
-/// (service.namespace, service.name, service.instance.id)
-type SlotKey = (Option<Box<str>>, Box<str>, Option<Box<str>>);
-
-fn slot_key(r: &Resource) -> SlotKey {
-    let text = |k: &str| match r.attr(k) {
-        Some(AttrValue::Str(s)) => Some(s.as_str().into()),
-        Some(AttrValue::Int(i)) => Some(i.to_string().into()),
-        _ => None,
-    };
-    (
-        text("service.namespace"),
-        r.service_name.as_str().into(),
-        text("service.instance.id"),
-    )
-}
-
-/// Resource slots; slot 0 is the agent's own.
-struct Slots {
-    list: Vec<Option<Arc<Resource>>>,
-    keys: Vec<Option<SlotKey>>,
-    free: Vec<u32>,
-    by_ptr: HashMap<usize, (Arc<Resource>, u32), FastBuild>,
-    by_key: HashMap<SlotKey, u32>,
-}
-
-/// Resource pointers remembered before the cache starts over.
-const MAX_PTRS: usize = 16384;
-
-impl Slots {
-    fn new(agent: Arc<Resource>) -> Slots {
-        let key = slot_key(&agent);
-        let mut by_key = HashMap::new();
-        by_key.insert(key.clone(), 0);
-        Slots {
-            list: vec![Some(agent)],
-            keys: vec![Some(key)],
-            free: Vec::new(),
-            by_ptr: HashMap::default(),
-            by_key,
-        }
-    }
-
-    #[inline]
-    fn slot_of(&mut self, r: &Arc<Resource>) -> u32 {
-        let ptr = Arc::as_ptr(r) as usize;
-        if let Some((_, id)) = self.by_ptr.get(&ptr) {
-            return *id;
-        }
-        self.slot_of_slow(r, ptr)
-    }
-
-    fn slot_of_slow(&mut self, r: &Arc<Resource>, ptr: usize) -> u32 {
-        let key = slot_key(r);
-        let id = match self.by_key.get(&key) {
-            Some(id) => *id,
-            None => {
-                let id = match self.free.pop() {
-                    Some(id) => {
-                        self.list[id as usize] = Some(Arc::clone(r));
-                        self.keys[id as usize] = Some(key.clone());
-                        id
-                    }
-                    None => {
-                        self.list.push(Some(Arc::clone(r)));
-                        self.keys.push(Some(key.clone()));
-                        (self.list.len() - 1) as u32
-                    }
-                };
-                self.by_key.insert(key, id);
-                id
-            }
-        };
-        if self.by_ptr.len() >= MAX_PTRS {
-            self.by_ptr.clear();
-        }
-        self.by_ptr.insert(ptr, (Arc::clone(r), id));
-        id
-    }
-
-    fn resource(&self, id: u32) -> Option<&Arc<Resource>> {
-        self.list.get(id as usize).and_then(Option::as_ref)
-    }
-
-    /// Forgets the slots no series uses (never the agent's).
-    fn retain(&mut self, used: &[bool]) {
-        for id in 1..self.list.len() {
-            if self.list[id].is_some() && !used.get(id).copied().unwrap_or(false) {
-                self.list[id] = None;
-                if let Some(key) = self.keys[id].take() {
-                    self.by_key.remove(&key);
-                }
-                self.free.push(id as u32);
-            }
-        }
-        self.by_ptr.clear();
-    }
-}
-
-/// Which duration metric a span feeds, with which attributes, and its
-/// body size metrics.
-struct Class {
-    duration: MetricId,
-    keys: &'static [Key],
-    sizes: Option<(MetricId, MetricId)>,
-    family: Family,
-}
-
-impl Class {
-    /// RPC first (gRPC spans also carry HTTP/2 attributes), then databases,
-    /// then HTTP; other spans feed no request metric.
-    fn of(kind: SpanKind, picked: &Picked<'_>) -> Option<Class> {
-        let server = kind == SpanKind::Server;
-        use MetricId::*;
-        let c = if picked.has(Key::RpcSystem) {
-            if server {
-                (RpcServerDuration, RPC_SERVER_KEYS, None, Family::Rpc)
-            } else {
-                (RpcClientDuration, RPC_CLIENT_KEYS, None, Family::Rpc)
-            }
-        } else if picked.has(Key::DbSystem) {
-            if server {
-                (DbServerDuration, DB_SERVER_KEYS, None, Family::Db)
-            } else {
-                (DbClientDuration, DB_CLIENT_KEYS, None, Family::Db)
-            }
-        } else if picked.has(Key::Method) {
-            if server {
-                (
-                    HttpServerDuration,
-                    HTTP_SERVER_KEYS,
-                    Some((HttpServerRequestSize, HttpServerResponseSize)),
-                    Family::Http,
-                )
-            } else {
-                (
-                    HttpClientDuration,
-                    HTTP_CLIENT_KEYS,
-                    Some((HttpClientRequestSize, HttpClientResponseSize)),
-                    Family::Http,
-                )
-            }
-        } else {
-            return None;
-        };
-        Some(Class {
-            duration: c.0,
-            keys: c.1,
-            sizes: c.2,
-            family: c.3,
-        })
-    }
-}
-
-/// How a snapshot reports counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Temporality {
-    /// Totals since each series started.
-    Cumulative,
-    /// What changed since the last delta snapshot (series with no change
-    /// are left out).
-    Delta,
-}
-
-/// A copy of the store's data at one instant.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub time_ns: u64,
-    pub temporality: Temporality,
-    pub resources: Vec<ResourceSnap>,
-}
-
-#[derive(Clone, Debug)]
-pub struct ResourceSnap {
-    pub resource: Arc<Resource>,
-    pub metrics: Vec<MetricSnap>,
-}
-
-#[derive(Clone, Debug)]
-pub struct MetricSnap {
-    pub name: Cow<'static, str>,
-    pub unit: &'static str,
-    pub description: &'static str,
-    pub instrument: Instrument,
-    pub raw: RawUnit,
-    pub points: Vec<Point>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Point {
-    pub attrs: OwnedAttrs,
-    pub start_ns: u64,
-    pub value: PointValue,
-    pub exemplars: Vec<Exemplar>,
-}
-
-#[derive(Clone, Debug)]
-pub enum PointValue {
-    Explicit {
-        bounds: Arc<Bounds>,
-        hist: Explicit,
-    },
-    Exponential(Exponential),
-    /// A monotonic sum, in the metric's unit.
-    Sum(f64),
-    Gauge(f64),
-}
-
-/// The store. Not thread-safe on its own: [`super::Metrics`] wraps it in a mutex.
-pub struct Store {
-    options: StoreOptions,
-    slots: Slots,
-    metrics: Vec<MetricState>,
-    graph: Option<Graph>,
-    edges: Vec<Edge>,
-    now: u64,
-}
-
-impl Store {
-    pub fn new(options: StoreOptions, agent: Arc<Resource>) -> Store {
-        let metrics = CATALOG
-            .iter()
-            .map(|desc| MetricState {
-                desc,
-                bounds: options
-                    .bounds
-                    .get(desc.id as usize)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Bounds::new(&[], desc.raw))),
-                series: Vec::new(),
-                index: HashMap::default(),
-                distinct: 0,
-                folded: 0,
-            })
-            .collect();
-        Store {
-            graph: options.graph.map(Graph::new),
-            options,
-            slots: Slots::new(agent),
-            metrics,
-            edges: Vec::new(),
-            now: 0,
-        }
-    }
-
-    /// The agent's own resource.
-    pub fn agent_resource(&self) -> Arc<Resource> {
-        self.slots.resource(0).cloned().unwrap_or_else(|| {
-            Arc::new(Resource {
-                service_name: "sonde".into(),
-                attributes: Vec::new(),
-            })
-        })
-    }
-
-    /// Aggregates one span of the process described by `resource`, on a
-    /// connection with `endpoints` (as the span's process sees them).
-    pub fn record(&mut self, resource: &Arc<Resource>, span: &Span, endpoints: &Endpoints) {
-        self.now = self.now.max(span.end_unix_ns);
-        let slot = self.slots.slot_of(resource);
-        let duration = span.duration_ns();
-        let failed = matches!(span.status, SpanStatus::Error { .. });
-        let exemplar = Exemplar {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            raw: duration,
-            time_ns: span.end_unix_ns,
-            failed,
-        };
-        let picked = Picked::of(span);
-        let class = Class::of(span.kind, &picked);
-        if let Some(class) = &class {
-            let attrs = AttrSet::from_picked(&picked, class.keys);
-            let hash = attrs.hash(slot);
-            self.observe(class.duration, slot, &attrs, hash, duration, Some(exemplar));
-            if let Some((request, response)) = class.sizes {
-                for (metric, key) in [
-                    (request, Key::RequestBodySize),
-                    (response, Key::ResponseBodySize),
-                ] {
-                    if let Some(AttrValue::Int(n)) = picked.get(key) {
-                        let raw = u64::try_from(*n).unwrap_or(0);
-                        let ex = Exemplar { raw, ..exemplar };
-                        self.observe(metric, slot, &attrs, hash, raw, Some(ex));
-                    }
-                }
-            }
-        }
-        if let Some(graph) = &mut self.graph {
-            let side = match span.kind {
-                SpanKind::Client => Side::Client,
-                SpanKind::Server => Side::Server,
-            };
-            let half = Half {
-                slot,
-                duration_ns: duration,
-                failed,
-                db: class.as_ref().is_some_and(|c| c.family == Family::Db),
-                trace_id: span.trace_id,
-                span_id: span.span_id,
-                end_ns: span.end_unix_ns,
-            };
-            let mut edges = std::mem::take(&mut self.edges);
-            graph.offer(side, half, endpoints, || server_name(&picked), &mut edges);
-            for edge in edges.drain(..) {
-                self.record_edge(edge);
-            }
-            self.edges = edges;
-        }
-    }
-
-    /// Ends the wait of service-graph halves older than the wait at `now_ns`.
-    pub fn expire(&mut self, now_ns: u64) {
-        self.now = self.now.max(now_ns);
-        let Some(graph) = &mut self.graph else {
-            return;
-        };
-        let mut edges = std::mem::take(&mut self.edges);
-        graph.expire(now_ns, &mut edges);
-        for edge in edges.drain(..) {
-            self.record_edge(edge);
-        }
-        self.edges = edges;
-    }
-
-    /// Every waiting service-graph half becomes an edge (at shutdown).
-    pub fn drain_graph(&mut self) {
-        let Some(graph) = &mut self.graph else {
-            return;
-        };
-        let mut edges = std::mem::take(&mut self.edges);
-        graph.drain(&mut edges);
-        for edge in edges.drain(..) {
-            self.record_edge(edge);
-        }
-        self.edges = edges;
-    }
-
-    fn record_edge(&mut self, edge: Edge) {
-        let (client, server, other) = match edge {
-            Edge::Paired { client, server } => (Some(client), Some(server), None),
-            Edge::ClientOnly { client, server } => (Some(client), None, Some(server)),
-            Edge::ServerOnly { server, client } => (None, Some(server), Some(client)),
-        };
-        let name_of = |h: &Option<Half>| h.and_then(|h| self.slots.resource(h.slot).cloned());
-        let (client_res, server_res) = (name_of(&client), name_of(&server));
-        let other_name = other.as_ref().map(Other::to_string);
-        let unknown = "unknown";
-        let client_name = match (&client_res, &client) {
-            (Some(r), _) => r.service_name.as_str(),
-            (None, Some(_)) => unknown,
-            (None, None) => other_name.as_deref().unwrap_or(unknown),
-        };
-        let server_name = match (&server_res, &server) {
-            (Some(r), _) => r.service_name.as_str(),
-            (None, Some(_)) => unknown,
-            (None, None) => other_name.as_deref().unwrap_or(unknown),
-        };
-        let mut attrs = AttrSet::default();
-        attrs.push(Key::Client, Val::Str(client_name));
-        attrs.push(Key::Server, Val::Str(server_name));
-        match (client, server) {
-            (Some(c), None) if c.db => attrs.push(Key::ConnectionType, Val::Str("database")),
-            (Some(_), None) | (None, Some(_)) => {
-                attrs.push(Key::ConnectionType, Val::Str("virtual_node"))
-            }
-            _ => {}
-        }
-        let hash = attrs.hash(0);
-        self.observe(MetricId::GraphRequests, 0, &attrs, hash, 1, None);
-        let failed = client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed);
-        if failed {
-            self.observe(MetricId::GraphFailed, 0, &attrs, hash, 1, None);
-        }
-        for (half, metric) in [
-            (client, MetricId::GraphClientSeconds),
-            (server, MetricId::GraphServerSeconds),
-        ] {
-            if let Some(h) = half {
-                let ex = Exemplar {
-                    trace_id: h.trace_id,
-                    span_id: h.span_id,
-                    raw: h.duration_ns,
-                    time_ns: h.end_ns,
-                    failed: h.failed,
-                };
-                self.observe(metric, 0, &attrs, hash, h.duration_ns, Some(ex));
-            }
-        }
-    }
-
-    /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
     fn observe(
         &mut self,
         metric: MetricId,
@@ -1248,9 +747,8 @@ impl Store {
                 let exemplars: Vec<Exemplar> = s
                     .exemplars
                     .iter()
-                    .flat_map(|l| l.iter().flatten())
+                    .map(|(_, e)| *e)
                     .filter(|e| temporality == Temporality::Cumulative || e.time_ns >= start)
-                    .copied()
                     .collect();
                 let value = match agg {
                     Agg::Explicit(hist) => PointValue::Explicit {
@@ -1319,10 +817,18 @@ impl Store {
 
 /// A short text on the stack; what does not fit is cut (at a character
 /// boundary).
-#[derive(Default)]
 struct StackText {
     buf: [u8; 96],
     len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
 }
 
 impl StackText {

@@ -190,7 +190,7 @@ impl FrameHeader {
                 if self.has(flag::ACK) {
                     length(self.length == 0)
                 } else {
-                    length(self.length % 6 == 0)
+                    length(self.length.is_multiple_of(6))
                 }
             }
             kind::PUSH_PROMISE => {
@@ -250,13 +250,10 @@ fn shape(data: &[u8], max_len: u32) -> Shape {
     loop {
         let rest = data.get(pos..).unwrap_or_default();
         let Some(h) = FrameHeader::parse(rest) else {
-            if pos > 0 {
-                return Shape::Frames { request };
-            }
-            return if partial_header_ok(rest) {
-                Shape::NeedMore
-            } else {
-                Shape::No
+            return match (partial_header_ok(rest, max_len, open_block.is_some()), pos) {
+                (false, _) => Shape::No,
+                (true, 0) => Shape::NeedMore,
+                (true, _) => Shape::Frames { request },
             };
         };
         if h.kind > kind::CONTINUATION
@@ -283,7 +280,7 @@ fn shape(data: &[u8], max_len: u32) -> Shape {
         }
         if h.kind == kind::HEADERS {
             // Even streams are pushed, so only after a PUSH_PROMISE.
-            if h.stream_id % 2 == 0 && !promised {
+            if h.stream_id.is_multiple_of(2) && !promised {
                 return Shape::No;
             }
             if request.is_none() {
@@ -307,26 +304,31 @@ fn shape(data: &[u8], max_len: u32) -> Shape {
     }
 }
 
-/// Fewer than 9 bytes at the start of a stream: could they begin a frame
-/// header that [`shape`] would accept?
-fn partial_header_ok(b: &[u8]) -> bool {
+/// Fewer than 9 bytes: could they begin a frame header that [`shape`]
+/// would accept (a CONTINUATION exactly when one is expected)?
+fn partial_header_ok(b: &[u8], max_len: u32, continuation: bool) -> bool {
     let at = |i: usize| b.get(i).copied();
-    // Length up to 16384: 0x00 0x00..=0x40, and 0x40 only with 0x00 after.
-    if at(0).is_some_and(|x| x != 0) || at(1).is_some_and(|x| x > 0x40) {
-        return false;
-    }
-    if at(1) == Some(0x40) && at(2).is_some_and(|x| x != 0) {
+    // The smallest length these bytes can still become.
+    let least = u32::from_be_bytes([
+        0,
+        at(0).unwrap_or(0),
+        at(1).unwrap_or(0),
+        at(2).unwrap_or(0),
+    ]);
+    if least > max_len {
         return false;
     }
     if let Some(k) = at(3) {
-        if k >= kind::CONTINUATION {
-            return false;
-        }
-        if at(4).is_some_and(|f| f & !defined_flags(k) != 0) {
+        let kind_ok = if continuation {
+            k == kind::CONTINUATION
+        } else {
+            k < kind::CONTINUATION
+        };
+        if !kind_ok || at(4).is_some_and(|f| f & !defined_flags(k) != 0) {
             return false;
         }
     }
-    !at(5).is_some_and(|x| x & 0x80 != 0)
+    at(5).is_none_or(|x| x & 0x80 == 0)
 }
 
 /// Checks the captured part of a frame's payload.
@@ -665,17 +667,13 @@ impl Fields {
             b"te" => Self::keep(&mut self.te, value, bytes, over),
             b"traceparent" => Self::keep(&mut self.traceparent, value, bytes, over),
             b"user-agent" => Self::keep(&mut self.user_agent, value, bytes, over),
-            b"content-length" => {
-                if self.content_length.is_none() {
-                    self.content_length = number(value);
-                }
+            b"content-length" if self.content_length.is_none() => {
+                self.content_length = number(value);
             }
-            b":status" => {
-                if self.status.is_none() {
-                    self.status = number(value)
-                        .filter(|s| (100..=599).contains(s))
-                        .map(|s| s as u16);
-                }
+            b":status" if self.status.is_none() => {
+                self.status = number(value)
+                    .filter(|s| (100..=599).contains(s))
+                    .map(|s| s as u16);
             }
             b"grpc-status" => self.grpc_status = number(value).and_then(|v| u32::try_from(v).ok()),
             b"grpc-message" => {
@@ -1268,7 +1266,7 @@ impl Http2Conn {
         }
         let id = block.stream_id;
         // Even ids are streams the server pushed: no span.
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return;
         }
         if !self.streams.contains_key(&id) {
@@ -1815,7 +1813,9 @@ mod tests {
     #[test]
     fn frame_header_table() {
         // (bytes, kind, flags, stream, length, check)
-        let table: &[(&[u8], u8, u8, u32, u32, Result<(), FrameError>)] = &[
+        /// Bytes; kind, flags, stream and length read; what `check` says.
+        type Row = (&'static [u8], u8, u8, u32, u32, Result<(), FrameError>);
+        let table: &[Row] = &[
             (
                 &[0, 0, 6, 4, 0, 0, 0, 0, 0],
                 kind::SETTINGS,
@@ -2933,13 +2933,13 @@ mod tests {
             seed
         };
         let valid = cat(&[&client_bytes(), &server_bytes()]);
-        for round in 0..300 {
+        for round in 0..300u32 {
             let mut conn = Http2Conn::new(Limits {
                 max_buffered_bytes: 256,
             });
             let mut out = Vec::new();
             let mut t = 0;
-            if round % 2 == 0 {
+            if round.is_multiple_of(2) {
                 let chunk = Chunk {
                     data: PREFACE,
                     total_len: 24,
@@ -2952,7 +2952,7 @@ mod tests {
                 let len = (next() % 64) as usize;
                 let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 // Mix in pieces of real frames so parsing gets deep.
-                if next() % 2 == 0 {
+                if next().is_multiple_of(2) {
                     let at = next() as usize % valid.len();
                     let end = (at + len).min(valid.len());
                     bytes = valid[at..end].to_vec();
@@ -2974,7 +2974,7 @@ mod tests {
                     start_ns: t,
                     end_ns: t,
                 };
-                let dir = if next() % 2 == 0 { E } else { I };
+                let dir = if next().is_multiple_of(2) { E } else { I };
                 conn.feed(dir, &chunk, &mut out);
                 let _ = detect(&bytes);
             }

@@ -1922,6 +1922,9 @@ fn use_statement(sql: &str) -> Option<String> {
 /// where parsing resumes and the sequence id expected there.
 fn rows_resume_point(data: &[u8]) -> Option<(usize, u8)> {
     let n = data.len();
+    // Candidates whose packet before is searched for; bounds the work on
+    // hostile input.
+    let mut tries = 0;
     for len in 5..=MAX_END_PACKET {
         let Some(at) = n.checked_sub(4 + len) else {
             break;
@@ -1942,6 +1945,10 @@ fn rows_resume_point(data: &[u8]) -> Option<(usize, u8)> {
         }
         if at == 0 {
             return Some((0, seq));
+        }
+        tries += 1;
+        if tries > 4 {
+            return None;
         }
         // The packet before it.
         let prev_seq = seq.wrapping_sub(1);
@@ -2209,6 +2216,29 @@ mod tests {
             AUTH_SWITCH,
             &["E #0 Ping mariadb db=shop", "I re#0 OK affected=0"],
         );
+    }
+
+    #[test]
+    fn credentials_are_not_kept() {
+        for text in [CLI_SESSION, BINARY_EOF, AUTH_SWITCH] {
+            let records = fixture(text, false);
+            let mut conn = MysqlConn::new(Limits::default());
+            let mut out = Vec::new();
+            // Greeting, handshake response, auth exchange, fed a byte at a
+            // time so that every packet is assembled in the framer's buffer.
+            for (dir, bytes) in records
+                .iter()
+                .take_while(|(d, b)| !(*d == Direction::Egress && b.get(3) == Some(&0)))
+            {
+                for (i, b) in bytes.iter().enumerate() {
+                    conn.feed(*dir, &whole(std::slice::from_ref(b), i as u64), &mut out);
+                }
+            }
+            assert!(out.is_empty());
+            assert!(conn.egress.framer.buf.is_empty() && conn.ingress.framer.buf.is_empty());
+            let state = format!("{conn:?}");
+            assert!(!state.contains("app"), "{state}");
+        }
     }
 
     #[test]

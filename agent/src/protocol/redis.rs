@@ -1088,6 +1088,7 @@ impl Side {
     fn type_allowed(&self, t: u8, cx: &Ctx<'_>) -> bool {
         let inner = self.frame.stack.last();
         if inner.is_some_and(|l| l.string) {
+            // A streamed string holds only its parts.
             return t == b';';
         }
         if cx.role() == Some(Role::Commands) {
@@ -1097,7 +1098,10 @@ impl Side {
                 t == b'$'
             };
         }
-        is_type_byte(t) || t == b';' || t == b'.'
+        match t {
+            b'.' => inner.is_some_and(|l| l.left == Left::Streamed),
+            _ => is_type_byte(t),
+        }
     }
 
     /// A line ended (its LF was just read).

@@ -287,23 +287,65 @@ fn serves_metrics_over_http() {
     runtime.shutdown_background();
 }
 
-/// Reads one response with a Content-Length: (head, body).
+/// Reads one response, with a Content-Length or chunked: (head, body).
 fn read_response(conn: &mut std::net::TcpStream) -> (String, String) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        conn.read_exact(&mut byte).unwrap();
-        buf.push(byte[0]);
+    let mut reader = std::io::BufReader::new(conn);
+    let line = |r: &mut std::io::BufReader<&mut std::net::TcpStream>| {
+        let mut l = String::new();
+        std::io::BufRead::read_line(r, &mut l).unwrap();
+        l
+    };
+    let mut head = String::new();
+    loop {
+        let l = line(&mut reader);
+        head.push_str(&l);
+        if l == "\r\n" {
+            break;
+        }
     }
-    let head = String::from_utf8(buf).unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).unwrap();
+    let mut body = Vec::new();
+    if head.contains("Transfer-Encoding: chunked") {
+        loop {
+            let size = usize::from_str_radix(line(&mut reader).trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        body.resize(len, 0);
+        reader.read_exact(&mut body).unwrap();
+    }
     (head, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn pieces_join_into_the_whole_page() {
+    let snap = snapshot();
+    for format in [Format::Text, Format::OpenMetrics] {
+        let whole = render(&snap, format);
+        let mut pieces = String::new();
+        let mut r = Renderer::new(&snap, format);
+        let mut calls = 0;
+        loop {
+            let mut chunk = String::new();
+            let more = r.fill(&mut chunk, 100);
+            calls += 1;
+            pieces.push_str(&chunk);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(pieces, whole);
+        assert!(calls > 5, "{calls}");
+    }
 }

@@ -1,0 +1,499 @@
+//! The metrics stage end to end: real nginx and curl, the real agent, RED
+//! metrics received over OTLP (gRPC and HTTP) and scraped by a real
+//! Prometheus server. Needs root (skips otherwise), a release build of the
+//! agent (`cargo build --release -p sonde`) and, for the scrape test,
+//! Debian's `prometheus` package.
+//!
+//! The tests share the kernel, so a static mutex runs them one at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use sonde_tests::clients::curl;
+use sonde_tests::prometheus::Prometheus;
+use sonde_tests::received_metrics::latest;
+use sonde_tests::servers::{INDEX_HTML, Nginx};
+use sonde_tests::{
+    Agent, Kind, PointData, ReceivedPoint, ReceivedSpan, Receiver, free_port, require_root,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// How long to wait for spans and metrics.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Export metrics often, so the tests do not wait a minute.
+const FAST_EXPORT: &str = "metrics:\n  otlp:\n    interval_ms: 500\n";
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn must<T>(r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A receiver plus the agent exporting into it.
+struct Ctx {
+    rx: Receiver,
+    agent: Option<Agent>,
+}
+
+impl Ctx {
+    fn start(protocol: &str, extra_yaml: &str, args: &[&str]) -> Ctx {
+        let rx = must(Receiver::start());
+        let endpoint = if protocol == "grpc" {
+            rx.grpc_endpoint()
+        } else {
+            rx.http_endpoint()
+        };
+        let agent = must(Agent::start_with_args(&endpoint, protocol, extra_yaml, args));
+        Ctx {
+            rx,
+            agent: Some(agent),
+        }
+    }
+
+    fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().map(Agent::pid).unwrap_or(0)
+    }
+
+    /// The newest point of every series of `metric` that `pick` selects.
+    fn series(&self, metric: &str, pick: impl Fn(&ReceivedPoint) -> bool) -> Vec<ReceivedPoint> {
+        latest(&self.rx.points())
+            .into_iter()
+            .filter(|p| p.name == metric && pick(p))
+            .collect()
+    }
+
+    /// Waits until the histogram counts of `metric` over the series `pick`
+    /// selects add up to `n` (newest point of each series).
+    fn wait_count(&self, metric: &str, n: u64, pick: &dyn Fn(&ReceivedPoint) -> bool) -> bool {
+        self.rx.wait_points(WAIT, |points| {
+            let total: u64 = latest(points)
+                .iter()
+                .filter(|p| p.name == metric && pick(p))
+                .filter_map(ReceivedPoint::count)
+                .sum();
+            total >= n
+        })
+    }
+
+    fn report(&self, pick: impl Fn(&ReceivedPoint) -> bool) -> String {
+        self.rx.points_report(pick, 200)
+    }
+
+    fn stop(mut self) {
+        if let Some(agent) = self.agent.take() {
+            must(agent.stop());
+        }
+    }
+}
+
+fn pid_in(pids: &[u32]) -> impl Fn(&ReceivedPoint) -> bool + '_ {
+    move |p| p.pid().is_some_and(|pid| pids.contains(&pid))
+}
+
+/// (route or server, status) → count, from histogram points.
+fn counts_by(points: &[ReceivedPoint], label: &str) -> BTreeMap<(String, i64), u64> {
+    let mut m = BTreeMap::new();
+    for p in points {
+        let key = (
+            p.attr_str(label).unwrap_or("<none>").to_string(),
+            p.attr_int("http.response.status_code").unwrap_or(-1),
+        );
+        *m.entry(key).or_insert(0) += p.count().unwrap_or(0);
+    }
+    m
+}
+
+fn want(pairs: &[(&str, i64, u64)]) -> BTreeMap<(String, i64), u64> {
+    pairs
+        .iter()
+        .map(|(r, s, n)| ((r.to_string(), *s), *n))
+        .collect()
+}
+
+/// The requests every OTLP test makes: one curl, one keep-alive connection.
+fn urls(nginx: &Nginx) -> Vec<String> {
+    let mut urls = vec![nginx.url("/index.html"); 20];
+    urls.extend(vec![nginx.url("/missing"); 5]);
+    urls.extend(vec![nginx.url("/fail"); 3]);
+    urls
+}
+
+const EXPECTED: [(&str, i64, u64); 3] = [("/index.html", 200, 20), ("/missing", 404, 5), ("/fail", 500, 3)];
+
+/// Sum of span durations in seconds, per (route, status).
+fn duration_sums(spans: &[ReceivedSpan]) -> BTreeMap<(String, i64), f64> {
+    let mut m = BTreeMap::new();
+    for s in spans {
+        let key = (
+            s.attr_str("http.route").unwrap_or("<none>").to_string(),
+            s.attr_int("http.response.status_code").unwrap_or(-1),
+        );
+        *m.entry(key).or_insert(0.0) += s.duration_ns() as f64 / 1e9;
+    }
+    m
+}
+
+/// RED metrics over OTLP/gRPC, checked against the requests made and the
+/// spans the same agent exported: counts, statuses, routes, sums, buckets,
+/// exemplars, body sizes, the service graph and the agent's own health.
+#[test]
+fn otlp_red_metrics_match_the_requests_and_spans() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let nginx = must(Nginx::start(None));
+    let ctx = Ctx::start("grpc", FAST_EXPORT, &[]);
+    let run = must(curl(&urls(&nginx)));
+    let total: u64 = EXPECTED.iter().map(|e| e.2).sum();
+
+    let from_nginx = pid_in(nginx.pids());
+    let from_curl = |p: &ReceivedPoint| p.pid() == Some(run.pid);
+    let nginx_span =
+        |s: &ReceivedSpan| s.pid().is_some_and(|p| nginx.pids().contains(&p)) && s.kind == Kind::Server;
+    let curl_span = |s: &ReceivedSpan| s.pid() == Some(run.pid);
+    ctx.rx.wait_count(total as usize, WAIT, nginx_span);
+    ctx.rx.wait_count(total as usize, WAIT, curl_span);
+    let ok = ctx.wait_count("http.server.request.duration", total, &from_nginx)
+        && ctx.wait_count("http.client.request.duration", total, &from_curl);
+    assert!(ok, "metrics did not add up to {total} requests:{}", ctx.report(|_| true));
+    // One more export, so that nothing is still on its way.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let server = ctx.series("http.server.request.duration", &from_nginx);
+    let client = ctx.series("http.client.request.duration", from_curl);
+    let report = ctx.report(|p| from_nginx(p) || from_curl(p) || p.name.starts_with("traces_"));
+    assert_eq!(counts_by(&server, "http.route"), want(&EXPECTED), "{report}");
+    assert_eq!(counts_by(&client, "server.address").values().sum::<u64>(), total, "{report}");
+    let client_statuses: BTreeMap<i64, u64> = client
+        .iter()
+        .map(|p| (p.attr_int("http.response.status_code").unwrap_or(-1), p.count().unwrap_or(0)))
+        .fold(BTreeMap::new(), |mut m, (s, n)| {
+            *m.entry(s).or_insert(0) += n;
+            m
+        });
+    assert_eq!(client_statuses, [(200, 20), (404, 5), (500, 3)].into_iter().collect(), "{report}");
+
+    let spans: Vec<ReceivedSpan> = ctx.rx.spans().into_iter().filter(|s| nginx_span(s)).collect();
+    let span_ids: HashSet<(String, String)> = spans
+        .iter()
+        .map(|s| (s.trace_id.clone(), s.span_id.clone()))
+        .collect();
+    let sums = duration_sums(&spans);
+    let mut problems = Vec::new();
+    let mut exemplars = 0;
+    for p in &server {
+        let route = p.attr_str("http.route").unwrap_or_default().to_string();
+        let status = p.attr_int("http.response.status_code").unwrap_or(-1);
+        let PointData::Histogram {
+            count,
+            sum,
+            bucket_counts,
+            bounds,
+            min,
+            max,
+        } = &p.data
+        else {
+            problems.push(format!("not an explicit histogram: {}", p.compact()));
+            continue;
+        };
+        if p.unit != "s" || p.temporality != 2 || p.start_ns == 0 || p.start_ns > p.time_ns {
+            problems.push(format!(
+                "unit {:?}, temporality {}, start {} time {}: {}",
+                p.unit, p.temporality, p.start_ns, p.time_ns, p.compact()
+            ));
+        }
+        if bucket_counts.iter().sum::<u64>() != *count || bounds.len() != 14 || bounds[0] != 0.005 {
+            problems.push(format!("buckets {bucket_counts:?} bounds {bounds:?}: {}", p.compact()));
+        }
+        let spans_total = sums.get(&(route.clone(), status)).copied().unwrap_or(-1.0);
+        if sum.is_none_or(|s| (s - spans_total).abs() > 1e-6) {
+            problems.push(format!(
+                "sum {sum:?} but the spans' durations add up to {spans_total}: {}",
+                p.compact()
+            ));
+        }
+        if min.is_none_or(|m| m <= 0.0) || max.is_none_or(|m| sum.is_none_or(|s| m > s)) {
+            problems.push(format!("min {min:?} max {max:?}: {}", p.compact()));
+        }
+        let error_type = p.attr_str("error.type");
+        if (status >= 500) != (error_type == Some("500")) {
+            problems.push(format!("error.type {error_type:?}: {}", p.compact()));
+        }
+        for (k, v) in [("http.request.method", "GET"), ("url.scheme", "http"), ("network.protocol.version", "1.1")] {
+            if p.attr_str(k) != Some(v) {
+                problems.push(format!("{k} is not {v:?}: {}", p.compact()));
+            }
+        }
+        if p.resource.get("service.name").and_then(|v| v.as_str()) != Some("nginx")
+            || p.resource.get("telemetry.distro.name").and_then(|v| v.as_str()) != Some("sonde")
+        {
+            problems.push(format!("resource {:?}", p.resource));
+        }
+        for e in &p.exemplars {
+            exemplars += 1;
+            if !span_ids.contains(&(e.trace_id.clone(), e.span_id.clone())) {
+                problems.push(format!(
+                    "exemplar {}/{} is no nginx span: {}",
+                    e.trace_id,
+                    e.span_id,
+                    p.compact()
+                ));
+            }
+        }
+    }
+    if exemplars == 0 {
+        problems.push("no exemplar on any nginx duration series".into());
+    }
+
+    // Response body sizes of the static file.
+    let sizes = ctx.series("http.server.response.body.size", |p| {
+        from_nginx(p) && p.attr_int("http.response.status_code") == Some(200)
+    });
+    match sizes.as_slice() {
+        [p] if p.count() == Some(20) && p.value() == Some(20.0 * INDEX_HTML.len() as f64) => {}
+        other => problems.push(format!("response sizes of /index.html: {other:?}")),
+    }
+
+    // The service graph: curl called nginx 28 times, 8 of them failed for
+    // the client (404 and 500).
+    let edge = |name: &str| {
+        ctx.series(name, |p| {
+            p.attr_str("client") == Some("curl") && p.attr_str("server") == Some("nginx")
+        })
+    };
+    let value = |points: Vec<ReceivedPoint>| points.first().and_then(ReceivedPoint::value);
+    let count = |points: Vec<ReceivedPoint>| points.first().and_then(ReceivedPoint::count);
+    for (name, got, want) in [
+        ("requests", value(edge("traces_service_graph_request_total")), Some(28.0)),
+        ("failed", value(edge("traces_service_graph_request_failed_total")), Some(8.0)),
+        (
+            "server durations",
+            count(edge("traces_service_graph_request_server_seconds")).map(|c| c as f64),
+            Some(28.0),
+        ),
+        (
+            "client durations",
+            count(edge("traces_service_graph_request_client_seconds")).map(|c| c as f64),
+            Some(28.0),
+        ),
+    ] {
+        if got != want {
+            problems.push(format!("service graph {name}: {got:?}, expected {want:?}"));
+        }
+    }
+
+    // The agent's own health, under its own resource.
+    let own = |p: &ReceivedPoint| p.pid() == Some(ctx.agent_pid());
+    let read = value(ctx.series("sonde.events.read", own));
+    let built = value(ctx.series("sonde.spans.built", own));
+    let rss = value(ctx.series("sonde.process.memory.rss", own));
+    let dropped = ctx.series("sonde.events.dropped", own);
+    if read.is_none_or(|v| v <= 0.0) || built.is_none_or(|v| v < 56.0) || rss.is_none_or(|v| v <= 0.0) {
+        problems.push(format!("self-metrics: events read {read:?}, spans built {built:?}, rss {rss:?}"));
+    }
+    if dropped.len() != 2 {
+        problems.push(format!("sonde.events.dropped has {} series, expected 2 reasons", dropped.len()));
+    }
+    assert!(problems.is_empty(), "{} problem(s):\n  {}{report}", problems.len(), problems.join("\n  "));
+    eprintln!(
+        "[otlp] {} nginx series, {exemplars} exemplars, agent rss {:.1} MiB",
+        server.len(),
+        rss.unwrap_or(0.0) / 1048576.0
+    );
+    ctx.stop();
+}
+
+/// Delta temporality over OTLP/HTTP: the points of each export hold what
+/// happened since the previous one, and they add up to the requests made.
+#[test]
+fn otlp_delta_over_http_adds_up() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let nginx = must(Nginx::start(None));
+    let ctx = Ctx::start(
+        "http/protobuf",
+        "metrics:\n  otlp:\n    interval_ms: 500\n    temporality: delta\n",
+        &[],
+    );
+    let from_nginx = pid_in(nginx.pids());
+    let sum_counts = |points: &[ReceivedPoint]| -> u64 {
+        points
+            .iter()
+            .filter(|p| p.name == "http.server.request.duration" && from_nginx(p))
+            .filter_map(ReceivedPoint::count)
+            .sum()
+    };
+    must(curl(&vec![nginx.url("/index.html"); 10]));
+    assert!(
+        ctx.rx.wait_points(WAIT, |p| sum_counts(p) >= 10),
+        "first batch not seen:{}",
+        ctx.report(|_| true)
+    );
+    must(curl(&vec![nginx.url("/index.html"); 7]));
+    ctx.rx.wait_points(WAIT, |p| sum_counts(p) >= 17);
+    std::thread::sleep(Duration::from_secs(2));
+    let points = ctx.rx.points();
+    let mine: Vec<&ReceivedPoint> = points
+        .iter()
+        .filter(|p| p.name == "http.server.request.duration" && from_nginx(p))
+        .collect();
+    let report = ctx.report(|p| from_nginx(p));
+    assert_eq!(sum_counts(&points), 17, "{report}");
+    assert!(mine.len() >= 2, "expected the two batches in separate exports: {report}");
+    assert!(mine.iter().all(|p| p.temporality == 1), "{report}");
+    // Each delta point starts where the previous one of its series ended.
+    let mut by_start: Vec<(u64, u64)> = mine.iter().map(|p| (p.start_ns, p.time_ns)).collect();
+    by_start.sort();
+    for w in by_start.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlapping delta points {w:?}: {report}");
+    }
+    assert!(ctx.rx.errors().is_empty(), "{:?}", ctx.rx.errors());
+    ctx.stop();
+}
+
+/// A real Prometheus scrapes `--prometheus`: the request count equals what
+/// was sent, the p99 from the histogram buckets is a finite number, the
+/// service graph is there, and exemplars reach Prometheus' exemplar store.
+#[test]
+fn prometheus_scrapes_the_agent() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let nginx = must(Nginx::start(None));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let ctx = Ctx::start("grpc", "", &["--prometheus", &listen]);
+    let addr: SocketAddr = listen.parse().expect("listen address");
+    let prom = must(Prometheus::start(addr));
+
+    let selector = "http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/index.html\"}";
+    let count = format!("sum({selector})");
+    // Two batches: rate() needs the series to grow while Prometheus watches.
+    must(curl(&vec![nginx.url("/index.html"); 15]));
+    let first = must(prom.wait_scalar(&count, WAIT, |v| v >= 15.0));
+    assert_eq!(
+        first,
+        Some(15.0),
+        "Prometheus did not see the first 15 requests; target {}; log {}",
+        prom.target_health().unwrap_or_default(),
+        prom.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    must(curl(&vec![nginx.url("/index.html"); 15]));
+    let seen = must(prom.wait_scalar(&count, WAIT, |v| v >= 30.0));
+    assert_eq!(seen, Some(30.0), "target {}", prom.target_health().unwrap_or_default());
+    // Let a few more scrapes land after the second batch.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let p99 = "histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds_bucket{service_name=\"nginx\"}[30s])))";
+    let q = must(prom.scalar(p99));
+    assert!(
+        q.is_some_and(|v| v.is_finite() && v > 0.0),
+        "p99 {q:?}; buckets: {:?}",
+        prom.query("http_server_request_duration_seconds_bucket{service_name=\"nginx\"}")
+    );
+    let edges = must(prom.scalar(
+        "sum(traces_service_graph_request_total{client=\"curl\",server=\"nginx\"})",
+    ));
+    assert_eq!(edges, Some(30.0));
+    let health = must(prom.scalar("max(sonde_events_read_total)"));
+    assert!(health.is_some_and(|v| v > 0.0), "sonde_events_read_total {health:?}");
+
+    let exemplars = must(prom.exemplars(
+        "http_server_request_duration_seconds_bucket{service_name=\"nginx\"}",
+        120,
+    ));
+    let trace_ids: Vec<String> = exemplars
+        .iter()
+        .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !trace_ids.is_empty() && trace_ids.iter().all(|t| t.len() == 32),
+        "exemplars in Prometheus: {exemplars:?}"
+    );
+    eprintln!(
+        "[prometheus] count {seen:?}, p99 {q:?} s, {} exemplars",
+        trace_ids.len()
+    );
+    ctx.stop();
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 10,000 distinct routes through nginx: 10,000 series of
+/// `http.server.request.duration`, exported over OTLP and scraped; the
+/// agent's resident memory stays under 64 MiB.
+#[test]
+fn ten_thousand_series_fit_in_64_mib() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    const ROUTES: usize = 10_000;
+    let nginx = must(Nginx::start(None));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let ctx = Ctx::start(
+        "grpc",
+        "metrics:\n  max_series_per_metric: 20000\n  otlp:\n    interval_ms: 2000\n",
+        &["--prometheus", &listen],
+    );
+    let pid = ctx.agent_pid();
+    let idle_rss = status_kib(pid, "VmRSS:");
+    let urls: Vec<String> = (0..ROUTES).map(|i| nginx.url(&format!("/m/p{i}"))).collect();
+    for chunk in urls.chunks(2500) {
+        must(curl(chunk));
+    }
+    let from_nginx = pid_in(nginx.pids());
+    let ok = ctx.rx.wait_points(Duration::from_secs(90), |points| {
+        latest(points)
+            .iter()
+            .filter(|p| p.name == "http.server.request.duration" && from_nginx(p))
+            .count()
+            >= ROUTES
+    });
+    assert!(ok, "{} series seen", ctx.series("http.server.request.duration", &from_nginx).len());
+    // Scrape the endpoint too, the way Prometheus would.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n",
+    )
+    .expect("send");
+    let mut page = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut page).expect("read");
+    let rss = status_kib(pid, "VmRSS:");
+    let hwm = status_kib(pid, "VmHWM:");
+    let anon = status_kib(pid, "RssAnon:");
+    eprintln!(
+        "[memory] agent with {ROUTES} routes: VmRSS {:.1} MiB (idle {:.1} MiB), VmHWM {:.1} MiB, \
+         RssAnon {:.1} MiB; scrape page {:.1} MiB",
+        rss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        page.len() as f64 / 1048576.0
+    );
+    assert!(page.ends_with(b"# EOF\r\n\r\n0\r\n\r\n") || page.windows(5).any(|w| w == b"# EOF"));
+    assert!(hwm < 64 * 1024, "peak RSS {hwm} KiB is over 64 MiB");
+    ctx.stop();
+}
