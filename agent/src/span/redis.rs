@@ -485,8 +485,11 @@ pub fn build_span(
         Some(ReplyKind::Error { prefix, message }) => {
             attrs.push(("db.response.status_code", prefix.clone().into()));
             attrs.push(("error.type", prefix.clone().into()));
+            // Servers quote the command back in error messages ("unknown
+            // command 'X', with args beginning with: ..."), arguments and
+            // passwords included: with sanitising on, only the prefix.
             SpanStatus::Error {
-                description: if message.is_empty() {
+                description: if message.is_empty() || ctx.options.db.sanitize_query {
                     prefix.clone()
                 } else {
                     message.clone()
@@ -601,8 +604,8 @@ mod tests {
                 "LRANGE | LRANGE list ? ? | 0",
                 "HSET | HSET h ? ? ? ? | 0",
                 "HGETALL | HGETALL h | 0",
-                "GET | GET h | 0 | WRONGTYPE: Operation against a key holding the wrong kind of value",
-                "NOSUCHCMD | NOSUCHCMD ? | 0 | ERR: unknown command 'NOSUCHCMD', with args beginning with: 'x' ",
+                "GET | GET h | 0 | WRONGTYPE: WRONGTYPE",
+                "NOSUCHCMD | NOSUCHCMD ? | 0 | ERR: ERR",
                 "CLIENT SETNAME | CLIENT SETNAME ? | 0",
                 "CONFIG GET | CONFIG GET ? | 0",
                 "DEL | DEL user:1 ? ? ? | 0",
@@ -643,7 +646,7 @@ mod tests {
                 "SELECT | SELECT ? | 2",
                 "EXEC | EXEC | 2",
                 "GET | GET b | 3",
-                "DISCARD | DISCARD | 3 | ERR: DISCARD without MULTI",
+                "DISCARD | DISCARD | 3 | ERR: ERR",
                 "SELECT | SELECT ? | 3",
                 "DEL | DEL a | 0",
             ],
@@ -723,8 +726,8 @@ mod tests {
         (
             "hello_auth",
             &[
-                "GET | GET k | 0 | NOAUTH: Authentication required.",
-                "HELLO | HELLO ? | 0 | WRONGPASS: invalid username-password pair or user is disabled.",
+                "GET | GET k | 0 | NOAUTH: NOAUTH",
+                "HELLO | HELLO ? | 0 | WRONGPASS: WRONGPASS",
                 "HELLO | HELLO ? | 0",
                 "GET | GET k | 0",
             ],
@@ -840,6 +843,14 @@ mod tests {
         assert_eq!(wrongtype.attr("error.type"), Some(&"WRONGTYPE".into()));
         assert_eq!(
             wrongtype.status,
+            SpanStatus::Error {
+                description: "WRONGTYPE".into()
+            },
+            "sanitised: the server's message may quote arguments"
+        );
+        let (unsanitised, _) = fixture_spans("resp2_basic", true, false);
+        assert_eq!(
+            unsanitised[8].status,
             SpanStatus::Error {
                 description: "Operation against a key holding the wrong kind of value".into()
             }
