@@ -1,5 +1,6 @@
 //! The user-space pipeline fed with recorded events, no kernel: decode,
-//! connection table, HTTP/1.x parsing, pairing and span building.
+//! connection table, protocol parsing (HTTP/1.x, Redis, MySQL), pairing and
+//! span building.
 //!
 //! `cargo xtask bench pipeline` runs it; the figure to read is the
 //! throughput in elements (request/response pairs) per second.
@@ -40,11 +41,23 @@ impl SpanSink for CountingSink {
 const CONNS: u32 = 64;
 const PAIRS_PER_CONN: u32 = 16;
 
+const HTTP_REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
+const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
+/// `SET session:12345 <value>` and its `+OK`.
+const REDIS_COMMAND: &[u8] =
+    b"*3\r\n$3\r\nSET\r\n$13\r\nsession:12345\r\n$16\r\nabcdefghijklmnop\r\n";
+const REDIS_REPLY: &[u8] = b"+OK\r\n";
+/// A COM_QUERY and its OK packet (1 row affected).
+const MYSQL_QUERY: &[u8] = b"\x2c\x00\x00\x00\x03UPDATE users SET name = 'bob' WHERE id = 42";
+const MYSQL_OK: &[u8] = b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00";
+
 /// Records as the kernel would ship them: on each of `CONNS` server
 /// connections, `PAIRS_PER_CONN` requests read and responses written.
 fn recorded_events() -> Vec<Vec<u8>> {
-    let request = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
-    let response = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
+    recorded(HTTP_REQUEST, HTTP_RESPONSE)
+}
+
+fn recorded(request: &[u8], response: &[u8]) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     let mut ts = 1_000_000u64;
     for round in 0..PAIRS_PER_CONN {
@@ -117,6 +130,21 @@ fn bench_pipeline(c: &mut Criterion) {
         });
         assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
     });
+    for (name, request, response) in [
+        ("redis_commands", REDIS_COMMAND, REDIS_REPLY),
+        ("mysql_queries", MYSQL_QUERY, MYSQL_OK),
+    ] {
+        let records = recorded(request, response);
+        group.bench_function(name, |b| {
+            let mut pipeline = pipeline(Arc::new(Stats::default()));
+            b.iter(|| {
+                for r in &records {
+                    pipeline.handle_record(black_box(r));
+                }
+            });
+            assert!(pipeline.sink_mut().0 > 0, "{name}: the bench built no spans");
+        });
+    }
     group.bench_function("http1_pairs_with_metrics", |b| {
         let stats = Arc::new(Stats::default());
         let mut pipeline = pipeline(stats.clone());

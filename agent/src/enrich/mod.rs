@@ -204,15 +204,15 @@ impl ProcessResources {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(entry) = self.entries.get_mut(&pid) {
+            // One check per `forget`: the pipeline calls it on each new
+            // connection, which is where a new process with a reused pid
+            // first shows. Checking on every call would cost /proc reads per
+            // span for a process that has exited.
+            // A process that is gone by now keeps what was read while it ran.
             let trusted = !entry.verify || {
                 let now = read_identity(&self.proc_root.join(pid.to_string()));
-                let same = now == entry.identity;
-                // An entry whose process could not be found stays doubtful,
-                // so that a later process with this pid is noticed.
-                if same && now.start_time.is_some() {
-                    entry.verify = false;
-                }
-                same
+                entry.verify = false;
+                now.start_time.is_none() || now == entry.identity
             };
             if trusted {
                 self.order.remove(&entry.seq);
@@ -231,7 +231,7 @@ impl ProcessResources {
                 exe_path: facts.exe_path,
             },
             seq,
-            verify: facts.start_time.is_none(),
+            verify: false,
         };
         if let Some(old) = self.entries.insert(pid, entry) {
             self.order.remove(&old.seq);
@@ -825,15 +825,16 @@ mod tests {
         assert!(Arc::ptr_eq(&second, &cache.get(100)));
         cache.forget(12345); // unknown pid: nothing happens
 
-        // A process that is gone: what is known, and a stable resource.
+        // A process that is gone keeps what was read while it ran: its last
+        // spans are often finished after it exited.
         proc.exit(100);
         cache.forget(100);
-        let gone = cache.get(100);
-        assert_eq!(gone.service_name, UNKNOWN_SERVICE);
-        assert_eq!(gone.attr("process.pid"), Some(&AttrValue::Int(100)));
-        assert!(Arc::ptr_eq(&gone, &cache.get(100)));
-        // ... until a new process takes the pid.
+        assert!(Arc::ptr_eq(&second, &cache.get(100)));
+        assert!(Arc::ptr_eq(&second, &cache.get(100)));
+        // A new process on the pid is seen at the next `forget` (the
+        // pipeline calls it for every new connection).
         proc.process(100, 3000, "/usr/bin/python3", b"");
+        cache.forget(100);
         assert_eq!(cache.get(100).service_name, "python3");
 
         let never = cache.get(4_000_000);
