@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
         },
         options: SpanOptions::default(),
     };
-    let mut conn = MysqlConn::new(Limits { max_buffered_bytes: 512 });
+    let mut conn = MysqlConn::new(Limits {
+        max_buffered_bytes: 512,
+    });
     let mut pairing = MysqlPairing::default();
     let mut loss = PairingLoss::default();
     let mut spans = Vec::new();
@@ -62,7 +64,11 @@ fuzz_target!(|data: &[u8]| {
         let take = (*len as usize).min(tail.len());
         let (captured, next) = tail.split_at(take);
         rest = next;
-        let dir = if control & 1 == 0 { Direction::Egress } else { Direction::Ingress };
+        let dir = if control & 1 == 0 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
         let gap = u64::from(control >> 1) * 16;
         ts += 1;
         let chunk = Chunk {

@@ -243,9 +243,15 @@ fn build_span(
                 .sql_state
                 .clone()
                 .unwrap_or_else(|| err.code.to_string());
-            attrs.push(("error.type", error_type.into()));
+            attrs.push(("error.type", error_type.clone().into()));
+            // Servers quote the statement back in error messages ("... near
+            // 'SELEC 'secret'' at line 1"): with sanitising on, only the code.
             SpanStatus::Error {
-                description: err.message.clone(),
+                description: if ctx.options.db.sanitize_query {
+                    format!("{} ({error_type})", err.code)
+                } else {
+                    err.message.clone()
+                },
             }
         }
         None => SpanStatus::Unset,
@@ -447,8 +453,9 @@ mod tests {
             assert_eq!(
                 failed.status,
                 SpanStatus::Error {
-                    description: "Table 'shop.missing_table' doesn't exist".to_owned()
-                }
+                    description: "1146 (42S02)".to_owned()
+                },
+                "sanitised: the server's message may quote the statement"
             );
 
             let insert = &spans[8];

@@ -491,6 +491,9 @@ fn statement_operation(sql: &str, toks: &[Token]) -> Option<String> {
         .find(|t| t.kind != Kind::Punct(b'('))
         .filter(|t| t.kind == Kind::Word)?;
     let word = text(sql, first).to_ascii_uppercase();
+    if let Some(op) = table_ddl(sql, toks, &word) {
+        return Some(op.0);
+    }
     if word != "WITH" {
         return Some(word);
     }
@@ -641,7 +644,40 @@ fn count_words(sql: &str, toks: &[Token], words: &[&str]) -> usize {
         .count()
 }
 
+/// Table DDL (`CREATE [TEMPORARY] TABLE [IF NOT EXISTS] t`, `DROP TABLE
+/// [IF EXISTS] t`, `ALTER TABLE t`, `TRUNCATE [TABLE] t`): the two-word
+/// operation name and the index of the token after `TABLE` and any
+/// `IF [NOT] EXISTS`.
+fn table_ddl(sql: &str, toks: &[Token], first: &str) -> Option<(String, usize)> {
+    if !matches!(first, "CREATE" | "DROP" | "ALTER" | "TRUNCATE") {
+        return None;
+    }
+    let start = toks.iter().position(|t| t.kind == Kind::Word)?;
+    let mut i = start + 1;
+    if toks.get(i).is_some_and(|t| is_word(sql, t, "TEMPORARY")) {
+        i += 1;
+    }
+    if toks.get(i).is_some_and(|t| is_word(sql, t, "TABLE")) {
+        i += 1;
+    } else if first != "TRUNCATE" {
+        return None;
+    }
+    for w in ["IF", "NOT", "EXISTS"] {
+        if toks.get(i).is_some_and(|t| is_word(sql, t, w)) {
+            i += 1;
+        }
+    }
+    Some((format!("{first} TABLE"), i))
+}
+
 fn statement_collection(sql: &str, toks: &[Token], op: &str) -> Option<String> {
+    if op.ends_with(" TABLE") {
+        let first = toks.iter().find(|t| t.kind == Kind::Word)?;
+        let (_, at) = table_ddl(sql, toks, &text(sql, first).to_ascii_uppercase())?;
+        let (name, next) = table_name(sql, toks, at)?;
+        // `DROP TABLE a, b` names more than one.
+        return (!toks.get(next).is_some_and(|t| t.kind == Kind::Punct(b','))).then_some(name);
+    }
     let selects = count_words(sql, toks, &["SELECT"]);
     if count_words(sql, toks, &["UNION", "EXCEPT", "INTERSECT", "JOIN"]) > 0 {
         return None;
@@ -935,6 +971,26 @@ mod tests {
                 Some("UPDATE"),
                 Some("t9"),
             ),
+            (
+                "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(20))",
+                Some("CREATE TABLE"),
+                Some("items"),
+            ),
+            (
+                "create temporary table if not exists `shop`.`tmp` (a int)",
+                Some("CREATE TABLE"),
+                Some("shop.tmp"),
+            ),
+            ("DROP TABLE IF EXISTS old", Some("DROP TABLE"), Some("old")),
+            ("DROP TABLE a, b", Some("DROP TABLE"), None),
+            (
+                "ALTER TABLE t ADD COLUMN c INT",
+                Some("ALTER TABLE"),
+                Some("t"),
+            ),
+            ("TRUNCATE t", Some("TRUNCATE TABLE"), Some("t")),
+            ("CREATE INDEX i ON t (a)", Some("CREATE"), None),
+            ("CREATE DATABASE shop", Some("CREATE"), None),
             ("BEGIN", Some("BEGIN"), None),
             ("set autocommit=1", Some("SET"), None),
             ("SHOW TABLES", Some("SHOW"), None),
