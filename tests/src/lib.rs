@@ -15,6 +15,8 @@
 //! - [`mariadb`]: MariaDB with a fresh data directory, the `mariadb` client
 //!   and mysql-connector-python scripts.
 //! - [`db`]: what the database tests share (agent context, span dumps).
+//! - [`grpc`]: a Python grpcio server and client, nginx over h2c and
+//!   `curl --http2-prior-knowledge`.
 //!
 //! The agent traces the whole host, so tests select spans by the pids and
 //! ports they created themselves.
@@ -22,6 +24,7 @@
 pub mod agent;
 pub mod clients;
 pub mod db;
+pub mod grpc;
 pub mod mariadb;
 pub mod prometheus;
 pub mod received_metrics;

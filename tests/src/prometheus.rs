@@ -39,7 +39,9 @@ impl Prometheus {
                 bin.display()
             );
         }
-        let dir = tempfile::Builder::new().prefix("sonde-prometheus-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("sonde-prometheus-")
+            .tempdir()?;
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: sonde\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
@@ -130,9 +132,7 @@ impl Prometheus {
         match result.as_slice() {
             [] => Ok(None),
             [one] => {
-                let text = one["value"][1]
-                    .as_str()
-                    .context("no value in the sample")?;
+                let text = one["value"][1].as_str().context("no value in the sample")?;
                 Ok(Some(match text {
                     "NaN" => f64::NAN,
                     "+Inf" => f64::INFINITY,

@@ -105,7 +105,11 @@ pub fn flatten(req: &ExportMetricsServiceRequest, via: Via) -> Vec<ReceivedPoint
             .map(|r| attrs(&r.attributes))
             .unwrap_or_default();
         for sm in &rm.scope_metrics {
-            let scope = sm.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let scope = sm
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
             for m in &sm.metrics {
                 let base = |temporality: i32,
                             a: &[KeyValue],
@@ -279,7 +283,9 @@ impl ReceivedPoint {
             "{} svc={} pid={} {{{}}} {data} exemplars={}",
             self.name,
             self.service().unwrap_or("-"),
-            self.pid().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            self.pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             a.join(","),
             self.exemplars.len()
         )

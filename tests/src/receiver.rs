@@ -711,7 +711,8 @@ async fn serve_http(stream: TcpStream, store: Shared) -> anyhow::Result<()> {
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or_default();
         let path = parts.next().unwrap_or_default();
-        let (status, reply) = if method != "POST" || (path != "/v1/traces" && path != "/v1/metrics") {
+        let (status, reply) = if method != "POST" || (path != "/v1/traces" && path != "/v1/metrics")
+        {
             lock(&store).errors.push(format!(
                 "http receiver: unexpected request {request_line:?}"
             ));

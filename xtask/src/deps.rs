@@ -38,6 +38,7 @@ const PACKAGED_SERVICES: &[(&str, &str)] = &[
 pub const PIP_PACKAGES: &[(&str, &str)] = &[
     ("redis", "redis"),
     ("mysql-connector-python", "mysql.connector"),
+    ("grpcio", "grpc"),
 ];
 
 /// Installs whatever is missing from [`APT_PACKAGES`] and [`PIP_PACKAGES`].
