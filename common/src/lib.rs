@@ -16,7 +16,7 @@ pub const MAX_CAPTURE: usize = 16384;
 /// Default bytes captured per syscall.
 pub const DEFAULT_CAPTURE: u32 = 1024;
 /// How many iovecs of one readv/writev/sendmsg/recvmsg are copied from.
-pub const MAX_IOVECS: u32 = 8;
+pub const MAX_IOVECS: u32 = 32;
 
 /// Record kinds (`EventHeader::kind`).
 pub const EVENT_DATA: u32 = 1;
