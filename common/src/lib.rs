@@ -14,7 +14,7 @@
 /// (`capture.bytes` in the config) is at most this.
 pub const MAX_CAPTURE: usize = 16384;
 /// Default bytes captured per syscall.
-pub const DEFAULT_CAPTURE: u32 = 1024;
+pub const DEFAULT_CAPTURE: u32 = 4096;
 /// How many iovecs of one readv/writev/sendmsg/recvmsg are copied from.
 pub const MAX_IOVECS: u32 = 32;
 
