@@ -12,11 +12,13 @@
 //!
 //! Why this is sound: both tables get every insertion at the front and lose
 //! entries only at the back, so position `k` holds the same entry in both as
-//! long as both still hold it. This decoder only keeps entries longer than
-//! the real one (its size limit is never smaller than the real limit while
-//! that is unknown, and entry sizes it cannot measure are counted low), or,
-//! when the real limit is larger than [`MAX_TABLE_SIZE`], evicts early and
-//! reports what it evicted as unknown.
+//! long as both still hold it. Whether this decoder evicts later than the
+//! real one (entry sizes it cannot measure are counted low) or earlier (its
+//! limit is a stand-in while the real one is unknown, or the real one is
+//! larger than [`MAX_TABLE_SIZE`]), an index it still holds is right, and
+//! one past its entries is reported unknown as long as entries it never saw
+//! may exist. It knows they cannot once the real limit is known (from a
+//! size update) and the entries it holds leave no room for another.
 
 use std::collections::VecDeque;
 
@@ -231,7 +233,7 @@ pub struct Decoder {
     max_size: usize,
     /// `max_size` is the real limit (not a stand-in while it is unknown).
     max_size_known: bool,
-    /// The real limit is larger than [`MAX_TABLE_SIZE`]: entries may be
+    /// The real limit is larger than [`MAX_TABLE_SIZE`]: entries are
     /// evicted here before the real decoder evicts them.
     capped: bool,
     /// The real table may hold entries older than every entry here.
@@ -279,9 +281,18 @@ impl Decoder {
     pub fn desync(&mut self) {
         self.entries.clear();
         self.size = 0;
-        self.max_size = MAX_TABLE_SIZE;
         self.max_size_known = false;
+        self.max_size = self.stand_in_size();
         self.unknown_tail = true;
+    }
+
+    /// The limit applied while the real one is unknown: what the peer may
+    /// use (encoders use all they may), or the default. Evicting earlier or
+    /// later than the real decoder is safe here; this only bounds memory.
+    fn stand_in_size(&self) -> usize {
+        self.size_limit
+            .unwrap_or(DEFAULT_TABLE_SIZE)
+            .min(MAX_TABLE_SIZE)
     }
 
     /// Does this decoder know every entry of the real dynamic table?
@@ -294,6 +305,10 @@ impl Decoder {
     /// values not acknowledged yet); `None` when unknown.
     pub fn set_size_limit(&mut self, limit: Option<usize>) {
         self.size_limit = limit;
+        if !self.max_size_known {
+            self.max_size = self.stand_in_size();
+            self.evict_to(self.max_size);
+        }
     }
 
     /// Entries in the dynamic table as known here.
@@ -973,6 +988,38 @@ mod tests {
         let mut d = Decoder::mid_connection();
         decode(&mut d, &hex("20")).unwrap();
         assert!(d.is_synchronised());
+    }
+
+    #[test]
+    fn stand_in_limit_evicts_early_and_reports_unknown() {
+        // Joined mid-connection, with the real limit unknown: the table is
+        // kept to the default size, and what it evicted is unknown.
+        let mut d = Decoder::mid_connection();
+        assert_eq!(d.max_table_size(), DEFAULT_TABLE_SIZE);
+        let mut block = Vec::new();
+        for i in 0..50 {
+            block.push(0x40);
+            encode_str(format!("x-{i:02}").as_bytes(), false, &mut block);
+            encode_str(&[b'v'; 64], false, &mut block);
+        }
+        decode(&mut d, &block).unwrap();
+        // 100 bytes per entry: 40 fit.
+        assert_eq!(d.table_len(), 40);
+        // x-49 is index 62, x-10 is index 101, x-09 (index 102) is gone.
+        let got = decode(&mut d, &hex("be e5 e6")).unwrap();
+        let v = "v".repeat(64);
+        assert_eq!(
+            got,
+            [
+                format!("x-49: {v}"),
+                format!("x-10: {v}"),
+                "?: ?".to_owned()
+            ]
+        );
+        // A larger SETTINGS limit raises the stand-in.
+        d.set_size_limit(Some(32 * 1024));
+        assert_eq!(d.max_table_size(), 32 * 1024);
+        assert!(!d.is_synchronised());
     }
 
     #[test]

@@ -657,6 +657,10 @@ impl Fields {
         let (Some(name), Some(value)) = (f.name, f.value) else {
             return;
         };
+        // An empty pseudo-header makes a malformed message: not kept.
+        if value.is_empty() && name.starts_with(b":") {
+            return;
+        }
         let (bytes, over) = (&mut self.bytes, &mut self.over);
         match name {
             b":method" => Self::keep(&mut self.method, value, bytes, over),
@@ -2150,6 +2154,21 @@ mod tests {
                 cat(&[&settings_ack(), b"GET / HTTP/1.1\r\n"]),
                 Detect::No,
             ),
+            (
+                "good then short garbage",
+                cat(&[&settings_ack(), b"GET"]),
+                Detect::No,
+            ),
+            (
+                "headers then partial continuation",
+                cat(&[&frame(kind::HEADERS, 0, 1, &[0x82]), &[0, 0, 1, 9]]),
+                Detect::Request,
+            ),
+            (
+                "headers then partial data",
+                cat(&[&frame(kind::HEADERS, 0, 1, &[0x82]), &[0, 0, 1, 0]]),
+                Detect::No,
+            ),
         ];
         for (name, bytes, want) in table {
             assert_eq!(detect(&bytes), want, "{name}");
@@ -2627,6 +2646,23 @@ mod tests {
         assert_eq!(got[0].request_body_size, Some(4));
         assert_eq!(got[0].status, Some(204));
         assert_eq!(r.conn.take_resync(), (0, 0));
+    }
+
+    #[test]
+    fn empty_pseudo_headers_are_not_kept() {
+        let mut r = Run::new();
+        r.send(
+            E,
+            &cat(&[
+                PREFACE,
+                &headers(1, true, &[H::NameLit(2, ""), H::NameLit(4, "")]),
+            ]),
+        );
+        r.send(I, &headers(1, true, &[H::NameLit(8, ""), H::Idx(8)]));
+        let got = r.streams();
+        assert_eq!(got[0].request.method, None);
+        assert_eq!(got[0].request.path, None);
+        assert_eq!(got[0].status, Some(200));
     }
 
     #[test]

@@ -173,8 +173,9 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
             error = Some(status.to_string());
         }
     } else {
-        if let Some(m) = &req.method {
-            attrs.push(("http.request.method", m.clone().into()));
+        let method = req.method.as_deref().filter(|m| !m.is_empty());
+        if let Some(m) = method {
+            attrs.push(("http.request.method", m.into()));
         }
         if let Some(status) = s.status {
             attrs.push(("http.response.status_code", i64::from(status).into()));
@@ -194,9 +195,9 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
         if let Some(r) = &route {
             attrs.push(("http.route", r.clone().into()));
         }
-        name = match (&req.method, &route) {
+        name = match (method, &route) {
             (Some(m), Some(r)) => format!("{m} {r}"),
-            (Some(m), None) => m.clone(),
+            (Some(m), None) => m.to_owned(),
             (None, _) => "HTTP".to_owned(),
         };
         if let Some(ua) = &req.user_agent {
@@ -512,6 +513,9 @@ mod tests {
         assert_eq!(attr(&span, "http.route"), None);
         assert_eq!(attr(&span, "url.path"), None);
         assert_eq!(attr(&span, "url.scheme"), None);
+        // An empty method is no method.
+        s.request.method = some("");
+        assert_eq!(build_span(&s, &ctx()).name, "HTTP");
         // Method unknown too.
         s.request.method = None;
         s.status = None;
