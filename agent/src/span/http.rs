@@ -4,8 +4,7 @@
 use std::collections::VecDeque;
 
 use super::model::{AttrValue, Span, SpanKind, SpanStatus};
-use super::{Pairing, PairingLoss, SpanContext, ids, route};
-use crate::capture::Endpoint;
+use super::{Pairing, PairingLoss, SpanContext, http_endpoint_attrs, ids, network_attrs, route};
 use crate::protocol::Direction;
 use crate::protocol::http1::{Message, Request, Response};
 
@@ -80,32 +79,6 @@ impl Pairing for HttpPairing {
     }
 }
 
-fn endpoint_attrs(
-    attrs: &mut Vec<(&'static str, AttrValue)>,
-    addr_key: &'static str,
-    port_key: &'static str,
-    ep: Endpoint,
-) {
-    if let Endpoint::Ip(ip, port) = ep {
-        attrs.push((addr_key, ip.to_string().into()));
-        attrs.push((port_key, i64::from(port).into()));
-    }
-}
-
-/// Splits a Host header into name and port.
-fn split_host(host: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        if let Some((addr, tail)) = rest.split_once(']') {
-            return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
-        _ => (host, None),
-    }
-}
-
 /// Builds the span of one request/response pair.
 pub fn build_span(
     req: &Request,
@@ -135,58 +108,15 @@ pub fn build_span(
         "network.protocol.version",
         format!("1.{}", req.version_minor).into(),
     ));
-    attrs.push((
-        "network.transport",
-        match ctx.endpoints.peer {
-            Endpoint::Unix => "unix",
-            _ => "tcp",
-        }
-        .into(),
-    ));
-    endpoint_attrs(
-        &mut attrs,
-        "network.peer.address",
-        "network.peer.port",
-        ctx.endpoints.peer,
-    );
-    let host = req.host.as_deref().map(split_host);
-    match kind {
-        SpanKind::Server => {
-            if let Some((name, port)) = host {
-                attrs.push(("server.address", name.into()));
-                if let Some(p) = port.or(match ctx.endpoints.local {
-                    Endpoint::Ip(_, p) => Some(p),
-                    _ => None,
-                }) {
-                    attrs.push(("server.port", i64::from(p).into()));
-                }
-            }
-            endpoint_attrs(
-                &mut attrs,
-                "client.address",
-                "client.port",
-                ctx.endpoints.peer,
-            );
-        }
-        SpanKind::Client => {
-            let (name, port) = match (host, ctx.endpoints.peer) {
-                (Some((name, port)), Endpoint::Ip(_, peer_port)) => {
-                    (name.to_owned(), Some(port.unwrap_or(peer_port)))
-                }
-                (Some((name, port)), _) => (name.to_owned(), port),
-                (None, Endpoint::Ip(ip, p)) => (ip.to_string(), Some(p)),
-                (None, _) => ("localhost".to_owned(), None),
-            };
-            let authority = match port {
-                Some(p) if p != 80 => format!("{name}:{p}"),
-                _ => name.clone(),
-            };
-            attrs.push(("url.full", format!("http://{authority}{path}").into()));
-            attrs.push(("server.address", name.into()));
-            if let Some(p) = port {
-                attrs.push(("server.port", i64::from(p).into()));
-            }
-        }
+    network_attrs(&mut attrs, &ctx.endpoints);
+    let (name, port) = http_endpoint_attrs(&mut attrs, kind, &ctx.endpoints, req.host.as_deref());
+    if kind == SpanKind::Client {
+        let name = name.unwrap_or_else(|| "localhost".to_owned());
+        let authority = match port {
+            Some(p) if p != 80 => format!("{name}:{p}"),
+            _ => name,
+        };
+        attrs.push(("url.full", format!("http://{authority}{path}").into()));
     }
     if let Some(ua) = &req.user_agent {
         attrs.push(("user_agent.original", ua.clone().into()));
@@ -228,20 +158,5 @@ pub fn build_span(
         attributes: attrs,
         status,
         pid: ctx.pid,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_header_forms() {
-        assert_eq!(split_host("example.com"), ("example.com", None));
-        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
-        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
-        assert_eq!(split_host("[::1]"), ("::1", None));
-        assert_eq!(split_host("::1"), ("::1", None));
-        assert_eq!(split_host("h:notaport"), ("h", None));
     }
 }

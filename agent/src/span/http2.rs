@@ -13,8 +13,7 @@
 //! status. Nothing is filled in by guessing.
 
 use super::model::{AttrValue, Span, SpanKind, SpanStatus};
-use super::{Pairing, PairingLoss, SpanContext, ids, route};
-use crate::capture::Endpoint;
+use super::{Pairing, PairingLoss, SpanContext, http_endpoint_attrs, ids, network_attrs, route};
 use crate::protocol::Direction;
 use crate::protocol::http2::{Message, Reset, StreamDone};
 
@@ -102,33 +101,6 @@ fn reset_error(s: &StreamDone) -> Option<String> {
             .unwrap_or("RST_STREAM")
             .to_owned(),
     )
-}
-
-fn endpoint_attrs(
-    attrs: &mut Vec<(&'static str, AttrValue)>,
-    addr_key: &'static str,
-    port_key: &'static str,
-    ep: Endpoint,
-) {
-    if let Endpoint::Ip(ip, port) = ep {
-        attrs.push((addr_key, ip.to_string().into()));
-        attrs.push((port_key, i64::from(port).into()));
-    }
-}
-
-/// Splits an authority (`host`, `host:port`, `[v6]:port`) into name and port.
-fn split_authority(authority: &str) -> (&str, Option<u16>) {
-    // Userinfo is deprecated in :authority but cut off if present.
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if let Some(rest) = authority.strip_prefix('[')
-        && let Some((addr, tail)) = rest.split_once(']')
-    {
-        return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-    }
-    match authority.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
-        _ => (authority, None),
-    }
 }
 
 /// Builds the span of one finished stream.
@@ -223,69 +195,23 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
 
     attrs.push(("network.protocol.name", "http".into()));
     attrs.push(("network.protocol.version", "2".into()));
-    attrs.push((
-        "network.transport",
-        match ctx.endpoints.peer {
-            Endpoint::Unix => "unix",
-            _ => "tcp",
-        }
-        .into(),
-    ));
-    endpoint_attrs(
-        &mut attrs,
-        "network.peer.address",
-        "network.peer.port",
-        ctx.endpoints.peer,
-    );
-    let authority = req.authority.as_deref().map(split_authority);
-    match kind {
-        SpanKind::Server => {
-            if let Some((host, port)) = authority {
-                attrs.push(("server.address", host.into()));
-                if let Some(p) = port.or(match ctx.endpoints.local {
-                    Endpoint::Ip(_, p) => Some(p),
-                    _ => None,
-                }) {
-                    attrs.push(("server.port", i64::from(p).into()));
-                }
-            }
-            endpoint_attrs(
-                &mut attrs,
-                "client.address",
-                "client.port",
-                ctx.endpoints.peer,
-            );
-        }
-        SpanKind::Client => {
-            let (host, port) = match (authority, ctx.endpoints.peer) {
-                (Some((h, p)), Endpoint::Ip(_, peer_port)) => {
-                    (Some(h.to_owned()), Some(p.unwrap_or(peer_port)))
-                }
-                (Some((h, p)), _) => (Some(h.to_owned()), p),
-                (None, Endpoint::Ip(ip, p)) => (Some(ip.to_string()), Some(p)),
-                (None, _) => (None, None),
-            };
-            if !is_grpc(s)
-                && let (Some(scheme), Some(host), Some(p)) = (&req.scheme, &host, path)
-            {
-                let default_port = match scheme.as_str() {
-                    "http" => Some(80),
-                    "https" => Some(443),
-                    _ => None,
-                };
-                let authority = match port {
-                    Some(pt) if Some(pt) != default_port => format!("{host}:{pt}"),
-                    _ => host.clone(),
-                };
-                attrs.push(("url.full", format!("{scheme}://{authority}{p}").into()));
-            }
-            if let Some(h) = host {
-                attrs.push(("server.address", h.into()));
-            }
-            if let Some(p) = port {
-                attrs.push(("server.port", i64::from(p).into()));
-            }
-        }
+    network_attrs(&mut attrs, &ctx.endpoints);
+    let (host, port) =
+        http_endpoint_attrs(&mut attrs, kind, &ctx.endpoints, req.authority.as_deref());
+    if kind == SpanKind::Client
+        && !is_grpc(s)
+        && let (Some(scheme), Some(host), Some(p)) = (&req.scheme, &host, path)
+    {
+        let default_port = match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        };
+        let authority = match port {
+            Some(pt) if Some(pt) != default_port => format!("{host}:{pt}"),
+            _ => host.clone(),
+        };
+        attrs.push(("url.full", format!("{scheme}://{authority}{p}").into()));
     }
 
     let status = match error {
@@ -319,9 +245,11 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::capture::Endpoint;
     use crate::capture::Endpoints;
     use crate::protocol::http2::RequestHead;
     use crate::span::SpanOptions;
+    use crate::span::split_host as split_authority;
 
     fn ctx() -> SpanContext {
         SpanContext {

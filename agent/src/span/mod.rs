@@ -11,7 +11,8 @@ pub mod redis;
 pub mod route;
 pub mod sql;
 
-use crate::capture::Endpoints;
+use crate::capture::{Endpoint, Endpoints};
+use model::AttrValue;
 
 /// What the span stage knows of the connection a message came from.
 #[derive(Clone, Copy, Debug)]
@@ -66,3 +67,131 @@ pub trait Pairing: Default {
 }
 
 use model::Span;
+
+/// `addr_key`/`port_key` for an IP endpoint; nothing for a Unix socket.
+pub fn endpoint_attrs(
+    attrs: &mut Vec<(&'static str, AttrValue)>,
+    addr_key: &'static str,
+    port_key: &'static str,
+    ep: Endpoint,
+) {
+    if let Endpoint::Ip(ip, port) = ep {
+        attrs.push((addr_key, ip.to_string().into()));
+        attrs.push((port_key, i64::from(port).into()));
+    }
+}
+
+/// `network.transport` and `network.peer.*` of the span's connection.
+pub fn network_attrs(attrs: &mut Vec<(&'static str, AttrValue)>, endpoints: &Endpoints) {
+    attrs.push((
+        "network.transport",
+        match endpoints.peer {
+            Endpoint::Unix => "unix",
+            _ => "tcp",
+        }
+        .into(),
+    ));
+    endpoint_attrs(
+        attrs,
+        "network.peer.address",
+        "network.peer.port",
+        endpoints.peer,
+    );
+}
+
+/// Splits a Host header or an `:authority` (`host`, `host:port`,
+/// `[v6]:port`, userinfo cut off) into name and port.
+pub fn split_host(host: &str) -> (&str, Option<u16>) {
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((addr, tail)) = rest.split_once(']')
+    {
+        return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+/// `server.*` and `client.*` of an HTTP span. A SERVER span names itself by
+/// the Host the client asked for (port from the socket when the Host has
+/// none) and the client by its socket address. A CLIENT span names the
+/// server it asked for, or the socket's peer; that name and port are
+/// returned for `url.full`.
+pub fn http_endpoint_attrs(
+    attrs: &mut Vec<(&'static str, AttrValue)>,
+    kind: model::SpanKind,
+    endpoints: &Endpoints,
+    host: Option<&str>,
+) -> (Option<String>, Option<u16>) {
+    let host = host.map(split_host);
+    match kind {
+        model::SpanKind::Server => {
+            if let Some((name, port)) = host {
+                attrs.push(("server.address", name.into()));
+                if let Some(p) = port.or(match endpoints.local {
+                    Endpoint::Ip(_, p) => Some(p),
+                    _ => None,
+                }) {
+                    attrs.push(("server.port", i64::from(p).into()));
+                }
+            }
+            endpoint_attrs(attrs, "client.address", "client.port", endpoints.peer);
+            (None, None)
+        }
+        model::SpanKind::Client => {
+            let (name, port) = match (host, endpoints.peer) {
+                (Some((name, port)), Endpoint::Ip(_, peer_port)) => {
+                    (Some(name.to_owned()), Some(port.unwrap_or(peer_port)))
+                }
+                (Some((name, port)), _) => (Some(name.to_owned()), port),
+                (None, Endpoint::Ip(ip, p)) => (Some(ip.to_string()), Some(p)),
+                (None, _) => (None, None),
+            };
+            if let Some(n) = &name {
+                attrs.push(("server.address", n.clone().into()));
+            }
+            if let Some(p) = port {
+                attrs.push(("server.port", i64::from(p).into()));
+            }
+            (name, port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host;
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(split_host("h:notaport"), ("h", None));
+        assert_eq!(split_host("user:pw@h:81"), ("h", Some(81)));
+    }
+}
+
+/// Endpoint attributes of a database span: `server.*` is the peer for a
+/// CLIENT span and the socket's own address for a SERVER span, which also
+/// names its client; then `network.*`.
+pub fn db_endpoint_attrs(
+    attrs: &mut Vec<(&'static str, AttrValue)>,
+    kind: model::SpanKind,
+    endpoints: &Endpoints,
+) {
+    match kind {
+        model::SpanKind::Client => {
+            endpoint_attrs(attrs, "server.address", "server.port", endpoints.peer)
+        }
+        model::SpanKind::Server => {
+            endpoint_attrs(attrs, "server.address", "server.port", endpoints.local);
+            endpoint_attrs(attrs, "client.address", "client.port", endpoints.peer);
+        }
+    }
+    network_attrs(attrs, endpoints);
+}

@@ -13,8 +13,7 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 
 use super::model::{AttrValue, Span, SpanKind, SpanStatus};
-use super::{Pairing, PairingLoss, SpanContext, ids, sql};
-use crate::capture::Endpoint;
+use super::{Pairing, PairingLoss, SpanContext, db_endpoint_attrs, ids, sql};
 use crate::protocol::Direction;
 use crate::protocol::mysql::{Command, CommandKind, Message, Response};
 
@@ -161,18 +160,6 @@ impl MysqlPairing {
     }
 }
 
-fn endpoint_attrs(
-    attrs: &mut Vec<(&'static str, AttrValue)>,
-    addr_key: &'static str,
-    port_key: &'static str,
-    ep: Endpoint,
-) {
-    if let Endpoint::Ip(ip, port) = ep {
-        attrs.push((addr_key, ip.to_string().into()));
-        attrs.push((port_key, i64::from(port).into()));
-    }
-}
-
 /// Builds the span of one command and its answer.
 fn build_span(
     cmd: &Command,
@@ -217,25 +204,7 @@ fn build_span(
             i64::try_from(rows).unwrap_or(i64::MAX).into(),
         ));
     }
-    attrs.push((
-        "network.transport",
-        match ctx.endpoints.peer {
-            Endpoint::Unix => "unix",
-            _ => "tcp",
-        }
-        .into(),
-    ));
-    let server = match kind {
-        SpanKind::Client => ctx.endpoints.peer,
-        SpanKind::Server => ctx.endpoints.local,
-    };
-    endpoint_attrs(&mut attrs, "server.address", "server.port", server);
-    endpoint_attrs(
-        &mut attrs,
-        "network.peer.address",
-        "network.peer.port",
-        ctx.endpoints.peer,
-    );
+    db_endpoint_attrs(&mut attrs, kind, &ctx.endpoints);
     let status = match &resp.error {
         Some(err) => {
             attrs.push(("db.response.status_code", err.code.to_string().into()));
@@ -280,6 +249,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::capture::Endpoint;
     use crate::capture::Endpoints;
     use crate::protocol::mysql::{DbSystem, Limits, MysqlConn, ServerError};
     use crate::protocol::{Chunk, StreamParser};

@@ -22,8 +22,7 @@
 use std::collections::VecDeque;
 
 use super::model::{AttrValue, Span, SpanKind, SpanStatus};
-use super::{Pairing, PairingLoss, SpanContext, ids};
-use crate::capture::Endpoint;
+use super::{Pairing, PairingLoss, SpanContext, db_endpoint_attrs, ids};
 use crate::protocol::Direction;
 use crate::protocol::redis::{Arg, Command, Message, Reply, ReplyKind, Role};
 
@@ -425,18 +424,6 @@ pub fn query_text(cmd: &Command, sanitize: bool) -> String {
     parts.join(" ")
 }
 
-fn endpoint_attrs(
-    attrs: &mut Vec<(&'static str, AttrValue)>,
-    addr_key: &'static str,
-    port_key: &'static str,
-    ep: Endpoint,
-) {
-    if let Endpoint::Ip(ip, port) = ep {
-        attrs.push((addr_key, ip.to_string().into()));
-        attrs.push((port_key, i64::from(port).into()));
-    }
-}
-
 /// Builds the span of one command, answered by `reply` (`None`: no reply is
 /// sent, or the answers were subscription confirmations) and ending at `end_ns`.
 pub fn build_span(
@@ -459,28 +446,7 @@ pub fn build_span(
         "db.query.text",
         query_text(cmd, ctx.options.db.sanitize_query).into(),
     ));
-    let (server, client) = match kind {
-        SpanKind::Client => (ctx.endpoints.peer, None),
-        SpanKind::Server => (ctx.endpoints.local, Some(ctx.endpoints.peer)),
-    };
-    endpoint_attrs(&mut attrs, "server.address", "server.port", server);
-    if let Some(client) = client {
-        endpoint_attrs(&mut attrs, "client.address", "client.port", client);
-    }
-    endpoint_attrs(
-        &mut attrs,
-        "network.peer.address",
-        "network.peer.port",
-        ctx.endpoints.peer,
-    );
-    attrs.push((
-        "network.transport",
-        match ctx.endpoints.peer {
-            Endpoint::Unix => "unix",
-            _ => "tcp",
-        }
-        .into(),
-    ));
+    db_endpoint_attrs(&mut attrs, kind, &ctx.endpoints);
     let status = match reply.map(|r| &r.kind) {
         Some(ReplyKind::Error { prefix, message }) => {
             attrs.push(("db.response.status_code", prefix.clone().into()));
@@ -517,6 +483,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::capture::Endpoint;
     use crate::capture::Endpoints;
     use crate::protocol::Chunk;
     use crate::protocol::redis::fixtures::{records, replay, resp, whole};
