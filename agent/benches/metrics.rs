@@ -18,7 +18,8 @@ use sonde::capture::{Clock, Endpoint, Endpoints, encode_data};
 use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
 use sonde::metrics::prometheus::{Format, Renderer};
-use sonde::metrics::{Metrics, Store, Temporality, otlp, store_options, unix_now_ns};
+use sonde::metrics::store::merge_resources;
+use sonde::metrics::{Metrics, Snapshot, Store, Temporality, otlp, store_options, unix_now_ns};
 use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
@@ -43,8 +44,18 @@ const PAIRS_PER_CONN: u32 = 16;
 /// The records of the criterion pipeline bench: `CONNS` server connections
 /// with `PAIRS_PER_CONN` request/response pairs each.
 fn recorded_events() -> Vec<Vec<u8>> {
+    recorded_between([127, 0, 0, 1], [127, 0, 0, 1])
+}
+
+/// The same records, between a server at `local` and clients at `peer`.
+fn recorded_between(local: [u8; 4], peer: [u8; 4]) -> Vec<Vec<u8>> {
+    let ip = |a: [u8; 4]| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a);
+        b
+    };
     let request = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
-    let response = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
+    let response = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 26\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
     let mut records = Vec::new();
     let mut ts = 1_000_000u64;
     for _ in 0..PAIRS_PER_CONN {
@@ -65,8 +76,8 @@ fn recorded_events() -> Vec<Vec<u8>> {
                     local_port: 8080,
                     peer_port: 40000 + conn as u16,
                     _pad: 0,
-                    local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                    peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    local_addr: ip(local),
+                    peer_addr: ip(peer),
                 },
                 ..Default::default()
             };
@@ -162,30 +173,62 @@ fn time_per_span() {
     let pairs = f64::from(CONNS * PAIRS_PER_CONN);
     let rounds = 300;
 
-    let mut without = pipeline(None);
-    let t_without = fastest(rounds, || {
-        for r in &records {
-            without.handle_record(black_box(r));
+    // The three pipelines take turns, round after round, so that whatever
+    // else runs on the machine slows them alike; each figure is the
+    // fastest of its rounds.
+    let metrics = |graph: bool| {
+        let mut config = MetricsConfig::default();
+        config.service_graph.enabled = graph;
+        Metrics::new(store_options(&config), agent(), Arc::new(Stats::default()))
+    };
+    // Clients on another host: 10.1.2.3 calling 10.1.2.4.
+    let remote = recorded_between([10, 1, 2, 4], [10, 1, 2, 3]);
+    let mut pipelines = [
+        ("without metrics", pipeline(None), &records),
+        (
+            "with metrics, no service graph",
+            pipeline(Some(metrics(false))),
+            &records,
+        ),
+        (
+            "with metrics and the service graph (loopback clients never seen: the worst case)",
+            pipeline(Some(metrics(true))),
+            &records,
+        ),
+        ("without metrics, remote clients", pipeline(None), &remote),
+        (
+            "with metrics and the service graph, remote clients",
+            pipeline(Some(metrics(true))),
+            &remote,
+        ),
+    ];
+    // Warm up: fill the tables (and the service graph's waiting table).
+    for _ in 0..10 {
+        for (_, p, records) in &mut pipelines {
+            for r in records.iter() {
+                p.handle_record(r);
+            }
         }
-    });
-    let metrics = Metrics::new(
-        store_options(&MetricsConfig::default()),
-        agent(),
-        Arc::new(Stats::default()),
-    );
-    let mut with = pipeline(Some(metrics));
-    let t_with = fastest(rounds, || {
-        for r in &records {
-            with.handle_record(black_box(r));
+    }
+    let mut best = [Duration::MAX; 5];
+    for _ in 0..rounds {
+        for (i, (_, p, records)) in pipelines.iter_mut().enumerate() {
+            let t = Instant::now();
+            for r in records.iter() {
+                p.handle_record(black_box(r));
+            }
+            best[i] = best[i].min(t.elapsed());
         }
-    });
+    }
     let ns = |d: Duration| d.as_nanos() as f64 / pairs;
-    println!(
-        "pipeline, per span: without metrics {:.0} ns, with metrics {:.0} ns, added {:.0} ns",
-        ns(t_without),
-        ns(t_with),
-        ns(t_with) - ns(t_without)
-    );
+    for (i, (name, _, _)) in pipelines.iter().enumerate() {
+        let base = if i < 3 { best[0] } else { best[3] };
+        println!(
+            "pipeline {name}: {:.0} ns per span, added {:.0} ns",
+            ns(best[i]),
+            ns(best[i]) - ns(base)
+        );
+    }
 
     let spans: Vec<Span> = (0..1024u64)
         .map(|i| span(&format!("/api/r{}", i % 8), 1_000_000_000 + i * 1000, i % 9))
@@ -194,20 +237,47 @@ fn time_per_span() {
         service_name: "shop".into(),
         attributes: vec![("service.name".into(), "shop".into())],
     });
-    let endpoints = Endpoints {
-        local: Endpoint::Ip([10, 1, 2, 4].into(), 8080),
-        peer: Endpoint::Ip([10, 1, 2, 3].into(), 40000),
-    };
-    for (name, graph) in [
-        ("store alone, service graph on", true),
-        ("store alone, service graph off", false),
+    // 64 connections, as in the pipeline: clients on another host (their
+    // spans are counted at once) or on loopback (they wait for the client
+    // side, which never comes here: the worst case).
+    let remote: Vec<Endpoints> = (0..64u16)
+        .map(|c| Endpoints {
+            local: Endpoint::Ip([10, 1, 2, 4].into(), 8080),
+            peer: Endpoint::Ip([10, 1, 2, 3].into(), 40000 + c),
+        })
+        .collect();
+    let loopback: Vec<Endpoints> = (0..64u16)
+        .map(|c| Endpoints {
+            local: Endpoint::Ip([127, 0, 0, 1].into(), 8080),
+            peer: Endpoint::Ip([127, 0, 0, 1].into(), 40000 + c),
+        })
+        .collect();
+    for (name, graph, endpoints) in [
+        ("store alone, service graph off", false, &remote),
+        (
+            "store alone, service graph on, remote clients",
+            true,
+            &remote,
+        ),
+        (
+            "store alone, service graph on, loopback clients never seen",
+            true,
+            &loopback,
+        ),
     ] {
         let mut config = MetricsConfig::default();
         config.service_graph.enabled = graph;
         let mut store = Store::new(store_options(&config), agent());
+        // Fill the waiting table first: then every span that waits pushes
+        // out the oldest one, which becomes an edge of its own.
+        for _ in 0..20 {
+            for (i, s) in spans.iter().enumerate() {
+                store.record(&shop, s, &endpoints[i % 64]);
+            }
+        }
         let t = fastest(rounds, || {
-            for s in &spans {
-                store.record(&shop, black_box(s), &endpoints);
+            for (i, s) in spans.iter().enumerate() {
+                store.record(&shop, black_box(s), &endpoints[i % 64]);
             }
         });
         println!(
@@ -282,24 +352,62 @@ fn memory(routes: usize, sizes: bool) {
         .iter()
         .map(|(_, n, _)| n)
         .sum();
-    let snap = metrics.snapshot(Temporality::Cumulative);
+    // A scrape, as the endpoint serves it: a part at a time.
     let mut page_bytes = 0;
-    let mut renderer = Renderer::new(&snap, Format::OpenMetrics);
-    let mut buf = String::with_capacity(80 * 1024);
-    loop {
-        buf.clear();
-        let more = renderer.fill(&mut buf, 64 * 1024);
-        page_bytes += buf.len();
-        black_box(&buf);
-        if !more {
-            break;
+    {
+        let mut collection = metrics.collect(Temporality::Cumulative);
+        let mut renderer = Renderer::new(Format::OpenMetrics);
+        let mut buf = String::new();
+        while let Some(part) = collection.next_part(sonde::metrics::prometheus::SERIES_PER_PART) {
+            buf.clear();
+            renderer.part(&part, &mut buf);
+            page_bytes += buf.len();
+            black_box(&buf);
         }
+        buf.clear();
+        renderer.finish(&collection.resources(), &mut buf);
+        page_bytes += buf.len();
     }
+    let (scraped, _) = rss_kib();
+    // An OTLP export, as the exporter sends it: requests of up to 500
+    // points gathered from parts of 100 series.
     let mut requests = 0;
     let mut request_bytes = 0;
-    for req in otlp::Requests::new(&snap, otlp::MAX_POINTS_PER_REQUEST) {
-        requests += 1;
-        request_bytes += prost::Message::encoded_len(&req);
+    {
+        let max = otlp::MAX_POINTS_PER_REQUEST;
+        let mut collection = metrics.collect(Temporality::Cumulative);
+        let mut gathered = Vec::new();
+        let mut points = 0;
+        loop {
+            let part = collection.next_part(otlp::SERIES_PER_PART);
+            let done = part.is_none();
+            if let Some(part) = part {
+                points += part
+                    .resources
+                    .iter()
+                    .flat_map(|r| &r.metrics)
+                    .map(|m| m.points.len())
+                    .sum::<usize>();
+                gathered.extend(part.resources);
+            }
+            if (done || points >= max) && !gathered.is_empty() {
+                let snap = Snapshot {
+                    time_ns: collection.now,
+                    temporality: Temporality::Cumulative,
+                    resources: merge_resources(std::mem::take(&mut gathered)),
+                };
+                points = 0;
+                for req in otlp::Requests::new(&snap, max) {
+                    requests += 1;
+                    let bytes = prost::Message::encode_to_vec(&req);
+                    request_bytes += bytes.len();
+                    black_box(bytes);
+                }
+            }
+            if done {
+                break;
+            }
+        }
     }
     let (after, peak) = rss_kib();
     println!(
@@ -311,20 +419,108 @@ fn memory(routes: usize, sizes: bool) {
         request_bytes as f64 / 1048576.0,
     );
     println!(
-        "  RSS {:.1} MiB at start, {:.1} MiB with the series built, {:.1} MiB after a snapshot \
-         and both renderings; peak {:.1} MiB",
+        "  RSS {:.1} MiB at start, {:.1} MiB with the series built, {:.1} MiB after a scrape, \
+         {:.1} MiB after an OTLP export; peak {:.1} MiB",
         before as f64 / 1024.0,
         built as f64 / 1024.0,
+        scraped as f64 / 1024.0,
         after as f64 / 1024.0,
         peak as f64 / 1024.0
     );
-    drop(snap);
 }
 
+/// Feeds the recorded records `rounds` times to a pipeline with or
+/// without the metrics stage, and says how many spans that made.
+fn pipeline_rounds(with_metrics: bool, rounds: usize) {
+    pipeline_rounds_with(with_metrics.then(MetricsConfig::default), rounds);
+}
+
+fn pipeline_rounds_with(config: Option<MetricsConfig>, rounds: usize) {
+    let records = recorded_events();
+    let metrics =
+        config.map(|c| Metrics::new(store_options(&c), agent(), Arc::new(Stats::default())));
+    let mut p = pipeline(metrics);
+    for _ in 0..rounds {
+        for r in &records {
+            p.handle_record(black_box(r));
+        }
+    }
+    println!("spans: {}", p.sink_mut().0);
+}
+
+/// Selects one case in a child process.
+const CASE: &str = "SONDE_METRICS_BENCH_CASE";
+
 fn main() {
-    // Memory first, while the process is fresh; `cargo bench` passes
-    // `--bench`, nothing else to parse.
-    memory(1000, false);
-    memory(1000, true);
+    // Each memory case runs in a fresh process of its own, so that one
+    // does not start from the other's high-water mark; `cargo bench`
+    // passes `--bench`, nothing else to parse.
+    match std::env::var(CASE).as_deref() {
+        Ok("plain") => return memory(1000, false),
+        Ok("sizes") => return memory(1000, true),
+        // For `perf stat -e task-clock`: CPU time of a fixed amount of
+        // work, which other processes on the machine do not inflate.
+        Ok("pipeline-without") => return pipeline_rounds(false, 2000),
+        Ok("pipeline-with") => return pipeline_rounds(true, 2000),
+        Ok("store-loopback") => {
+            let spans: Vec<Span> = (0..1024u64)
+                .map(|i| span(&format!("/api/r{}", i % 8), 1_000_000_000 + i * 1000, i % 9))
+                .collect();
+            let shop = Arc::new(Resource {
+                service_name: "shop".into(),
+                attributes: vec![("service.name".into(), "shop".into())],
+            });
+            let loopback: Vec<Endpoints> = (0..64u16)
+                .map(|c| Endpoints {
+                    local: Endpoint::Ip([127, 0, 0, 1].into(), 8080),
+                    peer: Endpoint::Ip([127, 0, 0, 1].into(), 40000 + c),
+                })
+                .collect();
+            let mut store = Store::new(store_options(&MetricsConfig::default()), agent());
+            for _ in 0..3000 {
+                for (i, s) in spans.iter().enumerate() {
+                    store.record(&shop, black_box(s), &loopback[i % 64]);
+                }
+            }
+            return;
+        }
+        Ok("pipeline-with-no-graph") => {
+            let mut config = MetricsConfig::default();
+            config.service_graph.enabled = false;
+            return pipeline_rounds_with(Some(config), 2000);
+        }
+        Ok("rounds") => {
+            let stats = Arc::new(Stats::default());
+            let records = recorded_events();
+            let mut p = Pipeline::new(
+                PipelineOptions {
+                    max_connections: 4096,
+                    max_head_bytes: 16384,
+                    spans: Default::default(),
+                },
+                Clock::with_offset(0),
+                ProcessResources::new(HostInfo {
+                    host_name: "bench".into(),
+                    host_id: None,
+                }),
+                CountingSink(0),
+                stats.clone(),
+            );
+            for r in &records {
+                p.handle_record(r);
+            }
+            println!("{}", stats.summary());
+            return;
+        }
+        _ => {}
+    }
+    for case in ["plain", "sizes"] {
+        let out = std::env::current_exe()
+            .and_then(|exe| std::process::Command::new(exe).env(CASE, case).output());
+        match out {
+            Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
+            Err(e) => println!("memory case {case}: cannot run: {e}"),
+        }
+    }
     time_per_span();
 }

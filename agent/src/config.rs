@@ -211,7 +211,7 @@ impl Default for ServiceGraphConfig {
         ServiceGraphConfig {
             enabled: true,
             wait_ms: 2000,
-            max_pending: 10000,
+            max_pending: 4096,
         }
     }
 }

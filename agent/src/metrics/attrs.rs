@@ -10,7 +10,7 @@ use std::hash::Hasher;
 use crate::span::model::{AttrValue, Span};
 
 /// Most attributes one metric keeps.
-pub const MAX_ATTRS: usize = 10;
+pub const MAX_ATTRS: usize = 8;
 
 /// An attribute value borrowed from a span (or a resource).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,7 +31,7 @@ impl<'a> Val<'a> {
 
     pub fn to_stored(self) -> OwnedVal {
         match self {
-            Val::Str(s) => OwnedVal::Str(s.into()),
+            Val::Str(s) => OwnedVal::Str(Text::new(s)),
             Val::Int(i) => OwnedVal::Int(i),
             Val::Bool(b) => OwnedVal::Bool(b),
         }
@@ -41,7 +41,7 @@ impl<'a> Val<'a> {
 /// A stored attribute value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum OwnedVal {
-    Str(Box<str>),
+    Str(Text),
     Int(i64),
     Bool(bool),
 }
@@ -49,7 +49,7 @@ pub enum OwnedVal {
 impl OwnedVal {
     pub fn as_val(&self) -> Val<'_> {
         match self {
-            OwnedVal::Str(s) => Val::Str(s),
+            OwnedVal::Str(s) => Val::Str(s.as_str()),
             OwnedVal::Int(i) => Val::Int(*i),
             OwnedVal::Bool(b) => Val::Bool(*b),
         }
@@ -57,8 +57,19 @@ impl OwnedVal {
 
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            OwnedVal::Str(s) => Some(s),
+            OwnedVal::Str(s) => Some(s.as_str()),
             _ => None,
+        }
+    }
+
+    /// Whether `v` is this value (strings compared as bytes).
+    #[inline]
+    pub fn is(&self, v: &Val<'_>) -> bool {
+        match (self, v) {
+            (OwnedVal::Str(a), Val::Str(b)) => a.as_bytes() == b.as_bytes(),
+            (OwnedVal::Int(a), Val::Int(b)) => a == b,
+            (OwnedVal::Bool(a), Val::Bool(b)) => a == b,
+            _ => false,
         }
     }
 }
@@ -66,10 +77,94 @@ impl OwnedVal {
 impl std::fmt::Display for OwnedVal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OwnedVal::Str(s) => f.write_str(s),
+            OwnedVal::Str(s) => f.write_str(s.as_str()),
             OwnedVal::Int(i) => write!(f, "{i}"),
             OwnedVal::Bool(b) => write!(f, "{b}"),
         }
+    }
+}
+
+/// Bytes a [`Text`] keeps inline.
+const INLINE: usize = 22;
+
+/// A stored string: short ones (methods, schemes, versions, status codes,
+/// most routes of a few segments) inline, so comparing a stored attribute
+/// set reads no other memory; longer ones on the heap.
+#[derive(Clone)]
+pub struct Text(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Text {
+    pub fn new(s: &str) -> Text {
+        if s.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Text(Repr::Inline {
+                len: s.len() as u8,
+                bytes,
+            })
+        } else {
+            Text(Repr::Heap(s.into()))
+        }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Built from a `str` cut at its own length: always valid.
+            Repr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            Repr::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Text {}
+
+impl std::hash::Hash for Text {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write(self.as_bytes());
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::new(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::new(&s)
     }
 }
 
@@ -256,7 +351,7 @@ impl<'a> AttrSet<'a> {
                 .items()
                 .iter()
                 .zip(stored)
-                .all(|((k, v), (sk, sv))| k == sk && *v == sv.as_val())
+                .all(|((k, v), (sk, sv))| k == sk && sv.is(v))
     }
 
     pub fn to_stored(&self) -> OwnedAttrs {
@@ -362,12 +457,51 @@ impl Hasher for FastHasher {
     }
 
     #[inline]
+    fn write_u128(&mut self, i: u128) {
+        self.0 = fold(self.0 ^ (i as u64) ^ SEED0, ((i >> 64) as u64) ^ SEED1);
+    }
+
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
 }
 
 pub type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
+
+/// An IP address hashed as one word (IPv4) or its 16 bytes (IPv6);
+/// `std`'s own `Hash` feeds a hasher many small pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpKey(pub std::net::IpAddr);
+
+impl std::hash::Hash for IpKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self.0 {
+            std::net::IpAddr::V4(a) => h.write_u64(u64::from(u32::from(a))),
+            std::net::IpAddr::V6(a) => h.write_u128(u128::from(a)),
+        }
+    }
+}
+
+/// A socket address hashed as one word (IPv4) or two (IPv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrKey(pub std::net::SocketAddr);
+
+impl std::hash::Hash for AddrKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self.0 {
+            std::net::SocketAddr::V4(a) => {
+                h.write_u64((u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()))
+            }
+            std::net::SocketAddr::V6(a) => {
+                h.write_u128(u128::from(*a.ip()));
+                h.write_u16(a.port());
+            }
+        }
+    }
+}
 
 /// For maps keyed by a hash that is already well mixed.
 #[derive(Default, Clone, Copy)]
@@ -456,6 +590,18 @@ mod tests {
                 changed[i] ^= 1;
             }
         }
+    }
+
+    #[test]
+    fn short_and_long_texts() {
+        for s in ["", "GET", "exactly twenty-two b..", "a longer route /x/y/z/{id}/more"] {
+            let t = Text::new(s);
+            assert_eq!(t.as_str(), s);
+            assert_eq!(t, Text::from(s.to_string()));
+            assert!(OwnedVal::Str(t).is(&Val::Str(s)));
+        }
+        assert_eq!(std::mem::size_of::<OwnedVal>(), 24);
+        assert!(!OwnedVal::Str(Text::new("200")).is(&Val::Int(200)));
     }
 
     #[test]

@@ -515,3 +515,176 @@ mod tests {
         }
     }
 }
+
+/// The Grafana dashboard in deploy/grafana queries only what the agent exports.
+#[cfg(test)]
+mod dashboard_tests {
+    use super::prometheus_series_names;
+
+    const DASHBOARD: &str = include_str!("../../../deploy/grafana/sonde-dashboard.json");
+
+    /// Words of PromQL that are not metric names when they stand alone
+    /// (aggregations may be followed by `by (...)` before their argument).
+    const KEYWORDS: &[&str] = &[
+        "and", "or", "unless", "bool", "offset", "inf", "nan", "sum", "avg", "min", "max",
+        "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+    ];
+    /// Keywords followed by a list of label names in parentheses.
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+
+    /// The metric names a PromQL expression selects: identifiers that are
+    /// not functions, keywords, label names or values, durations or
+    /// dashboard variables.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let b = expr.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        let skip_to = |i: usize, open: u8, close: u8| {
+            let mut depth = 0;
+            let mut j = i;
+            while j < b.len() {
+                if b[j] == b'"' {
+                    j += 1;
+                    while j < b.len() && b[j] != b'"' {
+                        j += if b[j] == b'\\' { 2 } else { 1 };
+                    }
+                } else if b[j] == open {
+                    depth += 1;
+                } else if b[j] == close {
+                    depth -= 1;
+                    if depth == 0 {
+                        return j + 1;
+                    }
+                }
+                j += 1;
+            }
+            b.len()
+        };
+        while i < b.len() {
+            let c = b[i];
+            if c == b'{' {
+                i = skip_to(i, b'{', b'}');
+            } else if c == b'[' {
+                i = skip_to(i, b'[', b']');
+            } else if c == b'"' {
+                i = skip_to(i, b'"', b'"');
+                i = i.max(i + 1);
+            } else if c == b'$' {
+                i += 1;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+            } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
+                    i += 1;
+                }
+                let word = &expr[start..i];
+                let mut j = i;
+                while j < b.len() && b[j] == b' ' {
+                    j += 1;
+                }
+                let call = j < b.len() && b[j] == b'(';
+                if LABEL_LISTS.contains(&word) {
+                    if call {
+                        i = skip_to(j, b'(', b')');
+                    }
+                } else if !call && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+                    out.push(word.to_string());
+                }
+            } else if c.is_ascii_digit() || c == b'.' {
+                // Numbers, including 1e-3 and durations outside brackets.
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Every `expr` in the dashboard and the metric of every
+    /// `label_values(metric, label)` variable query.
+    fn queries(v: &serde_json::Value, exprs: &mut Vec<String>, variables: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(s)) => exprs.push(s.clone()),
+                        ("definition", serde_json::Value::String(s)) => variables.push(s.clone()),
+                        _ => queries(v, exprs, variables),
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => {
+                for v in list {
+                    queries(v, exprs, variables);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn finds_metric_names_in_promql() {
+        let names = metric_names(
+            "histogram_quantile(0.99, sum by (service_name, le) (rate(a_bucket{x=\"y{z}\",q!=\"\"}[$__rate_interval]))) / sum without (le) (b_total offset 5m) or on (k) c",
+        );
+        assert_eq!(names, vec!["a_bucket", "b_total", "c"]);
+    }
+
+    #[test]
+    fn dashboard_is_valid_and_queries_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(DASHBOARD).expect("the dashboard is valid JSON");
+        assert!(dashboard["title"].is_string());
+        assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
+        let (mut exprs, mut variables) = (Vec::new(), Vec::new());
+        queries(&dashboard, &mut exprs, &mut variables);
+        assert!(exprs.len() > 20, "{exprs:?}");
+        let exported = prometheus_series_names();
+        let mut used = Vec::new();
+        for e in &exprs {
+            let names = metric_names(e);
+            assert!(!names.is_empty(), "no metric in {e:?}");
+            used.extend(names);
+        }
+        for v in &variables {
+            let inner = v
+                .strip_prefix("label_values(")
+                .and_then(|r| r.split(',').next())
+                .unwrap_or_else(|| panic!("unexpected variable query {v:?}"));
+            used.push(inner.trim().to_string());
+        }
+        for name in &used {
+            assert!(
+                exported.contains(name),
+                "the dashboard queries {name}, which sonde does not export"
+            );
+        }
+        // The dashboard covers RED, the service graph and the agent's health.
+        for want in [
+            "http_server_request_duration_seconds_bucket",
+            "traces_service_graph_request_total",
+            "sonde_events_read_total",
+            "sonde_process_memory_rss_bytes",
+        ] {
+            assert!(used.iter().any(|u| u == want), "{want} is not on the dashboard");
+        }
+        // Every panel points at the data source variable.
+        for p in dashboard["panels"].as_array().into_iter().flatten() {
+            if p["type"] != "row" {
+                assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+            }
+        }
+    }
+}

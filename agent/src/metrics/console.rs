@@ -77,7 +77,10 @@ fn operation(metric: &str, p: &Point) -> Option<(&'static str, String)> {
             } else {
                 "client"
             },
-            format!("{}/{}", text(p, "rpc.service"), text(p, "rpc.method")),
+            match (text(p, "rpc.service"), text(p, "rpc.method")) {
+                (s, m) if s.is_empty() && m.is_empty() => text(p, "rpc.system"),
+                (s, m) => format!("{s}/{m}"),
+            },
         ),
         "db.server.operation.duration" | "db.client.operation.duration" => (
             if metric.starts_with("db.server") {

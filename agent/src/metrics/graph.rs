@@ -12,15 +12,23 @@
 //! table is full) becomes an edge on its own, the missing side named by its
 //! address: the server by `host:port` (the `server.address` the client used
 //! when it named one), the client by its IP address (its port is
-//! ephemeral). Halves on connections without IP addresses (Unix sockets)
-//! cannot be paired and become edges at once.
+//! ephemeral).
+//!
+//! Only halves whose peer may be on this node wait: a loopback peer, or an
+//! address the agent has seen as the local address of a traced connection.
+//! Any other half becomes an edge at once, so a busy server with remote
+//! clients keeps nothing waiting. (A process whose address was never seen
+//! before may have its first requests counted from both sides separately.)
+//! Halves on connections without IP addresses (Unix sockets) cannot be
+//! paired either and become edges at once.
 //!
 //! The module is pure: time comes in with the spans and with [`Graph::expire`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
-use super::attrs::FastBuild;
+use super::attrs::{AddrKey, FastBuild, IpKey};
 use crate::capture::{Endpoint, Endpoints};
 
 /// One side of a request.
@@ -46,7 +54,7 @@ pub struct Half {
 }
 
 /// How the unseen side of an edge is named.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Other {
     /// The name the client used for the server (`host:port`).
     Name(Box<str>),
@@ -86,8 +94,11 @@ pub struct GraphOptions {
     pub max_pending: usize,
 }
 
+/// Local addresses remembered before the set starts over.
+const MAX_LOCAL_ADDRESSES: usize = 4096;
+
 /// (client address, server address) of a connection.
-type Tuple = (SocketAddr, SocketAddr);
+type Tuple = (AddrKey, AddrKey);
 
 struct Waiting {
     side: Side,
@@ -97,15 +108,62 @@ struct Waiting {
     server_name: Option<Box<str>>,
 }
 
+/// The halves waiting on one connection, oldest first. Nearly always one
+/// (a request in flight), kept without a separate allocation.
+enum Queue {
+    One(Waiting),
+    Many(VecDeque<Waiting>),
+}
+
+impl Queue {
+    fn front(&self) -> Option<&Waiting> {
+        match self {
+            Queue::One(w) => Some(w),
+            Queue::Many(q) => q.front(),
+        }
+    }
+
+    /// Takes the oldest half; `None` (and the queue left as it was) when
+    /// it holds a single one: the caller then removes the whole queue.
+    fn pop_front_of_many(&mut self) -> Option<Waiting> {
+        match self {
+            Queue::One(_) => None,
+            Queue::Many(q) => q.pop_front(),
+        }
+    }
+
+    fn push_back(&mut self, w: Waiting) {
+        match self {
+            Queue::Many(q) => q.push_back(w),
+            Queue::One(_) => {
+                let mut q = VecDeque::with_capacity(4);
+                if let Queue::One(first) = std::mem::replace(self, Queue::Many(VecDeque::new())) {
+                    q.push_back(first);
+                }
+                q.push_back(w);
+                *self = Queue::Many(q);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Queue::Many(q) if q.is_empty())
+    }
+}
+
 /// Halves waiting for their other half.
 pub struct Graph {
     options: GraphOptions,
-    pending: HashMap<Tuple, VecDeque<Waiting>, FastBuild>,
+    pending: HashMap<Tuple, Queue, FastBuild>,
     /// (deadline, tuple) in the order halves arrived. An entry whose half
     /// was paired meanwhile is skipped when it comes up.
     order: VecDeque<(u64, Tuple)>,
     waiting: usize,
     now: u64,
+    /// Addresses seen as the local end of a traced connection.
+    local: HashSet<IpKey, FastBuild>,
+    /// The local address learned last (most spans repeat it).
+    last_local: Option<IpAddr>,
     /// Halves pushed out early because the table was full.
     pub dropped: u64,
     /// One-sided edges, by the side seen.
@@ -121,6 +179,8 @@ impl Graph {
             order: VecDeque::new(),
             waiting: 0,
             now: 0,
+            local: HashSet::default(),
+            last_local: None,
             dropped: 0,
             unpaired_client: 0,
             unpaired_server: 0,
@@ -130,6 +190,23 @@ impl Graph {
     /// Halves waiting now.
     pub fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// Notes that `ip` is an address of this node.
+    pub fn learn_local(&mut self, ip: IpAddr) {
+        if self.last_local == Some(ip) {
+            return;
+        }
+        self.last_local = Some(ip);
+        if self.local.len() >= MAX_LOCAL_ADDRESSES && !self.local.contains(&IpKey(ip)) {
+            self.local.clear();
+        }
+        self.local.insert(IpKey(ip));
+    }
+
+    /// Whether a peer at `ip` may be a process on this node.
+    fn may_be_local(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || self.local.contains(&IpKey(ip))
     }
 
     /// Takes one half. `endpoints` are the connection's, seen from the
@@ -156,43 +233,75 @@ impl Graph {
             out.push(self.alone(side, half, other));
             return;
         };
+        self.learn_local(lip);
         let local = SocketAddr::new(lip, lport);
         let peer = SocketAddr::new(pip, pport);
-        let tuple = match side {
-            Side::Client => (local, peer),
-            Side::Server => (peer, local),
-        };
-        if let Some(queue) = self.pending.get_mut(&tuple)
-            && queue.front().is_some_and(|w| w.side != side)
-            && let Some(other) = queue.pop_front()
-        {
-            if queue.is_empty() {
-                self.pending.remove(&tuple);
-            }
-            self.waiting -= 1;
-            let (client, server) = match side {
-                Side::Client => (half, other.half),
-                Side::Server => (other.half, half),
+        if !self.may_be_local(pip) {
+            let other = match side {
+                Side::Client => server_name().map(Other::Name).unwrap_or(Other::Addr(peer)),
+                Side::Server => Other::Ip(pip),
             };
-            out.push(Edge::Paired { client, server });
+            out.push(self.alone(side, half, other));
             return;
         }
+        let tuple = match side {
+            Side::Client => (AddrKey(local), AddrKey(peer)),
+            Side::Server => (AddrKey(peer), AddrKey(local)),
+        };
+        // A full table makes room first (before looking this connection
+        // up, so that it is looked up once).
         if self.waiting >= self.options.max_pending.max(1) {
             self.push_out_oldest(out);
         }
         let deadline = self.now.saturating_add(self.options.wait_ns);
-        let server_name = match side {
-            Side::Client => server_name(),
-            Side::Server => None,
-        };
-        self.pending.entry(tuple).or_default().push_back(Waiting {
+        let make = move || Waiting {
             side,
             half,
             deadline,
-            server_name,
-        });
-        self.order.push_back((deadline, tuple));
-        self.waiting += 1;
+            server_name: match side {
+                Side::Client => server_name(),
+                Side::Server => None,
+            },
+        };
+        let other = match self.pending.entry(tuple) {
+            Entry::Occupied(mut e) => {
+                if e.get().front().is_some_and(|w| w.side != side) {
+                    match e.get_mut().pop_front_of_many() {
+                        Some(w) => {
+                            if e.get().is_empty() {
+                                e.remove();
+                            }
+                            Some(w)
+                        }
+                        None => match e.remove() {
+                            Queue::One(w) => Some(w),
+                            Queue::Many(_) => None,
+                        },
+                    }
+                } else {
+                    e.get_mut().push_back(make());
+                    None
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(Queue::One(make()));
+                None
+            }
+        };
+        match other {
+            Some(other) => {
+                self.waiting -= 1;
+                let (client, server) = match side {
+                    Side::Client => (half, other.half),
+                    Side::Server => (other.half, half),
+                };
+                out.push(Edge::Paired { client, server });
+            }
+            None => {
+                self.order.push_back((deadline, tuple));
+                self.waiting += 1;
+            }
+        }
     }
 
     /// Turns the halves that waited until `now` (Unix ns) into one-sided edges.
@@ -214,6 +323,24 @@ impl Graph {
         }
     }
 
+    /// Takes the oldest half waiting on `tuple` if `take` says so.
+    fn take_front(&mut self, tuple: Tuple, take: impl Fn(&Waiting) -> bool) -> Option<Waiting> {
+        let queue = self.pending.get_mut(&tuple)?;
+        if !queue.front().is_some_and(take) {
+            return None;
+        }
+        if let Some(w) = queue.pop_front_of_many() {
+            if queue.is_empty() {
+                self.pending.remove(&tuple);
+            }
+            return Some(w);
+        }
+        match self.pending.remove(&tuple) {
+            Some(Queue::One(w)) => Some(w),
+            _ => None,
+        }
+    }
+
     /// The table is full: the half that arrived first stops waiting.
     fn push_out_oldest(&mut self, out: &mut Vec<Edge>) {
         while let Some((_, tuple)) = self.order.pop_front() {
@@ -227,20 +354,11 @@ impl Graph {
     /// Ends the wait of the first half of `tuple` if its deadline is at or
     /// before `now` (any deadline with `None`). Returns whether it did.
     fn expire_front(&mut self, tuple: Tuple, now: Option<u64>, out: &mut Vec<Edge>) -> bool {
-        let Some(queue) = self.pending.get_mut(&tuple) else {
+        let Some(w) = self.take_front(tuple, |w| now.is_none_or(|now| w.deadline <= now)) else {
             return false;
         };
-        if now.is_some_and(|now| queue.front().is_none_or(|w| w.deadline > now)) {
-            return false;
-        }
-        let Some(w) = queue.pop_front() else {
-            return false;
-        };
-        if queue.is_empty() {
-            self.pending.remove(&tuple);
-        }
         self.waiting -= 1;
-        let (client_addr, server_addr) = tuple;
+        let (AddrKey(client_addr), AddrKey(server_addr)) = tuple;
         let other = match w.side {
             Side::Client => w
                 .server_name
@@ -311,11 +429,16 @@ mod tests {
         }
     }
 
+    /// A graph that knows 10.0.0.1 and 10.0.0.2 are on this node.
     fn graph() -> Graph {
-        Graph::new(GraphOptions {
+        let mut g = Graph::new(GraphOptions {
             wait_ns: 1000 * MS,
             max_pending: 100,
-        })
+        });
+        for last in [1, 2] {
+            g.learn_local(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)));
+        }
+        g
     }
 
     #[test]
@@ -430,6 +553,7 @@ mod tests {
             || Some("api.internal:8080".into()),
             &mut out,
         );
+        g.learn_local(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)));
         g.offer(
             Side::Server,
             half(2, 10, 3),
@@ -517,6 +641,7 @@ mod tests {
             wait_ns: 1000 * MS,
             max_pending: 2,
         });
+        g.learn_local(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
         let mut out = Vec::new();
         for port in 0..3u16 {
             let e = Endpoints {
@@ -534,6 +659,41 @@ mod tests {
         assert_eq!(g.waiting(), 2);
         assert_eq!(g.dropped, 1);
         assert!(matches!(&out[..], [Edge::ClientOnly { client, .. }] if client.end_ns == 10 * MS));
+    }
+
+    #[test]
+    fn remote_peers_do_not_wait() {
+        let mut g = Graph::new(GraphOptions {
+            wait_ns: 1000 * MS,
+            max_pending: 100,
+        });
+        let mut out = Vec::new();
+        // Nothing is known of 10.0.0.1 yet: the server half is counted at once.
+        g.offer(Side::Server, half(2, 10, 3), &server_view(), || None, &mut out);
+        assert_eq!(
+            out,
+            vec![Edge::ServerOnly {
+                server: half(2, 10, 3),
+                client: Other::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+            }]
+        );
+        // 10.0.0.2 was seen as a local address: a client calling it waits.
+        out.clear();
+        let client_view = Endpoints {
+            local: ep([10, 0, 0, 1], 40001),
+            peer: ep([10, 0, 0, 2], 8080),
+        };
+        g.offer(Side::Client, half(1, 20, 5), &client_view, || None, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(g.waiting(), 1);
+        // Loopback peers always wait.
+        let lo = Endpoints {
+            local: ep([127, 0, 0, 1], 8080),
+            peer: ep([127, 0, 0, 1], 50000),
+        };
+        g.offer(Side::Server, half(3, 30, 1), &lo, || None, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(g.waiting(), 2);
     }
 
     #[test]

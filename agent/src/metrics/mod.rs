@@ -165,17 +165,55 @@ impl Metrics {
         lock(&self.store).drain_graph();
     }
 
-    /// Every series and the agent's health, as of now. Service-graph halves
-    /// that waited too long become edges first, and idle series are
-    /// forgotten.
-    pub fn snapshot(&self, temporality: Temporality) -> Snapshot {
+    /// Starts reading every series: service-graph halves that waited too
+    /// long become edges first, and idle series are forgotten (unless
+    /// another reading is under way, which must see series stay where they
+    /// are). The store is then read a part at a time with
+    /// [`Collection::next_part`], so that the pipeline is never held up for
+    /// long and a copy of everything never sits in memory at once.
+    pub fn collect(&self, temporality: Temporality) -> Collection<'_> {
         let now = unix_now_ns();
-        let (mut snap, series, graph) = {
+        {
             let mut store = lock(&self.store);
             store.expire(now);
-            store.evict_idle(now);
-            let snap = store.snapshot(now, temporality);
-            (snap, store.series_counts(), store.graph_counts())
+            if store.readers == 0 {
+                store.evict_idle(now);
+            }
+            store.readers += 1;
+        }
+        Collection {
+            metrics: self,
+            temporality,
+            now,
+            metric: 0,
+            from: 0,
+            own_done: false,
+        }
+    }
+
+    /// Every series and the agent's health, as of now, in one snapshot
+    /// (see [`Metrics::collect`]).
+    pub fn snapshot(&self, temporality: Temporality) -> Snapshot {
+        let mut c = self.collect(temporality);
+        let mut parts = vec![store::ResourceSnap {
+            resource: lock(&self.store).agent_resource(),
+            metrics: Vec::new(),
+        }];
+        while let Some(part) = c.next_part(usize::MAX) {
+            parts.extend(part.resources);
+        }
+        Snapshot {
+            time_ns: c.now,
+            temporality,
+            resources: store::merge_resources(parts),
+        }
+    }
+
+    /// The agent's health metrics now.
+    fn own_metrics(&self, temporality: Temporality, now: u64) -> Vec<store::MetricSnap> {
+        let (series, graph) = {
+            let store = lock(&self.store);
+            (store.series_counts(), store.graph_counts())
         };
         let inputs = selfstats::Inputs {
             stats: self.stats.snapshot(),
@@ -186,15 +224,75 @@ impl Metrics {
             graph: graph.map(|(dropped, client, server, _)| (dropped, client, server)),
             process: selfstats::ProcessUsage::read(),
         };
-        let own = {
-            let mut delta = lock(&self.delta);
-            selfstats::build(&inputs, temporality, self.started_ns, now, &mut delta)
-        };
-        // The store lists the agent's own resource first, always.
-        if let Some(agent) = snap.resources.first_mut() {
-            agent.metrics.extend(own);
+        let mut delta = lock(&self.delta);
+        selfstats::build(&inputs, temporality, self.started_ns, now, &mut delta)
+    }
+}
+
+/// One reading of the store, part by part (see [`Metrics::collect`]).
+pub struct Collection<'m> {
+    metrics: &'m Metrics,
+    temporality: Temporality,
+    /// The time every point of this reading carries.
+    pub now: u64,
+    metric: usize,
+    from: usize,
+    own_done: bool,
+}
+
+impl Collection<'_> {
+    /// The next part: at most `max` series of one metric, grouped by
+    /// resource; the agent's health metrics come last. `None` at the end.
+    pub fn next_part(&mut self, max: usize) -> Option<Snapshot> {
+        loop {
+            let mut store = lock(&self.metrics.store);
+            if self.metric < store.metric_count() {
+                let (resources, next) =
+                    store.collect_part(self.metric, self.from, max, self.now, self.temporality);
+                match next {
+                    Some(n) => self.from = n,
+                    None => {
+                        self.metric += 1;
+                        self.from = 0;
+                    }
+                }
+                if resources.is_empty() {
+                    continue;
+                }
+                return Some(Snapshot {
+                    time_ns: self.now,
+                    temporality: self.temporality,
+                    resources,
+                });
+            }
+            if self.own_done {
+                return None;
+            }
+            self.own_done = true;
+            let agent = store.agent_resource();
+            drop(store);
+            let metrics = self.metrics.own_metrics(self.temporality, self.now);
+            return Some(Snapshot {
+                time_ns: self.now,
+                temporality: self.temporality,
+                resources: vec![store::ResourceSnap {
+                    resource: agent,
+                    metrics,
+                }],
+            });
         }
-        snap
+    }
+
+    /// The processes that have series now (the agent first).
+    pub fn resources(&self) -> Vec<Arc<Resource>> {
+        lock(&self.metrics.store).resources()
+    }
+}
+
+impl Drop for Collection<'_> {
+    fn drop(&mut self) {
+        let mut store = lock(&self.metrics.store);
+        store.readers = store.readers.saturating_sub(1);
     }
 }
 

@@ -20,8 +20,12 @@ use crate::enrich::Resource;
 use crate::span::model::AttrValue;
 
 /// Data points per export request, at most; a snapshot with more is sent
-/// in several requests (collectors refuse messages over 4 MiB by default).
-pub const MAX_POINTS_PER_REQUEST: usize = 1000;
+/// in several requests (collectors refuse messages over 4 MiB by default,
+/// and a smaller request keeps the agent's memory small).
+pub const MAX_POINTS_PER_REQUEST: usize = 500;
+
+/// Series read from the store at a time while a request is gathered.
+pub const SERIES_PER_PART: usize = 100;
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {

@@ -12,7 +12,6 @@
 //! reads request heads (bounded), answers `GET`/`HEAD`, keeps connections
 //! alive, and closes idle ones.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -246,110 +245,69 @@ fn classic_buckets(p: &Point, raw: RawUnit) -> Option<Classic> {
     }
 }
 
-/// Renders a snapshot a piece at a time, so that a large page never sits
-/// in memory whole: [`Renderer::fill`] appends about `budget` bytes.
-pub struct Renderer<'a> {
-    snap: &'a Snapshot,
+/// Renders snapshots part by part (see [`super::Collection`]), so a large
+/// page never sits in memory whole: each family's header is written before
+/// its first samples, once, as long as the parts of a family come together.
+pub struct Renderer {
     format: Format,
-    bases: Vec<(String, Vec<String>)>,
-    /// Families by Prometheus name: the metrics of every resource that
-    /// share it.
-    families: Vec<(String, Vec<(usize, &'a MetricSnap)>)>,
-    family: usize,
-    member: usize,
-    point: usize,
-    header_done: bool,
-    /// Next resource for `target_info`; `None` before that part starts.
-    target: Option<usize>,
-    done: bool,
+    last_family: Option<String>,
 }
 
-impl<'a> Renderer<'a> {
-    pub fn new(snap: &'a Snapshot, format: Format) -> Renderer<'a> {
-        let bases = snap
+impl Renderer {
+    pub fn new(format: Format) -> Renderer {
+        Renderer {
+            format,
+            last_family: None,
+        }
+    }
+
+    /// Appends the samples of every point in `part`.
+    pub fn part(&mut self, part: &Snapshot, out: &mut String) {
+        let open = self.format == Format::OpenMetrics;
+        let bases: Vec<(String, Vec<String>)> = part
             .resources
             .iter()
             .map(|r| resource_labels(&r.resource))
             .collect();
-        let mut families: BTreeMap<String, Vec<(usize, &MetricSnap)>> = BTreeMap::new();
-        for (ri, r) in snap.resources.iter().enumerate() {
+        // Families in the order they first appear, across resources.
+        let mut families: Vec<(String, Vec<(usize, &MetricSnap)>)> = Vec::new();
+        for (ri, r) in part.resources.iter().enumerate() {
             for m in &r.metrics {
                 let name = prometheus_name(&m.name, m.unit, m.instrument);
-                families.entry(name).or_default().push((ri, m));
+                match families.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, members)) => members.push((ri, m)),
+                    None => families.push((name, vec![(ri, m)])),
+                }
             }
         }
-        Renderer {
-            snap,
-            format,
-            bases,
-            families: families.into_iter().collect(),
-            family: 0,
-            member: 0,
-            point: 0,
-            header_done: false,
-            target: None,
-            done: false,
+        for (name, members) in &families {
+            if self.last_family.as_deref() != Some(name.as_str()) {
+                if let Some((_, first)) = members.first() {
+                    family_header(out, name, first, open);
+                }
+                self.last_family = Some(name.clone());
+            }
+            for (ri, m) in members {
+                for p in &m.points {
+                    point(out, name, &bases[*ri], m, p, open);
+                }
+            }
         }
     }
 
-    /// Appends at least one piece and then more until `out` grew by
-    /// `budget` bytes; returns false once everything was written.
-    pub fn fill(&mut self, out: &mut String, budget: usize) -> bool {
-        let start = out.len();
-        while !self.done && out.len() - start < budget.max(1) {
-            self.step(out);
+    /// Appends `target_info` for `resources` (and `# EOF` for OpenMetrics).
+    pub fn finish(&mut self, resources: &[Arc<Resource>], out: &mut String) {
+        if self.format == Format::OpenMetrics {
+            out.push_str("# HELP target info Target metadata\n# TYPE target info\n");
+        } else {
+            out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
         }
-        !self.done
-    }
-
-    /// Writes one piece: a family header, one point, or one `target_info` line.
-    fn step(&mut self, out: &mut String) {
-        let open = self.format == Format::OpenMetrics;
-        if let Some(ri) = self.target {
-            match self.snap.resources.get(ri) {
-                Some(r) => {
-                    target_info(out, &r.resource);
-                    self.target = Some(ri + 1);
-                }
-                None => {
-                    if open {
-                        out.push_str("# EOF\n");
-                    }
-                    self.done = true;
-                }
-            }
-            return;
+        for r in resources {
+            target_info(out, r);
         }
-        let Some((name, members)) = self.families.get(self.family) else {
-            if open {
-                out.push_str("# HELP target info Target metadata\n# TYPE target info\n");
-            } else {
-                out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
-            }
-            self.target = Some(0);
-            return;
-        };
-        if !self.header_done {
-            self.header_done = true;
-            if let Some((_, first)) = members.first() {
-                family_header(out, name, first, open);
-            }
-            return;
+        if self.format == Format::OpenMetrics {
+            out.push_str("# EOF\n");
         }
-        let Some((ri, m)) = members.get(self.member) else {
-            self.family += 1;
-            self.member = 0;
-            self.point = 0;
-            self.header_done = false;
-            return;
-        };
-        let Some(p) = m.points.get(self.point) else {
-            self.member += 1;
-            self.point = 0;
-            return;
-        };
-        self.point += 1;
-        point(out, name, &self.bases[*ri], m, p, open);
     }
 }
 
@@ -447,8 +405,10 @@ fn target_info(out: &mut String, r: &Resource) {
 /// Renders a whole snapshot into one string.
 pub fn render(snap: &Snapshot, format: Format) -> String {
     let mut out = String::new();
-    let mut r = Renderer::new(snap, format);
-    while r.fill(&mut out, usize::MAX) {}
+    let mut r = Renderer::new(format);
+    r.part(snap, &mut out);
+    let resources: Vec<Arc<Resource>> = snap.resources.iter().map(|r| Arc::clone(&r.resource)).collect();
+    r.finish(&resources, &mut out);
     out
 }
 
@@ -596,11 +556,10 @@ async fn connection(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Re
         match (head.method.as_str(), head.path.as_str()) {
             ("GET" | "HEAD", "/metrics") => {
                 let format = Format::from_accept(&head.accept);
-                let snap = metrics.snapshot(Temporality::Cumulative);
                 if head.http11 {
-                    stream_page(&mut stream, &snap, format, keep, head_only).await?;
+                    stream_page(&mut stream, &metrics, format, keep, head_only).await?;
                 } else {
-                    let body = render(&snap, format);
+                    let body = render(&metrics.snapshot(Temporality::Cumulative), format);
                     respond(
                         &mut stream,
                         "200 OK",
@@ -653,14 +612,17 @@ async fn connection(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Re
     }
 }
 
-/// Bytes rendered per chunk of a streamed page.
-const CHUNK: usize = 64 * 1024;
+/// Series read from the store per part of a streamed page. Small parts
+/// keep the rendered text (about 5 KB per histogram series) and so the
+/// agent's memory small; the store is locked once per part.
+pub const SERIES_PER_PART: usize = 32;
 
-/// Sends the page with chunked transfer encoding, rendering one chunk at a
-/// time: a page of many series never sits in memory whole.
+/// Sends the page with chunked transfer encoding, reading and rendering
+/// one part of the store at a time: a page of many series never sits in
+/// memory whole, and the pipeline waits for the store only briefly.
 async fn stream_page(
     stream: &mut TcpStream,
-    snap: &Snapshot,
+    metrics: &Metrics,
     format: Format,
     keep_alive: bool,
     head_only: bool,
@@ -674,24 +636,34 @@ async fn stream_page(
     if head_only {
         return stream.flush().await;
     }
-    let mut renderer = Renderer::new(snap, format);
-    let mut buf = String::with_capacity(CHUNK + 8192);
+    let mut collection = metrics.collect(Temporality::Cumulative);
+    let mut renderer = Renderer::new(format);
+    let mut buf = String::new();
     loop {
         buf.clear();
-        let more = renderer.fill(&mut buf, CHUNK);
-        if !buf.is_empty() {
-            stream
-                .write_all(format!("{:x}\r\n", buf.len()).as_bytes())
-                .await?;
-            stream.write_all(buf.as_bytes()).await?;
-            stream.write_all(b"\r\n").await?;
+        match collection.next_part(SERIES_PER_PART) {
+            Some(part) => renderer.part(&part, &mut buf),
+            None => {
+                renderer.finish(&collection.resources(), &mut buf);
+                write_chunk(stream, &buf).await?;
+                break;
+            }
         }
-        if !more {
-            break;
-        }
+        write_chunk(stream, &buf).await?;
     }
     stream.write_all(b"0\r\n\r\n").await?;
     stream.flush().await
+}
+
+async fn write_chunk(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_all(format!("{:x}\r\n", text.len()).as_bytes())
+        .await?;
+    stream.write_all(text.as_bytes()).await?;
+    stream.write_all(b"\r\n").await
 }
 
 async fn respond(

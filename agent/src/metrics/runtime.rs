@@ -172,17 +172,47 @@ impl Warnings {
     }
 }
 
+/// One export: the store read a part at a time, parts gathered into
+/// requests of up to [`otlp::MAX_POINTS_PER_REQUEST`] points, each sent
+/// before the next is built.
 async fn export_once(
     metrics: &Metrics,
     exporter: &mut MetricsExporter,
     temporality: Temporality,
     warnings: &mut Warnings,
 ) {
-    let snap = metrics.snapshot(temporality);
-    for request in otlp::Requests::new(&snap, otlp::MAX_POINTS_PER_REQUEST) {
-        if let Err(e) = exporter.export(request).await {
-            metrics.count_export_failure();
-            warnings.warn(&e);
+    let max = otlp::MAX_POINTS_PER_REQUEST;
+    let mut collection = metrics.collect(temporality);
+    let mut gathered: Vec<super::store::ResourceSnap> = Vec::new();
+    let mut points = 0;
+    loop {
+        let part = collection.next_part(otlp::SERIES_PER_PART);
+        let done = part.is_none();
+        if let Some(part) = part {
+            points += part
+                .resources
+                .iter()
+                .flat_map(|r| &r.metrics)
+                .map(|m| m.points.len())
+                .sum::<usize>();
+            gathered.extend(part.resources);
+        }
+        if (done || points >= max) && !gathered.is_empty() {
+            let snap = super::Snapshot {
+                time_ns: collection.now,
+                temporality,
+                resources: super::store::merge_resources(std::mem::take(&mut gathered)),
+            };
+            points = 0;
+            for request in otlp::Requests::new(&snap, max) {
+                if let Err(e) = exporter.export(request).await {
+                    metrics.count_export_failure();
+                    warnings.warn(&e);
+                }
+            }
+        }
+        if done {
+            break;
         }
     }
 }

@@ -15,7 +15,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::attrs::{AttrSet, FastBuild, IdentityBuild, Key, OwnedAttrs, OwnedVal, Picked, Val};
@@ -23,7 +22,7 @@ use super::catalog::{
     CATALOG, DB_CLIENT_KEYS, DB_SERVER_KEYS, Family, HTTP_CLIENT_KEYS, HTTP_SERVER_KEYS,
     Instrument, MetricDesc, MetricId, RPC_CLIENT_KEYS, RPC_SERVER_KEYS,
 };
-use super::graph::{Edge, Graph, GraphOptions, Half, Side};
+use super::graph::{Edge, Graph, GraphOptions, Half, Other, Side};
 use super::hist::{Bounds, Explicit, Exponential, RawUnit};
 use crate::capture::Endpoints;
 use crate::enrich::Resource;
@@ -89,7 +88,8 @@ fn decade(raw: u64) -> usize {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Agg {
     Explicit(Explicit),
-    Exponential(Exponential),
+    /// Boxed: it is large and rarely chosen.
+    Exponential(Box<Exponential>),
     Count(u64),
 }
 
@@ -105,7 +105,7 @@ impl Agg {
     fn since(&self, earlier: &Agg) -> Agg {
         match (self, earlier) {
             (Agg::Explicit(a), Agg::Explicit(b)) => Agg::Explicit(a.since(b)),
-            (Agg::Exponential(a), Agg::Exponential(b)) => Agg::Exponential(a.since(b)),
+            (Agg::Exponential(a), Agg::Exponential(b)) => Agg::Exponential(Box::new(a.since(b))),
             (Agg::Count(a), Agg::Count(b)) => Agg::Count(a.saturating_sub(*b)),
             (a, _) => a.clone(),
         }
@@ -113,6 +113,16 @@ impl Agg {
 }
 
 const NONE: u32 = u32::MAX;
+
+/// Which series a measurement goes to.
+#[derive(Clone, Copy)]
+struct Target<'a, 'b> {
+    slot: u32,
+    attrs: &'a AttrSet<'b>,
+    hash: u64,
+    /// The stored form of `attrs`, when another series already has it.
+    stored: Option<&'a OwnedAttrs>,
+}
 
 struct Series {
     slot: u32,
@@ -157,20 +167,31 @@ impl MetricState {
     }
 
     /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns the series' index.
     fn observe(
         &mut self,
         options: &StoreOptions,
         now: u64,
-        slot: u32,
-        attrs: &AttrSet<'_>,
-        hash: u64,
+        target: &Target<'_, '_>,
+        raw: u64,
+        exemplar: Option<Exemplar>,
+    ) -> usize {
+        let i = self.series_index(options, now, target);
+        self.add_at(i, options, now, raw, exemplar);
+        i
+    }
+
+    /// Adds one raw measurement to series `i`.
+    fn add_at(
+        &mut self,
+        i: usize,
+        options: &StoreOptions,
+        now: u64,
         raw: u64,
         exemplar: Option<Exemplar>,
     ) {
         let exemplars_on = options.exemplars;
         let hold = options.exemplar_hold_ns;
-        let i = self.series_index(options, now, slot, attrs, hash);
         let state = self;
         let unit = state.desc.raw;
         let bounds = &state.bounds;
@@ -212,14 +233,8 @@ impl MetricState {
 
     /// The series for (`slot`, `attrs`) of `metric`, created if new; the
     /// overflow series when the metric is full.
-    fn series_index(
-        &mut self,
-        options: &StoreOptions,
-        now: u64,
-        slot: u32,
-        attrs: &AttrSet<'_>,
-        hash: u64,
-    ) -> usize {
+    fn series_index(&mut self, options: &StoreOptions, now: u64, target: &Target<'_, '_>) -> usize {
+        let (slot, attrs, hash) = (target.slot, target.attrs, target.hash);
         let max_series = options.max_series;
         let histogram = options.histogram;
         let state = self;
@@ -243,7 +258,7 @@ impl MetricState {
                 Agg::Explicit(Explicit::new(&state.bounds))
             }
             (Instrument::Histogram, HistogramKind::Exponential { max_size }) => {
-                Agg::Exponential(Exponential::new(max_size))
+                Agg::Exponential(Box::new(Exponential::new(max_size)))
             }
             _ => Agg::Count(0),
         };
@@ -251,7 +266,10 @@ impl MetricState {
         let next = state.index.insert(hash, i as u32).unwrap_or(NONE);
         state.series.push(Series {
             slot,
-            attrs: attrs.to_stored(),
+            attrs: match target.stored {
+                Some(stored) if !overflow => Arc::clone(stored),
+                _ => attrs.to_stored(),
+            },
             next,
             hash,
             overflow,
@@ -363,8 +381,10 @@ impl Slots {
         self.list.get(id as usize).and_then(Option::as_ref)
     }
 
-    /// Forgets the slots no series uses (never the agent's).
-    fn retain(&mut self, used: &[bool]) {
+    /// Forgets the slots no series uses (never the agent's); says whether
+    /// it forgot any.
+    fn retain(&mut self, used: &[bool]) -> bool {
+        let mut forgot = false;
         for id in 1..self.list.len() {
             if self.list[id].is_some() && !used.get(id).copied().unwrap_or(false) {
                 self.list[id] = None;
@@ -372,9 +392,11 @@ impl Slots {
                     self.by_key.remove(&key);
                 }
                 self.free.push(id as u32);
+                forgot = true;
             }
         }
         self.by_ptr.clear();
+        forgot
     }
 }
 
@@ -489,13 +511,58 @@ pub enum PointValue {
 
 /// The store. Not thread-safe on its own: [`super::Metrics`] wraps it in a mutex.
 pub struct Store {
+    /// Readings under way ([`super::Collection`]); idle series are not
+    /// evicted while one is.
+    pub readers: usize,
     options: StoreOptions,
     slots: Slots,
     metrics: Vec<MetricState>,
     graph: Option<Graph>,
     edges: Vec<Edge>,
+    /// Where each known service-graph edge keeps its series (indexes into
+    /// the four graph metrics, in [`Store::record_edge`]'s order).
+    edge_series: HashMap<EdgeKey, [u32; 4], FastBuild>,
     now: u64,
 }
+
+/// Edges remembered before [`Store::edge_series`] starts over.
+const MAX_EDGES: usize = 4096;
+
+/// One side of a service-graph edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Party {
+    /// A traced process.
+    Slot(u32),
+    /// A side the agent did not see.
+    Other(Other),
+}
+
+impl std::hash::Hash for Party {
+    /// One word for the common sides (a process, an IPv4 address); the
+    /// derived hash would feed the hasher many small pieces.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        use std::net::{IpAddr, SocketAddr};
+        match self {
+            Party::Slot(slot) => h.write_u64(u64::from(*slot)),
+            Party::Other(Other::Ip(IpAddr::V4(a))) => {
+                h.write_u64((1 << 60) | u64::from(u32::from(*a)))
+            }
+            Party::Other(Other::Addr(SocketAddr::V4(a))) => h.write_u64(
+                (2 << 60) | (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()),
+            ),
+            Party::Other(o) => {
+                h.write_u64(3 << 60);
+                o.hash(h);
+            }
+        }
+    }
+}
+
+/// (client, server, connection type: an index into [`CONNECTION_TYPES`])
+type EdgeKey = (Party, Party, u8);
+
+/// `connection_type` values: none for an edge seen from both sides.
+const CONNECTION_TYPES: [&str; 3] = ["", "virtual_node", "database"];
 
 impl Store {
     pub fn new(options: StoreOptions, agent: Arc<Resource>) -> Store {
@@ -515,11 +582,13 @@ impl Store {
             })
             .collect();
         Store {
+            readers: 0,
             graph: options.graph.map(Graph::new),
             options,
             slots: Slots::new(agent),
             metrics,
             edges: Vec::new(),
+            edge_series: HashMap::default(),
             now: 0,
         }
     }
@@ -553,17 +622,46 @@ impl Store {
         if let Some(class) = &class {
             let attrs = AttrSet::from_picked(&picked, class.keys);
             let hash = attrs.hash(slot);
-            self.observe(class.duration, slot, &attrs, hash, duration, Some(exemplar));
+            let target = Target {
+                slot,
+                attrs: &attrs,
+                hash,
+                stored: None,
+            };
+            let i = self.observe(class.duration, &target, duration, Some(exemplar));
             if let Some((request, response)) = class.sizes {
                 for (metric, key) in [
                     (request, Key::RequestBodySize),
                     (response, Key::ResponseBodySize),
                 ] {
-                    if let Some(AttrValue::Int(n)) = picked.get(key) {
-                        let raw = u64::try_from(*n).unwrap_or(0);
-                        let ex = Exemplar { raw, ..exemplar };
-                        self.observe(metric, slot, &attrs, hash, raw, Some(ex));
-                    }
+                    let Some(AttrValue::Int(n)) = picked.get(key) else {
+                        continue;
+                    };
+                    let raw = u64::try_from(*n).unwrap_or(0);
+                    let ex = Exemplar { raw, ..exemplar };
+                    let (options, now) = (&self.options, self.now);
+                    let Ok([duration_state, size_state]) = self
+                        .metrics
+                        .get_disjoint_mut([class.duration as usize, metric as usize])
+                    else {
+                        continue;
+                    };
+                    let j = match size_state.find(slot, &attrs, hash) {
+                        Some(j) => j,
+                        None => {
+                            // A new size series shares the duration series'
+                            // attributes instead of copying them (unless
+                            // that one is an overflow series).
+                            let s = &duration_state.series[i];
+                            let stored = (!s.overflow).then(|| Arc::clone(&s.attrs));
+                            let target = Target {
+                                stored: stored.as_ref(),
+                                ..target
+                            };
+                            size_state.series_index(options, now, &target)
+                        }
+                    };
+                    size_state.add_at(j, options, now, raw, Some(ex));
                 }
             }
         }
@@ -623,75 +721,99 @@ impl Store {
             Edge::ClientOnly { client, server } => (Some(client), None, Some(server)),
             Edge::ServerOnly { server, client } => (None, Some(server), Some(client)),
         };
-        // The unseen side's name, written on the stack.
-        let mut other_text = StackText::default();
-        if let Some(o) = &other {
-            let _ = write!(other_text, "{o}");
-        }
-        let slots = &self.slots;
-        let name = |half: Option<Half>| match half {
-            Some(h) => slots
-                .resource(h.slot)
-                .map(|r| r.service_name.as_str())
-                .unwrap_or("unknown"),
-            None => other_text.as_str(),
+        let connection_type: u8 = match (client, server) {
+            (Some(c), None) if c.db => 2,
+            (Some(_), None) | (None, Some(_)) => 1,
+            _ => 0,
         };
-        let mut attrs = AttrSet::default();
-        attrs.push(Key::Client, Val::Str(name(client)));
-        attrs.push(Key::Server, Val::Str(name(server)));
-        match (client, server) {
-            (Some(c), None) if c.db => attrs.push(Key::ConnectionType, Val::Str("database")),
-            (Some(_), None) | (None, Some(_)) => {
-                attrs.push(Key::ConnectionType, Val::Str("virtual_node"))
-            }
-            _ => {}
-        }
-        let hash = attrs.hash(0);
-        let (options, now) = (&self.options, self.now);
-        let metrics = &mut self.metrics;
-        let mut observe = |metric: MetricId, raw: u64, ex: Option<Exemplar>| {
-            metrics[metric as usize].observe(options, now, 0, &attrs, hash, raw, ex);
+        let party = |half: Option<Half>, other: &mut Option<Other>| match half {
+            Some(h) => Party::Slot(h.slot),
+            None => Party::Other(other.take().unwrap_or(Other::Unknown("unknown"))),
         };
-        observe(MetricId::GraphRequests, 1, None);
-        if client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed) {
-            observe(MetricId::GraphFailed, 1, None);
-        }
-        for (half, metric) in [
-            (client, MetricId::GraphClientSeconds),
-            (server, MetricId::GraphServerSeconds),
-        ] {
-            if let Some(h) = half {
-                let ex = Exemplar {
-                    trace_id: h.trace_id,
-                    span_id: h.span_id,
-                    raw: h.duration_ns,
-                    time_ns: h.end_ns,
-                    failed: h.failed,
-                };
-                observe(metric, h.duration_ns, Some(ex));
+        let mut other = other;
+        let key = (
+            party(client, &mut other),
+            party(server, &mut other),
+            connection_type,
+        );
+        let failed = client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed);
+        let exemplar = |h: Half| Exemplar {
+            trace_id: h.trace_id,
+            span_id: h.span_id,
+            raw: h.duration_ns,
+            time_ns: h.end_ns,
+            failed: h.failed,
+        };
+        let wanted = [
+            (MetricId::GraphRequests, Some((1, None))),
+            (MetricId::GraphFailed, failed.then_some((1, None))),
+            (
+                MetricId::GraphClientSeconds,
+                client.map(|h| (h.duration_ns, Some(exemplar(h)))),
+            ),
+            (
+                MetricId::GraphServerSeconds,
+                server.map(|h| (h.duration_ns, Some(exemplar(h)))),
+            ),
+        ];
+        // The series of a known edge are found by its key alone; the
+        // attribute set is only built for an edge (or one of its metrics)
+        // not seen before.
+        let mut idx = self.edge_series.get(&key).copied().unwrap_or([NONE; 4]);
+        let before = idx;
+        for (k, (metric, measure)) in wanted.into_iter().enumerate() {
+            let Some((raw, ex)) = measure else {
+                continue;
+            };
+            let state = &mut self.metrics[metric as usize];
+            let i = idx[k] as usize;
+            if idx[k] != NONE && i < state.series.len() {
+                state.add_at(i, &self.options, self.now, raw, ex);
+                continue;
             }
+            let name = |p: &Party| match p {
+                Party::Slot(slot) => self
+                    .slots
+                    .resource(*slot)
+                    .map(|r| r.service_name.clone())
+                    .unwrap_or_else(|| "unknown".into()),
+                Party::Other(o) => o.to_string(),
+            };
+            let (client_name, server_name) = (name(&key.0), name(&key.1));
+            let mut attrs = AttrSet::default();
+            attrs.push(Key::Client, Val::Str(&client_name));
+            attrs.push(Key::Server, Val::Str(&server_name));
+            if connection_type != 0 {
+                let text = CONNECTION_TYPES[usize::from(connection_type)];
+                attrs.push(Key::ConnectionType, Val::Str(text));
+            }
+            let target = Target {
+                slot: 0,
+                attrs: &attrs,
+                hash: attrs.hash(0),
+                stored: None,
+            };
+            let state = &mut self.metrics[metric as usize];
+            idx[k] = state.observe(&self.options, self.now, &target, raw, ex) as u32;
+        }
+        if idx != before {
+            if self.edge_series.len() >= MAX_EDGES {
+                self.edge_series.clear();
+            }
+            self.edge_series.insert(key, idx);
         }
     }
 
-    /// Adds one raw measurement to the series (`slot`, `attrs`) of `metric`.
+    /// Adds one raw measurement to the series (`slot`, `attrs`) of
+    /// `metric`; returns the series' index.
     fn observe(
         &mut self,
         metric: MetricId,
-        slot: u32,
-        attrs: &AttrSet<'_>,
-        hash: u64,
+        target: &Target<'_, '_>,
         raw: u64,
         exemplar: Option<Exemplar>,
-    ) {
-        self.metrics[metric as usize].observe(
-            &self.options,
-            self.now,
-            slot,
-            attrs,
-            hash,
-            raw,
-            exemplar,
-        );
+    ) -> usize {
+        self.metrics[metric as usize].observe(&self.options, self.now, target, raw, exemplar)
     }
 
     /// Forgets series idle for longer than the configured time, and the
@@ -704,11 +826,13 @@ impl Store {
         let cutoff = now_ns.saturating_sub(idle);
         let mut used = vec![false; self.slots.list.len()];
         used[0] = true;
+        let mut changed = false;
         for state in &mut self.metrics {
             let before = state.series.len();
             state.series.retain(|s| s.last_ns >= cutoff);
             if state.series.len() != before {
                 state.rebuild_index();
+                changed = true;
             }
             for s in &state.series {
                 if let Some(u) = used.get_mut(s.slot as usize) {
@@ -716,86 +840,143 @@ impl Store {
                 }
             }
         }
-        self.slots.retain(&used);
+        // Series moved, or slots may be given to other processes: what
+        // the edge cache points at is no longer sure.
+        if self.slots.retain(&used) || changed {
+            self.edge_series.clear();
+        }
     }
 
     /// A copy of every series. With [`Temporality::Delta`] each point holds
     /// what changed since the previous delta snapshot, and series with no
     /// change are left out. Both kinds may be taken from the same store
-    /// (Prometheus reads cumulative totals while OTLP sends deltas).
+    /// (Prometheus reads cumulative totals while OTLP sends deltas). The
+    /// agent's own resource is always listed, first.
     pub fn snapshot(&mut self, now_ns: u64, temporality: Temporality) -> Snapshot {
-        let mut by_slot: Vec<Vec<MetricSnap>> = vec![Vec::new(); self.slots.list.len()];
-        for state in &mut self.metrics {
-            let desc = state.desc;
-            // Points grouped by slot, in series order.
-            let mut per_slot: HashMap<u32, Vec<Point>> = HashMap::new();
-            for s in &mut state.series {
-                let (agg, start) = match temporality {
-                    Temporality::Cumulative => (s.agg.clone(), s.start_ns),
-                    Temporality::Delta => {
-                        let (delta, start) = match &s.exported {
-                            Some((before, at)) => (s.agg.since(before), *at),
-                            None => (s.agg.clone(), s.start_ns),
-                        };
-                        s.exported = Some((Box::new(s.agg.clone()), now_ns));
-                        if delta.count() == 0 {
-                            continue;
-                        }
-                        (delta, start)
-                    }
-                };
-                let exemplars: Vec<Exemplar> = s
-                    .exemplars
-                    .iter()
-                    .map(|(_, e)| *e)
-                    .filter(|e| temporality == Temporality::Cumulative || e.time_ns >= start)
-                    .collect();
-                let value = match agg {
-                    Agg::Explicit(hist) => PointValue::Explicit {
-                        bounds: Arc::clone(&state.bounds),
-                        hist,
-                    },
-                    Agg::Exponential(h) => PointValue::Exponential(h),
-                    Agg::Count(c) => PointValue::Sum(desc.raw.to_unit(c)),
-                };
-                per_slot.entry(s.slot).or_default().push(Point {
-                    attrs: s.attrs.clone(),
-                    start_ns: start,
-                    value,
-                    exemplars,
-                });
+        let mut parts = vec![ResourceSnap {
+            resource: self.agent_resource(),
+            metrics: Vec::new(),
+        }];
+        for metric in 0..self.metrics.len() {
+            let mut from = 0;
+            loop {
+                let (resources, next) =
+                    self.collect_part(metric, from, usize::MAX, now_ns, temporality);
+                parts.extend(resources);
+                match next {
+                    Some(n) => from = n,
+                    None => break,
+                }
             }
-            for (slot, points) in per_slot {
-                if let Some(list) = by_slot.get_mut(slot as usize) {
-                    list.push(MetricSnap {
+        }
+        Snapshot {
+            time_ns: now_ns,
+            temporality,
+            resources: merge_resources(parts),
+        }
+    }
+
+    /// Metrics in the catalog (the indexes [`Store::collect_part`] takes).
+    pub fn metric_count(&self) -> usize {
+        self.metrics.len()
+    }
+
+    /// Copies at most `max` series of metric `metric`, from series `from`
+    /// on, grouped by resource. Returns them and where to go on (`None`:
+    /// this metric is done). Series are only ever added at the end between
+    /// calls, unless [`Store::evict_idle`] runs, so a reader may go through
+    /// a metric in several calls, releasing the lock in between.
+    pub fn collect_part(
+        &mut self,
+        metric: usize,
+        from: usize,
+        max: usize,
+        now_ns: u64,
+        temporality: Temporality,
+    ) -> (Vec<ResourceSnap>, Option<usize>) {
+        let Some(state) = self.metrics.get_mut(metric) else {
+            return (Vec::new(), None);
+        };
+        let desc = state.desc;
+        let end = from.saturating_add(max.max(1)).min(state.series.len());
+        // (slot, points), in the order slots first appear.
+        let mut per_slot: Vec<(u32, Vec<Point>)> = Vec::new();
+        for s in state.series.get_mut(from..end).unwrap_or_default() {
+            let (agg, start) = match temporality {
+                Temporality::Cumulative => (s.agg.clone(), s.start_ns),
+                Temporality::Delta => {
+                    let (delta, start) = match &s.exported {
+                        Some((before, at)) => (s.agg.since(before), *at),
+                        None => (s.agg.clone(), s.start_ns),
+                    };
+                    s.exported = Some((Box::new(s.agg.clone()), now_ns));
+                    if delta.count() == 0 {
+                        continue;
+                    }
+                    (delta, start)
+                }
+            };
+            let exemplars: Vec<Exemplar> = s
+                .exemplars
+                .iter()
+                .map(|(_, e)| *e)
+                .filter(|e| temporality == Temporality::Cumulative || e.time_ns >= start)
+                .collect();
+            let value = match agg {
+                Agg::Explicit(hist) => PointValue::Explicit {
+                    bounds: Arc::clone(&state.bounds),
+                    hist,
+                },
+                Agg::Exponential(h) => PointValue::Exponential(*h),
+                Agg::Count(c) => PointValue::Sum(desc.raw.to_unit(c)),
+            };
+            let point = Point {
+                attrs: s.attrs.clone(),
+                start_ns: start,
+                value,
+                exemplars,
+            };
+            match per_slot.iter_mut().find(|(slot, _)| *slot == s.slot) {
+                Some((_, points)) => points.push(point),
+                None => per_slot.push((s.slot, vec![point])),
+            }
+        }
+        let next = (end < state.series.len()).then_some(end);
+        let resources = per_slot
+            .into_iter()
+            .filter_map(|(slot, points)| {
+                Some(ResourceSnap {
+                    resource: Arc::clone(self.slots.resource(slot)?),
+                    metrics: vec![MetricSnap {
                         name: Cow::Borrowed(desc.name),
                         unit: desc.unit,
                         description: desc.description,
                         instrument: desc.instrument,
                         raw: desc.raw,
                         points,
-                    });
+                    }],
+                })
+            })
+            .collect();
+        (resources, next)
+    }
+
+    /// The resources that have series now (the agent's first).
+    pub fn resources(&self) -> Vec<Arc<Resource>> {
+        let mut used = vec![false; self.slots.list.len()];
+        used[0] = true;
+        for state in &self.metrics {
+            for s in &state.series {
+                if let Some(u) = used.get_mut(s.slot as usize) {
+                    *u = true;
                 }
             }
         }
-        let mut resources = Vec::new();
-        for (slot, metrics) in by_slot.into_iter().enumerate() {
-            // The agent's resource is always there: self-metrics join it.
-            if metrics.is_empty() && slot != 0 {
-                continue;
-            }
-            if let Some(resource) = self.slots.resource(slot as u32) {
-                resources.push(ResourceSnap {
-                    resource: Arc::clone(resource),
-                    metrics,
-                });
-            }
-        }
-        Snapshot {
-            time_ns: now_ns,
-            temporality,
-            resources,
-        }
+        used.iter()
+            .enumerate()
+            .filter(|(_, u)| **u)
+            .filter_map(|(slot, _)| self.slots.resource(slot as u32).cloned())
+            .collect()
     }
 
     /// (metric name, series held, measurements folded into overflow).
@@ -815,39 +996,20 @@ impl Store {
     }
 }
 
-/// A short text on the stack; what does not fit is cut (at a character
-/// boundary).
-struct StackText {
-    buf: [u8; 96],
-    len: usize,
-}
-
-impl Default for StackText {
-    fn default() -> Self {
-        StackText {
-            buf: [0; 96],
-            len: 0,
+/// Joins the parts of one resource (the same `Arc`) into one entry, keeping
+/// the order in which resources first appear.
+pub fn merge_resources(parts: Vec<ResourceSnap>) -> Vec<ResourceSnap> {
+    let mut out: Vec<ResourceSnap> = Vec::new();
+    for part in parts {
+        match out
+            .iter_mut()
+            .find(|r| Arc::ptr_eq(&r.resource, &part.resource))
+        {
+            Some(r) => r.metrics.extend(part.metrics),
+            None => out.push(part),
         }
     }
-}
-
-impl StackText {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl std::fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let room = self.buf.len() - self.len;
-        let mut n = s.len().min(room);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
+    out
 }
 
 /// How a client span names its server: `server.address:server.port`

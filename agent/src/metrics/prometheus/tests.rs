@@ -329,23 +329,50 @@ fn read_response(conn: &mut std::net::TcpStream) -> (String, String) {
 }
 
 #[test]
-fn pieces_join_into_the_whole_page() {
-    let snap = snapshot();
-    for format in [Format::Text, Format::OpenMetrics] {
-        let whole = render(&snap, format);
-        let mut pieces = String::new();
-        let mut r = Renderer::new(&snap, format);
-        let mut calls = 0;
-        loop {
-            let mut chunk = String::new();
-            let more = r.fill(&mut chunk, 100);
-            calls += 1;
-            pieces.push_str(&chunk);
-            if !more {
-                break;
-            }
+fn parts_render_the_same_lines_as_the_whole() {
+    let metrics = Metrics::new(
+        store_options(&MetricsConfig::default()),
+        resource("sonde"),
+        Arc::new(Stats::default()),
+    );
+    {
+        let mut store = metrics.recorder();
+        let e = Endpoints {
+            local: Endpoint::Unix,
+            peer: Endpoint::Unix,
+        };
+        for i in 0..40u8 {
+            let mut s = span(&format!("/r{i}"), 200, 5, SpanKind::Server, i);
+            s.end_unix_ns = crate::metrics::unix_now_ns();
+            s.start_unix_ns = s.end_unix_ns - 5 * MS;
+            store.record(&resource(if i % 2 == 0 { "shop" } else { "cart" }), &s, &e);
         }
-        assert_eq!(pieces, whole);
-        assert!(calls > 5, "{calls}");
+    }
+    for format in [Format::Text, Format::OpenMetrics] {
+        let whole = render(&metrics.snapshot(Temporality::Cumulative), format);
+        let mut c = metrics.collect(Temporality::Cumulative);
+        let mut r = Renderer::new(format);
+        let mut pieces = String::new();
+        let mut parts = 0;
+        while let Some(part) = c.next_part(3) {
+            r.part(&part, &mut pieces);
+            parts += 1;
+        }
+        r.finish(&c.resources(), &mut pieces);
+        assert!(parts > 10, "{parts}");
+        let lines = |t: &str| {
+            let mut v: Vec<String> = t
+                .lines()
+                .filter(|l| !l.starts_with("sonde_process") && !l.contains("sonde_events") && !l.starts_with("sonde_"))
+                .map(str::to_string)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(lines(&pieces), lines(&whole));
+        // Each family has one header.
+        for l in pieces.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert_eq!(pieces.matches(&format!("{l}\n")).count(), 1, "{l}");
+        }
     }
 }

@@ -454,6 +454,7 @@ fn service_graph_names_the_unseen_side_by_address() {
     let mut store = Store::new(options(|c| c.service_graph.wait_ms = 1000), agent());
     let curl = resource("curl", "c-1");
     let nginx = resource("nginx", "n-1");
+    // A client on loopback: its server may be on this node, so it waits.
     let cli = http(SpanSpec {
         kind: SpanKind::Client,
         route: "/a",
@@ -466,10 +467,12 @@ fn service_graph_names_the_unseen_side_by_address() {
         &curl,
         &cli,
         &Endpoints {
-            local: ip([10, 0, 0, 1], 40000),
-            peer: ip([10, 0, 0, 2], 8080),
+            local: ip([127, 0, 0, 1], 40000),
+            peer: ip([127, 0, 0, 1], 8080),
         },
     );
+    // A server whose client is at an address never seen on this node:
+    // counted at once.
     let srv = http(SpanSpec {
         kind: SpanKind::Server,
         route: "/a",
@@ -486,18 +489,25 @@ fn service_graph_names_the_unseen_side_by_address() {
             peer: ip([192, 168, 1, 7], 51000),
         },
     );
-    // Still waiting.
     let snap = store.snapshot(500 * MS, Temporality::Cumulative);
-    assert!(points(&snap, "sonde", "traces_service_graph_request_total").is_empty());
+    let from_client =
+        graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "nginx").unwrap();
+    assert_eq!(sum(from_client), 1.0);
+    assert_eq!(str_attr(from_client, "connection_type"), Some("virtual_node"));
+    let failed = graph_point(
+        &snap,
+        "traces_service_graph_request_failed_total",
+        "192.168.1.7",
+        "nginx",
+    );
+    assert_eq!(failed.map(sum), Some(1.0));
+    assert!(graph_point(&snap, "traces_service_graph_request_total", "curl", "127.0.0.1:8080").is_none());
+    // After the wait, the client is counted alone, its server named by
+    // the address it used.
     store.expire(1200 * MS);
     let snap = store.snapshot(1200 * MS, Temporality::Cumulative);
-    let to_server = graph_point(
-        &snap,
-        "traces_service_graph_request_total",
-        "curl",
-        "127.0.0.1:8080",
-    )
-    .unwrap();
+    let to_server =
+        graph_point(&snap, "traces_service_graph_request_total", "curl", "127.0.0.1:8080").unwrap();
     assert_eq!(sum(to_server), 1.0);
     assert_eq!(str_attr(to_server, "connection_type"), Some("virtual_node"));
     assert!(
@@ -509,21 +519,6 @@ fn service_graph_names_the_unseen_side_by_address() {
         )
         .is_none()
     );
-    let from_client = graph_point(
-        &snap,
-        "traces_service_graph_request_total",
-        "192.168.1.7",
-        "nginx",
-    )
-    .unwrap();
-    assert_eq!(sum(from_client), 1.0);
-    let failed = graph_point(
-        &snap,
-        "traces_service_graph_request_failed_total",
-        "192.168.1.7",
-        "nginx",
-    );
-    assert_eq!(failed.map(sum), Some(1.0));
     assert_eq!(store.graph_counts(), Some((0, 1, 1, 0)));
 }
 
@@ -605,4 +600,51 @@ fn idle_series_and_their_resources_are_forgotten() {
     assert_eq!(p.start_ns, 71_000 * MS);
     let c = points(&snap, "cart", "http.server.request.duration")[0];
     assert_eq!(hist(c).count, 2);
+}
+
+#[test]
+fn a_size_series_never_takes_the_overflow_attributes() {
+    let mut store = Store::new(options(|c| c.max_series_per_metric = 1), agent());
+    let shop = resource("shop", "i-1");
+    store.record(&shop, &server("/a", 200, 1, 100), &no_endpoints());
+    // The duration metric is full: /b goes to its overflow series, but the
+    // size metric still has room and keeps /b's own attributes.
+    let mut b = server("/b", 200, 1, 101);
+    b.attributes
+        .push(("http.response.body.size", AttrValue::Int(10)));
+    store.record(&shop, &b, &no_endpoints());
+    let snap = store.snapshot(1000 * MS, Temporality::Cumulative);
+    let sizes = points(&snap, "shop", "http.server.response.body.size");
+    assert_eq!(sizes.len(), 1);
+    assert_eq!(str_attr(sizes[0], "http.route"), Some("/b"));
+    assert!(point_attr(sizes[0], "otel.metric.overflow").is_none());
+    let durations = points(&snap, "shop", "http.server.request.duration");
+    assert_eq!(durations.len(), 2);
+}
+
+#[test]
+fn edges_after_eviction_name_the_new_process() {
+    let mut store = Store::new(options(|c| c.idle_series_secs = 60), agent());
+    let remote = Endpoints {
+        local: ip([10, 0, 0, 1], 80),
+        peer: ip([192, 168, 1, 7], 51000),
+    };
+    let old = resource("old", "o-1");
+    store.record(&old, &server("/a", 200, 1, 1_000), &remote);
+    store.record(&old, &server("/a", 200, 1, 2_000), &remote);
+    store.evict_idle(100_000 * MS);
+    // A new process takes the freed slot; its edges carry its own name.
+    let new = resource("new", "n-1");
+    store.record(&new, &server("/a", 200, 1, 101_000), &remote);
+    let snap = store.snapshot(102_000 * MS, Temporality::Cumulative);
+    let p = graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "new").unwrap();
+    assert_eq!(sum(p), 1.0);
+    assert!(graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "old").is_none());
+    // A known edge keeps counting into the same series.
+    store.record(&new, &server("/a", 200, 1, 101_500), &remote);
+    let snap = store.snapshot(102_000 * MS, Temporality::Cumulative);
+    let p = graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "new").unwrap();
+    assert_eq!(sum(p), 2.0);
+    let s = graph_point(&snap, "traces_service_graph_request_server_seconds", "192.168.1.7", "new").unwrap();
+    assert_eq!(hist(s).count, 2);
 }
