@@ -133,7 +133,10 @@ fn client_socket_bytes_roles_and_endpoints() {
          time.sleep(1)\n"
     );
     let seen = record_while(
-        &CaptureConfig::default(),
+        &CaptureConfig {
+            bytes: 1024,
+            ..CaptureConfig::default()
+        },
         || python(&script),
         |s| s.iter().any(|r| r.closed),
     );
