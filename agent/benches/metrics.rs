@@ -307,8 +307,10 @@ fn rss_kib() -> (u64, u64) {
 fn memory(routes: usize, sizes: bool) {
     const SERVICES: usize = 10;
     let (before, _) = rss_kib();
-    let mut config = MetricsConfig::default();
-    config.max_series_per_metric = 100_000;
+    let config = MetricsConfig {
+        max_series_per_metric: 100_000,
+        ..Default::default()
+    };
     let metrics = Metrics::new(store_options(&config), agent(), Arc::new(Stats::default()));
     let resources: Vec<Arc<Resource>> = (0..SERVICES)
         .map(|i| {

@@ -309,3 +309,130 @@ pub fn latest(points: &[ReceivedPoint]) -> Vec<ReceivedPoint> {
     v.sort_by_key(|p| p.series_key());
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    fn kv(k: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn request(time: u64) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", any_value::Value::StringValue("shop".into())),
+                        kv("process.pid", any_value::Value::IntValue(42)),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        Metric {
+                            name: "http.server.request.duration".into(),
+                            unit: "s".into(),
+                            data: Some(metric::Data::Histogram(Histogram {
+                                data_points: vec![HistogramDataPoint {
+                                    attributes: vec![kv(
+                                        "http.route",
+                                        any_value::Value::StringValue("/a".into()),
+                                    )],
+                                    time_unix_nano: time,
+                                    count: 3,
+                                    sum: Some(0.5),
+                                    bucket_counts: vec![2, 1],
+                                    explicit_bounds: vec![0.1],
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 2,
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "sonde.events.read".into(),
+                            data: Some(metric::Data::Sum(Sum {
+                                data_points: vec![NumberDataPoint {
+                                    time_unix_nano: time,
+                                    value: Some(number_data_point::Value::AsDouble(7.0)),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 2,
+                                is_monotonic: true,
+                            })),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn flattens_and_keeps_the_newest_point() {
+        let mut points = flatten(&request(10), Via::Grpc);
+        points.extend(flatten(&request(20), Via::Http));
+        assert_eq!(points.len(), 4);
+        let newest = latest(&points);
+        assert_eq!(newest.len(), 2);
+        let h = newest
+            .iter()
+            .find(|p| p.name == "http.server.request.duration")
+            .unwrap();
+        assert_eq!(h.time_ns, 20);
+        assert_eq!((h.count(), h.value()), (Some(3), Some(0.5)));
+        assert_eq!(h.attr_str("http.route"), Some("/a"));
+        assert_eq!((h.service(), h.pid()), (Some("shop"), Some(42)));
+        let s = newest
+            .iter()
+            .find(|p| p.name == "sonde.events.read")
+            .unwrap();
+        assert_eq!(s.value(), Some(7.0));
+    }
+
+    #[test]
+    fn receiver_takes_metrics_over_grpc_and_http() {
+        let rx = crate::Receiver::start().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let endpoint = rx.grpc_endpoint();
+        rt.block_on(async {
+            let mut client = MetricsServiceClient::connect(endpoint).await.unwrap();
+            client.export(request(1)).await.unwrap();
+        });
+        let body = request(2).encode_to_vec();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", rx.http_port())).unwrap();
+        let head = format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        conn.write_all(&body).unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(rx.wait_points(Duration::from_secs(5), |p| p.len() == 4));
+        assert_eq!(rx.metric_requests(), 2);
+        let vias: Vec<Via> = rx.points().iter().map(|p| p.via).collect();
+        assert!(vias.contains(&Via::Grpc) && vias.contains(&Via::Http));
+        assert!(rx.errors().is_empty(), "{:?}", rx.errors());
+    }
+}

@@ -18,6 +18,7 @@ use sonde_tests::servers::{INDEX_HTML, Nginx};
 use sonde_tests::{
     Agent, Kind, PointData, ReceivedPoint, ReceivedSpan, Receiver, free_port, require_root,
 };
+use std::process::{Command, Stdio};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -118,6 +119,48 @@ fn want(pairs: &[(&str, i64, u64)]) -> BTreeMap<(String, i64), u64> {
         .collect()
 }
 
+/// Runs one curl fetching `urls` over one keep-alive connection, as
+/// service `name` (`OTEL_SERVICE_NAME`), so that the service graph edges
+/// of this test are told apart from those of anything else on the host.
+/// Returns curl's pid and the status codes.
+fn curl_as(name: &str, urls: &[String]) -> (u32, Vec<u16>) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-S", "--noproxy", "*", "--max-time", "30"])
+        .args(["-w", "%{http_code}\\n"])
+        .env("OTEL_SERVICE_NAME", name);
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    for u in urls {
+        cmd.args(["-o", "/dev/null"]).arg(u);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("curl finishes");
+    let codes = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    (pid, codes)
+}
+
+/// A service name no other test on the host uses.
+fn unique_name(what: &str) -> String {
+    format!("sonde-test-{what}-{}", std::process::id())
+}
+
 /// The requests every OTLP test makes: one curl, one keep-alive connection.
 fn urls(nginx: &Nginx) -> Vec<String> {
     let mut urls = vec![nginx.url("/index.html"); 20];
@@ -156,17 +199,27 @@ fn otlp_red_metrics_match_the_requests_and_spans() {
     }
     let nginx = must(Nginx::start(None));
     let ctx = Ctx::start("grpc", FAST_EXPORT, &[]);
-    let run = must(curl(&urls(&nginx)));
+    let client_name = unique_name("client");
+    let (curl_pid, codes) = curl_as(&client_name, &urls(&nginx));
     let total: u64 = EXPECTED.iter().map(|e| e.2).sum();
+    assert_eq!(codes.len() as u64, total, "curl answers: {codes:?}");
 
     let from_nginx = pid_in(nginx.pids());
-    let from_curl = |p: &ReceivedPoint| p.pid() == Some(run.pid);
+    let from_curl = |p: &ReceivedPoint| p.pid() == Some(curl_pid);
     let nginx_span = |s: &ReceivedSpan| {
         s.pid().is_some_and(|p| nginx.pids().contains(&p)) && s.kind == Kind::Server
     };
-    let curl_span = |s: &ReceivedSpan| s.pid() == Some(run.pid);
-    ctx.rx.wait_count(total as usize, WAIT, nginx_span);
-    ctx.rx.wait_count(total as usize, WAIT, curl_span);
+    let curl_span = |s: &ReceivedSpan| s.pid() == Some(curl_pid);
+    let got = (
+        ctx.rx.wait_count(total as usize, WAIT, nginx_span).len(),
+        ctx.rx.wait_count(total as usize, WAIT, curl_span).len(),
+    );
+    assert_eq!(
+        got,
+        (total as usize, total as usize),
+        "(nginx, curl) spans received; the sums are checked against them{}",
+        ctx.rx.report(|s| nginx_span(s) || curl_span(s))
+    );
     let ok = ctx.wait_count("http.server.request.duration", total, &from_nginx)
         && ctx.wait_count("http.client.request.duration", total, &from_curl);
     assert!(
@@ -308,11 +361,12 @@ fn otlp_red_metrics_match_the_requests_and_spans() {
         other => problems.push(format!("response sizes of /index.html: {other:?}")),
     }
 
-    // The service graph: curl called nginx 28 times, 8 of them failed for
-    // the client (404 and 500).
+    // The service graph: this test's curl called nginx 28 times, 8 of them
+    // failed for the client (404 and 500).
     let edge = |name: &str| {
         ctx.series(name, |p| {
-            p.attr_str("client") == Some("curl") && p.attr_str("server") == Some("nginx")
+            p.attr_str("client") == Some(client_name.as_str())
+                && p.attr_str("server") == Some("nginx")
         })
     };
     let value = |points: Vec<ReceivedPoint>| points.first().and_then(ReceivedPoint::value);
@@ -447,10 +501,23 @@ fn prometheus_scrapes_the_agent() {
     let addr: SocketAddr = listen.parse().expect("listen address");
     let prom = must(Prometheus::start(addr));
 
-    let selector = "http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/index.html\"}";
-    let count = format!("sum({selector})");
+    // Other tests on the host may run nginx too: this nginx's series are
+    // picked by its pids, through target_info.
+    let pids = nginx
+        .pids()
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("|");
+    let mine =
+        format!("on (service_instance_id) group_left() target_info{{process_pid=~\"{pids}\"}}");
+    let count = format!(
+        "sum(http_server_request_duration_seconds_count{{http_route=\"/index.html\"}} * {mine})"
+    );
+    let client_name = unique_name("scraped");
+    let urls = vec![nginx.url("/index.html"); 15];
     // Two batches: rate() needs the series to grow while Prometheus watches.
-    must(curl(&vec![nginx.url("/index.html"); 15]));
+    assert_eq!(curl_as(&client_name, &urls).1, vec![200; 15]);
     let first = must(prom.wait_scalar(&count, WAIT, |v| v >= 15.0));
     assert_eq!(
         first,
@@ -460,7 +527,7 @@ fn prometheus_scrapes_the_agent() {
         prom.log()
     );
     std::thread::sleep(Duration::from_secs(2));
-    must(curl(&vec![nginx.url("/index.html"); 15]));
+    assert_eq!(curl_as(&client_name, &urls).1, vec![200; 15]);
     let seen = must(prom.wait_scalar(&count, WAIT, |v| v >= 30.0));
     assert_eq!(
         seen,
@@ -471,16 +538,20 @@ fn prometheus_scrapes_the_agent() {
     // Let a few more scrapes land after the second batch.
     std::thread::sleep(Duration::from_secs(3));
 
-    let p99 = "histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds_bucket{service_name=\"nginx\"}[30s])))";
-    let q = must(prom.scalar(p99));
+    let p99 = format!(
+        "histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds_bucket[30s]) * {mine}))"
+    );
+    let q = must(prom.scalar(&p99));
     assert!(
         q.is_some_and(|v| v.is_finite() && v > 0.0),
         "p99 {q:?}; buckets: {:?}",
-        prom.query("http_server_request_duration_seconds_bucket{service_name=\"nginx\"}")
+        prom.query(&format!(
+            "http_server_request_duration_seconds_bucket * {mine}"
+        ))
     );
-    let edges = must(
-        prom.scalar("sum(traces_service_graph_request_total{client=\"curl\",server=\"nginx\"})"),
-    );
+    let edges = must(prom.scalar(&format!(
+        "sum(traces_service_graph_request_total{{client=\"{client_name}\",server=\"nginx\"}})"
+    )));
     assert_eq!(edges, Some(30.0));
     let health = must(prom.scalar("max(sonde_events_read_total)"));
     assert!(

@@ -327,7 +327,10 @@ impl<'a> AttrSet<'a> {
 
     /// The value of `key`, if in the set.
     pub fn get(&self, key: Key) -> Option<Val<'a>> {
-        self.items().iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.items()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 
     /// The hash of the set together with the resource slot it belongs to.
@@ -586,7 +589,10 @@ mod tests {
             let mut changed = text[..len].to_vec();
             for i in 0..len {
                 changed[i] ^= 1;
-                assert!(seen.insert(hash_bytes(1, &changed)), "length {len} byte {i}");
+                assert!(
+                    seen.insert(hash_bytes(1, &changed)),
+                    "length {len} byte {i}"
+                );
                 changed[i] ^= 1;
             }
         }
@@ -594,7 +600,12 @@ mod tests {
 
     #[test]
     fn short_and_long_texts() {
-        for s in ["", "GET", "exactly twenty-two b..", "a longer route /x/y/z/{id}/more"] {
+        for s in [
+            "",
+            "GET",
+            "exactly twenty-two b..",
+            "a longer route /x/y/z/{id}/more",
+        ] {
             let t = Text::new(s);
             assert_eq!(t.as_str(), s);
             assert_eq!(t, Text::from(s.to_string()));

@@ -190,7 +190,13 @@ pub const GRAPH_KEYS: &[Key] = &[Key::Client, Key::Server, Key::ConnectionType];
 
 /// One of the agent's own health metrics: (OpenTelemetry name, unit,
 /// instrument, description, attribute when the metric is split).
-pub type SelfMetric = (&'static str, &'static str, Instrument, &'static str, Option<Key>);
+pub type SelfMetric = (
+    &'static str,
+    &'static str,
+    Instrument,
+    &'static str,
+    Option<Key>,
+);
 
 /// The agent's own health metrics.
 pub static SELF_METRICS: &[SelfMetric] = &[
@@ -526,8 +532,25 @@ mod dashboard_tests {
     /// Words of PromQL that are not metric names when they stand alone
     /// (aggregations may be followed by `by (...)` before their argument).
     const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "bool", "offset", "inf", "nan", "sum", "avg", "min", "max",
-        "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
     ];
     /// Keywords followed by a list of label names in parentheses.
     const LABEL_LISTS: &[&str] = &[
@@ -678,7 +701,10 @@ mod dashboard_tests {
             "sonde_events_read_total",
             "sonde_process_memory_rss_bytes",
         ] {
-            assert!(used.iter().any(|u| u == want), "{want} is not on the dashboard");
+            assert!(
+                used.iter().any(|u| u == want),
+                "{want} is not on the dashboard"
+            );
         }
         // Every panel points at the data source variable.
         for p in dashboard["panels"].as_array().into_iter().flatten() {

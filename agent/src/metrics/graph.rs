@@ -94,6 +94,12 @@ pub struct GraphOptions {
     pub max_pending: usize,
 }
 
+/// Halves of one side waiting on one connection, at most; beyond, the
+/// other side is taken as untraced and new halves are counted at once. (An
+/// HTTP/1.x connection has one request in flight, a few when pipelined;
+/// an HTTP/2 connection as many as its concurrent streams.)
+const MAX_PER_CONNECTION: usize = 32;
+
 /// Local addresses remembered before the set starts over.
 const MAX_LOCAL_ADDRESSES: usize = 4096;
 
@@ -148,6 +154,13 @@ impl Queue {
 
     fn is_empty(&self) -> bool {
         matches!(self, Queue::Many(q) if q.is_empty())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Queue::One(_) => 1,
+            Queue::Many(q) => q.len(),
+        }
     }
 }
 
@@ -278,6 +291,17 @@ impl Graph {
                             Queue::Many(_) => None,
                         },
                     }
+                } else if e.get().len() >= MAX_PER_CONNECTION {
+                    // Its other side has answered none of the last halves
+                    // on this connection: it is not traced, so waiting is
+                    // pointless.
+                    let w = make();
+                    let other = match side {
+                        Side::Client => w.server_name.map(Other::Name).unwrap_or(Other::Addr(peer)),
+                        Side::Server => Other::Ip(pip),
+                    };
+                    out.push(self.alone(side, half, other));
+                    return;
                 } else {
                     e.get_mut().push_back(make());
                     None
@@ -669,7 +693,13 @@ mod tests {
         });
         let mut out = Vec::new();
         // Nothing is known of 10.0.0.1 yet: the server half is counted at once.
-        g.offer(Side::Server, half(2, 10, 3), &server_view(), || None, &mut out);
+        g.offer(
+            Side::Server,
+            half(2, 10, 3),
+            &server_view(),
+            || None,
+            &mut out,
+        );
         assert_eq!(
             out,
             vec![Edge::ServerOnly {
@@ -683,7 +713,13 @@ mod tests {
             local: ep([10, 0, 0, 1], 40001),
             peer: ep([10, 0, 0, 2], 8080),
         };
-        g.offer(Side::Client, half(1, 20, 5), &client_view, || None, &mut out);
+        g.offer(
+            Side::Client,
+            half(1, 20, 5),
+            &client_view,
+            || None,
+            &mut out,
+        );
         assert!(out.is_empty());
         assert_eq!(g.waiting(), 1);
         // Loopback peers always wait.
@@ -694,6 +730,34 @@ mod tests {
         g.offer(Side::Server, half(3, 30, 1), &lo, || None, &mut out);
         assert!(out.is_empty());
         assert_eq!(g.waiting(), 2);
+    }
+
+    #[test]
+    fn a_connection_whose_other_side_never_answers_stops_waiting() {
+        let mut g = graph();
+        let mut out = Vec::new();
+        for i in 0..(MAX_PER_CONNECTION as u64 + 3) {
+            g.offer(
+                Side::Server,
+                half(2, 10 + i, 1),
+                &server_view(),
+                || None,
+                &mut out,
+            );
+        }
+        assert_eq!(g.waiting(), MAX_PER_CONNECTION);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|e| matches!(e, Edge::ServerOnly { .. })));
+        // A client half still pairs with the oldest waiting one.
+        out.clear();
+        g.offer(
+            Side::Client,
+            half(1, 100, 5),
+            &client_view(),
+            || None,
+            &mut out,
+        );
+        assert!(matches!(&out[..], [Edge::Paired { server, .. }] if server.end_ns == 10 * MS));
     }
 
     #[test]

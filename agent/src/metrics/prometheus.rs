@@ -338,7 +338,14 @@ fn family_header(out: &mut String, name: &str, first: &MetricSnap, open: bool) {
 }
 
 /// The samples of one point.
-fn point(out: &mut String, name: &str, base: &(String, Vec<String>), m: &MetricSnap, p: &Point, open: bool) {
+fn point(
+    out: &mut String,
+    name: &str,
+    base: &(String, Vec<String>),
+    m: &MetricSnap,
+    p: &Point,
+    open: bool,
+) {
     match &p.value {
         PointValue::Sum(v) | PointValue::Gauge(v) => {
             sample(out, name, &labels(base, &p.attrs), *v);
@@ -407,7 +414,11 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
     let mut out = String::new();
     let mut r = Renderer::new(format);
     r.part(snap, &mut out);
-    let resources: Vec<Arc<Resource>> = snap.resources.iter().map(|r| Arc::clone(&r.resource)).collect();
+    let resources: Vec<Arc<Resource>> = snap
+        .resources
+        .iter()
+        .map(|r| Arc::clone(&r.resource))
+        .collect();
     r.finish(&resources, &mut out);
     out
 }

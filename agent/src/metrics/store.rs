@@ -547,9 +547,9 @@ impl std::hash::Hash for Party {
             Party::Other(Other::Ip(IpAddr::V4(a))) => {
                 h.write_u64((1 << 60) | u64::from(u32::from(*a)))
             }
-            Party::Other(Other::Addr(SocketAddr::V4(a))) => h.write_u64(
-                (2 << 60) | (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()),
-            ),
+            Party::Other(Other::Addr(SocketAddr::V4(a))) => {
+                h.write_u64((2 << 60) | (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()))
+            }
             Party::Other(o) => {
                 h.write_u64(3 << 60);
                 o.hash(h);
@@ -737,64 +737,51 @@ impl Store {
             connection_type,
         );
         let failed = client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed);
-        let exemplar = |h: Half| Exemplar {
-            trace_id: h.trace_id,
-            span_id: h.span_id,
-            raw: h.duration_ns,
-            time_ns: h.end_ns,
-            failed: h.failed,
-        };
-        let wanted = [
-            (MetricId::GraphRequests, Some((1, None))),
-            (MetricId::GraphFailed, failed.then_some((1, None))),
-            (
-                MetricId::GraphClientSeconds,
-                client.map(|h| (h.duration_ns, Some(exemplar(h)))),
-            ),
-            (
-                MetricId::GraphServerSeconds,
-                server.map(|h| (h.duration_ns, Some(exemplar(h)))),
-            ),
-        ];
         // The series of a known edge are found by its key alone; the
         // attribute set is only built for an edge (or one of its metrics)
         // not seen before.
         let mut idx = self.edge_series.get(&key).copied().unwrap_or([NONE; 4]);
         let before = idx;
-        for (k, (metric, measure)) in wanted.into_iter().enumerate() {
-            let Some((raw, ex)) = measure else {
-                continue;
+        let metrics = [
+            MetricId::GraphRequests,
+            MetricId::GraphFailed,
+            MetricId::GraphClientSeconds,
+            MetricId::GraphServerSeconds,
+        ];
+        for (k, metric) in metrics.into_iter().enumerate() {
+            let half = match k {
+                0 => None,
+                1 if failed => None,
+                1 => continue,
+                2 => match client {
+                    Some(h) => Some(h),
+                    None => continue,
+                },
+                _ => match server {
+                    Some(h) => Some(h),
+                    None => continue,
+                },
+            };
+            let (raw, ex) = match half {
+                Some(h) => (
+                    h.duration_ns,
+                    Some(Exemplar {
+                        trace_id: h.trace_id,
+                        span_id: h.span_id,
+                        raw: h.duration_ns,
+                        time_ns: h.end_ns,
+                        failed: h.failed,
+                    }),
+                ),
+                None => (1, None),
             };
             let state = &mut self.metrics[metric as usize];
             let i = idx[k] as usize;
             if idx[k] != NONE && i < state.series.len() {
                 state.add_at(i, &self.options, self.now, raw, ex);
-                continue;
+            } else {
+                idx[k] = self.edge_series_slow(&key, metric, raw, ex);
             }
-            let name = |p: &Party| match p {
-                Party::Slot(slot) => self
-                    .slots
-                    .resource(*slot)
-                    .map(|r| r.service_name.clone())
-                    .unwrap_or_else(|| "unknown".into()),
-                Party::Other(o) => o.to_string(),
-            };
-            let (client_name, server_name) = (name(&key.0), name(&key.1));
-            let mut attrs = AttrSet::default();
-            attrs.push(Key::Client, Val::Str(&client_name));
-            attrs.push(Key::Server, Val::Str(&server_name));
-            if connection_type != 0 {
-                let text = CONNECTION_TYPES[usize::from(connection_type)];
-                attrs.push(Key::ConnectionType, Val::Str(text));
-            }
-            let target = Target {
-                slot: 0,
-                attrs: &attrs,
-                hash: attrs.hash(0),
-                stored: None,
-            };
-            let state = &mut self.metrics[metric as usize];
-            idx[k] = state.observe(&self.options, self.now, &target, raw, ex) as u32;
         }
         if idx != before {
             if self.edge_series.len() >= MAX_EDGES {
@@ -802,6 +789,41 @@ impl Store {
             }
             self.edge_series.insert(key, idx);
         }
+    }
+
+    /// Records one measurement of an edge whose series for `metric` is not
+    /// known yet: builds its attribute set and finds or creates the series.
+    fn edge_series_slow(
+        &mut self,
+        key: &EdgeKey,
+        metric: MetricId,
+        raw: u64,
+        ex: Option<Exemplar>,
+    ) -> u32 {
+        let name = |p: &Party| match p {
+            Party::Slot(slot) => self
+                .slots
+                .resource(*slot)
+                .map(|r| r.service_name.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            Party::Other(o) => o.to_string(),
+        };
+        let (client_name, server_name) = (name(&key.0), name(&key.1));
+        let mut attrs = AttrSet::default();
+        attrs.push(Key::Client, Val::Str(&client_name));
+        attrs.push(Key::Server, Val::Str(&server_name));
+        if key.2 != 0 {
+            let text = CONNECTION_TYPES[usize::from(key.2)];
+            attrs.push(Key::ConnectionType, Val::Str(text));
+        }
+        let target = Target {
+            slot: 0,
+            attrs: &attrs,
+            hash: attrs.hash(0),
+            stored: None,
+        };
+        let state = &mut self.metrics[metric as usize];
+        state.observe(&self.options, self.now, &target, raw, ex) as u32
     }
 
     /// Adds one raw measurement to the series (`slot`, `attrs`) of
@@ -1029,7 +1051,10 @@ fn server_name(picked: &Picked<'_>) -> Option<Box<str>> {
 
 /// The value of one attribute of a point, for tests and the console table.
 pub fn point_attr<'a>(p: &'a Point, key: &str) -> Option<&'a OwnedVal> {
-    p.attrs.iter().find(|(k, _)| k.name() == key).map(|(_, v)| v)
+    p.attrs
+        .iter()
+        .find(|(k, _)| k.name() == key)
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -363,7 +363,11 @@ fn parts_render_the_same_lines_as_the_whole() {
         let lines = |t: &str| {
             let mut v: Vec<String> = t
                 .lines()
-                .filter(|l| !l.starts_with("sonde_process") && !l.contains("sonde_events") && !l.starts_with("sonde_"))
+                .filter(|l| {
+                    !l.starts_with("sonde_process")
+                        && !l.contains("sonde_events")
+                        && !l.starts_with("sonde_")
+                })
                 .map(str::to_string)
                 .collect();
             v.sort();

@@ -490,10 +490,18 @@ fn service_graph_names_the_unseen_side_by_address() {
         },
     );
     let snap = store.snapshot(500 * MS, Temporality::Cumulative);
-    let from_client =
-        graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "nginx").unwrap();
+    let from_client = graph_point(
+        &snap,
+        "traces_service_graph_request_total",
+        "192.168.1.7",
+        "nginx",
+    )
+    .unwrap();
     assert_eq!(sum(from_client), 1.0);
-    assert_eq!(str_attr(from_client, "connection_type"), Some("virtual_node"));
+    assert_eq!(
+        str_attr(from_client, "connection_type"),
+        Some("virtual_node")
+    );
     let failed = graph_point(
         &snap,
         "traces_service_graph_request_failed_total",
@@ -501,13 +509,26 @@ fn service_graph_names_the_unseen_side_by_address() {
         "nginx",
     );
     assert_eq!(failed.map(sum), Some(1.0));
-    assert!(graph_point(&snap, "traces_service_graph_request_total", "curl", "127.0.0.1:8080").is_none());
+    assert!(
+        graph_point(
+            &snap,
+            "traces_service_graph_request_total",
+            "curl",
+            "127.0.0.1:8080"
+        )
+        .is_none()
+    );
     // After the wait, the client is counted alone, its server named by
     // the address it used.
     store.expire(1200 * MS);
     let snap = store.snapshot(1200 * MS, Temporality::Cumulative);
-    let to_server =
-        graph_point(&snap, "traces_service_graph_request_total", "curl", "127.0.0.1:8080").unwrap();
+    let to_server = graph_point(
+        &snap,
+        "traces_service_graph_request_total",
+        "curl",
+        "127.0.0.1:8080",
+    )
+    .unwrap();
     assert_eq!(sum(to_server), 1.0);
     assert_eq!(str_attr(to_server, "connection_type"), Some("virtual_node"));
     assert!(
@@ -637,14 +658,40 @@ fn edges_after_eviction_name_the_new_process() {
     let new = resource("new", "n-1");
     store.record(&new, &server("/a", 200, 1, 101_000), &remote);
     let snap = store.snapshot(102_000 * MS, Temporality::Cumulative);
-    let p = graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "new").unwrap();
+    let p = graph_point(
+        &snap,
+        "traces_service_graph_request_total",
+        "192.168.1.7",
+        "new",
+    )
+    .unwrap();
     assert_eq!(sum(p), 1.0);
-    assert!(graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "old").is_none());
+    assert!(
+        graph_point(
+            &snap,
+            "traces_service_graph_request_total",
+            "192.168.1.7",
+            "old"
+        )
+        .is_none()
+    );
     // A known edge keeps counting into the same series.
     store.record(&new, &server("/a", 200, 1, 101_500), &remote);
     let snap = store.snapshot(102_000 * MS, Temporality::Cumulative);
-    let p = graph_point(&snap, "traces_service_graph_request_total", "192.168.1.7", "new").unwrap();
+    let p = graph_point(
+        &snap,
+        "traces_service_graph_request_total",
+        "192.168.1.7",
+        "new",
+    )
+    .unwrap();
     assert_eq!(sum(p), 2.0);
-    let s = graph_point(&snap, "traces_service_graph_request_server_seconds", "192.168.1.7", "new").unwrap();
+    let s = graph_point(
+        &snap,
+        "traces_service_graph_request_server_seconds",
+        "192.168.1.7",
+        "new",
+    )
+    .unwrap();
     assert_eq!(hist(s).count, 2);
 }
