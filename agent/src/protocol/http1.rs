@@ -1790,24 +1790,7 @@ mod tests {
     }
 
     /// Deterministic xorshift generator for test inputs.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::protocol::test_rng::Rng;
 
     /// Feeds `stream` in random syscalls, some with uncaptured tails.
     fn feed_randomly(

@@ -2697,24 +2697,7 @@ mod tests {
         b"J\x00\x00\x00\x0a5.7.44\x00\x0b\x00\x00\x00\x2a\x3b\x4c\x5d\x6e\x7f\x10\x21\x00\xff\xf7\x08\x02\x00";
 
     /// Deterministic xorshift generator for test inputs.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::protocol::test_rng::Rng;
 
     /// Feeds `stream` in random syscalls, some with uncaptured tails.
     fn feed_randomly(
