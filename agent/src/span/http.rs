@@ -104,10 +104,12 @@ pub fn build_span(
     attrs.push(("url.scheme", "http".into()));
     attrs.push(("http.route", route.clone().into()));
     attrs.push(("network.protocol.name", "http".into()));
-    attrs.push((
-        "network.protocol.version",
-        format!("1.{}", req.version_minor).into(),
-    ));
+    let version = match req.version_minor {
+        0 => AttrValue::from("1.0"),
+        1 => AttrValue::from("1.1"),
+        minor => format!("1.{minor}").into(),
+    };
+    attrs.push(("network.protocol.version", version));
     network_attrs(&mut attrs, &ctx.endpoints);
     let (name, port) = http_endpoint_attrs(&mut attrs, kind, &ctx.endpoints, req.host.as_deref());
     if kind == SpanKind::Client {

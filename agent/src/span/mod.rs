@@ -76,9 +76,31 @@ pub fn endpoint_attrs(
     ep: Endpoint,
 ) {
     if let Endpoint::Ip(ip, port) = ep {
-        attrs.push((addr_key, ip.to_string().into()));
+        attrs.push((addr_key, ip_text(ip).into()));
         attrs.push((port_key, i64::from(port).into()));
     }
+}
+
+/// The text form of an address; IPv4, on every span, without the
+/// formatting machinery `Display` goes through.
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
 }
 
 /// `network.transport` and `network.peer.*` of the span's connection.
@@ -146,7 +168,7 @@ pub fn http_endpoint_attrs(
                     (Some(name.to_owned()), Some(port.unwrap_or(peer_port)))
                 }
                 (Some((name, port)), _) => (Some(name.to_owned()), port),
-                (None, Endpoint::Ip(ip, p)) => (Some(ip.to_string()), Some(p)),
+                (None, Endpoint::Ip(ip, p)) => (Some(ip_text(ip)), Some(p)),
                 (None, _) => (None, None),
             };
             if let Some(n) = &name {
@@ -163,6 +185,17 @@ pub fn http_endpoint_attrs(
 #[cfg(test)]
 mod tests {
     use super::split_host;
+
+    #[test]
+    fn ip_text_matches_display() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        for o in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::from([o, 127, o / 3, 9]));
+            assert_eq!(super::ip_text(ip), ip.to_string());
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(super::ip_text(v6), "::1");
+    }
 
     #[test]
     fn host_header_forms() {

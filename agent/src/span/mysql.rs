@@ -39,15 +39,11 @@ struct Statement {
 
 impl Statement {
     fn new(raw: &str, sanitize: bool) -> Self {
-        let analysis = sql::analyze(raw);
+        let described = sql::describe(raw, sanitize);
         Statement {
-            text: if sanitize {
-                sql::sanitize(raw)
-            } else {
-                raw.to_owned()
-            },
-            operation: analysis.operation,
-            collection: analysis.collection,
+            text: described.text,
+            operation: described.analysis.operation,
+            collection: described.analysis.collection,
             parent: sql::traceparent(raw).and_then(ids::parse_traceparent),
         }
     }

@@ -58,7 +58,7 @@ fn is_space(b: u8) -> bool {
 fn tokenize(sql: &str) -> Vec<Token> {
     let b = sql.as_bytes();
     let at = |i: usize| b.get(i).copied();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(sql.len() / 4 + 1);
     let mut i = 0;
     let mut in_exec = false;
     while let Some(c) = at(i) {
@@ -316,7 +316,10 @@ fn is_insignificant(t: &Token) -> bool {
 /// keywords, names, backticked names, variables and placeholders are kept,
 /// and so is the spacing.
 pub fn sanitize(sql: &str) -> String {
-    let toks = tokenize(sql);
+    sanitize_tokens(sql, &tokenize(sql))
+}
+
+fn sanitize_tokens(sql: &str, toks: &[Token]) -> String {
     // For each token, the next significant token at or after it.
     let mut next_sig = vec![None; toks.len() + 1];
     for i in (0..toks.len()).rev() {
@@ -356,7 +359,7 @@ pub fn sanitize(sql: &str) -> String {
                 }
             }
             Kind::Word if is_word(sql, &t, "IN") => {
-                if let Some(end) = literal_list_end(sql, &toks, &next_sig, i) {
+                if let Some(end) = literal_list_end(sql, toks, &next_sig, i) {
                     out.push_str(text(sql, &t));
                     out.push_str(" (?)");
                     prev = toks.get(end).copied();
@@ -420,10 +423,10 @@ fn literal_list_end(
 }
 
 /// A statement's tokens without spaces, comments and executable-comment marks.
-fn statements(sql: &str) -> Vec<Vec<Token>> {
+fn statements(toks: &[Token]) -> Vec<Vec<Token>> {
     let mut all = Vec::new();
     let mut cur = Vec::new();
-    for t in tokenize(sql) {
+    for &t in toks {
         match t.kind {
             Kind::Space | Kind::Comment | Kind::ExecMark => {}
             Kind::Punct(b';') => {
@@ -453,7 +456,11 @@ pub struct Analysis {
 /// Operation and collection of `sql`. Several statements share an
 /// operation only when they all have the same one, and never a collection.
 pub fn analyze(sql: &str) -> Analysis {
-    let stmts = statements(sql);
+    analyze_tokens(sql, &tokenize(sql))
+}
+
+fn analyze_tokens(sql: &str, toks: &[Token]) -> Analysis {
+    let stmts = statements(toks);
     let mut ops = stmts.iter().map(|s| statement_operation(sql, s));
     let first = ops.next().flatten();
     let operation = if ops.all(|op| op == first) {
@@ -470,6 +477,28 @@ pub fn analyze(sql: &str) -> Analysis {
     Analysis {
         operation,
         collection,
+    }
+}
+
+/// What a span needs of one statement's text, tokenized once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    pub analysis: Analysis,
+    /// The text sanitised, or as it was when `sanitize` is off.
+    pub text: String,
+}
+
+/// [`analyze`] and, when `sanitize` is set, [`sanitize`] over one
+/// tokenization of `sql`.
+pub fn describe(sql: &str, sanitize: bool) -> Described {
+    let toks = tokenize(sql);
+    Described {
+        analysis: analyze_tokens(sql, &toks),
+        text: if sanitize {
+            sanitize_tokens(sql, &toks)
+        } else {
+            sql.to_owned()
+        },
     }
 }
 
@@ -772,6 +801,10 @@ fn statement_collection(sql: &str, toks: &[Token], op: &str) -> Option<String> {
 /// The `traceparent` a sqlcommenter-style comment carries
 /// (`/*traceparent='00-...-01'*/`), if any.
 pub fn traceparent(sql: &str) -> Option<&str> {
+    // Most statements carry none; skip tokenizing those.
+    if !sql.contains("traceparent=") {
+        return None;
+    }
     tokenize(sql)
         .iter()
         .filter(|t| t.kind == Kind::Comment)
@@ -1038,8 +1071,11 @@ mod tests {
                 })
                 .collect();
             let s = String::from_utf8_lossy(&bytes);
-            let _ = sanitize(&s);
-            let _ = analyze(&s);
+            // One tokenization gives what the separate calls give.
+            let described = describe(&s, true);
+            assert_eq!(described.text, sanitize(&s), "{s:?}");
+            assert_eq!(described.analysis, analyze(&s), "{s:?}");
+            assert_eq!(describe(&s, false).text, s, "{s:?}");
             let _ = traceparent(&s);
         }
     }
