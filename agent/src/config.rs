@@ -17,6 +17,7 @@ pub struct Config {
     pub db: DbConfig,
     pub export: ExportConfig,
     pub metrics: MetricsConfig,
+    pub sample: SampleConfig,
     pub log: LogConfig,
 }
 
@@ -362,6 +363,32 @@ impl MetricsConfig {
     }
 }
 
+/// Which spans are exported (metrics always see every span).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Off: every span is exported.
+    pub enabled: bool,
+    /// Ordinary spans kept per second for each (process, span name, kind).
+    pub per_operation_per_second: u32,
+    /// All spans kept per second on this node, errors and slow ones
+    /// included; ordinary spans fill at most half of it.
+    pub max_per_second: u32,
+    /// Spans at least this long are kept like errors.
+    pub slow_ms: u32,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            enabled: true,
+            per_operation_per_second: 100,
+            max_per_second: 5000,
+            slow_ms: 1000,
+        }
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -556,6 +583,16 @@ impl Config {
         }
         at_least("export.otlp.batch_size", otlp.batch_size.into(), 1)?;
         self.metrics.check()?;
+        at_least(
+            "sample.per_operation_per_second",
+            self.sample.per_operation_per_second.into(),
+            1,
+        )?;
+        at_least(
+            "sample.max_per_second",
+            self.sample.max_per_second.into(),
+            2,
+        )?;
         if self.log.level.trim().is_empty() {
             return Err((
                 "log.level",
@@ -625,7 +662,7 @@ fn decode_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) 
     if at_root {
         let message = if message.starts_with("invalid type") {
             format!(
-                "{message}; the file must be a mapping of sections (capture, http, db, export, metrics, log)"
+                "{message}; the file must be a mapping of sections (capture, http, db, export, metrics, sample, log)"
             )
         } else {
             message
@@ -851,6 +888,11 @@ metrics:
   prometheus:
     listen: 0.0.0.0:9464
   console_interval_secs: 0
+sample:
+  enabled: false
+  per_operation_per_second: 7
+  max_per_second: 90
+  slow_ms: 250
 log:
   level: debug
   stats_interval_secs: 0
@@ -920,6 +962,12 @@ log:
                 },
                 console_interval_secs: 0,
             },
+            sample: SampleConfig {
+                enabled: false,
+                per_operation_per_second: 7,
+                max_per_second: 90,
+                slow_ms: 250,
+            },
             log: LogConfig {
                 level: "debug".into(),
                 stats_interval_secs: 0,
@@ -976,7 +1024,7 @@ log:
                 "capture:\n  bytes: 10\n\ncaptur:\n  bytes: 1\n",
                 "captur",
                 4,
-                "expected one of: capture, http, db, export, metrics, log",
+                "expected one of: capture, http, db, export, metrics, sample, log",
             ),
             (
                 "in a section",

@@ -16,5 +16,6 @@ pub mod export;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
+pub mod sample;
 pub mod span;
 pub mod stats;

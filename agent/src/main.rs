@@ -16,6 +16,7 @@ use sonde::export;
 use sonde::metrics::Metrics;
 use sonde::metrics::runtime::{self as metrics_runtime, agent_resource};
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
+use sonde::sample::Sampler;
 use sonde::span::http::HttpSpanOptions;
 use sonde::span::{DbSpanOptions, SpanOptions};
 use sonde::stats::Stats;
@@ -147,6 +148,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     if let Some(m) = &metrics {
         pipeline.set_metrics(m.clone());
     }
+    pipeline.set_sampler(Sampler::new(config.sample.clone()));
     read_loop(&mut probes, &mut pipeline, &stats, &stop, &config);
 
     info!("stopping: flushing spans");

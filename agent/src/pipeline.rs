@@ -5,7 +5,8 @@
 //! /proc; records come in as bytes and spans leave through a [`SpanSink`],
 //! so it runs the same under the agent and in benches. With a metrics stage
 //! set ([`Pipeline::set_metrics`]) every span is aggregated before it
-//! reaches the sink, that is before any sampling.
+//! reaches the sink, that is before the sample stage
+//! ([`Pipeline::set_sampler`]) decides what is exported.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::protocol::http2::{self, Http2Conn};
 use crate::protocol::mysql::{self, MysqlConn};
 use crate::protocol::redis::{self, RedisConn};
 use crate::protocol::{Chunk, Detect, Direction, StreamParser};
+use crate::sample::Sampler;
 use crate::span::http::HttpPairing;
 use crate::span::http2::Http2Pairing;
 use crate::span::model::Span;
@@ -265,6 +267,7 @@ pub struct Pipeline<S: SpanSink> {
     to_mute: Vec<(ConnKey, u64)>,
     spans: Vec<Span>,
     metrics: Option<Arc<Metrics>>,
+    sampler: Option<Sampler>,
 }
 
 impl<S: SpanSink> Pipeline<S> {
@@ -285,7 +288,14 @@ impl<S: SpanSink> Pipeline<S> {
             to_mute: Vec::new(),
             spans: Vec::new(),
             metrics: None,
+            sampler: None,
         }
+    }
+
+    /// Exports only the spans `sampler` keeps from now on (metrics still
+    /// see every span).
+    pub fn set_sampler(&mut self, sampler: Sampler) {
+        self.sampler = Some(sampler);
     }
 
     /// Aggregates every span into `metrics` from now on.
@@ -509,6 +519,12 @@ impl<S: SpanSink> Pipeline<S> {
             let resource = self.resources.get(span.pid);
             if let Some(store) = recorder.as_mut() {
                 store.record(&resource, &span, &endpoints);
+            }
+            if let Some(sampler) = self.sampler.as_mut()
+                && !sampler.decide(&span).kept()
+            {
+                Stats::add(&self.stats.spans_sampled_out, 1);
+                continue;
             }
             self.sink.send(resource, span);
         }

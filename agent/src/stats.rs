@@ -42,6 +42,8 @@ counters! {
     responses_unpaired,
     /// Spans built.
     spans_built,
+    /// Spans the sample stage did not export (metrics counted them).
+    spans_sampled_out,
     /// Spans dropped because the export queue was full.
     spans_dropped_queue_full,
     /// Spans handed to an exporter successfully.

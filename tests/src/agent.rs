@@ -17,8 +17,11 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The configuration every test agent starts from; `extra_yaml` is merged
-/// over it key by key.
+/// over it key by key. Sampling is off so that tests can count every span;
+/// the sampling test turns it on.
 const BASE_CONFIG: &str = "\
+sample:
+  enabled: false
 export:
   console: false
   otlp:

@@ -432,6 +432,87 @@ fn otlp_red_metrics_match_the_requests_and_spans() {
     ctx.stop();
 }
 
+/// The sample stage with a small share: metrics count every request, the
+/// exported spans are bounded per operation and second, and every failed
+/// request is exported.
+#[test]
+fn sampling_bounds_spans_but_not_metrics() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    const SHARE: usize = 5;
+    const OK: usize = 200;
+    const FAILED: usize = 10;
+    let nginx = must(Nginx::start(None));
+    let ctx = Ctx::start(
+        "grpc",
+        &format!(
+            "{FAST_EXPORT}sample:\n  enabled: true\n  per_operation_per_second: {SHARE}\n  slow_ms: 60000\n"
+        ),
+        &[],
+    );
+    let mut targets = vec![nginx.url("/index.html"); OK];
+    targets.extend(vec![nginx.url("/fail"); FAILED]);
+    let started = std::time::Instant::now();
+    let (_curl_pid, codes) = curl_as(&unique_name("sampled"), &targets);
+    let seconds = started.elapsed().as_secs() as usize + 2;
+    assert_eq!(codes.len(), OK + FAILED, "curl answers: {codes:?}");
+
+    let from_nginx = pid_in(nginx.pids());
+    assert!(
+        ctx.wait_count(
+            "http.server.request.duration",
+            (OK + FAILED) as u64,
+            &from_nginx
+        ),
+        "metrics did not count every request:{}",
+        ctx.report(|p| from_nginx(p))
+    );
+    // Spans still on their way arrive within a batch timeout or two.
+    std::thread::sleep(Duration::from_secs(2));
+    let server = ctx.series("http.server.request.duration", &from_nginx);
+    let report = ctx.report(|p| from_nginx(p));
+    assert_eq!(
+        counts_by(&server, "http.route"),
+        want(&[
+            ("/index.html", 200, OK as u64),
+            ("/fail", 500, FAILED as u64)
+        ]),
+        "{report}"
+    );
+
+    let spans: Vec<ReceivedSpan> = ctx
+        .rx
+        .spans()
+        .into_iter()
+        .filter(|s| s.pid().is_some_and(|p| nginx.pids().contains(&p)) && s.kind == Kind::Server)
+        .collect();
+    let route_count = |route: &str| {
+        spans
+            .iter()
+            .filter(|s| s.attr_str("http.route") == Some(route))
+            .count()
+    };
+    let (ok_spans, failed_spans) = (route_count("/index.html"), route_count("/fail"));
+    assert_eq!(failed_spans, FAILED, "every failed request is exported");
+    assert!(
+        (SHARE..=SHARE * seconds).contains(&ok_spans),
+        "{ok_spans} spans of {OK} ordinary requests over at most {seconds} s, share {SHARE}/s"
+    );
+    let own = |p: &ReceivedPoint| p.pid() == Some(ctx.agent_pid());
+    let sampled_out = ctx
+        .series("sonde.spans.sampled_out", own)
+        .first()
+        .and_then(ReceivedPoint::value);
+    assert!(
+        sampled_out.is_some_and(|v| v >= (OK - ok_spans) as f64),
+        "sonde.spans.sampled_out {sampled_out:?}, expected at least {}",
+        OK - ok_spans
+    );
+    ctx.stop();
+}
+
 /// Delta temporality over OTLP/HTTP: the points of each export hold what
 /// happened since the previous one, and they add up to the requests made.
 #[test]

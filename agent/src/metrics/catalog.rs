@@ -285,6 +285,13 @@ pub static SELF_METRICS: &[SelfMetric] = &[
         None,
     ),
     (
+        "sonde.spans.sampled_out",
+        "{span}",
+        Instrument::Counter,
+        "Spans the sample stage did not export; metrics counted them.",
+        None,
+    ),
+    (
         "sonde.spans.dropped",
         "{span}",
         Instrument::Counter,

@@ -37,6 +37,7 @@ const COUNTERS: &[CounterMetric] = &[
     ("responses_unpaired", "sonde.responses.unpaired", None),
     ("spans_built", "sonde.spans.built", None),
     ("spans_exported", "sonde.spans.exported", None),
+    ("spans_sampled_out", "sonde.spans.sampled_out", None),
     (
         "spans_dropped_queue_full",
         "sonde.spans.dropped",
