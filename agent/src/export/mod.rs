@@ -507,6 +507,7 @@ impl Worker {
                 }
                 errors = land(&mut flight), if flying => {
                     flight = None;
+                    crate::memory::release(false);
                     for message in errors {
                         self.warn.warn(&message);
                     }

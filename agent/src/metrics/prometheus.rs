@@ -662,8 +662,11 @@ async fn stream_page(
         }
         write_chunk(stream, &buf).await?;
     }
+    drop((collection, renderer, buf));
     stream.write_all(b"0\r\n\r\n").await?;
-    stream.flush().await
+    let flushed = stream.flush().await;
+    crate::memory::release(false);
+    flushed
 }
 
 async fn write_chunk(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {

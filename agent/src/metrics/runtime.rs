@@ -215,6 +215,7 @@ async fn export_once(
             break;
         }
     }
+    crate::memory::release(false);
 }
 
 async fn export_loop(
