@@ -83,15 +83,17 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Wake user space only when enough is waiting (see `ProbeConfig::wakeup_bytes`).
+/// Wake user space only when enough is waiting (see
+/// `ProbeConfig::wakeup_bytes`), and then once: the record whose `len`
+/// bytes take the waiting data across the threshold wakes it. Records
+/// after it find the reader already woken; forcing a wakeup for each of
+/// them (while the reader waits for a busy CPU) cost more than the rest of
+/// the probe. `urgent` wakes it regardless. `waiting` is what the ring
+/// held before this record.
 #[inline(always)]
-fn wakeup_flag() -> u64 {
-    wakeup_flag_unless(false)
-}
-
-#[inline(always)]
-fn wakeup_flag_unless(urgent: bool) -> u64 {
-    if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
+fn wakeup_flag(waiting: u64, len: u64, urgent: bool) -> u64 {
+    let threshold = config().wakeup_bytes as u64;
+    if urgent || (waiting < threshold && waiting + len >= threshold) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -100,7 +102,7 @@ fn wakeup_flag_unless(urgent: bool) -> u64 {
 
 /// One stream socket we have seen, per (tgid, fd).
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct ConnState {
     /// The `struct file *` the fd named when the entry was made: a different
     /// one means the fd was reused without us seeing close().
@@ -133,6 +135,9 @@ struct PendingCall {
     iovcnt: u64,
     fd: u32,
     syscall: u32,
+    /// The connection as entry found it, so that exit need not look it up
+    /// again (only a connection's first record does, to mark it announced).
+    conn: ConnState,
 }
 
 #[map]
@@ -325,15 +330,16 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
         tgid,
         fd: fd as u32,
     };
-    if conn_state(&key, false).is_none() {
+    let Some(state) = conn_state(&key, false) else {
         return 0;
-    }
+    };
     let call = PendingCall {
         start_ns: unsafe { bpf_ktime_get_ns() },
         buf,
         iovcnt,
         fd: fd as u32,
         syscall: sys,
+        conn: unsafe { *state },
     };
     let _ = PENDING.insert(&pid_tgid, &call, 0);
     0
@@ -411,10 +417,7 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: call.fd,
     };
-    let Some(state_ptr) = CONNS.get_ptr_mut(&key) else {
-        return 0;
-    };
-    let state = unsafe { *state_ptr };
+    let state = call.conn;
 
     // Where the bytes are: one buffer, or an iovec array (readv/writev and
     // the msghdr of sendmsg/recvmsg).
@@ -510,11 +513,14 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
     };
     let first = state.announced == 0;
     if EVENTS
-        .output::<[u8]>(record, wakeup_flag_unless(first))
+        .output::<[u8]>(
+            record,
+            wakeup_flag(EVENTS.query(BPF_RB_AVAIL_DATA), record.len() as u64, first),
+        )
         .is_err()
     {
         count_lost();
-    } else if first {
+    } else if first && let Some(state_ptr) = CONNS.get_ptr_mut(&key) {
         unsafe { (*state_ptr).announced = 1 };
     }
     0
@@ -630,6 +636,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         iovcnt: 0,
         fd: arg(&ctx, 0) as u32,
         syscall: 0,
+        conn: ConnState::default(),
     };
     let _ = PENDING.insert(&pid_tgid, &call, 0);
     0
@@ -713,7 +720,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             syscall: syscall::CLOSE,
             addrs: state.addrs,
         });
-        entry.submit(wakeup_flag());
+        // The reserved record already counts as waiting.
+        let len = core::mem::size_of::<EventHeader>() as u64;
+        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(len);
+        entry.submit(wakeup_flag(waiting, len, false));
     } else {
         count_lost();
     }
