@@ -1,9 +1,13 @@
 //! The user-space pipeline fed with recorded events, no kernel: decode,
-//! connection table, protocol parsing (HTTP/1.x, Redis, MySQL), pairing and
-//! span building.
+//! connection table, protocol parsing (HTTP/1.x, HTTP/2 with gRPC, Redis,
+//! MySQL), pairing and span building.
 //!
 //! `cargo xtask bench pipeline` runs it; the figure to read is the
-//! throughput in elements (request/response pairs) per second.
+//! throughput in elements (request/response pairs, gRPC calls) per second.
+//!
+//! `grpc_unary` replays a real grpcio conversation (fixtures/grpc: one
+//! h2c connection, 256 unary calls, 8 in flight) as a server-side trace:
+//! the connection opens, carries every call and closes once per iteration.
 //!
 //! `http1_pairs`, `http1_pairs_with_red_metrics` and
 //! `http1_pairs_with_metrics` run the same records without the metrics
@@ -17,7 +21,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sonde::capture::{Clock, encode_data};
+use sonde::capture::{Clock, encode_close, encode_data};
 use sonde::capture::{Endpoint, Endpoints};
 use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
@@ -38,6 +42,15 @@ impl SpanSink for CountingSink {
     fn send(&mut self, _resource: Arc<Resource>, span: Span) {
         black_box(&span);
         self.0 += 1;
+    }
+}
+
+/// Keeps spans, to check what a bench's records make.
+struct CollectingSink(Vec<Span>);
+
+impl SpanSink for CollectingSink {
+    fn send(&mut self, _resource: Arc<Resource>, span: Span) {
+        self.0.push(span);
     }
 }
 
@@ -103,6 +116,10 @@ fn recorded(request: &[u8], response: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
+    pipeline_with(stats, CountingSink(0))
+}
+
+fn pipeline_with<S: SpanSink>(stats: Arc<Stats>, sink: S) -> Pipeline<S> {
     Pipeline::new(
         PipelineOptions {
             max_connections: 4096,
@@ -114,9 +131,119 @@ fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
             host_name: "bench".into(),
             host_id: None,
         }),
-        CountingSink(0),
+        sink,
         stats,
     )
+}
+
+/// What fixtures/grpc/capture.py recorded: 256 calls of
+/// /demo.Greeter/SayHello from a grpcio client to a grpcio server on one
+/// connection, as a sequence of reads made by a relaying proxy.
+const GRPC_CAPTURE: &[u8] = include_bytes!("fixtures/grpc/unary.log");
+/// Calls in [`GRPC_CAPTURE`].
+const GRPC_CALLS: u64 = 256;
+
+/// The reads of a capture in the format of fixtures/grpc (and of the Redis
+/// protocol fixtures): a direction byte, `>` client to server or `<`
+/// server to client, a 4-byte big-endian length, the bytes.
+fn capture_reads(log: &[u8]) -> Vec<(bool, &[u8])> {
+    let mut reads = Vec::new();
+    let mut rest = log;
+    while let [mark, a, b, c, d, tail @ ..] = rest {
+        let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+        assert!(
+            matches!(mark, b'>' | b'<') && tail.len() >= len,
+            "malformed capture record"
+        );
+        reads.push((*mark == b'>', &tail[..len]));
+        rest = &tail[len..];
+    }
+    assert!(rest.is_empty(), "capture ends inside a record header");
+    reads
+}
+
+/// The grpcio server's side of [`GRPC_CAPTURE`] as the kernel would ship
+/// it: the client's bytes read, the server's written, one syscall per read
+/// the proxy made, then the close.
+fn recorded_grpc() -> Vec<Vec<u8>> {
+    let header = |direction, len: usize, ts: u64| EventHeader {
+        direction,
+        start_ns: ts,
+        end_ns: ts + 1_000,
+        tgid: 2000,
+        tid: 2001,
+        fd: 9,
+        role: ROLE_SERVER,
+        generation: 1,
+        total_len: len as u64,
+        syscall: 1,
+        addrs: SockAddrs {
+            family: AF_INET,
+            local_port: 50051,
+            peer_port: 41000,
+            _pad: 0,
+            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        },
+        ..Default::default()
+    };
+    let mut records = Vec::new();
+    let mut ts = 1_000_000u64;
+    for (from_client, bytes) in capture_reads(GRPC_CAPTURE) {
+        ts += 20_000;
+        let direction = if from_client { DIR_INGRESS } else { DIR_EGRESS };
+        records.push(encode_data(&header(direction, bytes.len(), ts), bytes));
+    }
+    records.push(encode_close(&header(0, 0, ts + 20_000)));
+    records
+}
+
+/// Runs the gRPC records once and checks they make one server span per
+/// call, each with `rpc.grpc.status_code` 0, and that nothing was lost.
+fn check_grpc_records(records: &[Vec<u8>]) {
+    let stats = Arc::new(Stats::default());
+    let mut pipeline = pipeline_with(stats.clone(), CollectingSink(Vec::new()));
+    for r in records {
+        pipeline.handle_record(r);
+    }
+    assert_eq!(pipeline.connections(), 0, "the close record ended nothing");
+    let spans = pipeline.into_sink().0;
+    assert_eq!(
+        spans.len() as u64,
+        GRPC_CALLS,
+        "grpc_unary: one span per call expected"
+    );
+    let attr = |s: &Span, key: &str| {
+        s.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    };
+    for s in &spans {
+        assert_eq!(s.kind, SpanKind::Server, "{s:?}");
+        assert_eq!(s.name, "demo.Greeter/SayHello", "{s:?}");
+        assert_eq!(
+            attr(s, "rpc.system"),
+            Some(AttrValue::from("grpc")),
+            "{s:?}"
+        );
+        assert_eq!(
+            attr(s, "rpc.grpc.status_code"),
+            Some(AttrValue::Int(0)),
+            "{s:?}"
+        );
+    }
+    for (name, counter) in [
+        ("parser resyncs", &stats.parser_resyncs),
+        ("requests unanswered", &stats.requests_unanswered),
+        ("responses unpaired", &stats.responses_unpaired),
+    ] {
+        assert_eq!(
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "grpc_unary: {name}"
+        );
+    }
 }
 
 fn bench_pipeline(c: &mut Criterion) {
@@ -150,6 +277,27 @@ fn bench_pipeline(c: &mut Criterion) {
                 "{name}: the bench built no spans"
             );
         });
+    }
+    // gRPC: a whole connection per iteration, so the preface and the HPACK
+    // tables start over each time as they would on a new channel.
+    {
+        let records = recorded_grpc();
+        check_grpc_records(&records);
+        group.throughput(Throughput::Elements(GRPC_CALLS));
+        group.bench_function("grpc_unary", |b| {
+            let mut pipeline = pipeline(Arc::new(Stats::default()));
+            b.iter(|| {
+                for r in &records {
+                    pipeline.handle_record(black_box(r));
+                }
+            });
+            let spans = pipeline.sink_mut().0;
+            assert!(
+                spans > 0 && spans.is_multiple_of(GRPC_CALLS),
+                "grpc_unary: {spans} spans, not a whole number of connections' worth"
+            );
+        });
+        group.throughput(Throughput::Elements(pairs));
     }
     // With the metrics stage: RED histograms and exemplars alone, then
     // with the service graph too. These records are on loopback with no

@@ -5,7 +5,13 @@
 //! alternate between no agent and the agent attached, and prints the
 //! results side by side: nginx on loopback loaded by wrk (throughput and
 //! p99 latency), then redis-server on loopback loaded by redis-benchmark
-//! (SET and GET operations per second). `--only nginx|redis` runs one part.
+//! (SET and GET operations per second), then a Python grpcio server on
+//! loopback loaded by a Python grpcio client (unary calls per second and
+//! p99 latency). `--only nginx|redis|grpc` runs one part.
+//!
+//! The gRPC server and load generator are xtask/python/grpc_server.py and
+//! xtask/python/grpc_load.py; like the integration tests they use generic
+//! handlers on raw bytes, so there are no generated stubs and no protoc.
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -19,7 +25,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{agent_binary, become_root, cargo, deps, on_path, show, step};
 
-const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis]";
+const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc]";
 
 /// How long the agent may take to load and attach its programs.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,12 +51,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 enum Part {
     Nginx,
     Redis,
+    Grpc,
 }
 
 #[derive(Debug, PartialEq)]
 struct OverheadArgs {
     rounds: u32,
-    /// Seconds of wrk load per nginx round.
+    /// Seconds of load per nginx or gRPC round.
     secs: u32,
     /// redis-benchmark requests per command (SET, GET) per redis round.
     requests: u32,
@@ -77,8 +84,9 @@ fn parse_overhead_args(args: &[String]) -> anyhow::Result<OverheadArgs> {
             parsed.only = match it.next().map(String::as_str) {
                 Some("nginx") => Some(Part::Nginx),
                 Some("redis") => Some(Part::Redis),
-                Some(other) => bail!("--only takes nginx or redis, got `{other}`\n{USAGE}"),
-                None => bail!("--only needs nginx or redis\n{USAGE}"),
+                Some("grpc") => Some(Part::Grpc),
+                Some(other) => bail!("--only takes nginx, redis or grpc, got `{other}`\n{USAGE}"),
+                None => bail!("--only needs nginx, redis or grpc\n{USAGE}"),
             };
             continue;
         }
@@ -100,7 +108,7 @@ fn parse_overhead_args(args: &[String]) -> anyhow::Result<OverheadArgs> {
     Ok(parsed)
 }
 
-/// One wrk run.
+/// One wrk run, or one run of the gRPC load (calls counted as requests).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Load {
     requests_per_sec: f64,
@@ -112,7 +120,8 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     let have_nginx = on_path("nginx") || Path::new("/usr/sbin/nginx").exists();
     let need_install = (args.runs(Part::Nginx) && (!have_nginx || !on_path("wrk")))
         || (args.runs(Part::Redis)
-            && !(Path::new(REDIS_SERVER).exists() && on_path("redis-benchmark")));
+            && !(Path::new(REDIS_SERVER).exists() && on_path("redis-benchmark")))
+        || (args.runs(Part::Grpc) && !python_has_grpc());
     if need_install {
         deps::install()?;
     }
@@ -136,11 +145,30 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
 
     if args.runs(Part::Nginx) {
         let rows = overhead_nginx(&args, &dir, &agent_config)?;
-        print_table(&rows, args.secs);
+        print_table(
+            &format!(
+                "nginx on loopback, wrk -t1 -c16 -d{}s, static file",
+                args.secs
+            ),
+            "req/s",
+            &rows,
+        );
     }
     if args.runs(Part::Redis) {
         let rows = overhead_redis(&args, &dir, &agent_config)?;
         print_redis_table(&rows, args.requests);
+    }
+    if args.runs(Part::Grpc) {
+        let rows = overhead_grpc(&args, &agent_config)?;
+        print_table(
+            &format!(
+                "grpcio server on loopback (Python, unary SayHello), {GRPC_PROCS} client processes \
+                 x {GRPC_THREADS} threads, one channel each, {}s",
+                args.secs
+            ),
+            "calls/s",
+            &rows,
+        );
     }
     let (requests, bytes) = sink.totals();
     println!(
@@ -178,16 +206,26 @@ fn overhead_nginx(
     Ok(rows)
 }
 
-fn print_table(rows: &[(Load, Load)], secs: u32) {
+/// Rounds of throughput and p99 latency, `unit` naming the throughput
+/// (`req/s`, `calls/s`).
+fn print_table(title: &str, unit: &str, rows: &[(Load, Load)]) {
+    // Wide enough for the column titles (`calls/s without`).
+    let w = 14.max(unit.len() + 8);
     println!();
-    println!("nginx on loopback, wrk -t1 -c16 -d{secs}s, static file");
+    println!("{title}");
     println!(
-        "{:>5}  {:>14}  {:>14}  {:>7}  {:>12}  {:>12}  {:>7}",
-        "round", "req/s without", "req/s with", "ratio", "p99 without", "p99 with", "ratio"
+        "{:>5}  {:>w$}  {:>w$}  {:>7}  {:>12}  {:>12}  {:>7}",
+        "round",
+        format!("{unit} without"),
+        format!("{unit} with"),
+        "ratio",
+        "p99 without",
+        "p99 with",
+        "ratio"
     );
     for (i, (without, with)) in rows.iter().enumerate() {
         println!(
-            "{:>5}  {:>14.0}  {:>14.0}  {:>7.3}  {:>10.3}ms  {:>10.3}ms  {:>7.3}",
+            "{:>5}  {:>w$.0}  {:>w$.0}  {:>7.3}  {:>10.3}ms  {:>10.3}ms  {:>7.3}",
             i + 1,
             without.requests_per_sec,
             with.requests_per_sec,
@@ -209,7 +247,7 @@ fn print_table(rows: &[(Load, Load)], secs: u32) {
     let (rps_without, rps_with) = (mean(rps, false), mean(rps, true));
     let (p99_without, p99_with) = (mean(p99, false), mean(p99, true));
     println!(
-        "{:>5}  {:>14.0}  {:>14.0}  {:>7.3}  {:>10.3}ms  {:>10.3}ms  {:>7.3}",
+        "{:>5}  {:>w$.0}  {:>w$.0}  {:>7.3}  {:>10.3}ms  {:>10.3}ms  {:>7.3}",
         "mean",
         rps_without,
         rps_with,
@@ -309,6 +347,148 @@ fn print_redis_table(rows: &[(RedisLoad, RedisLoad)], requests: u32) {
         100.0 * with.set_per_sec / without.set_per_sec,
         100.0 * with.get_per_sec / without.get_per_sec
     );
+}
+
+/// Client processes and threads per process of the gRPC load: 16 calls in
+/// flight, as wrk and redis-benchmark keep 16 connections busy.
+const GRPC_PROCS: u32 = 2;
+const GRPC_THREADS: u32 = 8;
+
+/// The grpcio server under the Python load: one (without, with) pair per
+/// round.
+fn overhead_grpc(args: &OverheadArgs, agent_config: &Path) -> anyhow::Result<Vec<(Load, Load)>> {
+    let (server, port) = start_grpc_server()?;
+    // One short warm-up so the first measured round is not the coldest.
+    grpc_load(port, 1)?;
+    let mut rows = Vec::new();
+    for round in 1..=args.rounds {
+        println!(
+            "xtask: grpc round {round}/{}: without the agent",
+            args.rounds
+        );
+        let without = grpc_load(port, args.secs)?;
+        println!("xtask: grpc round {round}/{}: with the agent", args.rounds);
+        let agent = start_agent(agent_config)?;
+        let with = grpc_load(port, args.secs);
+        agent.stop();
+        rows.push((without, with?));
+    }
+    drop(server);
+    Ok(rows)
+}
+
+/// The Python scripts of the gRPC load.
+fn python_script(name: &str) -> PathBuf {
+    crate::root().join("xtask").join("python").join(name)
+}
+
+/// The interpreter the gRPC load runs with, the one the tests use (and
+/// `cargo xtask deps` installs grpcio for): `$SONDE_TEST_PYTHON`, else what
+/// `python3` on PATH says its `sys.executable` is.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SONDE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    crate::output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
+fn python_has_grpc() -> bool {
+    crate::output(Command::new(python()).args(["-c", "import grpc"])).is_some()
+}
+
+/// A Python command with the proxy variables removed (grpc honours them).
+fn python_command(script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg("-u").arg(python_script(script));
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "grpc_proxy",
+        "no_grpc_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// grpc_server.py on 127.0.0.1, port chosen by the kernel, read from its
+/// `listening PORT` line.
+fn start_grpc_server() -> anyhow::Result<(Guard, u16)> {
+    let mut cmd = python_command("grpc_server.py");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    println!("xtask: starting the grpcio server: {}", show(&cmd));
+    let mut child = cmd.spawn().context(
+        "cannot start python3 (install it and grpcio with `cargo xtask test`, \
+         or `python3 -m pip install grpcio`)",
+    )?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let guard = Guard(child, "grpc server");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(port) = line
+                .strip_prefix("listening ")
+                .and_then(|p| p.trim().parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the grpcio server did not print `listening PORT` within 20 s")?;
+    Ok((guard, port))
+}
+
+/// grpc_load.py against `port` for `secs` seconds.
+fn grpc_load(port: u16, secs: u32) -> anyhow::Result<Load> {
+    let mut cmd = python_command("grpc_load.py");
+    cmd.arg(port.to_string())
+        .args(["--secs", &secs.to_string()])
+        .args(["--procs", &GRPC_PROCS.to_string()])
+        .args(["--threads", &GRPC_THREADS.to_string()]);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{}`", show(&cmd)))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the gRPC load failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (load, errors) = parse_grpc_load(&text)
+        .with_context(|| format!("cannot read the gRPC load's report:\n{text}"))?;
+    if errors > 0 {
+        println!("xtask: {errors} gRPC calls failed in this run (left out of the figures)");
+    }
+    Ok(load)
+}
+
+/// Calls per second, p99 latency and failed calls from grpc_load.py's
+/// `calls=N errors=E secs=S calls_per_sec=R p50_ms=X p99_ms=Y` line.
+fn parse_grpc_load(text: &str) -> Option<(Load, u64)> {
+    let line = text.lines().rev().find(|l| l.starts_with("calls="))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let calls: u64 = field("calls")?.parse().ok()?;
+    let load = Load {
+        requests_per_sec: field("calls_per_sec")?.parse().ok()?,
+        p99_ms: field("p99_ms")?.parse().ok()?,
+    };
+    (calls > 0).then_some((load, field("errors")?.parse().ok()?))
 }
 
 /// A loopback port that was free a moment ago.
@@ -787,11 +967,34 @@ Transfer/sec:     38.01MB
         );
         let nginx_only = parse_overhead_args(&args(&["--only", "nginx"])).unwrap();
         assert!(nginx_only.runs(Part::Nginx) && !nginx_only.runs(Part::Redis));
+        let grpc_only = parse_overhead_args(&args(&["--only", "grpc"])).unwrap();
+        assert!(
+            grpc_only.runs(Part::Grpc)
+                && !grpc_only.runs(Part::Nginx)
+                && !grpc_only.runs(Part::Redis)
+        );
+        assert!(parse_overhead_args(&args(&[])).unwrap().runs(Part::Grpc));
         assert!(parse_overhead_args(&args(&["--rounds"])).is_err());
         assert!(parse_overhead_args(&args(&["--rounds", "0"])).is_err());
         assert!(parse_overhead_args(&args(&["--fast"])).is_err());
         assert!(parse_overhead_args(&args(&["--only"])).is_err());
         assert!(parse_overhead_args(&args(&["--only", "mysql"])).is_err());
+    }
+
+    #[test]
+    fn grpc_load_report_is_parsed() {
+        let out =
+            "calls=8684 errors=2 secs=3.006 calls_per_sec=2889.2 p50_ms=5.347 p99_ms=11.230\n";
+        let (load, errors) = parse_grpc_load(out).unwrap();
+        assert_eq!(load.requests_per_sec, 2889.2);
+        assert!((load.p99_ms - 11.23).abs() < 1e-9);
+        assert_eq!(errors, 2);
+        assert_eq!(
+            parse_grpc_load("calls=0 errors=0 secs=3.0 calls_per_sec=0.0 p50_ms=0 p99_ms=0\n"),
+            None
+        );
+        assert_eq!(parse_grpc_load("calls=10 errors=0\n"), None);
+        assert_eq!(parse_grpc_load(""), None);
     }
 
     #[test]
