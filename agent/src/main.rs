@@ -227,9 +227,14 @@ fn read_loop(
         }
         if last_chores.elapsed() >= Duration::from_secs(1) {
             last_chores = Instant::now();
-            stats
-                .events_lost_ringbuf_full
-                .store(probes.lost_records(), Ordering::Relaxed);
+            stats.events_lost_ringbuf_full.store(
+                probes.lost_records(sonde_common::lost::RINGBUF_FULL),
+                Ordering::Relaxed,
+            );
+            stats.events_lost_slot_taken.store(
+                probes.lost_records(sonde_common::lost::SLOT_TAKEN),
+                Ordering::Relaxed,
+            );
             let clock = Clock::now();
             pipeline.set_clock(clock);
             let now = monotonic_ns();

@@ -24,6 +24,10 @@ counters! {
     events_read,
     /// Records the kernel could not put in the ring buffer (it was full).
     events_lost_ringbuf_full,
+    /// Records lost because another thread's syscall took the kernel's
+    /// pending-call slot (threads whose ids share a slot, in socket calls
+    /// at once).
+    events_lost_slot_taken,
     /// Records too short or of an unknown kind.
     events_malformed,
     /// Payload bytes captured by the kernel.

@@ -57,6 +57,21 @@ pub mod syscall {
     pub const RECVMSG: u32 = 8;
     pub const SENDFILE: u32 = 9;
     pub const CLOSE: u32 = 10;
+    /// Kept between connect() entry and exit; never in a record.
+    pub const CONNECT: u32 = 11;
+}
+
+/// Slots of the kernel's entry-to-exit table, indexed by thread id.
+pub const PENDING_SLOTS: u32 = 32768;
+
+/// Indexes of the kernel's per-CPU loss counters (`LOST`).
+pub mod lost {
+    /// The ring buffer had no room for a record.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A thread's syscall overwrote the pending call of another thread
+    /// whose id shares its slot; that call's record is lost.
+    pub const SLOT_TAKEN: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// A socket's two endpoints. Addresses are in network byte order; IPv4

@@ -13,13 +13,13 @@ use aya_ebpf::{
         generated::{bpf_get_smp_processor_id, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::{
     ConnKey, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EventHeader, HEADER_LEN,
-    KernelOffsets, MAX_CAPTURE, MAX_IOVECS, ProbeConfig, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-    SockAddrs, syscall,
+    KernelOffsets, MAX_CAPTURE, MAX_IOVECS, PENDING_SLOTS, ProbeConfig, ROLE_CLIENT, ROLE_SERVER,
+    ROLE_UNKNOWN, SockAddrs, lost, syscall,
 };
 
 // ---- globals, set by the agent at load time -------------------------------
@@ -67,14 +67,14 @@ fn offsets() -> KernelOffsets {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
-/// Records the ring buffer had no room for (slot 0), summed over CPUs by
-/// user space.
+/// Records lost in the kernel, by reason (`sonde_common::lost`), summed
+/// over CPUs by user space.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 
 #[inline(always)]
-fn count_lost() {
-    if let Some(n) = LOST.get_ptr_mut(0) {
+fn count_lost(reason: u32) {
+    if let Some(n) = LOST.get_ptr_mut(reason) {
         unsafe { *n += 1 };
     }
 }
@@ -129,6 +129,8 @@ static MUTED: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(65536, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct PendingCall {
+    /// The thread (pid_tgid) the slot holds a call of; 0 when free.
+    owner: u64,
     start_ns: u64,
     /// The buffer, or the iovec array, or the msghdr.
     buf: u64,
@@ -140,8 +142,51 @@ struct PendingCall {
     conn: ConnState,
 }
 
+/// Pending calls in a plain array indexed by thread id: a thread is in one
+/// syscall at a time, and an array slot costs a fraction of a hash map
+/// insert and delete on every socket syscall. Threads whose ids share a
+/// slot and are in socket calls at once lose one record, counted.
 #[map]
-static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+static PENDING: Array<PendingCall> = Array::with_max_entries(PENDING_SLOTS, 0);
+
+#[inline(always)]
+fn pending_slot(pid_tgid: u64) -> Option<&'static mut PendingCall> {
+    let slot = PENDING.get_ptr_mut(pid_tgid as u32 & (PENDING_SLOTS - 1))?;
+    Some(unsafe { &mut *slot })
+}
+
+/// Keeps `call` for this thread's syscall exit.
+#[inline(always)]
+fn keep_pending(pid_tgid: u64, call: PendingCall) {
+    if let Some(slot) = pending_slot(pid_tgid) {
+        if slot.owner != 0 && slot.owner != pid_tgid {
+            count_lost(lost::SLOT_TAKEN);
+        }
+        *slot = call;
+    }
+}
+
+/// Frees this thread's slot (its syscall is not one we follow).
+#[inline(always)]
+fn drop_pending(pid_tgid: u64) {
+    if let Some(slot) = pending_slot(pid_tgid)
+        && slot.owner == pid_tgid
+    {
+        slot.owner = 0;
+    }
+}
+
+/// This thread's pending call of `syscall`, freeing its slot.
+#[inline(always)]
+fn take_pending(pid_tgid: u64, syscall: u32) -> Option<PendingCall> {
+    let slot = pending_slot(pid_tgid)?;
+    if slot.owner != pid_tgid {
+        return None;
+    }
+    let call = *slot;
+    slot.owner = 0;
+    (call.syscall == syscall).then_some(call)
+}
 
 /// Scratch space for building one record, one slot per CPU (too large for
 /// the stack and for a per-CPU map). Data gets twice the maximum so that a
@@ -323,17 +368,26 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let cfg = config();
-    if tgid == cfg.agent_tgid || fd > i32::MAX as u64 {
+    if tgid == cfg.agent_tgid {
         return 0;
     }
     let key = ConnKey {
         tgid,
         fd: fd as u32,
     };
-    let Some(state) = conn_state(&key, false) else {
+    let state = if fd > i32::MAX as u64 {
+        None
+    } else {
+        conn_state(&key, false)
+    };
+    let Some(state) = state else {
+        // A slot left by a call whose exit never came must not be taken
+        // for this one's.
+        drop_pending(pid_tgid);
         return 0;
     };
     let call = PendingCall {
+        owner: pid_tgid,
         start_ns: unsafe { bpf_ktime_get_ns() },
         buf,
         iovcnt,
@@ -341,7 +395,7 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
         syscall: sys,
         conn: unsafe { *state },
     };
-    let _ = PENDING.insert(&pid_tgid, &call, 0);
+    keep_pending(pid_tgid, call);
     0
 }
 
@@ -403,12 +457,11 @@ fn copy_user(scratch: &mut Scratch, at: u64, src: u64, want: u64) -> bool {
 }
 
 #[inline(always)]
-fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
+fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
+    let Some(call) = take_pending(pid_tgid, sys) else {
         return 0;
     };
-    let _ = PENDING.remove(&pid_tgid);
     let ret = ret(ctx);
     if ret <= 0 {
         return 0;
@@ -519,7 +572,7 @@ fn exit(ctx: &TracePointContext, direction: u32) -> u32 {
         )
         .is_err()
     {
-        count_lost();
+        count_lost(lost::RINGBUF_FULL);
     } else if first && let Some(state_ptr) = CONNS.get_ptr_mut(&key) {
         unsafe { (*state_ptr).announced = 1 };
     }
@@ -537,7 +590,7 @@ macro_rules! data_syscall {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx, $dir)
+            exit(&ctx, $dir, $sys)
         }
     };
 }
@@ -631,24 +684,24 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let call = PendingCall {
+        owner: pid_tgid,
         start_ns: 0,
         buf: 0,
         iovcnt: 0,
         fd: arg(&ctx, 0) as u32,
-        syscall: 0,
+        syscall: syscall::CONNECT,
         conn: ConnState::default(),
     };
-    let _ = PENDING.insert(&pid_tgid, &call, 0);
+    keep_pending(pid_tgid, call);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
+    let Some(call) = take_pending(pid_tgid, syscall::CONNECT) else {
         return 0;
     };
-    let _ = PENDING.remove(&pid_tgid);
     let ret = ret(&ctx);
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
@@ -725,7 +778,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         let waiting = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(len);
         entry.submit(wakeup_flag(waiting, len, false));
     } else {
-        count_lost();
+        count_lost(lost::RINGBUF_FULL);
     }
     0
 }

@@ -412,9 +412,9 @@ fn otlp_red_metrics_match_the_requests_and_spans() {
             "self-metrics: events read {read:?}, spans built {built:?}, rss {rss:?}"
         ));
     }
-    if dropped.len() != 2 {
+    if dropped.len() != 3 {
         problems.push(format!(
-            "sonde.events.dropped has {} series, expected 2 reasons",
+            "sonde.events.dropped has {} series, expected 3 reasons",
             dropped.len()
         ));
     }

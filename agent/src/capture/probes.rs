@@ -157,10 +157,10 @@ impl Probes {
         let _ = self.muted.insert(key, generation, 0);
     }
 
-    /// Records the kernel dropped because the ring buffer was full, so far.
-    pub fn lost_records(&self) -> u64 {
+    /// Records the kernel lost for `reason` (`sonde_common::lost`), so far.
+    pub fn lost_records(&self, reason: u32) -> u64 {
         self.lost
-            .get(&0, 0)
+            .get(&reason, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }

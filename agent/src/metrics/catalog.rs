@@ -211,7 +211,7 @@ pub static SELF_METRICS: &[SelfMetric] = &[
         "sonde.events.dropped",
         "{record}",
         Instrument::Counter,
-        "Records lost, by reason: ringbuf_full (the kernel found no room) or malformed.",
+        "Records lost, by reason: ringbuf_full (the kernel found no room), slot_taken (two threads shared a pending-call slot) or malformed.",
         Some(Key::Reason),
     ),
     (

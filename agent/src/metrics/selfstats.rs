@@ -25,6 +25,11 @@ const COUNTERS: &[CounterMetric] = &[
         Some((Key::Reason, "ringbuf_full")),
     ),
     (
+        "events_lost_slot_taken",
+        "sonde.events.dropped",
+        Some((Key::Reason, "slot_taken")),
+    ),
+    (
         "events_malformed",
         "sonde.events.dropped",
         Some((Key::Reason, "malformed")),
