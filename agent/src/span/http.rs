@@ -79,6 +79,15 @@ impl Pairing for HttpPairing {
     }
 }
 
+/// `{method} {route}`, without the formatting machinery (every span).
+fn span_name(method: &str, route: &str) -> String {
+    let mut name = String::with_capacity(method.len() + 1 + route.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(route);
+    name
+}
+
 /// Builds the span of one request/response pair.
 pub fn build_span(
     req: &Request,
@@ -153,7 +162,7 @@ pub fn build_span(
         trace_id,
         span_id: ids::new_span_id(),
         parent_span_id,
-        name: format!("{} {}", req.method, route),
+        name: span_name(&req.method, &route),
         kind,
         start_unix_ns: req.first_ns,
         end_unix_ns: resp.last_ns.max(req.first_ns),
