@@ -144,7 +144,7 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     .context("writing the agent's config")?;
 
     if args.runs(Part::Nginx) {
-        let rows = overhead_nginx(&args, &dir, &agent_config)?;
+        let (rows, costs) = overhead_nginx(&args, &dir, &agent_config)?;
         print_table(
             &format!(
                 "nginx on loopback, wrk -t1 -c16 -d{}s, static file",
@@ -153,6 +153,7 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
             "req/s",
             &rows,
         );
+        print_agent_costs(&rows, &costs);
     }
     if args.runs(Part::Redis) {
         let rows = overhead_redis(&args, &dir, &agent_config)?;
@@ -183,13 +184,14 @@ fn overhead_nginx(
     args: &OverheadArgs,
     dir: &Path,
     agent_config: &Path,
-) -> anyhow::Result<Vec<(Load, Load)>> {
+) -> anyhow::Result<NginxRounds> {
     let port = free_port()?;
     let nginx = start_nginx(dir, port)?;
     let url = format!("http://127.0.0.1:{port}/index.html");
     // One short warm-up so the first measured round is not the coldest.
     wrk(&url, 1)?;
     let mut rows = Vec::new();
+    let mut costs = Vec::new();
     for round in 1..=args.rounds {
         println!(
             "xtask: nginx round {round}/{}: without the agent",
@@ -198,12 +200,50 @@ fn overhead_nginx(
         let without = wrk(&url, args.secs)?;
         println!("xtask: nginx round {round}/{}: with the agent", args.rounds);
         let agent = start_agent(agent_config)?;
+        let cpu_before = agent.cpu_seconds();
         let with = wrk(&url, args.secs);
+        let cpu = agent.cpu_seconds() - cpu_before;
+        println!(
+            "xtask: nginx round {round}/{}: agent paused, probes attached",
+            args.rounds
+        );
+        agent.pause("STOP");
+        let paused = wrk(&url, args.secs);
+        agent.pause("CONT");
         agent.stop();
-        rows.push((without, with?));
+        let with = with?;
+        let served = with.requests_per_sec * f64::from(args.secs);
+        costs.push(AgentCost {
+            cores: cpu / f64::from(args.secs),
+            us_per_request: if served > 0.0 {
+                cpu * 1e6 / served
+            } else {
+                0.0
+            },
+            paused_requests_per_sec: paused?.requests_per_sec,
+        });
+        rows.push((without, with));
     }
     drop(nginx);
-    Ok(rows)
+    Ok((rows, costs))
+}
+
+/// The agent's share of the nginx overhead, averaged over the rounds.
+fn print_agent_costs(rows: &[(Load, Load)], costs: &[AgentCost]) {
+    if costs.is_empty() {
+        return;
+    }
+    let n = costs.len() as f64;
+    let mean = |f: fn(&AgentCost) -> f64| costs.iter().map(f).sum::<f64>() / n;
+    let without = rows.iter().map(|r| r.0.requests_per_sec).sum::<f64>() / rows.len() as f64;
+    let paused = mean(|c| c.paused_requests_per_sec);
+    println!(
+        "agent process: {:.2} cores, {:.2} us of CPU per request; \
+         probes alone (agent paused): {paused:.0} req/s, {:.1}% of the throughput",
+        mean(|c| c.cores),
+        mean(|c| c.us_per_request),
+        100.0 * paused / without
+    );
 }
 
 /// Rounds of throughput and p99 latency, `unit` naming the throughput
@@ -636,6 +676,46 @@ impl Agent {
     fn stop(self) {
         drop(self.0);
     }
+
+    /// CPU seconds the agent has used so far (user and system).
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.0.id())).unwrap_or_default();
+        cpu_seconds_of_stat(&stat)
+    }
+
+    /// Stops (`STOP`) or resumes (`CONT`) the agent; its probes stay attached.
+    fn pause(&self, name: &str) {
+        signal(&self.0.0, name);
+    }
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds (USER_HZ is 100 on
+/// Linux). The fields are counted after the `)` that ends the command name.
+fn cpu_seconds_of_stat(stat: &str) -> f64 {
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => 0.0,
+    }
+}
+
+/// (without, with) per round, and what the agent cost in each.
+type NginxRounds = (Vec<(Load, Load)>, Vec<AgentCost>);
+
+/// What the agent cost in one nginx round beside the throughput.
+#[derive(Clone, Copy, Debug, Default)]
+struct AgentCost {
+    /// Cores the agent process used while wrk ran.
+    cores: f64,
+    /// Agent CPU per request served, in microseconds.
+    us_per_request: f64,
+    /// Requests/s with the probes attached but the agent stopped: what the
+    /// kernel side alone costs (records past a full ring are dropped, so
+    /// this slightly flatters it).
+    paused_requests_per_sec: f64,
 }
 
 /// Starts `sonde run` and waits for its `sonde ready` line on stderr.
@@ -890,6 +970,14 @@ fn duration_ms(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_seconds_from_proc_stat() {
+        // A command name with spaces and a `)` must not shift the fields.
+        let stat = "4242 (so de) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
+        assert_eq!(cpu_seconds_of_stat(stat), 3.25);
+        assert_eq!(cpu_seconds_of_stat("garbage"), 0.0);
+    }
 
     const WRK_OUTPUT: &str = "\
 Running 10s test @ http://127.0.0.1:8080/index.html
