@@ -300,7 +300,7 @@ fn is_sign(sql: &str, prev: Option<&Token>) -> bool {
 fn is_literal(sql: &str, t: &Token) -> bool {
     match t.kind {
         Kind::Str | Kind::Num => true,
-        Kind::Word => is_word(sql, t, "TRUE") || is_word(sql, t, "FALSE"),
+        Kind::Word => is_any_word(sql, t, &["TRUE", "FALSE"]),
         _ => false,
     }
 }
@@ -609,7 +609,20 @@ const RESERVED: &[&str] = &[
 ];
 
 fn is_reserved(sql: &str, t: &Token) -> bool {
-    RESERVED.iter().any(|w| is_word(sql, t, w))
+    is_any_word(sql, t, RESERVED)
+}
+
+/// Whether `t` is one of `words` (case-insensitive); the token's text is
+/// sliced once, and only words of its length are compared.
+fn is_any_word(sql: &str, t: &Token, words: &[&str]) -> bool {
+    if t.kind != Kind::Word {
+        return false;
+    }
+    let len = t.end - t.start;
+    let s = text(sql, t);
+    words
+        .iter()
+        .any(|w| w.len() == len && s.eq_ignore_ascii_case(w))
 }
 
 /// A table reference at `toks[i..]`: `name`, `db.name`, backticked parts.
@@ -668,9 +681,7 @@ fn plain_after_table(sql: &str, toks: &[Token], mut i: usize, extra: &[Kind]) ->
 }
 
 fn count_words(sql: &str, toks: &[Token], words: &[&str]) -> usize {
-    toks.iter()
-        .filter(|t| words.iter().any(|w| is_word(sql, t, w)))
-        .count()
+    toks.iter().filter(|t| is_any_word(sql, t, words)).count()
 }
 
 /// Table DDL (`CREATE [TEMPORARY] TABLE [IF NOT EXISTS] t`, `DROP TABLE
