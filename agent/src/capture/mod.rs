@@ -304,7 +304,7 @@ mod tests {
     fn v4_mapped_v6_shows_as_v4() {
         let mut a = header().addrs;
         a.family = AF_INET6;
-        a.peer_addr = Ipv6Addr::from(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()).octets();
+        a.peer_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
         let e = Endpoints::from_raw(&a);
         assert_eq!(
             e.peer,

@@ -1230,6 +1230,22 @@ impl Http1Conn {
     }
 }
 
+impl super::StreamParser for Http1Conn {
+    type Message = Message;
+
+    fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        Http1Conn::feed(self, dir, chunk, out)
+    }
+
+    fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
+        Http1Conn::close(self, end_ns, out)
+    }
+
+    fn take_resync(&mut self) -> (u64, u64) {
+        Http1Conn::take_resync(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2450,21 +2466,5 @@ mod tests {
             &mut out,
         );
         assert_eq!(conn.request_direction(), Some(Direction::Ingress));
-    }
-}
-
-impl super::StreamParser for Http1Conn {
-    type Message = Message;
-
-    fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
-        Http1Conn::feed(self, dir, chunk, out)
-    }
-
-    fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
-        Http1Conn::close(self, end_ns, out)
-    }
-
-    fn take_resync(&mut self) -> (u64, u64) {
-        Http1Conn::take_resync(self)
     }
 }

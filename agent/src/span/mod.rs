@@ -182,6 +182,26 @@ pub fn http_endpoint_attrs(
     }
 }
 
+/// Endpoint attributes of a database span: `server.*` is the peer for a
+/// CLIENT span and the socket's own address for a SERVER span, which also
+/// names its client; then `network.*`.
+pub fn db_endpoint_attrs(
+    attrs: &mut Vec<(&'static str, AttrValue)>,
+    kind: model::SpanKind,
+    endpoints: &Endpoints,
+) {
+    match kind {
+        model::SpanKind::Client => {
+            endpoint_attrs(attrs, "server.address", "server.port", endpoints.peer)
+        }
+        model::SpanKind::Server => {
+            endpoint_attrs(attrs, "server.address", "server.port", endpoints.local);
+            endpoint_attrs(attrs, "client.address", "client.port", endpoints.peer);
+        }
+    }
+    network_attrs(attrs, endpoints);
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_host;
@@ -207,24 +227,4 @@ mod tests {
         assert_eq!(split_host("h:notaport"), ("h", None));
         assert_eq!(split_host("user:pw@h:81"), ("h", Some(81)));
     }
-}
-
-/// Endpoint attributes of a database span: `server.*` is the peer for a
-/// CLIENT span and the socket's own address for a SERVER span, which also
-/// names its client; then `network.*`.
-pub fn db_endpoint_attrs(
-    attrs: &mut Vec<(&'static str, AttrValue)>,
-    kind: model::SpanKind,
-    endpoints: &Endpoints,
-) {
-    match kind {
-        model::SpanKind::Client => {
-            endpoint_attrs(attrs, "server.address", "server.port", endpoints.peer)
-        }
-        model::SpanKind::Server => {
-            endpoint_attrs(attrs, "server.address", "server.port", endpoints.local);
-            endpoint_attrs(attrs, "client.address", "client.port", endpoints.peer);
-        }
-    }
-    network_attrs(attrs, endpoints);
 }
