@@ -612,17 +612,22 @@ fn is_reserved(sql: &str, t: &Token) -> bool {
     is_any_word(sql, t, RESERVED)
 }
 
-/// Whether `t` is one of `words` (case-insensitive); the token's text is
-/// sliced once, and only words of its length are compared.
+/// Whether `t` is one of `words` (upper-case; the token in any case).
+/// Only words of the token's length and first letter are compared.
 fn is_any_word(sql: &str, t: &Token, words: &[&str]) -> bool {
     if t.kind != Kind::Word {
         return false;
     }
-    let len = t.end - t.start;
-    let s = text(sql, t);
-    words
-        .iter()
-        .any(|w| w.len() == len && s.eq_ignore_ascii_case(w))
+    let Some(token) = sql.as_bytes().get(t.start..t.end) else {
+        return false;
+    };
+    let Some(first) = token.first().map(u8::to_ascii_uppercase) else {
+        return false;
+    };
+    words.iter().any(|w| {
+        let w = w.as_bytes();
+        w.len() == token.len() && w.first() == Some(&first) && w.eq_ignore_ascii_case(token)
+    })
 }
 
 /// A table reference at `toks[i..]`: `name`, `db.name`, backticked parts.
