@@ -13,9 +13,10 @@
 //! bounded. The decision reads only the span, so it is pure and replayable.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 use crate::config::SampleConfig;
+use crate::metrics::attrs::{FastBuild, FastHasher};
 use crate::span::model::{Span, SpanKind, SpanStatus};
 
 /// Operations tracked per second; beyond that, new operations share the
@@ -49,7 +50,7 @@ pub struct Sampler {
     ordinary_in_window: u32,
     /// Keyed by a hash of (process, kind, span name): two operations that
     /// collide share one count, which costs a few spans, not correctness.
-    per_operation: HashMap<u64, u32>,
+    per_operation: HashMap<u64, u32, FastBuild>,
 }
 
 impl Sampler {
@@ -59,7 +60,7 @@ impl Sampler {
             window: 0,
             kept_in_window: 0,
             ordinary_in_window: 0,
-            per_operation: HashMap::new(),
+            per_operation: HashMap::default(),
         }
     }
 
@@ -103,7 +104,7 @@ impl Sampler {
     /// The count of the span's operation in this window; `None` when the
     /// table is full and the operation is new.
     fn operation_count(&mut self, span: &Span) -> Option<&mut u32> {
-        let mut hasher = DefaultHasher::new();
+        let mut hasher = FastHasher::default();
         (span.pid, span.kind == SpanKind::Server, &span.name).hash(&mut hasher);
         let key = hasher.finish();
         if self.per_operation.len() >= MAX_OPERATIONS && !self.per_operation.contains_key(&key) {
