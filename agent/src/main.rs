@@ -246,7 +246,7 @@ fn read_loop(
             // Every 10 s: more often, pages freed and touched again
             // cost the kernel a page fault and a zeroed page each time.
             chores += 1;
-            if chores % 10 == 0 {
+            if chores.is_multiple_of(10) {
                 sonde::memory::release(false);
             }
         }

@@ -110,7 +110,7 @@ fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
 
 fn attr_text(value: &AttrValue) -> String {
     match value {
-        AttrValue::Str(s) => s.clone(),
+        AttrValue::Str(s) => s.to_string(),
         AttrValue::Int(i) => i.to_string(),
         AttrValue::Bool(b) => b.to_string(),
     }

@@ -29,7 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{ExportError, ExportItem, OtlpTarget, Protocol};
 use crate::enrich::Resource;
-use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus, Text};
 use crate::stats::Stats;
 
 /// Exporters (one per process resource) kept at once.
@@ -92,7 +92,8 @@ fn unix_ns_to_time(ns: u64) -> SystemTime {
 
 fn to_value(v: AttrValue) -> Value {
     match v {
-        AttrValue::Str(s) => s.into(),
+        AttrValue::Str(Text::Static(s)) => s.into(),
+        AttrValue::Str(Text::Owned(s)) => s.into(),
         AttrValue::Int(i) => i.into(),
         AttrValue::Bool(b) => b.into(),
     }

@@ -44,7 +44,7 @@ fn resource(r: &Resource) -> PResource {
                 kv(
                     k,
                     match v {
-                        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+                        AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
                         AttrValue::Int(i) => any_value::Value::IntValue(*i),
                         AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
                     },

@@ -101,7 +101,7 @@ fn le_text(v: f64) -> String {
 
 fn attr_text(v: &AttrValue) -> String {
     match v {
-        AttrValue::Str(s) => s.clone(),
+        AttrValue::Str(s) => s.to_string(),
         AttrValue::Int(i) => i.to_string(),
         AttrValue::Bool(b) => b.to_string(),
     }

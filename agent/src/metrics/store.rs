@@ -1044,7 +1044,7 @@ fn server_name(picked: &Picked<'_>) -> Option<Box<str>> {
     let name = match picked.get(Key::ServerPort) {
         Some(AttrValue::Int(p)) if addr.contains(':') => format!("[{addr}]:{p}"),
         Some(AttrValue::Int(p)) => format!("{addr}:{p}"),
-        _ => addr.clone(),
+        _ => addr.to_string(),
     };
     Some(name.into())
 }

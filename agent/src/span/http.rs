@@ -79,6 +79,17 @@ impl Pairing for HttpPairing {
     }
 }
 
+/// The method as an attribute value; the common ones without allocating.
+fn method_value(method: &str) -> AttrValue {
+    const COMMON: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match COMMON.iter().find(|m| **m == method) {
+        Some(m) => AttrValue::fixed(m),
+        None => AttrValue::from(method),
+    }
+}
+
 /// `{method} {route}`, without the formatting machinery (every span).
 fn span_name(method: &str, route: &str) -> String {
     let mut name = String::with_capacity(method.len() + 1 + route.len());
@@ -102,7 +113,7 @@ pub fn build_span(
     let path = route::path_only(&req.target);
     let route = route::route(path);
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
-    attrs.push(("http.request.method", req.method.clone().into()));
+    attrs.push(("http.request.method", method_value(&req.method)));
     attrs.push(("http.response.status_code", i64::from(resp.status).into()));
     attrs.push(("url.path", path.into()));
     if options.capture_query
@@ -110,12 +121,12 @@ pub fn build_span(
     {
         attrs.push(("url.query", q.into()));
     }
-    attrs.push(("url.scheme", "http".into()));
+    attrs.push(("url.scheme", AttrValue::fixed("http")));
     attrs.push(("http.route", route.clone().into()));
-    attrs.push(("network.protocol.name", "http".into()));
+    attrs.push(("network.protocol.name", AttrValue::fixed("http")));
     let version = match req.version_minor {
-        0 => AttrValue::from("1.0"),
-        1 => AttrValue::from("1.1"),
+        0 => AttrValue::fixed("1.0"),
+        1 => AttrValue::fixed("1.1"),
         minor => format!("1.{minor}").into(),
     };
     attrs.push(("network.protocol.version", version));

@@ -118,7 +118,7 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
     let name;
 
     if is_grpc(s) {
-        attrs.push(("rpc.system", "grpc".into()));
+        attrs.push(("rpc.system", AttrValue::fixed("grpc")));
         match path.and_then(grpc_method) {
             Some((service, method)) => {
                 attrs.push(("rpc.service", service.into()));
@@ -193,8 +193,8 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
         }
     }
 
-    attrs.push(("network.protocol.name", "http".into()));
-    attrs.push(("network.protocol.version", "2".into()));
+    attrs.push(("network.protocol.name", AttrValue::fixed("http")));
+    attrs.push(("network.protocol.version", AttrValue::fixed("2")));
     network_attrs(&mut attrs, &ctx.endpoints);
     let (host, port) =
         http_endpoint_attrs(&mut attrs, kind, &ctx.endpoints, req.authority.as_deref());
@@ -311,7 +311,7 @@ mod tests {
 
     fn str_attr(span: &Span, key: &str) -> Option<String> {
         match span.attr(key) {
-            Some(AttrValue::Str(s)) => Some(s.clone()),
+            Some(AttrValue::Str(s)) => Some(s.to_string()),
             _ => None,
         }
     }

@@ -105,14 +105,11 @@ pub fn ip_text(ip: std::net::IpAddr) -> String {
 
 /// `network.transport` and `network.peer.*` of the span's connection.
 pub fn network_attrs(attrs: &mut Vec<(&'static str, AttrValue)>, endpoints: &Endpoints) {
-    attrs.push((
-        "network.transport",
-        match endpoints.peer {
-            Endpoint::Unix => "unix",
-            _ => "tcp",
-        }
-        .into(),
-    ));
+    let transport = match endpoints.peer {
+        Endpoint::Unix => "unix",
+        _ => "tcp",
+    };
+    attrs.push(("network.transport", AttrValue::fixed(transport)));
     endpoint_attrs(
         attrs,
         "network.peer.address",

@@ -12,19 +12,27 @@ pub enum SpanKind {
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Text),
     Int(i64),
     Bool(bool),
 }
 
+impl AttrValue {
+    /// A fixed string (`"http"`, `"tcp"`, `"GET"`): no allocation, on
+    /// every span.
+    pub fn fixed(s: &'static str) -> AttrValue {
+        AttrValue::Str(Text::Static(s))
+    }
+}
+
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_owned())
+        AttrValue::Str(Text::Owned(s.to_owned()))
     }
 }
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
-        AttrValue::Str(s)
+        AttrValue::Str(Text::Owned(s))
     }
 }
 impl From<i64> for AttrValue {
@@ -35,6 +43,53 @@ impl From<i64> for AttrValue {
 impl From<bool> for AttrValue {
     fn from(v: bool) -> Self {
         AttrValue::Bool(v)
+    }
+}
+
+/// A string attribute value: a fixed one, or one read from traffic.
+#[derive(Clone)]
+pub enum Text {
+    Static(&'static str),
+    Owned(String),
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
     }
 }
 

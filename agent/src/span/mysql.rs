@@ -181,7 +181,7 @@ fn build_span(
     };
 
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
-    attrs.push(("db.system.name", system.into()));
+    attrs.push(("db.system.name", AttrValue::fixed(system)));
     if let Some(op) = operation {
         attrs.push(("db.operation.name", op.into()));
     }
@@ -339,7 +339,7 @@ mod tests {
     }
 
     fn s(v: &str) -> Option<AttrValue> {
-        Some(AttrValue::Str(v.to_owned()))
+        Some(AttrValue::from(v))
     }
 
     fn n(v: i64) -> Option<AttrValue> {

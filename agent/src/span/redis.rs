@@ -439,7 +439,7 @@ pub fn build_span(
     };
     let operation = operation_name(cmd);
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
-    attrs.push(("db.system.name", "redis".into()));
+    attrs.push(("db.system.name", AttrValue::fixed("redis")));
     attrs.push(("db.operation.name", operation.clone().into()));
     attrs.push(("db.namespace", db.to_string().into()));
     attrs.push((
@@ -529,7 +529,7 @@ mod tests {
 
     fn text(span: &Span, key: &str) -> String {
         match span.attr(key) {
-            Some(AttrValue::Str(s)) => s.clone(),
+            Some(AttrValue::Str(s)) => s.to_string(),
             Some(AttrValue::Int(i)) => i.to_string(),
             Some(other) => format!("{other:?}"),
             None => "-".to_owned(),
