@@ -84,16 +84,19 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Wake user space only when enough is waiting (see
-/// `ProbeConfig::wakeup_bytes`), and then once: the record whose `len`
-/// bytes take the waiting data across the threshold wakes it. Records
-/// after it find the reader already woken; forcing a wakeup for each of
-/// them (while the reader waits for a busy CPU) cost more than the rest of
-/// the probe. `urgent` wakes it regardless. `waiting` is what the ring
-/// held before this record.
+/// `ProbeConfig::wakeup_bytes`): the record whose `len` bytes take the
+/// waiting data across a multiple of the threshold wakes it, so there is one
+/// wakeup per threshold's worth of records. Records in between find the
+/// reader already woken; forcing a wakeup for each of them (while the
+/// reader waits for a busy CPU) cost more than the rest of the probe. If a
+/// wakeup is missed (two CPUs crossing at once) or the reader is slow to
+/// run, the next multiple wakes it again. `urgent` wakes it regardless.
+/// `waiting` is what the ring held before this record.
 #[inline(always)]
 fn wakeup_flag(waiting: u64, len: u64, urgent: bool) -> u64 {
     let threshold = config().wakeup_bytes as u64;
-    if urgent || (waiting < threshold && waiting + len >= threshold) {
+    let threshold = if threshold == 0 { 1 } else { threshold };
+    if urgent || (waiting + len) / threshold > waiting / threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
