@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 
 use crate::db::{Ctx, Pick};
 use crate::receiver::{Kind, ReceivedSpan, Value};
-use crate::servers::INDEX_HTML;
-use crate::util::{Lines, children_of, free_port, python_bin, send_signal, wait_port};
+use crate::servers::Nginx;
+use crate::util::{Lines, python_bin, send_signal, wait_port};
 
 /// Proxy variables removed from the servers started here (grpc honours
 /// them).
@@ -241,129 +241,8 @@ pub fn calls(stdout: &[String]) -> Vec<(String, i64)> {
 /// nginx (master and one worker) serving `/index.html` over h2c only
 /// (`listen ... http2` without TLS: HTTP/2 with prior knowledge). Any other
 /// path is a 404.
-pub struct NginxH2 {
-    child: Child,
-    pub port: u16,
-    dir: tempfile::TempDir,
-    pids: Vec<u32>,
-}
-
-impl NginxH2 {
-    pub fn start() -> anyhow::Result<NginxH2> {
-        let bin = crate::servers::Nginx::binary();
-        if !bin.exists() {
-            bail!(
-                "{} not found: install nginx or set SONDE_TEST_NGINX",
-                bin.display()
-            );
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("sonde-nginx-h2-")
-            .tempdir()?;
-        let www = dir.path().join("www");
-        std::fs::create_dir_all(&www)?;
-        std::fs::write(www.join("index.html"), INDEX_HTML)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            for p in [dir.path(), www.as_path()] {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
-            }
-        }
-        let d = dir.path().display();
-        let port = free_port();
-        // SAFETY: geteuid has no preconditions.
-        let user = if unsafe { libc::geteuid() } == 0 {
-            "user root root;\n"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "{user}daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type text/html;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
-    server {{
-        listen 127.0.0.1:{port} http2;
-        server_name localhost;
-        root {www};
-        location = /index.html {{ }}
-    }}
-}}
-",
-            www = www.display()
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let mut child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stderr = child.stderr.take().map(Lines::collect);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "nginx exited with {status}: {:?}\nerror.log:\n{}",
-                    stderr.map(|s| s.get()).unwrap_or_default(),
-                    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-                );
-            }
-            let workers = children_of(child.id());
-            if !workers.is_empty() && wait_port(port, Duration::from_millis(100)) {
-                let pids = std::iter::once(child.id()).chain(workers).collect();
-                return Ok(NginxH2 {
-                    child,
-                    port,
-                    dir,
-                    pids,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!(
-            "nginx did not listen on 127.0.0.1:{port} within 10s\nerror.log:\n{}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
-    }
-
-    /// Master and worker pids.
-    pub fn pids(&self) -> &[u32] {
-        &self.pids
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for NginxH2 {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(5));
-    }
+pub fn start_nginx_h2() -> anyhow::Result<Nginx> {
+    Nginx::start_serving("http2", "        location = /index.html { }\n")
 }
 
 /// A minimal HTTP/2 client with prior knowledge on one raw socket (stdlib

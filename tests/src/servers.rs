@@ -59,6 +59,24 @@ impl Nginx {
     }
 
     pub fn start(upstream_port: Option<u16>) -> anyhow::Result<Nginx> {
+        let proxy = match upstream_port {
+            Some(up) => format!(
+                "        location /proxy/ {{\n            proxy_pass http://127.0.0.1:{up}/;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n"
+            ),
+            None => String::new(),
+        };
+        Nginx::start_serving(
+            "",
+            &format!(
+                "        location = /index.html {{ }}\n        location = /fail {{ return 500; }}\n{proxy}"
+            ),
+        )
+    }
+
+    /// nginx whose one server listens on a free loopback port with
+    /// `listen_options` (`http2` for h2c) and holds `locations`; its root
+    /// has `index.html`.
+    pub fn start_serving(listen_options: &str, locations: &str) -> anyhow::Result<Nginx> {
         let bin = Nginx::binary();
         if !bin.exists() {
             bail!(
@@ -70,12 +88,6 @@ impl Nginx {
         let www = make_www(dir.path())?;
         let d = dir.path().display();
         let port = free_port();
-        let proxy = match upstream_port {
-            Some(up) => format!(
-                "        location /proxy/ {{\n            proxy_pass http://127.0.0.1:{up}/;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n"
-            ),
-            None => String::new(),
-        };
         // As root, keep the worker as root too so it can use the temp dirs.
         // SAFETY: geteuid has no preconditions.
         let user = if unsafe { libc::geteuid() } == 0 {
@@ -101,12 +113,10 @@ http {{
     keepalive_requests 100000;
     keepalive_timeout 120s;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} {listen_options};
         server_name localhost;
         root {www};
-        location = /index.html {{ }}
-        location = /fail {{ return 500; }}
-{proxy}    }}
+{locations}    }}
 }}
 ",
             www = www.display()

@@ -22,7 +22,8 @@ use std::time::Duration;
 use sonde_tests::clients::{PyChild, run_python};
 use sonde_tests::db::{Ctx, Pick, Problems, must};
 use sonde_tests::grpc::{
-    GrpcServer, NginxH2, PY_GRPC_CLIENT, PY_H2_CLIENT, SERVICE, calls, grpc_client_args, report,
+    GrpcServer, PY_GRPC_CLIENT, PY_H2_CLIENT, SERVICE, calls, grpc_client_args, report,
+    start_nginx_h2,
 };
 use sonde_tests::{Kind, ReceivedSpan, Status, require_root};
 
@@ -390,7 +391,7 @@ fn nginx_h2c() {
     if !require_root() {
         return;
     }
-    let nginx = must(NginxH2::start());
+    let nginx = must(start_nginx_h2());
     let ctx = Ctx::start("");
 
     let paths = ["/index.html", "/missing", "/index.html"];
