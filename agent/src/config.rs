@@ -43,7 +43,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             bytes: sonde_common::DEFAULT_CAPTURE,
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: 4 << 20,
             max_connections: 65536,
             max_buffered_bytes: 16384,
             wakeup_bytes: 256 << 10,
@@ -843,7 +843,7 @@ mod tests {
         let text = "\
 capture:
   bytes: 4096
-  ring_buffer_bytes: 4194304
+  ring_buffer_bytes: 16777216
   max_connections: 1000
   max_buffered_bytes: 512
   wakeup_bytes: 4096
@@ -901,7 +901,7 @@ log:
         let want = Config {
             capture: CaptureConfig {
                 bytes: 4096,
-                ring_buffer_bytes: 4 << 20,
+                ring_buffer_bytes: 16 << 20,
                 max_connections: 1000,
                 max_buffered_bytes: 512,
                 wakeup_bytes: 4096,
