@@ -14,7 +14,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sonde::capture::{Clock, Endpoint, Endpoints, encode_data};
+mod records;
+
+use records::{CONNS, HTTP_REQUEST, HTTP_RESPONSE, PAIRS_PER_CONN, recorded, recorded_events};
+use sonde::capture::{Clock, Endpoint, Endpoints};
 use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
 use sonde::metrics::prometheus::{Format, Renderer};
@@ -23,7 +26,6 @@ use sonde::metrics::{Metrics, Snapshot, Store, Temporality, otlp, store_options,
 use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
-use sonde_common::{AF_INET, DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_SERVER, SockAddrs};
 
 /// The agent's allocator, so the figures match the agent.
 #[global_allocator]
@@ -36,64 +38,6 @@ impl SpanSink for CountingSink {
         black_box(&span);
         self.0 += 1;
     }
-}
-
-const CONNS: u32 = 64;
-const PAIRS_PER_CONN: u32 = 16;
-
-/// The records of the criterion pipeline bench: `CONNS` server connections
-/// with `PAIRS_PER_CONN` request/response pairs each.
-fn recorded_events() -> Vec<Vec<u8>> {
-    recorded_between([127, 0, 0, 1], [127, 0, 0, 1])
-}
-
-/// The same records, between a server at `local` and clients at `peer`.
-fn recorded_between(local: [u8; 4], peer: [u8; 4]) -> Vec<Vec<u8>> {
-    let ip = |a: [u8; 4]| {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&a);
-        b
-    };
-    let request = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
-    let response = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 26\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
-    let mut records = Vec::new();
-    let mut ts = 1_000_000u64;
-    for _ in 0..PAIRS_PER_CONN {
-        for conn in 0..CONNS {
-            let header = |direction, len: usize, ts: u64| EventHeader {
-                direction,
-                start_ns: ts,
-                end_ns: ts + 1_000,
-                tgid: 1000 + conn % 4,
-                tid: 1000 + conn % 4,
-                fd: 10 + conn,
-                role: ROLE_SERVER,
-                generation: 1,
-                total_len: len as u64,
-                syscall: 1,
-                addrs: SockAddrs {
-                    family: AF_INET,
-                    local_port: 8080,
-                    peer_port: 40000 + conn as u16,
-                    _pad: 0,
-                    local_addr: ip(local),
-                    peer_addr: ip(peer),
-                },
-                ..Default::default()
-            };
-            ts += 10_000;
-            records.push(encode_data(
-                &header(DIR_INGRESS, request.len(), ts),
-                request,
-            ));
-            ts += 50_000;
-            records.push(encode_data(
-                &header(DIR_EGRESS, response.len(), ts),
-                response,
-            ));
-        }
-    }
-    records
 }
 
 fn pipeline(metrics: Option<Arc<Metrics>>) -> Pipeline<CountingSink> {
@@ -182,7 +126,7 @@ fn time_per_span() {
         Metrics::new(store_options(&config), agent(), Arc::new(Stats::default()))
     };
     // Clients on another host: 10.1.2.3 calling 10.1.2.4.
-    let remote = recorded_between([10, 1, 2, 4], [10, 1, 2, 3]);
+    let remote = recorded(HTTP_REQUEST, HTTP_RESPONSE, [10, 1, 2, 4], [10, 1, 2, 3]);
     let mut pipelines = [
         ("without metrics", pipeline(None), &records),
         (

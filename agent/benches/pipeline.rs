@@ -21,6 +21,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+mod records;
+
+use records::{CONNS, PAIRS_PER_CONN, recorded, recorded_events};
 use sonde::capture::{Clock, encode_close, encode_data};
 use sonde::capture::{Endpoint, Endpoints};
 use sonde::config::MetricsConfig;
@@ -54,11 +57,6 @@ impl SpanSink for CollectingSink {
     }
 }
 
-const CONNS: u32 = 64;
-const PAIRS_PER_CONN: u32 = 16;
-
-const HTTP_REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
-const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 26\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
 /// `SET session:12345 <value>` and its `+OK`.
 const REDIS_COMMAND: &[u8] =
     b"*3\r\n$3\r\nSET\r\n$13\r\nsession:12345\r\n$16\r\nabcdefghijklmnop\r\n";
@@ -66,54 +64,6 @@ const REDIS_REPLY: &[u8] = b"+OK\r\n";
 /// A COM_QUERY and its OK packet (1 row affected).
 const MYSQL_QUERY: &[u8] = b"\x2c\x00\x00\x00\x03UPDATE users SET name = 'bob' WHERE id = 42";
 const MYSQL_OK: &[u8] = b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00";
-
-/// Records as the kernel would ship them: on each of `CONNS` server
-/// connections, `PAIRS_PER_CONN` requests read and responses written.
-fn recorded_events() -> Vec<Vec<u8>> {
-    recorded(HTTP_REQUEST, HTTP_RESPONSE)
-}
-
-fn recorded(request: &[u8], response: &[u8]) -> Vec<Vec<u8>> {
-    let mut records = Vec::new();
-    let mut ts = 1_000_000u64;
-    for round in 0..PAIRS_PER_CONN {
-        for conn in 0..CONNS {
-            let header = |direction, len: usize, ts: u64| EventHeader {
-                direction,
-                start_ns: ts,
-                end_ns: ts + 1_000,
-                tgid: 1000 + conn % 4,
-                tid: 1000 + conn % 4,
-                fd: 10 + conn,
-                role: ROLE_SERVER,
-                generation: 1,
-                total_len: len as u64,
-                syscall: 1,
-                addrs: SockAddrs {
-                    family: AF_INET,
-                    local_port: 8080,
-                    peer_port: 40000 + conn as u16,
-                    _pad: 0,
-                    local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                    peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                },
-                ..Default::default()
-            };
-            ts += 10_000;
-            records.push(encode_data(
-                &header(DIR_INGRESS, request.len(), ts),
-                request,
-            ));
-            ts += 50_000;
-            records.push(encode_data(
-                &header(DIR_EGRESS, response.len(), ts),
-                response,
-            ));
-            let _ = round;
-        }
-    }
-    records
-}
 
 fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
     pipeline_with(stats, CountingSink(0))
@@ -264,7 +214,7 @@ fn bench_pipeline(c: &mut Criterion) {
         ("redis_commands", REDIS_COMMAND, REDIS_REPLY),
         ("mysql_queries", MYSQL_QUERY, MYSQL_OK),
     ] {
-        let records = recorded(request, response);
+        let records = recorded(request, response, [127, 0, 0, 1], [127, 0, 0, 1]);
         group.bench_function(name, |b| {
             let mut pipeline = pipeline(Arc::new(Stats::default()));
             b.iter(|| {

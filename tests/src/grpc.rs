@@ -32,45 +32,15 @@ const PROXY_VARS: [&str; 8] = [
 pub const SERVICE: &str = "demo.Greeter";
 
 /// A grpcio server for `demo.Greeter` on 127.0.0.1, port chosen by the
-/// kernel. Methods (raw bytes in and out):
+/// kernel: the one `cargo xtask bench overhead` loads. Methods (raw bytes
+/// in and out):
 /// - `SayHello`: answers `hello <request>`;
 /// - `Missing`: aborts with NOT_FOUND (5), message `no such greeting`;
 /// - `Boom`: raises, which grpcio turns into UNKNOWN (2);
 /// - `Stream` (server streaming): five messages.
 ///
 /// Prints `listening PORT` once it accepts calls.
-pub const PY_GRPC_SERVER: &str = r#"
-import sys
-from concurrent import futures
-import grpc
-
-def say_hello(req, ctx):
-    return b"hello " + req
-
-def missing(req, ctx):
-    ctx.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
-
-def boom(req, ctx):
-    raise RuntimeError("boom")
-
-def stream(req, ctx):
-    for i in range(5):
-        yield b"part %d" % i
-
-handlers = {
-    "SayHello": grpc.unary_unary_rpc_method_handler(say_hello),
-    "Missing": grpc.unary_unary_rpc_method_handler(missing),
-    "Boom": grpc.unary_unary_rpc_method_handler(boom),
-    "Stream": grpc.unary_stream_rpc_method_handler(stream),
-}
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-server.add_generic_rpc_handlers(
-    (grpc.method_handlers_generic_handler("demo.Greeter", handlers),))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print("listening %d" % port, flush=True)
-server.wait_for_termination()
-"#;
+pub const PY_GRPC_SERVER: &str = include_str!("../../xtask/python/grpc_server.py");
 
 /// A grpcio client on one insecure channel. Arguments: PORT MODE [N].
 /// The channel is connected (`channel_ready_future`) before any call.

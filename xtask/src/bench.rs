@@ -422,26 +422,13 @@ fn python_script(name: &str) -> PathBuf {
     crate::root().join("xtask").join("python").join(name)
 }
 
-/// The interpreter the gRPC load runs with, the one the tests use (and
-/// `cargo xtask deps` installs grpcio for): `$SONDE_TEST_PYTHON`, else what
-/// `python3` on PATH says its `sys.executable` is.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SONDE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    crate::output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from("python3"), PathBuf::from)
-}
-
 fn python_has_grpc() -> bool {
-    crate::output(Command::new(python()).args(["-c", "import grpc"])).is_some()
+    crate::output(Command::new(deps::python()).args(["-c", "import grpc"])).is_some()
 }
 
 /// A Python command with the proxy variables removed (grpc honours them).
 fn python_command(script: &str) -> Command {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(deps::python());
     cmd.arg("-u").arg(python_script(script));
     for var in [
         "http_proxy",

@@ -128,10 +128,11 @@ fn stop_packaged_service(service: &str) {
     }
 }
 
-/// The interpreter the tests run Python clients with: `$SONDE_TEST_PYTHON`,
-/// else what `python3` on PATH says its `sys.executable` is (the real
-/// binary behind a pyenv shim), so pip installs where the tests import from.
-fn python() -> String {
+/// The interpreter the tests and `bench overhead` run Python with:
+/// `$SONDE_TEST_PYTHON`, else what `python3` on PATH says its
+/// `sys.executable` is (the real binary behind a pyenv shim), so pip
+/// installs where they import from.
+pub fn python() -> String {
     if let Ok(p) = std::env::var("SONDE_TEST_PYTHON") {
         return p;
     }
