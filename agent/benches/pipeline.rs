@@ -205,8 +205,9 @@ fn bench_pipeline(c: &mut Criterion) {
         let mut pipeline = pipeline(Arc::new(Stats::default()));
         b.iter(|| {
             for r in &records {
-                pipeline.handle_record(black_box(r));
+                pipeline.read_record(black_box(r));
             }
+            pipeline.flush_spans();
         });
         assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
     });
@@ -219,8 +220,9 @@ fn bench_pipeline(c: &mut Criterion) {
             let mut pipeline = pipeline(Arc::new(Stats::default()));
             b.iter(|| {
                 for r in &records {
-                    pipeline.handle_record(black_box(r));
+                    pipeline.read_record(black_box(r));
                 }
+                pipeline.flush_spans();
             });
             assert!(
                 pipeline.sink_mut().0 > 0,
@@ -238,8 +240,9 @@ fn bench_pipeline(c: &mut Criterion) {
             let mut pipeline = pipeline(Arc::new(Stats::default()));
             b.iter(|| {
                 for r in &records {
-                    pipeline.handle_record(black_box(r));
+                    pipeline.read_record(black_box(r));
                 }
+                pipeline.flush_spans();
             });
             let spans = pipeline.sink_mut().0;
             assert!(
@@ -273,8 +276,9 @@ fn bench_pipeline(c: &mut Criterion) {
             pipeline.set_metrics(metrics.clone());
             b.iter(|| {
                 for r in &records {
-                    pipeline.handle_record(black_box(r));
+                    pipeline.read_record(black_box(r));
                 }
+                pipeline.flush_spans();
             });
             assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
             let counts = metrics.recorder().series_counts();

@@ -220,8 +220,9 @@ fn read_loop(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, poll_ms) };
         while let Some(record) = probes.events.next() {
-            pipeline.handle_record(&record);
+            pipeline.read_record(&record);
         }
+        pipeline.flush_spans();
         pipeline.sink_mut().flush();
         for (key, generation) in pipeline.take_mutes().collect::<Vec<_>>() {
             probes.mute(key, generation);

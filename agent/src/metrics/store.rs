@@ -137,6 +137,10 @@ struct Series {
     /// (bucket, exemplar), only for buckets that got one; most series
     /// fill a few buckets, so this stays small.
     exemplars: Vec<(u16, Exemplar)>,
+    /// For an HTTP duration series: its request and response body size
+    /// series (same process and attributes), so that a span finds them
+    /// without hashing its attributes again. `NONE` until known.
+    sizes: [u32; 2],
     /// Delta export: the aggregation as last exported, and when.
     exported: Option<(Box<Agg>, u64)>,
 }
@@ -278,6 +282,7 @@ impl MetricState {
             agg,
             exemplars: Vec::new(),
             exported: None,
+            sizes: [NONE; 2],
         });
         if !overflow {
             state.distinct += 1;
@@ -320,6 +325,8 @@ struct Slots {
     keys: Vec<Option<SlotKey>>,
     free: Vec<u32>,
     by_ptr: HashMap<usize, (Arc<Resource>, u32), FastBuild>,
+    /// The entry of `by_ptr` used last: spans come in runs from one process.
+    last: Option<(usize, u32)>,
     by_key: HashMap<SlotKey, u32>,
 }
 
@@ -336,6 +343,7 @@ impl Slots {
             keys: vec![Some(key)],
             free: Vec::new(),
             by_ptr: HashMap::default(),
+            last: None,
             by_key,
         }
     }
@@ -343,7 +351,14 @@ impl Slots {
     #[inline]
     fn slot_of(&mut self, r: &Arc<Resource>) -> u32 {
         let ptr = Arc::as_ptr(r) as usize;
+        // `by_ptr` holds the resource, so the pointer names it while cached.
+        if let Some((last, id)) = self.last
+            && last == ptr
+        {
+            return id;
+        }
         if let Some((_, id)) = self.by_ptr.get(&ptr) {
+            self.last = Some((ptr, *id));
             return *id;
         }
         self.slot_of_slow(r, ptr)
@@ -374,6 +389,7 @@ impl Slots {
             self.by_ptr.clear();
         }
         self.by_ptr.insert(ptr, (Arc::clone(r), id));
+        self.last = Some((ptr, id));
         id
     }
 
@@ -396,6 +412,7 @@ impl Slots {
             }
         }
         self.by_ptr.clear();
+        self.last = None;
         forgot
     }
 }
@@ -522,6 +539,9 @@ pub struct Store {
     /// Where each known service-graph edge keeps its series (indexes into
     /// the four graph metrics, in [`Store::record_edge`]'s order).
     edge_series: HashMap<EdgeKey, [u32; 4], FastBuild>,
+    /// The edge recorded last, with its series: a server's spans mostly
+    /// come over the same edge, found this way without hashing its key.
+    last_edge: Option<(EdgeKey, [u32; 4])>,
     now: u64,
 }
 
@@ -589,6 +609,7 @@ impl Store {
             metrics,
             edges: Vec::new(),
             edge_series: HashMap::default(),
+            last_edge: None,
             now: 0,
         }
     }
@@ -630,9 +651,9 @@ impl Store {
             };
             let i = self.observe(class.duration, &target, duration, Some(exemplar));
             if let Some((request, response)) = class.sizes {
-                for (metric, key) in [
-                    (request, Key::RequestBodySize),
-                    (response, Key::ResponseBodySize),
+                for (k, metric, key) in [
+                    (0, request, Key::RequestBodySize),
+                    (1, response, Key::ResponseBodySize),
                 ] {
                     let Some(AttrValue::Int(n)) = picked.get(key) else {
                         continue;
@@ -646,20 +667,26 @@ impl Store {
                     else {
                         continue;
                     };
-                    let j = match size_state.find(slot, &attrs, hash) {
-                        Some(j) => j,
-                        None => {
-                            // A new size series shares the duration series'
-                            // attributes instead of copying them (unless
-                            // that one is an overflow series).
-                            let s = &duration_state.series[i];
-                            let stored = (!s.overflow).then(|| Arc::clone(&s.attrs));
-                            let target = Target {
-                                stored: stored.as_ref(),
-                                ..target
-                            };
-                            size_state.series_index(options, now, &target)
+                    let s = &mut duration_state.series[i];
+                    let linked = s.sizes[k];
+                    let j = if linked != NONE && (linked as usize) < size_state.series.len() {
+                        linked as usize
+                    } else {
+                        // A new size series shares the duration series'
+                        // attributes instead of copying them (unless
+                        // that one is an overflow series).
+                        let stored = (!s.overflow).then(|| Arc::clone(&s.attrs));
+                        let target = Target {
+                            stored: stored.as_ref(),
+                            ..target
+                        };
+                        let j = size_state.series_index(options, now, &target);
+                        // Overflow series hold many attribute sets: they
+                        // are looked up each time (and counted).
+                        if !s.overflow && !size_state.series[j].overflow {
+                            s.sizes[k] = j as u32;
                         }
+                        j
                     };
                     size_state.add_at(j, options, now, raw, Some(ex));
                 }
@@ -740,7 +767,12 @@ impl Store {
         // The series of a known edge are found by its key alone; the
         // attribute set is only built for an edge (or one of its metrics)
         // not seen before.
-        let mut idx = self.edge_series.get(&key).copied().unwrap_or([NONE; 4]);
+        let last = self.last_edge.as_ref().filter(|(k, _)| *k == key);
+        let memo_hit = last.is_some();
+        let mut idx = match last {
+            Some((_, idx)) => *idx,
+            None => self.edge_series.get(&key).copied().unwrap_or([NONE; 4]),
+        };
         let before = idx;
         let metrics = [
             MetricId::GraphRequests,
@@ -787,7 +819,11 @@ impl Store {
             if self.edge_series.len() >= MAX_EDGES {
                 self.edge_series.clear();
             }
-            self.edge_series.insert(key, idx);
+            self.edge_series.insert(key.clone(), idx);
+        }
+        match &mut self.last_edge {
+            Some((_, last)) if memo_hit => *last = idx,
+            _ => self.last_edge = Some((key, idx)),
         }
     }
 
@@ -863,9 +899,13 @@ impl Store {
             }
         }
         // Series moved, or slots may be given to other processes: what
-        // the edge cache points at is no longer sure.
+        // the edge cache and the size links point at is no longer sure.
         if self.slots.retain(&used) || changed {
             self.edge_series.clear();
+            self.last_edge = None;
+            for s in self.metrics.iter_mut().flat_map(|m| m.series.iter_mut()) {
+                s.sizes = [NONE; 2];
+            }
         }
     }
 

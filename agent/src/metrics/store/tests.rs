@@ -695,3 +695,35 @@ fn edges_after_eviction_name_the_new_process() {
     .unwrap();
     assert_eq!(hist(s).count, 2);
 }
+
+#[test]
+fn size_series_stay_right_when_eviction_moves_series() {
+    let mut store = Store::new(options(|c| c.idle_series_secs = 60), agent());
+    let shop = resource("shop", "i-1");
+    let sized = |route: &str, size: i64, end_ms: u64| {
+        let mut s = server(route, 200, 1, end_ms);
+        s.attributes
+            .push(("http.response.body.size", AttrValue::Int(size)));
+        s
+    };
+    store.record(&shop, &sized("/a", 1, 1_000), &no_endpoints());
+    store.record(&shop, &sized("/b", 20, 50_000), &no_endpoints());
+    store.record(&shop, &sized("/c", 300, 50_000), &no_endpoints());
+    // /a goes: /b and /c move down one place in both metrics.
+    store.evict_idle(70_000 * MS);
+    store.record(&shop, &sized("/b", 20, 71_000), &no_endpoints());
+    store.record(&shop, &sized("/c", 300, 71_000), &no_endpoints());
+    store.record(&shop, &sized("/a", 1, 71_000), &no_endpoints());
+    let snap = store.snapshot(72_000 * MS, Temporality::Cumulative);
+    let sizes = points(&snap, "shop", "http.server.response.body.size");
+    let by_route = |route: &str| {
+        let p = sizes
+            .iter()
+            .find(|p| str_attr(p, "http.route") == Some(route))
+            .unwrap_or_else(|| panic!("no size series for {route}"));
+        (hist(p).count, hist(p).sum)
+    };
+    assert_eq!(by_route("/a"), (1, 1));
+    assert_eq!(by_route("/b"), (2, 40));
+    assert_eq!(by_route("/c"), (2, 600));
+}
