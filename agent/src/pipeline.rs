@@ -555,12 +555,14 @@ impl<S: SpanSink> Pipeline<S> {
             };
             Stats::add(&self.stats.spans_built, 1);
             let resource = self.resources.get(span.pid);
+            let exported = self
+                .sampler
+                .as_mut()
+                .is_none_or(|sampler| sampler.decide(&span).kept());
             if let Some(store) = recorder.as_mut() {
-                store.record(&resource, &span, &endpoints);
+                store.record_sampled(&resource, &span, &endpoints, exported);
             }
-            if let Some(sampler) = self.sampler.as_mut()
-                && !sampler.decide(&span).kept()
-            {
+            if !exported {
                 Stats::add(&self.stats.spans_sampled_out, 1);
                 continue;
             }

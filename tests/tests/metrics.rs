@@ -510,6 +510,17 @@ fn sampling_bounds_spans_but_not_metrics() {
         "sonde.spans.sampled_out {sampled_out:?}, expected at least {}",
         OK - ok_spans
     );
+    // An exemplar leads to a span the backend received, not to one the
+    // sampler dropped.
+    let exported: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let exemplars: Vec<_> = server.iter().flat_map(|p| &p.exemplars).collect();
+    assert!(!exemplars.is_empty(), "no exemplars:{report}");
+    for e in exemplars {
+        assert!(
+            exported.contains(e.span_id.as_str()),
+            "exemplar {e:?} names a span that was not exported"
+        );
+    }
     ctx.stop();
 }
 

@@ -51,6 +51,8 @@ pub struct Half {
     pub span_id: [u8; 8],
     /// Span end, Unix ns.
     pub end_ns: u64,
+    /// The span is exported, so it may serve as an exemplar.
+    pub exported: bool,
 }
 
 /// How the unseen side of an edge is named.
@@ -450,6 +452,7 @@ mod tests {
             trace_id: [slot as u8; 16],
             span_id: [end_ms as u8; 8],
             end_ns: end_ms * MS,
+            exported: true,
         }
     }
 

@@ -627,17 +627,30 @@ impl Store {
     /// Aggregates one span of the process described by `resource`, on a
     /// connection with `endpoints` (as the span's process sees them).
     pub fn record(&mut self, resource: &Arc<Resource>, span: &Span, endpoints: &Endpoints) {
+        self.record_sampled(resource, span, endpoints, true);
+    }
+
+    /// [`Store::record`] for a span the sampler may have dropped: it is
+    /// counted all the same, but only an `exported` span may become an
+    /// exemplar (one the trace backend never received leads nowhere).
+    pub fn record_sampled(
+        &mut self,
+        resource: &Arc<Resource>,
+        span: &Span,
+        endpoints: &Endpoints,
+        exported: bool,
+    ) {
         self.now = self.now.max(span.end_unix_ns);
         let slot = self.slots.slot_of(resource);
         let duration = span.duration_ns();
         let failed = matches!(span.status, SpanStatus::Error { .. });
-        let exemplar = Exemplar {
+        let exemplar = exported.then_some(Exemplar {
             trace_id: span.trace_id,
             span_id: span.span_id,
             raw: duration,
             time_ns: span.end_unix_ns,
             failed,
-        };
+        });
         let picked = Picked::of(span);
         let class = Class::of(span.kind, &picked);
         if let Some(class) = &class {
@@ -649,7 +662,7 @@ impl Store {
                 hash,
                 stored: None,
             };
-            let i = self.observe(class.duration, &target, duration, Some(exemplar));
+            let i = self.observe(class.duration, &target, duration, exemplar);
             if let Some((request, response)) = class.sizes {
                 for (k, metric, key) in [
                     (0, request, Key::RequestBodySize),
@@ -659,7 +672,7 @@ impl Store {
                         continue;
                     };
                     let raw = u64::try_from(*n).unwrap_or(0);
-                    let ex = Exemplar { raw, ..exemplar };
+                    let ex = exemplar.map(|e| Exemplar { raw, ..e });
                     let (options, now) = (&self.options, self.now);
                     let Ok([duration_state, size_state]) = self
                         .metrics
@@ -688,7 +701,7 @@ impl Store {
                         }
                         j
                     };
-                    size_state.add_at(j, options, now, raw, Some(ex));
+                    size_state.add_at(j, options, now, raw, ex);
                 }
             }
         }
@@ -705,6 +718,7 @@ impl Store {
                 trace_id: span.trace_id,
                 span_id: span.span_id,
                 end_ns: span.end_unix_ns,
+                exported,
             };
             let mut edges = std::mem::take(&mut self.edges);
             graph.offer(side, half, endpoints, || server_name(&picked), &mut edges);
@@ -797,7 +811,7 @@ impl Store {
             let (raw, ex) = match half {
                 Some(h) => (
                     h.duration_ns,
-                    Some(Exemplar {
+                    h.exported.then_some(Exemplar {
                         trace_id: h.trace_id,
                         span_id: h.span_id,
                         raw: h.duration_ns,

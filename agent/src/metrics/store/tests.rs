@@ -727,3 +727,39 @@ fn size_series_stay_right_when_eviction_moves_series() {
     assert_eq!(by_route("/b"), (2, 40));
     assert_eq!(by_route("/c"), (2, 600));
 }
+
+#[test]
+fn spans_the_sampler_dropped_count_but_are_no_exemplars() {
+    let mut store = Store::new(options(|_| {}), agent());
+    let shop = resource("shop", "i-1");
+    let remote = Endpoints {
+        local: ip([10, 0, 0, 1], 80),
+        peer: ip([192, 168, 1, 7], 51000),
+    };
+    let mut sized = server("/a", 200, 1, 1_000);
+    sized
+        .attributes
+        .push(("http.response.body.size", AttrValue::Int(10)));
+    store.record_sampled(&shop, &sized, &remote, false);
+    store.record_sampled(&shop, &server("/a", 200, 1, 2_000), &remote, false);
+    let snap = store.snapshot(20_000 * MS, Temporality::Cumulative);
+    let duration = points(&snap, "shop", "http.server.request.duration")[0];
+    assert_eq!(hist(duration).count, 2);
+    assert!(duration.exemplars.is_empty(), "{:?}", duration.exemplars);
+    let size = points(&snap, "shop", "http.server.response.body.size")[0];
+    assert_eq!(hist(size).count, 1);
+    assert!(size.exemplars.is_empty());
+    let edge = "traces_service_graph_request_server_seconds";
+    let graph = graph_point(&snap, edge, "192.168.1.7", "shop").unwrap();
+    assert_eq!(hist(graph).count, 2);
+    assert!(graph.exemplars.is_empty());
+
+    // An exported one is.
+    store.record_sampled(&shop, &server("/a", 200, 1, 3_000), &remote, true);
+    let snap = store.snapshot(20_000 * MS, Temporality::Cumulative);
+    let duration = points(&snap, "shop", "http.server.request.duration")[0];
+    let ids: Vec<u8> = duration.exemplars.iter().map(|e| e.trace_id[0]).collect();
+    assert_eq!(ids, [server("/a", 200, 1, 3_000).trace_id[0]]);
+    let graph = graph_point(&snap, edge, "192.168.1.7", "shop").unwrap();
+    assert_eq!(graph.exemplars.len(), 1);
+}
