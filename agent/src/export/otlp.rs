@@ -93,6 +93,7 @@ fn unix_ns_to_time(ns: u64) -> SystemTime {
 fn to_value(v: AttrValue) -> Value {
     match v {
         AttrValue::Str(Text::Static(s)) => s.into(),
+        AttrValue::Str(Text::Inline(s)) => s.as_str().to_owned().into(),
         AttrValue::Str(Text::Owned(s)) => s.into(),
         AttrValue::Int(i) => i.into(),
         AttrValue::Bool(b) => b.into(),

@@ -488,7 +488,12 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 }
 
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    // Header values are nearly always ASCII: the plain check is much
+    // cheaper than the lossy conversion's chunk by chunk walk.
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 fn keep_first(slot: &mut Option<String>, value: &[u8]) {

@@ -65,7 +65,7 @@ impl Pairing for HttpPairing {
             }
             if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front())
             {
-                out.push(build_span(&req, &resp, ctx, ctx.options.http));
+                out.push(build_span(req, &resp, ctx, ctx.options.http));
             }
         }
     }
@@ -101,7 +101,7 @@ fn span_name(method: &str, route: &str) -> String {
 
 /// Builds the span of one request/response pair.
 pub fn build_span(
-    req: &Request,
+    mut req: Request,
     resp: &Response,
     ctx: &SpanContext,
     options: HttpSpanOptions,
@@ -122,7 +122,8 @@ pub fn build_span(
         attrs.push(("url.query", q.into()));
     }
     attrs.push(("url.scheme", AttrValue::fixed("http")));
-    attrs.push(("http.route", route.clone().into()));
+    let span_name = span_name(&req.method, &route);
+    attrs.push(("http.route", route.into()));
     attrs.push(("network.protocol.name", AttrValue::fixed("http")));
     let version = match req.version_minor {
         0 => AttrValue::fixed("1.0"),
@@ -140,8 +141,8 @@ pub fn build_span(
         };
         attrs.push(("url.full", format!("http://{authority}{path}").into()));
     }
-    if let Some(ua) = &req.user_agent {
-        attrs.push(("user_agent.original", ua.clone().into()));
+    if let Some(ua) = req.user_agent.take() {
+        attrs.push(("user_agent.original", ua.into()));
     }
     if let Some(n) = req.content_length {
         attrs.push(("http.request.body.size", (n as i64).into()));
@@ -173,7 +174,7 @@ pub fn build_span(
         trace_id,
         span_id: ids::new_span_id(),
         parent_span_id,
-        name: span_name(&req.method, &route),
+        name: span_name,
         kind,
         start_unix_ns: req.first_ns,
         end_unix_ns: resp.last_ns.max(req.first_ns),

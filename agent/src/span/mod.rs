@@ -76,7 +76,7 @@ pub fn endpoint_attrs(
     ep: Endpoint,
 ) {
     if let Endpoint::Ip(ip, port) = ep {
-        attrs.push((addr_key, ip_text(ip).into()));
+        attrs.push((addr_key, ip_value(ip)));
         attrs.push((port_key, i64::from(port).into()));
     }
 }
@@ -101,6 +101,38 @@ pub fn ip_text(ip: std::net::IpAddr) -> String {
         s.push(char::from(b'0' + octet % 10));
     }
     s
+}
+
+/// An address as an attribute value; IPv4 written in place (every span
+/// has one or two).
+pub fn ip_value(ip: std::net::IpAddr) -> AttrValue {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string().into();
+    };
+    let inline = model::Inline::build(|buf| {
+        let mut len = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            for (digit, shown) in [
+                (octet / 100, octet >= 100),
+                (octet / 10 % 10, octet >= 10),
+                (octet % 10, true),
+            ] {
+                if shown {
+                    buf[len] = b'0' + digit;
+                    len += 1;
+                }
+            }
+        }
+        len
+    });
+    match inline {
+        Some(text) => AttrValue::Str(model::Text::Inline(text)),
+        None => ip_text(ip).into(),
+    }
 }
 
 /// `network.transport` and `network.peer.*` of the span's connection.
@@ -209,9 +241,18 @@ mod tests {
         for o in 0..=255u8 {
             let ip = IpAddr::V4(Ipv4Addr::from([o, 127, o / 3, 9]));
             assert_eq!(super::ip_text(ip), ip.to_string());
+            assert_eq!(super::ip_value(ip), ip.to_string().as_str().into());
         }
         let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
         assert_eq!(super::ip_text(v6), "::1");
+        for ip in [
+            IpAddr::V4(Ipv4Addr::from([255, 255, 255, 255])),
+            IpAddr::V4(Ipv4Addr::from([0, 0, 0, 0])),
+            IpAddr::V4(Ipv4Addr::from([10, 100, 9, 250])),
+            v6,
+        ] {
+            assert_eq!(super::ip_value(ip), ip.to_string().as_str().into());
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl AttrValue {
 
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(Text::Owned(s.to_owned()))
+        AttrValue::Str(Text::from(s))
     }
 }
 impl From<String> for AttrValue {
@@ -46,18 +46,73 @@ impl From<bool> for AttrValue {
     }
 }
 
-/// A string attribute value: a fixed one, or one read from traffic.
+/// A string attribute value: a fixed one, or one read from traffic (kept
+/// inline when short: addresses, host names and most routes, on every span,
+/// then cost no allocation).
 #[derive(Clone)]
 pub enum Text {
     Static(&'static str),
+    Inline(Inline),
     Owned(String),
+}
+
+/// Most bytes a [`Text::Inline`] holds.
+pub const INLINE_MAX: usize = 22;
+
+/// A short string stored in place.
+#[derive(Clone, Copy)]
+pub struct Inline {
+    len: u8,
+    bytes: [u8; INLINE_MAX],
+}
+
+impl Inline {
+    /// `s` stored in place, if it fits.
+    pub fn new(s: &str) -> Option<Inline> {
+        let mut bytes = [0; INLINE_MAX];
+        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(Inline {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+
+    /// Builds the text with `write`, which gets a buffer of `INLINE_MAX`
+    /// bytes, fills a prefix of it with UTF-8 and returns that prefix's
+    /// length (for formatting numbers in place).
+    pub fn build(write: impl FnOnce(&mut [u8; INLINE_MAX]) -> usize) -> Option<Inline> {
+        let mut bytes = [0; INLINE_MAX];
+        let len = write(&mut bytes);
+        std::str::from_utf8(bytes.get(..len)?).ok()?;
+        Some(Inline {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        let bytes = &self.bytes[..usize::from(self.len).min(INLINE_MAX)];
+        // SAFETY: both constructors store a whole `str` (`new`) or check
+        // the bytes are UTF-8 (`build`), and nothing changes them later.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
 }
 
 impl Text {
     pub fn as_str(&self) -> &str {
         match self {
             Text::Static(s) => s,
+            Text::Inline(s) => s.as_str(),
             Text::Owned(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        match Inline::new(s) {
+            Some(inline) => Text::Inline(inline),
+            None => Text::Owned(s.to_owned()),
         }
     }
 }
