@@ -189,3 +189,29 @@ impl Span {
         self.end_unix_ns.saturating_sub(self.start_unix_ns)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_inline_long_text_owned() {
+        let fits = "a".repeat(INLINE_MAX);
+        let longer = "é".repeat(INLINE_MAX / 2) + "x";
+        assert!(matches!(Text::from(fits.as_str()), Text::Inline(_)));
+        assert!(matches!(Text::from(longer.as_str()), Text::Owned(_)));
+        for s in ["", "127.0.0.1", "ü-ß", fits.as_str(), longer.as_str()] {
+            assert_eq!(Text::from(s).as_str(), s);
+            assert_eq!(AttrValue::from(s), AttrValue::from(s.to_owned()));
+        }
+        // `build` refuses bytes that are not UTF-8 or a length past the buffer.
+        assert!(
+            Inline::build(|b| {
+                b[0] = 0xff;
+                1
+            })
+            .is_none()
+        );
+        assert!(Inline::build(|_| INLINE_MAX + 1).is_none());
+    }
+}
