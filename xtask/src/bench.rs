@@ -6,8 +6,11 @@
 //! results side by side: nginx on loopback loaded by wrk (throughput and
 //! p99 latency), then redis-server on loopback loaded by redis-benchmark
 //! (SET and GET operations per second), then a Python grpcio server on
-//! loopback loaded by a Python grpcio client (unary calls per second and
-//! p99 latency). `--only nginx|redis|grpc` runs one part.
+//! loopback loaded twice: by h2load (unary calls per second and mean
+//! latency; the server is the bottleneck and a core stays free, as on a
+//! node serving clients elsewhere) and by a Python grpcio client (calls
+//! per second and p99 latency; client and server fill both cores).
+//! `--only nginx|redis|grpc` runs one part.
 //!
 //! The gRPC server and load generator are xtask/python/grpc_server.py and
 //! xtask/python/grpc_load.py; like the integration tests they use generic
@@ -112,7 +115,8 @@ fn parse_overhead_args(args: &[String]) -> anyhow::Result<OverheadArgs> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Load {
     requests_per_sec: f64,
-    p99_ms: f64,
+    /// p99 latency (the mean for h2load, which reports no percentiles).
+    latency_ms: f64,
 }
 
 fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
@@ -121,7 +125,7 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     let need_install = (args.runs(Part::Nginx) && (!have_nginx || !on_path("wrk")))
         || (args.runs(Part::Redis)
             && !(Path::new(REDIS_SERVER).exists() && on_path("redis-benchmark")))
-        || (args.runs(Part::Grpc) && !python_has_grpc());
+        || (args.runs(Part::Grpc) && !(python_has_grpc() && on_path("h2load")));
     if need_install {
         deps::install()?;
     }
@@ -160,6 +164,16 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
         print_redis_table(&rows, args.requests);
     }
     if args.runs(Part::Grpc) {
+        let rows = overhead_grpc_h2load(&args, &dir, &agent_config)?;
+        print_table_of(
+            &format!(
+                "grpcio server on loopback (Python, unary SayHello) under h2load -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS}, {}s",
+                args.secs
+            ),
+            "calls/s",
+            "mean",
+            &rows,
+        );
         let rows = overhead_grpc(&args, &agent_config)?;
         print_table(
             &format!(
@@ -249,6 +263,13 @@ fn print_agent_costs(rows: &[(Load, Load)], costs: &[AgentCost]) {
 /// Rounds of throughput and p99 latency, `unit` naming the throughput
 /// (`req/s`, `calls/s`).
 fn print_table(title: &str, unit: &str, rows: &[(Load, Load)]) {
+    print_table_of(title, unit, "p99", rows);
+}
+
+/// [`print_table`] with the latency column named `latency` (h2load
+/// reports the mean, not percentiles).
+fn print_table_of(title: &str, unit: &str, latency: &str, rows: &[(Load, Load)]) {
+    let (lat_without, lat_with) = (format!("{latency} without"), format!("{latency} with"));
     // Wide enough for the column titles (`calls/s without`).
     let w = 14.max(unit.len() + 8);
     println!();
@@ -259,8 +280,8 @@ fn print_table(title: &str, unit: &str, rows: &[(Load, Load)]) {
         format!("{unit} without"),
         format!("{unit} with"),
         "ratio",
-        "p99 without",
-        "p99 with",
+        lat_without,
+        lat_with,
         "ratio"
     );
     for (i, (without, with)) in rows.iter().enumerate() {
@@ -270,9 +291,9 @@ fn print_table(title: &str, unit: &str, rows: &[(Load, Load)]) {
             without.requests_per_sec,
             with.requests_per_sec,
             with.requests_per_sec / without.requests_per_sec,
-            without.p99_ms,
-            with.p99_ms,
-            with.p99_ms / without.p99_ms,
+            without.latency_ms,
+            with.latency_ms,
+            with.latency_ms / without.latency_ms,
         );
     }
     let n = rows.len() as f64;
@@ -283,7 +304,7 @@ fn print_table(title: &str, unit: &str, rows: &[(Load, Load)]) {
             / n
     };
     let rps = |l: &Load| l.requests_per_sec;
-    let p99 = |l: &Load| l.p99_ms;
+    let p99 = |l: &Load| l.latency_ms;
     let (rps_without, rps_with) = (mean(rps, false), mean(rps, true));
     let (p99_without, p99_with) = (mean(p99, false), mean(p99, true));
     println!(
@@ -296,9 +317,20 @@ fn print_table(title: &str, unit: &str, rows: &[(Load, Load)]) {
         p99_with,
         p99_with / p99_without,
     );
+    let mut ratios: Vec<f64> = rows
+        .iter()
+        .map(|(a, b)| b.requests_per_sec / a.requests_per_sec)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => ratios[n / 2],
+        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+    };
     println!(
-        "with the agent: {:.1}% of the throughput, p99 latency x{:.2}",
+        "with the agent: {:.1}% of the throughput (median of the rounds' ratios {:.3}), {latency} latency x{:.2}",
         100.0 * rps_with / rps_without,
+        median,
         p99_with / p99_without
     );
 }
@@ -417,6 +449,104 @@ fn overhead_grpc(args: &OverheadArgs, agent_config: &Path) -> anyhow::Result<Vec
     Ok(rows)
 }
 
+/// The grpcio server under h2load (HTTP/2 from C: the server, one Python
+/// process, is what limits the rate, and the load takes little CPU, as
+/// clients on other hosts would): one (without, with) pair per round.
+fn overhead_grpc_h2load(
+    args: &OverheadArgs,
+    dir: &Path,
+    agent_config: &Path,
+) -> anyhow::Result<Vec<(Load, Load)>> {
+    let (server, port) = start_grpc_server()?;
+    // A SayHello request: the gRPC frame (uncompressed, length) around a
+    // protobuf message whose field 1 is the string "world".
+    let body = dir.join("grpc-request.bin");
+    std::fs::write(&body, b"\x00\x00\x00\x00\x07\x0a\x05world")
+        .context("writing the gRPC request body")?;
+    h2load(port, &body, 1)?;
+    let mut rows = Vec::new();
+    for round in 1..=args.rounds {
+        println!(
+            "xtask: grpc/h2load round {round}/{}: without the agent",
+            args.rounds
+        );
+        let without = h2load(port, &body, args.secs)?;
+        println!(
+            "xtask: grpc/h2load round {round}/{}: with the agent",
+            args.rounds
+        );
+        let agent = start_agent(agent_config)?;
+        let with = h2load(port, &body, args.secs);
+        agent.stop();
+        rows.push((without, with?));
+    }
+    drop(server);
+    Ok(rows)
+}
+
+/// h2load clients and streams: enough concurrent calls to keep the server
+/// busy.
+const H2LOAD_CLIENTS: u32 = 4;
+const H2LOAD_STREAMS: u32 = 16;
+
+/// h2load posting `body` as unary SayHello calls for `secs` seconds.
+fn h2load(port: u16, body: &Path, secs: u32) -> anyhow::Result<Load> {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-D", &secs.to_string()])
+        .args(["-c", &H2LOAD_CLIENTS.to_string()])
+        .args(["-m", &H2LOAD_STREAMS.to_string()])
+        .args(["-t", "1"])
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("http://127.0.0.1:{port}/demo.Greeter/SayHello"));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{}`", show(&cmd)))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed ({}): {text}", out.status);
+    }
+    parse_h2load(&text).with_context(|| format!("cannot read h2load's report:\n{text}"))
+}
+
+/// Requests per second and mean request time from h2load's report
+/// (`finished in 5.00s, 3051.40 req/s, ...` and `time for request:  min
+/// max mean sd ...`); `None` when any request failed.
+fn parse_h2load(text: &str) -> Option<Load> {
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))?
+        .split(", ")
+        .find_map(|f| f.strip_suffix(" req/s"))?
+        .parse()
+        .ok()?;
+    let failed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))?
+        .split(", ")
+        .find_map(|f| f.strip_suffix(" failed"))?
+        .parse()
+        .ok()?;
+    let mean = text
+        .lines()
+        .find_map(|l| l.strip_prefix("time for request:"))?
+        .split_whitespace()
+        .nth(2)?;
+    let latency_ms = if let Some(us) = mean.strip_suffix("us") {
+        us.parse::<f64>().ok()? / 1000.0
+    } else if let Some(ms) = mean.strip_suffix("ms") {
+        ms.parse().ok()?
+    } else {
+        mean.strip_suffix('s')?.parse::<f64>().ok()? * 1000.0
+    };
+    (failed == 0).then_some(Load {
+        requests_per_sec: rate,
+        latency_ms,
+    })
+}
+
 /// The Python scripts of the gRPC load.
 fn python_script(name: &str) -> PathBuf {
     crate::root().join("xtask").join("python").join(name)
@@ -513,7 +643,7 @@ fn parse_grpc_load(text: &str) -> Option<(Load, u64)> {
     let calls: u64 = field("calls")?.parse().ok()?;
     let load = Load {
         requests_per_sec: field("calls_per_sec")?.parse().ok()?,
-        p99_ms: field("p99_ms")?.parse().ok()?,
+        latency_ms: field("p99_ms")?.parse().ok()?,
     };
     (calls > 0).then_some((load, field("errors")?.parse().ok()?))
 }
@@ -934,7 +1064,7 @@ fn parse_wrk(text: &str) -> Option<Load> {
     }
     Some(Load {
         requests_per_sec: requests_per_sec?,
-        p99_ms: p99_ms?,
+        latency_ms: p99_ms?,
     })
 }
 
@@ -986,7 +1116,7 @@ Transfer/sec:     38.01MB
     fn wrk_report_is_parsed() {
         let load = parse_wrk(WRK_OUTPUT).unwrap();
         assert_eq!(load.requests_per_sec, 47890.12);
-        assert!((load.p99_ms - 1.02).abs() < 1e-9);
+        assert!((load.latency_ms - 1.02).abs() < 1e-9);
         assert_eq!(parse_wrk("Requests/sec: 10\n"), None);
     }
 
@@ -1062,7 +1192,7 @@ Transfer/sec:     38.01MB
             "calls=8684 errors=2 secs=3.006 calls_per_sec=2889.2 p50_ms=5.347 p99_ms=11.230\n";
         let (load, errors) = parse_grpc_load(out).unwrap();
         assert_eq!(load.requests_per_sec, 2889.2);
-        assert!((load.p99_ms - 11.23).abs() < 1e-9);
+        assert!((load.latency_ms - 11.23).abs() < 1e-9);
         assert_eq!(errors, 2);
         assert_eq!(
             parse_grpc_load("calls=0 errors=0 secs=3.0 calls_per_sec=0.0 p50_ms=0 p99_ms=0\n"),
@@ -1096,5 +1226,23 @@ Transfer/sec:     38.01MB
         );
         assert_eq!(parse_redis_csv("\"SET\",\"1000.00\"\n"), None);
         assert_eq!(parse_redis_csv(""), None);
+    }
+
+    #[test]
+    fn h2load_report() {
+        let text = "finished in 1.00s, 3284.00 req/s, 235.27KB/s
+requests: 3284 total, 3348 started, 3284 done, 3284 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 3284 2xx, 0 3xx, 0 4xx, 0 5xx
+                     min         max         mean         sd        +/- sd
+time for request:     3.49ms     61.04ms     19.11ms      9.09ms    73.96%
+time for connect:       79us       172us       134us        40us    75.00%
+";
+        let load = parse_h2load(text).unwrap();
+        assert!((load.requests_per_sec - 3284.0).abs() < 1e-9);
+        assert!((load.latency_ms - 19.11).abs() < 1e-9);
+        let us = text.replace("19.11ms", "870us");
+        assert!((parse_h2load(&us).unwrap().latency_ms - 0.87).abs() < 1e-9);
+        assert_eq!(parse_h2load(&text.replace(" 0 failed", " 3 failed")), None);
+        assert_eq!(parse_h2load("h2load: connection refused\n"), None);
     }
 }

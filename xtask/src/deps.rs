@@ -14,6 +14,7 @@ pub const APT_PACKAGES: &[&[&str]] = &[
     &["nginx-light", "nginx"],
     &["curl"],
     &["wrk"],
+    &["nghttp2-client"],
     &["python3"],
     &["python3-pip"],
     &["redis-server"],
