@@ -50,7 +50,10 @@ pub const PY_GRPC_SERVER: &str = include_str!("../../xtask/python/grpc_server.py
 /// - `concurrent N`: N SayHello futures started at once, then all results;
 ///   prints `concurrent N` with the number that succeeded;
 /// - `phases`: one SayHello, prints `waiting`, reads a line from stdin, then
-///   3 x SayHello.
+///   3 x SayHello;
+/// - `counts U S`: U x SayHello, S x Stream, then Missing and Boom; prints
+///   `call METHOD CODE` per call (a Stream that did not get its five
+///   messages prints code -1).
 ///
 /// Prints `done` at the end.
 pub const PY_GRPC_CLIENT: &str = r#"
@@ -90,6 +93,14 @@ elif mode == "phases":
         sys.exit(3)
     for _ in range(3):
         call("SayHello")
+elif mode == "counts":
+    for _ in range(int(sys.argv[3])):
+        call("SayHello")
+    for _ in range(int(sys.argv[4])):
+        got = list(stream(b"sonde", timeout=15))
+        print("call Stream %d" % (0 if len(got) == 5 else -1), flush=True)
+    call("Missing")
+    call("Boom")
 else:
     sys.exit("unknown mode " + mode)
 ch.close()

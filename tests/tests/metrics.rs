@@ -1,22 +1,28 @@
-//! The metrics stage end to end: real nginx and curl, the real agent, RED
-//! metrics received over OTLP (gRPC and HTTP) and scraped by a real
-//! Prometheus server. Needs root (skips otherwise), a release build of the
-//! agent (`cargo build --release -p sonde`) and, for the scrape test,
-//! Debian's `prometheus` package.
+//! The metrics stage end to end: real nginx and curl, redis-server and
+//! redis-cli, MariaDB and its client, a grpcio server and client, the real
+//! agent, RED metrics received over OTLP (gRPC and HTTP) and scraped by a
+//! real Prometheus server. Needs root (skips otherwise), a release build of
+//! the agent (`cargo build --release -p sonde`) and, for the scrape test,
+//! Debian's `prometheus` package; the gRPC test skips without grpcio.
 //!
 //! The tests share the kernel, so a static mutex runs them one at a time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sonde_tests::clients::curl;
+use sonde_tests::clients::{curl, run_python};
+use sonde_tests::grpc::{
+    GrpcServer, PY_GRPC_CLIENT, SERVICE, calls, grpc_client_args, grpcio_available,
+};
+use sonde_tests::mariadb::{DATABASE, MariaDb, cli};
 use sonde_tests::prometheus::Prometheus;
 use sonde_tests::received_metrics::latest;
+use sonde_tests::redis::{RedisServer, redis_cli_major, redis_cli_session};
 use sonde_tests::servers::{INDEX_HTML, Nginx};
 use sonde_tests::{
-    Agent, Kind, PointData, ReceivedPoint, ReceivedSpan, Receiver, free_port, require_root,
+    Agent, Kind, PointData, ReceivedPoint, ReceivedSpan, Receiver, Value, free_port, require_root,
 };
 use std::process::{Command, Stdio};
 
@@ -826,4 +832,520 @@ fn ten_thousand_series_memory() {
         "metrics added {} KiB to the peak ({off:?} -> {on:?})",
         on.hwm.saturating_sub(off.hwm)
     );
+}
+
+// Database and RPC metrics: real redis-server, MariaDB and grpcio
+// programs, each side's metric checked against what was sent and against
+// the same agent's spans.
+
+/// The attributes docs/METRICS.md lists for the database and RPC metrics.
+const DB_SERVER_ATTRS: &[&str] = &[
+    "db.system.name",
+    "db.operation.name",
+    "db.namespace",
+    "db.collection.name",
+    "db.response.status_code",
+    "error.type",
+];
+const DB_CLIENT_ATTRS: &[&str] = &[
+    "db.system.name",
+    "db.operation.name",
+    "db.namespace",
+    "db.collection.name",
+    "db.response.status_code",
+    "error.type",
+    "server.address",
+    "server.port",
+];
+const RPC_SERVER_ATTRS: &[&str] = &[
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "error.type",
+];
+const RPC_CLIENT_ATTRS: &[&str] = &[
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "error.type",
+    "server.address",
+    "server.port",
+];
+
+/// A string attribute value, for expected series.
+fn s(v: &str) -> Option<Value> {
+    Some(Value::Str(v.to_string()))
+}
+
+/// An integer attribute value, for expected series.
+fn i(v: i64) -> Option<Value> {
+    Some(Value::Int(v))
+}
+
+/// One attribute rendered for a series key: `-` when absent; strings
+/// quoted, so that `"5"` and `5` differ.
+fn render(v: Option<&Value>) -> String {
+    v.map_or_else(|| "-".to_string(), Value::to_string)
+}
+
+/// The values of `keys` in `attrs`, as a series key.
+fn key_of(attrs: &HashMap<String, Value>, keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| render(attrs.get(*k))).collect()
+}
+
+/// Histogram counts per values of `keys`.
+fn counts_by_key(points: &[ReceivedPoint], keys: &[&str]) -> BTreeMap<Vec<String>, u64> {
+    let mut m = BTreeMap::new();
+    for p in points {
+        *m.entry(key_of(&p.attributes, keys)).or_insert(0) += p.count().unwrap_or(0);
+    }
+    m
+}
+
+/// Expected [`counts_by_key`]: (attribute values, count) rows.
+fn want_keys(rows: Vec<(Vec<Option<Value>>, u64)>) -> BTreeMap<Vec<String>, u64> {
+    rows.into_iter()
+        .map(|(vals, n)| (vals.iter().map(|v| render(v.as_ref())).collect(), n))
+        .collect()
+}
+
+/// One traced process as a request metric should show it: `metric` under
+/// the process's resource, fed by its spans of `kind`, with only the
+/// attributes docs/METRICS.md lists for that metric.
+struct Side {
+    metric: &'static str,
+    documented: &'static [&'static str],
+    pid: u32,
+    kind: Kind,
+}
+
+/// What the spans of one series add up to.
+#[derive(Default)]
+struct SpanGroup {
+    n: u64,
+    total: f64,
+    min: f64,
+    max: f64,
+    ids: HashSet<(String, String)>,
+}
+
+/// Checks one side's newest points against its spans, grouped by the
+/// metric's documented attributes: no other attribute on a point; each
+/// series counts exactly its spans, its sum is their durations' total,
+/// min and max the shortest and the longest, its exemplars among them;
+/// and no span is left out of a series.
+fn check_against_spans(
+    side: &Side,
+    points: &[ReceivedPoint],
+    spans: &[ReceivedSpan],
+) -> Vec<String> {
+    let mut groups: BTreeMap<Vec<String>, SpanGroup> = BTreeMap::new();
+    for sp in spans {
+        let d = sp.duration_ns() as f64 / 1e9;
+        let g = groups
+            .entry(key_of(&sp.attributes, side.documented))
+            .or_default();
+        (g.min, g.max) = if g.n == 0 {
+            (d, d)
+        } else {
+            (g.min.min(d), g.max.max(d))
+        };
+        g.n += 1;
+        g.total += d;
+        g.ids.insert((sp.trace_id.clone(), sp.span_id.clone()));
+    }
+    let mut problems = Vec::new();
+    for p in points {
+        let mut extra: Vec<&String> = p
+            .attributes
+            .keys()
+            .filter(|k| !side.documented.contains(&k.as_str()))
+            .collect();
+        extra.sort();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "undocumented attributes {extra:?}: {}",
+                p.compact()
+            ));
+        }
+        let Some(g) = groups.remove(&key_of(&p.attributes, side.documented)) else {
+            problems.push(format!("no span has these attributes: {}", p.compact()));
+            continue;
+        };
+        let PointData::Histogram {
+            count,
+            sum,
+            bucket_counts,
+            min,
+            max,
+            ..
+        } = &p.data
+        else {
+            problems.push(format!("not an explicit histogram: {}", p.compact()));
+            continue;
+        };
+        if *count != g.n || bucket_counts.iter().sum::<u64>() != *count {
+            problems.push(format!("{} spans: {}", g.n, p.compact()));
+        }
+        if sum.is_none_or(|s| (s - g.total).abs() > 1e-6) {
+            problems.push(format!(
+                "sum {sum:?} but the spans' durations add up to {}: {}",
+                g.total,
+                p.compact()
+            ));
+        }
+        let near = |v: &Option<f64>, want: f64| v.is_some_and(|v| (v - want).abs() < 1e-9);
+        if !near(min, g.min) || !near(max, g.max) {
+            problems.push(format!(
+                "min {min:?} max {max:?}, spans {} to {}: {}",
+                g.min,
+                g.max,
+                p.compact()
+            ));
+        }
+        for e in &p.exemplars {
+            if !g.ids.contains(&(e.trace_id.clone(), e.span_id.clone())) {
+                problems.push(format!(
+                    "exemplar {}/{} is none of the series' spans: {}",
+                    e.trace_id,
+                    e.span_id,
+                    p.compact()
+                ));
+            }
+        }
+    }
+    for (key, g) in groups {
+        problems.push(format!(
+            "{} {} span(s) with {key:?} in no series",
+            g.n, side.metric
+        ));
+    }
+    problems
+}
+
+impl Ctx {
+    /// Waits for `n` more metric export requests, so that a measurement
+    /// still on its way when the counts added up has arrived too.
+    fn wait_exports(&self, n: usize) {
+        let target = self.rx.metric_requests() + n;
+        let deadline = Instant::now() + WAIT;
+        while self.rx.metric_requests() < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for `n` spans and `n` measurements on every side, then returns
+    /// each side's newest points and the problems found: a process that
+    /// has metrics other than its side's (a span feeds one metric only),
+    /// and those of [`check_against_spans`].
+    fn sides(&self, sides: &[Side], n: u64) -> (Vec<Vec<ReceivedPoint>>, Vec<String>) {
+        let span_of = |side: &Side| {
+            let (pid, kind) = (side.pid, side.kind);
+            move |sp: &ReceivedSpan| sp.pid() == Some(pid) && sp.kind == kind
+        };
+        let of_pid = |pid: u32| move |p: &ReceivedPoint| p.pid() == Some(pid);
+        for side in sides {
+            let got = self.rx.wait_count(n as usize, WAIT, span_of(side)).len();
+            assert_eq!(
+                got,
+                n as usize,
+                "{:?} spans of pid {}; the metrics are checked against them{}",
+                side.kind,
+                side.pid,
+                self.rx.report(span_of(side))
+            );
+            assert!(
+                self.wait_count(side.metric, n, &of_pid(side.pid)),
+                "{} of pid {} did not add up to {n}:{}",
+                side.metric,
+                side.pid,
+                self.report(of_pid(side.pid))
+            );
+        }
+        self.wait_exports(2);
+        let mut problems = Vec::new();
+        let mut all = Vec::new();
+        for side in sides {
+            let names: BTreeSet<String> = latest(&self.rx.points())
+                .into_iter()
+                .filter(of_pid(side.pid))
+                .map(|p| p.name)
+                .collect();
+            if names != BTreeSet::from([side.metric.to_string()]) {
+                problems.push(format!(
+                    "pid {} has metrics {names:?}, expected only {}",
+                    side.pid, side.metric
+                ));
+            }
+            let points = self.series(side.metric, of_pid(side.pid));
+            let spans: Vec<ReceivedSpan> =
+                self.rx.spans().into_iter().filter(span_of(side)).collect();
+            problems.extend(check_against_spans(side, &points, &spans));
+            all.push(points);
+        }
+        (all, problems)
+    }
+}
+
+/// `key` is `want` on every point (`None`: on none).
+fn same_on_all(
+    problems: &mut Vec<String>,
+    points: &[ReceivedPoint],
+    key: &str,
+    want: Option<Value>,
+) {
+    for p in points {
+        if p.attributes.get(key) != want.as_ref() {
+            problems.push(format!("{key} is not {want:?}: {}", p.compact()));
+        }
+    }
+}
+
+/// Panics listing `problems`, with the metrics of `pids`, if there are any.
+#[track_caller]
+fn no_problems(ctx: &Ctx, problems: &[String], pids: &[u32]) {
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n  {}{}",
+        problems.len(),
+        problems.join("\n  "),
+        ctx.report(pid_in(pids))
+    );
+}
+
+/// redis-cli sends SETs, GETs, an INCR that works and one on a string
+/// value that fails with `ERR`, and a DEL, one connection: the client's
+/// `db.client.operation.duration` and redis-server's
+/// `db.server.operation.duration` count each command per operation, the
+/// failed INCR in its own series with `db.response.status_code` and
+/// `error.type` = `ERR`.
+#[test]
+fn redis_db_metrics_match_the_commands() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let server = must(RedisServer::start(None));
+    let ctx = Ctx::start("grpc", FAST_EXPORT, &[]);
+    let commands = [
+        "SET a 1",
+        "SET b 2",
+        "SET s text",
+        "GET a",
+        "GET b",
+        "GET missing",
+        "INCR a",
+        "INCR s",
+        "DEL b",
+    ];
+    let run = must(redis_cli_session(server.port, &commands));
+    assert!(
+        run.stdout.contains("ERR value is not an integer"),
+        "redis-cli did not get the INCR error: {run:?}"
+    );
+
+    let ok = |op: &str, n: u64| (vec![s(op), None, None], n);
+    let mut want = vec![
+        ok("SET", 3),
+        ok("GET", 3),
+        ok("INCR", 1),
+        (vec![s("INCR"), s("ERR"), s("ERR")], 1),
+        ok("DEL", 1),
+    ];
+    // redis-cli 7 asks for COMMAND DOCS before the first command.
+    if must(redis_cli_major()) >= 7 {
+        want.push(ok("COMMAND DOCS", 1));
+    }
+    let want = want_keys(want);
+    let total = want.values().sum();
+    let sides = [
+        Side {
+            metric: "db.client.operation.duration",
+            documented: DB_CLIENT_ATTRS,
+            pid: run.pid,
+            kind: Kind::Client,
+        },
+        Side {
+            metric: "db.server.operation.duration",
+            documented: DB_SERVER_ATTRS,
+            pid: server.pid(),
+            kind: Kind::Server,
+        },
+    ];
+    let (points, mut problems) = ctx.sides(&sides, total);
+    let keys = ["db.operation.name", "db.response.status_code", "error.type"];
+    for (side, points) in sides.iter().zip(&points) {
+        let got = counts_by_key(points, &keys);
+        if got != want {
+            problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
+        }
+        same_on_all(&mut problems, points, "db.system.name", s("redis"));
+        same_on_all(&mut problems, points, "db.namespace", s("0"));
+    }
+    same_on_all(&mut problems, &points[0], "server.address", s("127.0.0.1"));
+    same_on_all(
+        &mut problems,
+        &points[0],
+        "server.port",
+        i(server.port.into()),
+    );
+    no_problems(&ctx, &problems, &[run.pid, server.pid()]);
+    eprintln!("[redis metrics] {} series per side", points[0].len());
+    ctx.stop();
+}
+
+/// The `mariadb` client: three INSERTs, three SELECTs, an INSERT that
+/// fails on a duplicate key and a SELECT from a missing table. Both sides
+/// count them per operation and table, the failures in their own series
+/// with the error number (`db.response.status_code`) and SQLSTATE
+/// (`error.type`).
+#[test]
+fn mariadb_db_metrics_match_the_statements() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let db = must(MariaDb::start(
+        "CREATE TABLE items (id INT PRIMARY KEY, name TEXT NOT NULL);",
+    ));
+    let ctx = Ctx::start("grpc", FAST_EXPORT, &[]);
+    let sql = "INSERT INTO items VALUES (1, 'apple');
+INSERT INTO items VALUES (2, 'pear');
+INSERT INTO items VALUES (3, 'plum');
+SELECT name FROM items WHERE id = 1;
+SELECT name FROM items WHERE id = 2;
+SELECT COUNT(*) FROM items;
+INSERT INTO items VALUES (1, 'again');
+SELECT * FROM missing;
+";
+    let run = must(cli(db.port, DATABASE, sql));
+    assert!(
+        run.stderr.contains("ERROR 1062 (23000)") && run.stderr.contains("ERROR 1146 (42S02)"),
+        "mariadb client output: {run:?}"
+    );
+
+    let want = want_keys(vec![
+        (vec![s("INSERT"), s("items"), None, None], 3),
+        (vec![s("SELECT"), s("items"), None, None], 3),
+        (vec![s("INSERT"), s("items"), s("1062"), s("23000")], 1),
+        (vec![s("SELECT"), s("missing"), s("1146"), s("42S02")], 1),
+    ]);
+    let total = want.values().sum();
+    let sides = [
+        Side {
+            metric: "db.client.operation.duration",
+            documented: DB_CLIENT_ATTRS,
+            pid: run.pid,
+            kind: Kind::Client,
+        },
+        Side {
+            metric: "db.server.operation.duration",
+            documented: DB_SERVER_ATTRS,
+            pid: db.pid(),
+            kind: Kind::Server,
+        },
+    ];
+    let (points, mut problems) = ctx.sides(&sides, total);
+    let keys = [
+        "db.operation.name",
+        "db.collection.name",
+        "db.response.status_code",
+        "error.type",
+    ];
+    for (side, points) in sides.iter().zip(&points) {
+        let got = counts_by_key(points, &keys);
+        if got != want {
+            problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
+        }
+        same_on_all(&mut problems, points, "db.system.name", s("mariadb"));
+        same_on_all(&mut problems, points, "db.namespace", s(DATABASE));
+    }
+    same_on_all(&mut problems, &points[0], "server.address", s("127.0.0.1"));
+    same_on_all(&mut problems, &points[0], "server.port", i(db.port.into()));
+    no_problems(&ctx, &problems, &[run.pid, db.pid()]);
+    eprintln!("[mariadb metrics] {} series per side", points[0].len());
+    ctx.stop();
+}
+
+/// The grpcio client makes unary and server-streaming calls, one NOT_FOUND
+/// and one UNKNOWN (an exception in the handler) on one channel:
+/// `rpc.client.duration` and `rpc.server.duration` count them per method
+/// and status code. `error.type` follows the spans: every non-zero code on
+/// the client, only UNKNOWN of these two on the server.
+#[test]
+fn grpc_rpc_metrics_match_the_calls() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    if !grpcio_available() {
+        eprintln!("skipped: the tests' Python cannot import grpc (`cargo xtask deps`)");
+        return;
+    }
+    const UNARY: u64 = 12;
+    const STREAMS: u64 = 4;
+    let server = must(GrpcServer::start());
+    let ctx = Ctx::start("grpc", FAST_EXPORT, &[]);
+    let args = grpc_client_args(
+        server.port,
+        "counts",
+        &[&UNARY.to_string(), &STREAMS.to_string()],
+    );
+    let run = must(run_python(PY_GRPC_CLIENT, &args));
+    let mut made: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for call in calls(&run.stdout) {
+        *made.entry(call).or_insert(0) += 1;
+    }
+    let expected_calls = BTreeMap::from([
+        (("SayHello".to_string(), 0), UNARY),
+        (("Stream".to_string(), 0), STREAMS),
+        (("Missing".to_string(), 5), 1),
+        (("Boom".to_string(), 2), 1),
+    ]);
+    assert_eq!(made, expected_calls, "grpc client: {run:?}");
+
+    let want = |not_found_error: Option<Value>| {
+        want_keys(vec![
+            (vec![s("SayHello"), i(0), None], UNARY),
+            (vec![s("Stream"), i(0), None], STREAMS),
+            (vec![s("Missing"), i(5), not_found_error], 1),
+            (vec![s("Boom"), i(2), s("2")], 1),
+        ])
+    };
+    let sides = [
+        Side {
+            metric: "rpc.client.duration",
+            documented: RPC_CLIENT_ATTRS,
+            pid: run.pid,
+            kind: Kind::Client,
+        },
+        Side {
+            metric: "rpc.server.duration",
+            documented: RPC_SERVER_ATTRS,
+            pid: server.pid(),
+            kind: Kind::Server,
+        },
+    ];
+    let (points, mut problems) = ctx.sides(&sides, UNARY + STREAMS + 2);
+    let keys = ["rpc.method", "rpc.grpc.status_code", "error.type"];
+    for ((side, points), want) in sides.iter().zip(&points).zip([want(s("5")), want(None)]) {
+        let got = counts_by_key(points, &keys);
+        if got != want {
+            problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
+        }
+        same_on_all(&mut problems, points, "rpc.system", s("grpc"));
+        same_on_all(&mut problems, points, "rpc.service", s(SERVICE));
+    }
+    same_on_all(&mut problems, &points[0], "server.address", s("127.0.0.1"));
+    same_on_all(
+        &mut problems,
+        &points[0],
+        "server.port",
+        i(server.port.into()),
+    );
+    no_problems(&ctx, &problems, &[run.pid, server.pid()]);
+    eprintln!("[grpc metrics] {} series per side", points[0].len());
+    ctx.stop();
 }
