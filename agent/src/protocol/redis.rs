@@ -1602,12 +1602,12 @@ impl Side {
         if !truncated {
             self.resyncing = false;
         }
-        let command = command_from(&top, frame.inline);
+        let name = command_name(&top, frame.inline);
         let role = match cx.role() {
             Some(role) => role,
             None => {
-                let decided = match &command {
-                    Some(c) if is_known_command(&c.0) => Role::Commands,
+                let decided = match &name {
+                    Some(name) if is_known_command(name) => Role::Commands,
                     // A subscriber seen from the middle: its direction carries replies.
                     _ if !frame.inline && message_shape(&top) => {
                         cx.modes.pubsub = true;
@@ -1629,14 +1629,15 @@ impl Side {
         match role {
             Role::Commands => {
                 // Empty arrays are ignored by the server.
-                let Some((name, args)) = command else {
+                let Some(name) = name else {
                     return;
                 };
+                let arg_count = top.len.unwrap_or(0).saturating_sub(1);
                 let cmd = Command {
                     dir: cx.dir,
                     name,
-                    args,
-                    arg_count: top.len.unwrap_or(0).saturating_sub(1),
+                    args: command_args(top),
+                    arg_count,
                     inline: frame.inline,
                     truncated,
                     first_ns,
@@ -1679,9 +1680,9 @@ fn plausible_start(data: &[u8], role: Option<Role>) -> bool {
     }
 }
 
-/// The name and kept arguments, if the top-level value is an array of bulk
-/// strings.
-fn command_from(top: &Top, inline: bool) -> Option<(String, Vec<Arg>)> {
+/// The command name in upper case, if the top-level value is an array of
+/// bulk strings.
+fn command_name(top: &Top, inline: bool) -> Option<String> {
     if top.t != b'*' || !(inline || top.all_bulk) || top.len.unwrap_or(0) == 0 {
         return None;
     }
@@ -1691,20 +1692,25 @@ fn command_from(top: &Top, inline: bool) -> Option<(String, Vec<Arg>)> {
     if bytes.is_empty() {
         return None;
     }
-    let name = lossy(bytes).to_ascii_uppercase();
-    let args = top
-        .elems
-        .iter()
+    let mut name = match std::str::from_utf8(bytes) {
+        Ok(name) => name.to_owned(),
+        Err(_) => lossy(bytes),
+    };
+    name.make_ascii_uppercase();
+    Some(name)
+}
+
+/// The kept arguments of a command (see [`command_name`]), moved out of
+/// its top-level value.
+fn command_args(top: Top) -> Vec<Arg> {
+    top.elems
+        .into_iter()
         .skip(1)
         .map(|e| match e {
-            Elem::Str { bytes, len } => Arg::Kept {
-                bytes: bytes.clone(),
-                len: *len,
-            },
+            Elem::Str { bytes, len } => Arg::Kept { bytes, len },
             _ => Arg::Secret,
         })
-        .collect();
-    Some((name, args))
+        .collect()
 }
 
 /// A RESP2 pub/sub message: `message`/`smessage` with channel and payload,

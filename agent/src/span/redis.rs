@@ -340,52 +340,58 @@ pub fn operation_name(cmd: &Command) -> String {
     }
 }
 
-/// One argument as text: bare when plain, quoted with escapes otherwise;
-/// `...` marks bytes not kept.
-fn render_arg(arg: &Arg) -> String {
+/// Appends one argument as text to `out`: bare when plain, quoted with
+/// escapes otherwise; `...` marks bytes not kept.
+fn render_arg(arg: &Arg, out: &mut String) {
     let Arg::Kept { bytes, len } = arg else {
-        return "?".to_owned();
+        out.push('?');
+        return;
     };
     let plain = !bytes.is_empty()
         && bytes
             .iter()
             .all(|&b| b.is_ascii_graphic() && !b"\"'\\".contains(&b));
-    let mut s = if plain {
-        String::from_utf8_lossy(bytes).into_owned()
+    if plain {
+        out.push_str(&String::from_utf8_lossy(bytes));
     } else {
-        let mut q = String::from("\"");
+        out.push('"');
         for &b in bytes {
             match b {
-                b'"' => q.push_str("\\\""),
-                b'\\' => q.push_str("\\\\"),
-                b'\n' => q.push_str("\\n"),
-                b'\r' => q.push_str("\\r"),
-                b'\t' => q.push_str("\\t"),
-                b' '..=b'~' => q.push(char::from(b)),
-                _ => q.push_str(&format!("\\x{b:02x}")),
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b'\n' => out.push_str("\\n"),
+                b'\r' => out.push_str("\\r"),
+                b'\t' => out.push_str("\\t"),
+                b' '..=b'~' => out.push(char::from(b)),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.push_str("\\x");
+                    out.push(char::from(HEX[usize::from(b >> 4)]));
+                    out.push(char::from(HEX[usize::from(b & 15)]));
+                }
             }
         }
-        q.push('"');
-        q
-    };
-    if (bytes.len() as u64) < *len {
-        s.push_str("...");
+        out.push('"');
     }
-    s
+    if (bytes.len() as u64) < *len {
+        out.push_str("...");
+    }
 }
 
 /// `db.query.text`: the command as sent, or with `sanitize` its values
 /// replaced by `?` (the first key of a keyed command is kept). The
-/// arguments of `AUTH` and `HELLO` are never shown.
-pub fn query_text(cmd: &Command, sanitize: bool) -> String {
-    let mut parts = vec![operation_name(cmd)];
+/// arguments of `AUTH` and `HELLO` are never shown. Written into one
+/// string: this runs for every command.
+pub fn query_text(cmd: &Command, operation: &str, sanitize: bool) -> String {
+    let mut text = String::with_capacity(operation.len() + 16);
+    text.push_str(operation);
     let first = usize::from(cmd.subcommand().is_some());
     match cmd.name.as_str() {
         "AUTH" => {
             if cmd.arg_count > 0 {
-                parts.push("?".to_owned());
+                text.push_str(" ?");
             }
-            return parts.join(" ");
+            return text;
         }
         "HELLO" => {
             let version = cmd
@@ -393,35 +399,48 @@ pub fn query_text(cmd: &Command, sanitize: bool) -> String {
                 .filter(|v| !sanitize && !v.is_empty() && v.iter().all(u8::is_ascii_digit));
             let mut hidden = cmd.arg_count;
             if let Some(v) = version {
-                parts.push(String::from_utf8_lossy(v).into_owned());
+                text.push(' ');
+                text.push_str(&String::from_utf8_lossy(v));
                 hidden -= 1;
             }
             if hidden > 0 {
-                parts.push("?".to_owned());
+                text.push_str(" ?");
             }
-            return parts.join(" ");
+            return text;
         }
         _ => {}
     }
     let key = if sanitize { cmd.first_key() } else { None };
     let mut i = first;
     while (i as u64) < cmd.arg_count {
+        text.push(' ');
         if i - first >= MAX_RENDERED_ARGS {
-            parts.push("...".to_owned());
+            text.push_str("...");
             break;
         }
-        let text = match cmd.args.get(i) {
-            Some(arg) if !sanitize || key == Some(i) => render_arg(arg),
-            _ if sanitize => "?".to_owned(),
+        match cmd.args.get(i) {
+            Some(arg) if !sanitize || key == Some(i) => render_arg(arg, &mut text),
+            _ if sanitize => text.push('?'),
             _ => {
-                parts.push("...".to_owned());
+                text.push_str("...");
                 break;
             }
-        };
-        parts.push(text);
+        }
         i += 1;
     }
-    parts.join(" ")
+    text
+}
+
+/// `db.namespace`: the database index; the 16 a default server has
+/// without allocating.
+fn namespace_value(db: i64) -> AttrValue {
+    const FIXED: [&str; 16] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+    ];
+    match usize::try_from(db).ok().and_then(|i| FIXED.get(i)) {
+        Some(text) => AttrValue::fixed(text),
+        None => db.to_string().as_str().into(),
+    }
 }
 
 /// Builds the span of one command, answered by `reply` (`None`: no reply is
@@ -440,11 +459,11 @@ pub fn build_span(
     let operation = operation_name(cmd);
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
     attrs.push(("db.system.name", AttrValue::fixed("redis")));
-    attrs.push(("db.operation.name", operation.clone().into()));
-    attrs.push(("db.namespace", db.to_string().into()));
+    attrs.push(("db.operation.name", operation.as_str().into()));
+    attrs.push(("db.namespace", namespace_value(db)));
     attrs.push((
         "db.query.text",
-        query_text(cmd, ctx.options.db.sanitize_query).into(),
+        query_text(cmd, &operation, ctx.options.db.sanitize_query).into(),
     ));
     db_endpoint_attrs(&mut attrs, kind, &ctx.endpoints);
     let status = match reply.map(|r| &r.kind) {
@@ -1227,8 +1246,9 @@ mod tests {
         ];
         for (args, sanitized, raw) in table {
             let c = cmd(args);
-            assert_eq!(query_text(&c, true), *sanitized, "{c:?}");
-            assert_eq!(query_text(&c, false), *raw, "{c:?}");
+            let op = operation_name(&c);
+            assert_eq!(query_text(&c, &op, true), *sanitized, "{c:?}");
+            assert_eq!(query_text(&c, &op, false), *raw, "{c:?}");
         }
     }
 
