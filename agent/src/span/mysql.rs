@@ -124,8 +124,8 @@ impl MysqlPairing {
             |text: &Option<String>| text.as_deref().map(|t| Statement::new(t, sanitize));
         let (operation, statement) = match cmd.kind {
             CommandKind::Query => {
-                let st = statement(&cmd.text);
-                (st.as_ref().and_then(|s| s.operation.clone()), st)
+                let mut st = statement(&cmd.text);
+                (st.as_mut().and_then(|s| s.operation.take()), st)
             }
             CommandKind::Prepare => {
                 let st = statement(&cmd.text);
@@ -141,9 +141,9 @@ impl MysqlPairing {
                 } else {
                     Some(statement_id)
                 };
-                let st = id.and_then(|id| self.statements.get(&id).cloned());
-                let op = match &st {
-                    Some(s) => s.operation.clone(),
+                let mut st = id.and_then(|id| self.statements.get(&id).cloned());
+                let op = match &mut st {
+                    Some(s) => s.operation.take(),
                     None => Some("EXECUTE".to_owned()),
                 };
                 (op, st)
@@ -152,16 +152,17 @@ impl MysqlPairing {
             CommandKind::Ping => (Some("PING".to_owned()), None),
             _ => return,
         };
-        out.push(build_span(cmd, resp, operation, statement.as_ref(), ctx));
+        out.push(build_span(cmd, resp, operation, statement, ctx));
     }
 }
 
-/// Builds the span of one command and its answer.
+/// Builds the span of one command and its answer (the statement's
+/// strings move into the span; the operation is already out of it).
 fn build_span(
     cmd: &Command,
     resp: &Response,
     operation: Option<String>,
-    statement: Option<&Statement>,
+    mut statement: Option<Statement>,
     ctx: &SpanContext,
 ) -> Span {
     let kind = match cmd.dir {
@@ -169,30 +170,30 @@ fn build_span(
         Direction::Ingress => SpanKind::Server,
     };
     let system = cmd.system.as_str();
-    let collection = statement.and_then(|s| s.collection.clone());
+    let collection = statement.as_mut().and_then(|s| s.collection.take());
     let namespace = match cmd.kind {
-        CommandKind::InitDb => cmd.text.clone(),
-        _ => cmd.namespace.clone(),
+        CommandKind::InitDb => &cmd.text,
+        _ => &cmd.namespace,
     };
-    let name = match (&operation, &collection) {
-        (Some(op), Some(coll)) => format!("{op} {coll}"),
-        (Some(op), None) => op.clone(),
-        (None, _) => system.to_owned(),
-    };
-
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
     attrs.push(("db.system.name", AttrValue::fixed(system)));
-    if let Some(op) = operation {
-        attrs.push(("db.operation.name", op.into()));
+    if let Some(op) = &operation {
+        attrs.push(("db.operation.name", op.as_str().into()));
     }
+    let name = match (operation, &collection) {
+        (Some(op), Some(coll)) => format!("{op} {coll}"),
+        (Some(op), None) => op,
+        (None, _) => system.to_owned(),
+    };
     if let Some(coll) = collection {
         attrs.push(("db.collection.name", coll.into()));
     }
     if let Some(ns) = namespace {
-        attrs.push(("db.namespace", ns.into()));
+        attrs.push(("db.namespace", ns.as_str().into()));
     }
+    let parent = statement.as_ref().and_then(|s| s.parent);
     if let Some(st) = statement {
-        attrs.push(("db.query.text", st.text.clone().into()));
+        attrs.push(("db.query.text", st.text.into()));
     }
     if let Some(rows) = resp.returned_rows {
         attrs.push((
@@ -222,7 +223,7 @@ fn build_span(
         None => SpanStatus::Unset,
     };
 
-    let (trace_id, parent_span_id) = match statement.and_then(|s| s.parent) {
+    let (trace_id, parent_span_id) = match parent {
         Some((trace, span)) => (trace, Some(span)),
         None => (ids::new_trace_id(), None),
     };
