@@ -253,12 +253,16 @@ fn file_of(fd: u32, off: &KernelOffsets) -> u64 {
     if fdt == 0 {
         return 0;
     }
-    let max_fds: u32 = read_kernel(fdt + off.fdt_max_fds as u64);
-    if fd >= max_fds {
-        return 0;
-    }
-    let fd_array: u64 = read_kernel(fdt + off.fdt_fd as u64);
-    if fd_array == 0 {
+    // `max_fds` and `fd` are neighbours in `struct fdtable`: one read for
+    // both where the layout allows (this runs on every socket syscall).
+    let (max_fds, fd_array) = if off.fdt_fd == off.fdt_max_fds + 8 {
+        let pair: [u64; 2] = read_kernel(fdt + off.fdt_max_fds as u64);
+        (pair[0] as u32, pair[1])
+    } else {
+        let max_fds: u32 = read_kernel(fdt + off.fdt_max_fds as u64);
+        (max_fds, read_kernel(fdt + off.fdt_fd as u64))
+    };
+    if fd >= max_fds || fd_array == 0 {
         return 0;
     }
     read_kernel(fd_array + fd as u64 * 8)
