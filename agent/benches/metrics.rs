@@ -10,13 +10,18 @@
 //!
 //! `cargo bench -p sonde --bench metrics` prints both.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod records;
 
-use records::{CONNS, HTTP_REQUEST, HTTP_RESPONSE, PAIRS_PER_CONN, recorded, recorded_events};
+use records::{
+    CONNS, HTTP_REQUEST, HTTP_RESPONSE, MYSQL_OK, MYSQL_QUERY, PAIRS_PER_CONN, REDIS_COMMAND,
+    REDIS_REPLY, recorded, recorded_events,
+};
 use sonde::capture::{Clock, Endpoint, Endpoints};
 use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
@@ -27,9 +32,67 @@ use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
 
-/// The agent's allocator, so the figures match the agent.
+/// The agent's allocator, so the figures match the agent, counting
+/// allocations.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+
+struct Counting(mimalloc::MiMalloc);
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Counting is on only while [`allocations_per_span`] runs, so that it
+/// does not slow the timed rounds.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+fn count_one() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Heap allocations (and reallocations) per span through the pipeline
+/// without metrics, per protocol, once the connections are known.
+fn allocations_per_span() {
+    for (name, request, response) in [
+        ("HTTP/1.1", HTTP_REQUEST, HTTP_RESPONSE),
+        ("Redis", REDIS_COMMAND, REDIS_REPLY),
+        ("MySQL", MYSQL_QUERY, MYSQL_OK),
+    ] {
+        let records = recorded(request, response, [127, 0, 0, 1], [127, 0, 0, 1]);
+        let mut p = pipeline(None);
+        let mut run = |p: &mut Pipeline<CountingSink>| {
+            for r in &records {
+                p.read_record(r);
+            }
+            p.flush_spans();
+        };
+        run(&mut p);
+        let (before, spans) = (ALLOCATIONS.load(Ordering::Relaxed), p.sink_mut().0);
+        COUNTING.store(true, Ordering::Relaxed);
+        run(&mut p);
+        COUNTING.store(false, Ordering::Relaxed);
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let spans = p.sink_mut().0 - spans;
+        println!(
+            "allocations per {name} span: {:.1}",
+            allocations as f64 / spans.max(1) as f64
+        );
+    }
+}
 
 struct CountingSink(u64);
 
@@ -470,5 +533,6 @@ fn main() {
             Err(e) => println!("memory case {case}: cannot run: {e}"),
         }
     }
+    allocations_per_span();
     time_per_span();
 }

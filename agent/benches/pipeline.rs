@@ -23,7 +23,10 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 mod records;
 
-use records::{CONNS, PAIRS_PER_CONN, recorded, recorded_events};
+use records::{
+    CONNS, MYSQL_OK, MYSQL_QUERY, PAIRS_PER_CONN, REDIS_COMMAND, REDIS_REPLY, recorded,
+    recorded_events,
+};
 use sonde::capture::{Clock, encode_close, encode_data};
 use sonde::capture::{Endpoint, Endpoints};
 use sonde::config::MetricsConfig;
@@ -56,14 +59,6 @@ impl SpanSink for CollectingSink {
         self.0.push(span);
     }
 }
-
-/// `SET session:12345 <value>` and its `+OK`.
-const REDIS_COMMAND: &[u8] =
-    b"*3\r\n$3\r\nSET\r\n$13\r\nsession:12345\r\n$16\r\nabcdefghijklmnop\r\n";
-const REDIS_REPLY: &[u8] = b"+OK\r\n";
-/// A COM_QUERY and its OK packet (1 row affected).
-const MYSQL_QUERY: &[u8] = b"\x2c\x00\x00\x00\x03UPDATE users SET name = 'bob' WHERE id = 42";
-const MYSQL_OK: &[u8] = b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00";
 
 fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
     pipeline_with(stats, CountingSink(0))

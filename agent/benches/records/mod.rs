@@ -11,6 +11,14 @@ pub const PAIRS_PER_CONN: u32 = 16;
 pub const HTTP_REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
 pub const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 26\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
 
+/// `SET session:12345 <value>` and its `+OK`.
+pub const REDIS_COMMAND: &[u8] =
+    b"*3\r\n$3\r\nSET\r\n$13\r\nsession:12345\r\n$16\r\nabcdefghijklmnop\r\n";
+pub const REDIS_REPLY: &[u8] = b"+OK\r\n";
+/// A COM_QUERY and its OK packet (1 row affected).
+pub const MYSQL_QUERY: &[u8] = b"\x2c\x00\x00\x00\x03UPDATE users SET name = 'bob' WHERE id = 42";
+pub const MYSQL_OK: &[u8] = b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00";
+
 /// The records of `request`/`response` pairs between a server at `local`
 /// and clients at `peer` (IPv4).
 pub fn recorded(request: &[u8], response: &[u8], local: [u8; 4], peer: [u8; 4]) -> Vec<Vec<u8>> {
