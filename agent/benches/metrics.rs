@@ -74,7 +74,7 @@ fn allocations_per_span() {
     ] {
         let records = recorded(request, response, [127, 0, 0, 1], [127, 0, 0, 1]);
         let mut p = pipeline(None);
-        let mut run = |p: &mut Pipeline<CountingSink>| {
+        let run = |p: &mut Pipeline<CountingSink>| {
             for r in &records {
                 p.read_record(r);
             }
