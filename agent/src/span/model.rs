@@ -47,8 +47,8 @@ impl From<bool> for AttrValue {
 }
 
 /// A string attribute value: a fixed one, or one read from traffic (kept
-/// inline when short: addresses, host names and most routes, on every span,
-/// then cost no allocation).
+/// inline when short: addresses, host names and operation names, on every
+/// span, then cost no allocation).
 #[derive(Clone)]
 pub enum Text {
     Static(&'static str),
