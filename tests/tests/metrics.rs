@@ -129,9 +129,16 @@ fn want(pairs: &[(&str, i64, u64)]) -> BTreeMap<(String, i64), u64> {
 /// service `name` (`OTEL_SERVICE_NAME`), so that the service graph edges
 /// of this test are told apart from those of anything else on the host.
 /// Returns curl's pid and the status codes.
+///
+/// The agent reads a process's metadata (here the service name) from /proc
+/// when the first record of its connection arrives; an unpaced curl can
+/// finish its requests and exit within a few ms, before a busy machine
+/// schedules the agent (one clean-clone CI run saw that). `--rate` keeps
+/// curl alive for a while, as a real client would be.
 fn curl_as(name: &str, urls: &[String]) -> (u32, Vec<u16>) {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-S", "--noproxy", "*", "--max-time", "30"])
+        .args(["--rate", "200/s"])
         .args(["-w", "%{http_code}\\n"])
         .env("OTEL_SERVICE_NAME", name);
     for var in [
