@@ -137,6 +137,20 @@ impl ProcFacts {
     }
 }
 
+impl Identity {
+    /// Whether `now`, read later from the same pid, is still this process.
+    /// A new start time is another process; another executable is an exec.
+    /// An exe link that cannot be read says nothing: an exited process
+    /// that is not yet reaped (a zombie) has none.
+    fn same_process(&self, now: &Identity) -> bool {
+        self.start_time == now.start_time
+            && match (&self.exe_path, &now.exe_path) {
+                (Some(was), Some(is)) => was == is,
+                _ => true,
+            }
+    }
+}
+
 fn read_identity(dir: &Path) -> Identity {
     let start_time = std::fs::read(dir.join("stat"))
         .ok()
@@ -212,7 +226,7 @@ impl ProcessResources {
             let trusted = !entry.verify || {
                 let now = read_identity(&self.proc_root.join(pid.to_string()));
                 entry.verify = false;
-                now.start_time.is_none() || now == entry.identity
+                now.start_time.is_none() || entry.identity.same_process(&now)
             };
             if trusted {
                 self.order.remove(&entry.seq);
@@ -831,6 +845,14 @@ mod tests {
         cache.forget(100);
         assert!(Arc::ptr_eq(&second, &cache.get(100)));
         assert!(Arc::ptr_eq(&second, &cache.get(100)));
+        // An exited process not yet reaped (a zombie) still has its stat
+        // but no exe link or environment: it is the same process, and
+        // keeps its name.
+        proc.process(100, 2000, "/usr/bin/redis-server", b"");
+        std::fs::remove_file(proc.0.join("100").join("exe")).unwrap();
+        cache.forget(100);
+        assert!(Arc::ptr_eq(&second, &cache.get(100)));
+        proc.exit(100);
         // A new process on the pid is seen at the next `forget` (the
         // pipeline calls it for every new connection).
         proc.process(100, 3000, "/usr/bin/python3", b"");
