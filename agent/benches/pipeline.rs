@@ -25,7 +25,7 @@ mod records;
 
 use records::{
     CONNS, MYSQL_OK, MYSQL_QUERY, PAIRS_PER_CONN, REDIS_COMMAND, REDIS_REPLY, recorded,
-    recorded_events,
+    recorded_events, server_header,
 };
 use sonde::capture::{Clock, encode_close, encode_data};
 use sonde::capture::{Endpoint, Endpoints};
@@ -35,7 +35,7 @@ use sonde::metrics::{Metrics, Store, store_options};
 use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
-use sonde_common::{AF_INET, DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_SERVER, SockAddrs};
+use sonde_common::{DIR_EGRESS, DIR_INGRESS};
 
 /// The agent's allocator (see main.rs), so the figure matches the agent.
 #[global_allocator]
@@ -111,27 +111,8 @@ fn capture_reads(log: &[u8]) -> Vec<(bool, &[u8])> {
 /// it: the client's bytes read, the server's written, one syscall per read
 /// the proxy made, then the close.
 fn recorded_grpc() -> Vec<Vec<u8>> {
-    let header = |direction, len: usize, ts: u64| EventHeader {
-        direction,
-        start_ns: ts,
-        end_ns: ts + 1_000,
-        tgid: 2000,
-        tid: 2001,
-        fd: 9,
-        role: ROLE_SERVER,
-        generation: 1,
-        total_len: len as u64,
-        syscall: 1,
-        addrs: SockAddrs {
-            family: AF_INET,
-            local_port: 50051,
-            peer_port: 41000,
-            _pad: 0,
-            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        },
-        ..Default::default()
-    };
+    let ends = (([127, 0, 0, 1], 50051), ([127, 0, 0, 1], 41000));
+    let header = |direction, len: usize, ts: u64| server_header(2000, 9, ends, direction, len, ts);
     let mut records = Vec::new();
     let mut ts = 1_000_000u64;
     for (from_client, bytes) in capture_reads(GRPC_CAPTURE) {

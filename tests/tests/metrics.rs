@@ -928,6 +928,56 @@ struct Side {
     kind: Kind,
 }
 
+/// (metric, documented attributes) of the client and the server side.
+type SideMetrics = [(&'static str, &'static [&'static str]); 2];
+const DB_SIDES: SideMetrics = [
+    ("db.client.operation.duration", DB_CLIENT_ATTRS),
+    ("db.server.operation.duration", DB_SERVER_ATTRS),
+];
+const RPC_SIDES: SideMetrics = [
+    ("rpc.client.duration", RPC_CLIENT_ATTRS),
+    ("rpc.server.duration", RPC_SERVER_ATTRS),
+];
+
+/// The client process `client` and the server process `server` of `metrics`.
+fn client_and_server(metrics: SideMetrics, client: u32, server: u32) -> [Side; 2] {
+    let [(client_metric, client_attrs), (server_metric, server_attrs)] = metrics;
+    [
+        Side {
+            metric: client_metric,
+            documented: client_attrs,
+            pid: client,
+            kind: Kind::Client,
+        },
+        Side {
+            metric: server_metric,
+            documented: server_attrs,
+            pid: server,
+            kind: Kind::Server,
+        },
+    ]
+}
+
+/// The counts of `points` per values of `keys` are `want`.
+fn check_counts(
+    problems: &mut Vec<String>,
+    side: &Side,
+    points: &[ReceivedPoint],
+    keys: &[&str],
+    want: &BTreeMap<Vec<String>, u64>,
+) {
+    let got = counts_by_key(points, keys);
+    if got != *want {
+        problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
+    }
+}
+
+/// The client side's points name the server at 127.0.0.1:`port`.
+fn check_server_named(problems: &mut Vec<String>, client_points: &[ReceivedPoint], port: u16) {
+    same_on_all(problems, client_points, "server.address", s("127.0.0.1"));
+    same_on_all(problems, client_points, "server.port", i(port.into()));
+}
+
 /// What the spans of one series add up to.
 #[derive(Default)]
 struct SpanGroup {
@@ -1167,37 +1217,15 @@ fn redis_db_metrics_match_the_commands() {
     }
     let want = want_keys(want);
     let total = want.values().sum();
-    let sides = [
-        Side {
-            metric: "db.client.operation.duration",
-            documented: DB_CLIENT_ATTRS,
-            pid: run.pid,
-            kind: Kind::Client,
-        },
-        Side {
-            metric: "db.server.operation.duration",
-            documented: DB_SERVER_ATTRS,
-            pid: server.pid(),
-            kind: Kind::Server,
-        },
-    ];
+    let sides = client_and_server(DB_SIDES, run.pid, server.pid());
     let (points, mut problems) = ctx.sides(&sides, total);
     let keys = ["db.operation.name", "db.response.status_code", "error.type"];
     for (side, points) in sides.iter().zip(&points) {
-        let got = counts_by_key(points, &keys);
-        if got != want {
-            problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
-        }
+        check_counts(&mut problems, side, points, &keys, &want);
         same_on_all(&mut problems, points, "db.system.name", s("redis"));
         same_on_all(&mut problems, points, "db.namespace", s("0"));
     }
-    same_on_all(&mut problems, &points[0], "server.address", s("127.0.0.1"));
-    same_on_all(
-        &mut problems,
-        &points[0],
-        "server.port",
-        i(server.port.into()),
-    );
+    check_server_named(&mut problems, &points[0], server.port);
     no_problems(&ctx, &problems, &[run.pid, server.pid()]);
     eprintln!("[redis metrics] {} series per side", points[0].len());
     ctx.stop();
@@ -1240,20 +1268,7 @@ SELECT * FROM missing;
         (vec![s("SELECT"), s("missing"), s("1146"), s("42S02")], 1),
     ]);
     let total = want.values().sum();
-    let sides = [
-        Side {
-            metric: "db.client.operation.duration",
-            documented: DB_CLIENT_ATTRS,
-            pid: run.pid,
-            kind: Kind::Client,
-        },
-        Side {
-            metric: "db.server.operation.duration",
-            documented: DB_SERVER_ATTRS,
-            pid: db.pid(),
-            kind: Kind::Server,
-        },
-    ];
+    let sides = client_and_server(DB_SIDES, run.pid, db.pid());
     let (points, mut problems) = ctx.sides(&sides, total);
     let keys = [
         "db.operation.name",
@@ -1262,15 +1277,11 @@ SELECT * FROM missing;
         "error.type",
     ];
     for (side, points) in sides.iter().zip(&points) {
-        let got = counts_by_key(points, &keys);
-        if got != want {
-            problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
-        }
+        check_counts(&mut problems, side, points, &keys, &want);
         same_on_all(&mut problems, points, "db.system.name", s("mariadb"));
         same_on_all(&mut problems, points, "db.namespace", s(DATABASE));
     }
-    same_on_all(&mut problems, &points[0], "server.address", s("127.0.0.1"));
-    same_on_all(&mut problems, &points[0], "server.port", i(db.port.into()));
+    check_server_named(&mut problems, &points[0], db.port);
     no_problems(&ctx, &problems, &[run.pid, db.pid()]);
     eprintln!("[mariadb metrics] {} series per side", points[0].len());
     ctx.stop();
@@ -1321,37 +1332,15 @@ fn grpc_rpc_metrics_match_the_calls() {
             (vec![s("Boom"), i(2), s("2")], 1),
         ])
     };
-    let sides = [
-        Side {
-            metric: "rpc.client.duration",
-            documented: RPC_CLIENT_ATTRS,
-            pid: run.pid,
-            kind: Kind::Client,
-        },
-        Side {
-            metric: "rpc.server.duration",
-            documented: RPC_SERVER_ATTRS,
-            pid: server.pid(),
-            kind: Kind::Server,
-        },
-    ];
+    let sides = client_and_server(RPC_SIDES, run.pid, server.pid());
     let (points, mut problems) = ctx.sides(&sides, UNARY + STREAMS + 2);
     let keys = ["rpc.method", "rpc.grpc.status_code", "error.type"];
     for ((side, points), want) in sides.iter().zip(&points).zip([want(s("5")), want(None)]) {
-        let got = counts_by_key(points, &keys);
-        if got != want {
-            problems.push(format!("{} counts {got:?}, expected {want:?}", side.metric));
-        }
+        check_counts(&mut problems, side, points, &keys, &want);
         same_on_all(&mut problems, points, "rpc.system", s("grpc"));
         same_on_all(&mut problems, points, "rpc.service", s(SERVICE));
     }
-    same_on_all(&mut problems, &points[0], "server.address", s("127.0.0.1"));
-    same_on_all(
-        &mut problems,
-        &points[0],
-        "server.port",
-        i(server.port.into()),
-    );
+    check_server_named(&mut problems, &points[0], server.port);
     no_problems(&ctx, &problems, &[run.pid, server.pid()]);
     eprintln!("[grpc metrics] {} series per side", points[0].len());
     ctx.stop();

@@ -500,15 +500,25 @@ fn h2load(port: u16, body: &Path, secs: u32) -> anyhow::Result<Load> {
         .arg(body)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg(format!("http://127.0.0.1:{port}/demo.Greeter/SayHello"));
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{}`", show(&cmd)))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("h2load failed ({}): {text}", out.status);
-    }
+    let start = format!("cannot start `{}`", show(&cmd));
+    let text = run_load(&mut cmd, "h2load", start)?;
     parse_h2load(&text).with_context(|| format!("cannot read h2load's report:\n{text}"))
+}
+
+/// Runs one load generator to its end and returns what it printed;
+/// `cannot_start` is the error when it does not start.
+fn run_load(cmd: &mut Command, what: &str, cannot_start: String) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().context(cannot_start)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
 }
 
 /// Requests per second and mean request time from h2load's report
@@ -611,19 +621,8 @@ fn grpc_load(port: u16, secs: u32) -> anyhow::Result<Load> {
         .args(["--secs", &secs.to_string()])
         .args(["--procs", &GRPC_PROCS.to_string()])
         .args(["--threads", &GRPC_THREADS.to_string()]);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{}`", show(&cmd)))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "the gRPC load failed ({}): {}{}",
-            out.status,
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let start = format!("cannot start `{}`", show(&cmd));
+    let text = run_load(&mut cmd, "the gRPC load", start)?;
     let (load, errors) = parse_grpc_load(&text)
         .with_context(|| format!("cannot read the gRPC load's report:\n{text}"))?;
     if errors > 0 {
@@ -987,19 +986,11 @@ fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<u64> {
 fn wrk(url: &str, secs: u32) -> anyhow::Result<Load> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency", url]);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot start wrk (install it with `cargo xtask test` or apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "wrk failed ({}): {}{}",
-            out.status,
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let text = run_load(
+        &mut cmd,
+        "wrk",
+        "cannot start wrk (install it with `cargo xtask test` or apt-get install wrk)".into(),
+    )?;
     parse_wrk(&text).with_context(|| format!("cannot read wrk's report:\n{text}"))
 }
 
@@ -1009,18 +1000,12 @@ fn redis_benchmark(port: u16, requests: u32) -> anyhow::Result<RedisLoad> {
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-q", "-t", "set,get", "-c", "16", "-P", "1", "--csv"])
         .args(["-n", &requests.to_string()]);
-    let out = cmd.stdin(Stdio::null()).output().context(
-        "cannot start redis-benchmark (install it with `cargo xtask test` or apt-get install redis-tools)",
+    let text = run_load(
+        &mut cmd,
+        "redis-benchmark",
+        "cannot start redis-benchmark (install it with `cargo xtask test` or apt-get install redis-tools)"
+            .into(),
     )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "redis-benchmark failed ({}): {}{}",
-            out.status,
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     parse_redis_csv(&text).with_context(|| format!("cannot read redis-benchmark's report:\n{text}"))
 }
 

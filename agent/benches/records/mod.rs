@@ -19,38 +19,57 @@ pub const REDIS_REPLY: &[u8] = b"+OK\r\n";
 pub const MYSQL_QUERY: &[u8] = b"\x2c\x00\x00\x00\x03UPDATE users SET name = 'bob' WHERE id = 42";
 pub const MYSQL_OK: &[u8] = b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00";
 
-/// The records of `request`/`response` pairs between a server at `local`
-/// and clients at `peer` (IPv4).
-pub fn recorded(request: &[u8], response: &[u8], local: [u8; 4], peer: [u8; 4]) -> Vec<Vec<u8>> {
+/// One end of a connection: IPv4 address and port.
+pub type Addr = ([u8; 4], u16);
+
+/// The header of a record of server connection `fd` in process `tgid`,
+/// from `local` to the client at `peer`: `len` bytes ending at `ts`.
+pub fn server_header(
+    tgid: u32,
+    fd: u32,
+    (local, peer): (Addr, Addr),
+    direction: u32,
+    len: usize,
+    ts: u64,
+) -> EventHeader {
     let ip = |a: [u8; 4]| {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&a);
         b
     };
+    EventHeader {
+        direction,
+        start_ns: ts,
+        end_ns: ts + 1_000,
+        tgid,
+        tid: tgid,
+        fd,
+        role: ROLE_SERVER,
+        generation: 1,
+        total_len: len as u64,
+        syscall: 1,
+        addrs: SockAddrs {
+            family: AF_INET,
+            local_port: local.1,
+            peer_port: peer.1,
+            _pad: 0,
+            local_addr: ip(local.0),
+            peer_addr: ip(peer.0),
+        },
+        ..Default::default()
+    }
+}
+
+/// The records of `request`/`response` pairs between a server at `local`
+/// and clients at `peer` (IPv4).
+pub fn recorded(request: &[u8], response: &[u8], local: [u8; 4], peer: [u8; 4]) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     let mut ts = 1_000_000u64;
     for _ in 0..PAIRS_PER_CONN {
         for conn in 0..CONNS {
-            let header = |direction, len: usize, ts: u64| EventHeader {
-                direction,
-                start_ns: ts,
-                end_ns: ts + 1_000,
-                tgid: 1000 + conn % 4,
-                tid: 1000 + conn % 4,
-                fd: 10 + conn,
-                role: ROLE_SERVER,
-                generation: 1,
-                total_len: len as u64,
-                syscall: 1,
-                addrs: SockAddrs {
-                    family: AF_INET,
-                    local_port: 8080,
-                    peer_port: 40000 + conn as u16,
-                    _pad: 0,
-                    local_addr: ip(local),
-                    peer_addr: ip(peer),
-                },
-                ..Default::default()
+            let ends = ((local, 8080), (peer, 40000 + conn as u16));
+            let header = |direction, len: usize, ts: u64| {
+                server_header(1000 + conn % 4, 10 + conn, ends, direction, len, ts)
             };
             ts += 10_000;
             records.push(encode_data(

@@ -7,7 +7,7 @@
 
 use std::hash::Hasher;
 
-use crate::span::model::{AttrValue, Span};
+use crate::span::model::{AttrValue, Inline, Span};
 
 /// Most attributes one metric keeps.
 pub const MAX_ATTRS: usize = 8;
@@ -84,47 +84,35 @@ impl std::fmt::Display for OwnedVal {
     }
 }
 
-/// Bytes a [`Text`] keeps inline.
-const INLINE: usize = 22;
-
 /// A stored string: short ones (methods, schemes, versions, status codes,
-/// most routes of a few segments) inline, so comparing a stored attribute
-/// set reads no other memory; longer ones on the heap.
+/// most routes of a few segments) inline, as span attributes keep them, so
+/// comparing a stored attribute set reads no other memory; longer ones on
+/// the heap.
 #[derive(Clone)]
 pub struct Text(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Inline(Inline),
     Heap(Box<str>),
 }
 
 impl Text {
     pub fn new(s: &str) -> Text {
-        if s.len() <= INLINE {
-            let mut bytes = [0u8; INLINE];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Text(Repr::Inline {
-                len: s.len() as u8,
-                bytes,
-            })
-        } else {
-            Text(Repr::Heap(s.into()))
+        match Inline::new(s) {
+            Some(inline) => Text(Repr::Inline(inline)),
+            None => Text(Repr::Heap(s.into())),
         }
     }
 
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Repr::Heap(s) => s.as_bytes(),
-        }
+        self.as_str().as_bytes()
     }
 
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // Built from a `str` cut at its own length: always valid.
-            Repr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            Repr::Inline(inline) => inline.as_str(),
             Repr::Heap(s) => s,
         }
     }
