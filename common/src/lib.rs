@@ -16,7 +16,9 @@ pub const MAX_CAPTURE: usize = 16384;
 /// Default bytes captured per syscall.
 pub const DEFAULT_CAPTURE: u32 = 4096;
 /// How many iovecs of one readv/writev/sendmsg/recvmsg are copied from.
-pub const MAX_IOVECS: u32 = 32;
+/// grpcio writes one slice per frame: with 50 calls in flight a single
+/// `sendmsg` had more than 32, and the frames in the rest were lost.
+pub const MAX_IOVECS: u32 = 128;
 
 /// Record kinds (`EventHeader::kind`).
 pub const EVENT_DATA: u32 = 1;
