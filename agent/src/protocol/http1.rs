@@ -1199,11 +1199,8 @@ impl Http1Conn {
             methods: &mut self.methods,
             resync: &mut self.resync,
             opaque: &mut self.opaque,
-            first_ns: match dir {
-                Direction::Egress => chunk.start_ns,
-                Direction::Ingress => chunk.end_ns,
-            },
-            end_ns: chunk.end_ns,
+            first_ns: chunk.first_ns(dir),
+            end_ns: chunk.last_ns(dir),
             out,
         };
         side.feed(chunk.data, chunk.gap_len(), &mut cx);
@@ -1985,7 +1982,7 @@ mod tests {
         conn.feed(Direction::Ingress, &at(b"cd", 700, 710), &mut out);
         conn.close(900, &mut out);
         let times: Vec<(u64, u64)> = out.iter().map(|m| (m.first_ns(), m.last_ns())).collect();
-        assert_eq!(times, [(100, 110), (210, 310), (400, 505), (610, 710)]);
+        assert_eq!(times, [(100, 100), (210, 310), (400, 500), (610, 710)]);
     }
 
     #[test]
@@ -2210,7 +2207,7 @@ mod tests {
                 "I 200 1.1 cl=1 body=1",
             ]
         );
-        assert_eq!(out[0].last_ns(), 1);
+        assert_eq!(out[0].last_ns(), 0);
         assert_eq!(conn.take_resync(), (0, 0));
     }
 
@@ -2229,7 +2226,7 @@ mod tests {
             summaries(&out),
             ["E GET /split 1.1 cl=- body=0 host=h trunc"]
         );
-        assert_eq!((out[0].first_ns(), out[0].last_ns()), (0, 11));
+        assert_eq!((out[0].first_ns(), out[0].last_ns()), (0, 10));
     }
 
     #[test]

@@ -854,11 +854,8 @@ impl Http2Conn {
 
     fn feed_chunk(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
         let d = idx(dir);
-        let first_ns = match dir {
-            Direction::Egress => chunk.start_ns,
-            Direction::Ingress => chunk.end_ns,
-        };
-        let end_ns = chunk.end_ns;
+        let first_ns = chunk.first_ns(dir);
+        let end_ns = chunk.last_ns(dir);
         let mut data = chunk.data;
         let mut gap = chunk.gap_len();
         if data.is_empty() && gap == 0 {
@@ -2195,8 +2192,8 @@ mod tests {
         let mut r = Run::new();
         r.send(I, &client_bytes());
         r.send(E, &server_bytes());
-        // Request read at t=1 (end 110); response written by t=2 (end 210).
-        assert_eq!(r.streams(), [expected_get(I, 110, 210)]);
+        // Request read at t=1 (end 110); response handed over at t=2 (start 200).
+        assert_eq!(r.streams(), [expected_get(I, 110, 200)]);
     }
 
     #[test]
@@ -2470,7 +2467,7 @@ mod tests {
         );
         assert!(!got[0].request_ended && !got[0].response_ended);
         assert_eq!(got[0].status, None);
-        assert_eq!(got[0].last_ns, 310);
+        assert_eq!(got[0].last_ns, 300);
         // The server refuses the next one after its headers.
         r.send(E, &headers(3, true, &[H::Idx(2), H::Idx(4)]));
         r.send(I, &cat(&[&headers(3, false, &[H::Idx(8)]), &rst(3, 7)]));

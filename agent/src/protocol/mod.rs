@@ -58,6 +58,25 @@ impl Chunk<'_> {
     pub fn gap_len(&self) -> u64 {
         self.total_len.saturating_sub(self.data.len() as u64)
     }
+
+    /// When this chunk's first byte changed hands: a write hands its bytes
+    /// to the kernel from its start, a read has them only when it returns.
+    pub fn first_ns(&self, dir: Direction) -> u64 {
+        match dir {
+            Direction::Egress => self.start_ns,
+            Direction::Ingress => self.end_ns,
+        }
+    }
+
+    /// When this chunk's last byte changed hands, taken on the same side
+    /// of the call as [`Chunk::first_ns`]. A write can return after the
+    /// peer has already read its bytes (its CPU may be taken away in
+    /// between), so timing a response by that return could end a server
+    /// span after its client span. The price: a write that blocks on a
+    /// full socket buffer is timed from its start.
+    pub fn last_ns(&self, dir: Direction) -> u64 {
+        self.first_ns(dir)
+    }
 }
 
 /// A streaming parser for both directions of one connection.

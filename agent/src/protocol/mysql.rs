@@ -938,11 +938,8 @@ impl MysqlConn {
         if self.phase == Phase::Opaque {
             return;
         }
-        let first_ns = match dir {
-            Direction::Egress => chunk.start_ns,
-            Direction::Ingress => chunk.end_ns,
-        };
-        let end_ns = chunk.end_ns;
+        let first_ns = chunk.first_ns(dir);
+        let end_ns = chunk.last_ns(dir);
         let data = chunk.data;
         let gap = chunk.gap_len();
         self.side(dir).last_end_ns = end_ns;
@@ -2773,9 +2770,9 @@ mod tests {
     fn message_times() {
         let records = fixture(AUTH_SWITCH, false);
         let (out, _) = run(&records);
-        // The ping is record 5 (time 50, written: starts at 50), its OK
-        // record 6 (read: first byte known at its end, 61).
-        assert_eq!((out[0].first_ns(), out[0].last_ns()), (50, 51));
+        // The ping is record 5 (time 50, written: handed over at its start,
+        // 50), its OK record 6 (read: known at its end, 61).
+        assert_eq!((out[0].first_ns(), out[0].last_ns()), (50, 50));
         assert_eq!((out[1].first_ns(), out[1].last_ns()), (61, 61));
     }
 
