@@ -347,6 +347,7 @@ impl<S: SpanSink> Pipeline<S> {
         Stats::add(&self.stats.events_read, 1);
         match capture::decode(record) {
             Err(_) => Stats::add(&self.stats.events_malformed, 1),
+            Ok(Event::Process { tgid, name }) => self.resources.name_hint(tgid, name),
             Ok(Event::Close { conn, ts_ns }) => {
                 if let Some(c) = self.conns.remove(conn) {
                     let end = self.clock.to_unix_ns(ts_ns);

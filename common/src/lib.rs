@@ -24,6 +24,13 @@ pub const MAX_IOVECS: u32 = 128;
 pub const EVENT_DATA: u32 = 1;
 /// The fd was closed; no payload.
 pub const EVENT_CLOSE: u32 = 2;
+/// The process behind a connection, sent just before the connection's first
+/// data record: a [`ProcessRecord`]. A client that exits before user space
+/// reads its /proc entry still has a name.
+pub const EVENT_PROCESS: u32 = 3;
+
+/// Bytes of a task name (`comm`), its NUL included.
+pub const COMM_LEN: usize = 16;
 
 /// Directions (`EventHeader::direction`).
 pub const DIR_NONE: u32 = 0;
@@ -120,6 +127,16 @@ pub struct EventHeader {
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 const _: () = assert!(HEADER_LEN == 104);
 
+/// An `EVENT_PROCESS` record: the header (`captured_len` is `COMM_LEN`)
+/// and the name of the process's main thread, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessRecord {
+    pub header: EventHeader,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ProcessRecord>() == HEADER_LEN + COMM_LEN);
+
 /// Key of the kernel's per-connection maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -151,8 +168,10 @@ pub struct KernelOffsets {
     pub sk_num: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    pub task_group_leader: u32,
+    pub task_comm: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
 
 /// Per-run settings handed to the programs as a global.
 #[repr(C)]

@@ -17,9 +17,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sonde_common::{
-    ConnKey, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EventHeader, HEADER_LEN,
-    KernelOffsets, MAX_CAPTURE, MAX_IOVECS, PENDING_SLOTS, ProbeConfig, ROLE_CLIENT, ROLE_SERVER,
-    ROLE_UNKNOWN, SockAddrs, lost, syscall,
+    COMM_LEN, ConnKey, DIR_EGRESS, DIR_INGRESS, DIR_NONE, EVENT_CLOSE, EVENT_DATA, EVENT_PROCESS,
+    EventHeader, HEADER_LEN, KernelOffsets, MAX_CAPTURE, MAX_IOVECS, PENDING_SLOTS, ProbeConfig,
+    ProcessRecord, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddrs, lost, syscall,
 };
 
 // ---- globals, set by the agent at load time -------------------------------
@@ -50,6 +50,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_num: 0,
     sk_v6_daddr: 0,
     sk_v6_rcv_saddr: 0,
+    task_group_leader: 0,
+    task_comm: 0,
 };
 
 fn config() -> ProbeConfig {
@@ -572,6 +574,9 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
         )
     };
     let first = state.announced == 0;
+    if first {
+        announce_process(&scratch.header);
+    }
     if EVENTS
         .output::<[u8]>(
             record,
@@ -584,6 +589,31 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
         unsafe { (*state_ptr).announced = 1 };
     }
     0
+}
+
+/// Sends the name of the current process ahead of `data`, its connection's
+/// first record, so that user space can name a process that is gone by the
+/// time it reads /proc. The data record that follows wakes user space.
+#[inline(always)]
+fn announce_process(data: &EventHeader) {
+    let off = offsets();
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read_kernel(task + off.task_group_leader as u64);
+    let Some(mut entry) = EVENTS.reserve::<ProcessRecord>(0) else {
+        count_lost(lost::RINGBUF_FULL);
+        return;
+    };
+    entry.write(ProcessRecord {
+        header: EventHeader {
+            kind: EVENT_PROCESS,
+            direction: DIR_NONE,
+            captured_len: COMM_LEN as u32,
+            total_len: COMM_LEN as u64,
+            ..*data
+        },
+        comm: read_kernel(leader + off.task_comm as u64),
+    });
+    entry.submit(BPF_RB_NO_WAKEUP);
 }
 
 // ---- the tracepoints ---------------------------------------------------------

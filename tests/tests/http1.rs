@@ -738,6 +738,42 @@ fn preexisting_connection() {
     ctx.stop();
 }
 
+/// A client that has exited (and been reaped) before the agent reads its
+/// /proc entry is still named: the kernel sends its name with the
+/// connection's first record.
+#[test]
+fn exited_client_keeps_its_name() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let nginx = must(Nginx::start(None));
+    let ctx = Ctx::start("grpc");
+    let agent_pid = ctx.agent.as_ref().expect("agent").pid() as libc::pid_t;
+    // The agent is stopped while curl runs, so curl is gone when it looks.
+    // SAFETY: plain signals to the agent's pid.
+    assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGSTOP) }, 0);
+    let run = curl(&[nginx.url("/index.html")]);
+    assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGCONT) }, 0);
+    let run = must(run);
+    assert!(!process_exists(run.pid), "curl {} still runs", run.pid);
+
+    let cli = |s: &ReceivedSpan| s.pid() == Some(run.pid);
+    ctx.wait_counts(&[(1, &cli)]);
+    let clients = ctx.spans(cli);
+    let mut problems = Vec::new();
+    if clients.len() != 1 {
+        problems.push(format!("{} client spans from curl, want 1", clients.len()));
+    }
+    for s in &clients {
+        problems.extend(http_problems(s, &get(Kind::Client, "/index.html", 200)));
+        want_res(&mut problems, s, "service.name", "curl");
+        want_res(&mut problems, s, "process.executable.name", "curl");
+    }
+    ctx.check_problems(problems, &cli);
+    ctx.stop();
+}
+
 /// Client span durations are bounded by what curl measured; server span
 /// durations by their client span.
 #[test]

@@ -238,6 +238,8 @@ impl Btf {
             sk_num: skc("skc_num")?,
             sk_v6_daddr: skc("skc_v6_daddr")?,
             sk_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
+            task_group_leader: self.member_offset("task_struct", "group_leader")?,
+            task_comm: self.member_offset("task_struct", "comm")?,
         })
     }
 }
@@ -268,6 +270,8 @@ mod tests {
         };
         let off = btf.kernel_offsets().expect("offsets");
         assert!(off.task_files > 0);
+        assert!(off.task_group_leader > 0 && off.task_comm > 0);
+        assert_ne!(off.task_group_leader, off.task_comm);
         assert!(off.fdt_fd > off.fdt_max_fds);
         assert_ne!(off.sk_daddr, off.sk_rcv_saddr);
         assert_eq!(

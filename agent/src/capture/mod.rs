@@ -5,8 +5,8 @@ pub mod btf;
 pub mod probes;
 
 use sonde_common::{
-    AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EventHeader,
-    HEADER_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddrs,
+    AF_INET, AF_INET6, AF_UNIX, COMM_LEN, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA,
+    EVENT_PROCESS, EventHeader, HEADER_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddrs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -113,6 +113,12 @@ pub enum Event<'a> {
         conn: ConnId,
         ts_ns: u64,
     },
+    /// The name of process `tgid`'s main thread, sent ahead of a
+    /// connection's first data record.
+    Process {
+        tgid: u32,
+        name: &'a [u8],
+    },
 }
 
 /// A connection: (tgid, fd, generation). The generation changes whenever the
@@ -173,6 +179,20 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             conn,
             ts_ns: h.end_ns,
         }),
+        EVENT_PROCESS => {
+            let comm =
+                record
+                    .get(HEADER_LEN..HEADER_LEN + COMM_LEN)
+                    .ok_or(DecodeError::Length {
+                        announced: h.captured_len,
+                        carried: record.len() - HEADER_LEN,
+                    })?;
+            let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+            Ok(Event::Process {
+                tgid: h.tgid,
+                name: &comm[..len],
+            })
+        }
         other => Err(DecodeError::BadField("kind", other)),
     }
 }
@@ -198,6 +218,22 @@ pub fn encode_close(header: &EventHeader) -> Vec<u8> {
     h.captured_len = 0;
     // SAFETY: as above.
     unsafe { std::slice::from_raw_parts((&raw const h).cast::<u8>(), HEADER_LEN) }.to_vec()
+}
+
+/// Encodes a process record as the kernel would (for tests).
+pub fn encode_process(header: &EventHeader, name: &[u8]) -> Vec<u8> {
+    let mut comm = [0u8; COMM_LEN];
+    let len = name.len().min(COMM_LEN - 1);
+    comm[..len].copy_from_slice(&name[..len]);
+    let mut h = *header;
+    h.kind = EVENT_PROCESS;
+    h.captured_len = COMM_LEN as u32;
+    h.total_len = COMM_LEN as u64;
+    // SAFETY: as above.
+    let mut out =
+        unsafe { std::slice::from_raw_parts((&raw const h).cast::<u8>(), HEADER_LEN) }.to_vec();
+    out.extend_from_slice(&comm);
+    out
 }
 
 /// Converts kernel monotonic time to Unix time.
@@ -298,6 +334,25 @@ mod tests {
         let mut rec = encode_close(&h);
         rec[0] = 99;
         assert_eq!(decode(&rec).unwrap_err(), DecodeError::BadField("kind", 99));
+    }
+
+    #[test]
+    fn process_records() {
+        for (name, want) in [
+            (&b"curl"[..], &b"curl"[..]),
+            (b"", b""),
+            // The kernel keeps 15 bytes and a NUL.
+            (b"a-very-long-process-name", b"a-very-long-pro"),
+        ] {
+            let rec = encode_process(&header(), name);
+            let Ok(Event::Process { tgid, name }) = decode(&rec) else {
+                panic!("not a process record: {:?}", decode(&rec));
+            };
+            assert_eq!((tgid, name), (42, want));
+        }
+        let mut rec = encode_process(&header(), b"curl");
+        rec.truncate(HEADER_LEN + 3);
+        assert!(matches!(decode(&rec), Err(DecodeError::Length { .. })));
     }
 
     #[test]

@@ -190,6 +190,9 @@ pub struct ProcessResources {
     /// seq → pid, oldest first.
     order: BTreeMap<u64, u32>,
     next_seq: u64,
+    /// Names the kernel sent for processes not cached yet, used when
+    /// `/proc/PID` is gone by the time it is read.
+    name_hints: HashMap<u32, String>,
 }
 
 impl ProcessResources {
@@ -209,7 +212,22 @@ impl ProcessResources {
             entries: HashMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
+            name_hints: HashMap::new(),
         }
+    }
+
+    /// Notes the name the kernel saw for `pid` (its `comm`), for the case
+    /// where the process exits before [`get`](Self::get) reads `/proc`.
+    pub fn name_hint(&mut self, pid: u32, name: &[u8]) {
+        if name.is_empty() || self.entries.get(&pid).is_some_and(|e| !e.verify) {
+            return;
+        }
+        // Hints whose data record was lost are never taken: bound them.
+        if self.name_hints.len() >= self.capacity {
+            self.name_hints.clear();
+        }
+        self.name_hints
+            .insert(pid, String::from_utf8_lossy(name).into_owned());
     }
 
     /// The resource of process `pid`. Never fails: a process that is gone
@@ -236,7 +254,11 @@ impl ProcessResources {
             }
         }
 
-        let facts = ProcFacts::read(&self.proc_root, pid);
+        let mut facts = ProcFacts::read(&self.proc_root, pid);
+        let hint = self.name_hints.remove(&pid);
+        if facts.comm.is_none() {
+            facts.comm = hint;
+        }
         let resource = Arc::new(build_resource(&self.host, pid, &facts));
         let entry = Entry {
             resource: Arc::clone(&resource),
@@ -861,6 +883,30 @@ mod tests {
 
         let never = cache.get(4_000_000);
         assert_eq!(never.service_name, UNKNOWN_SERVICE);
+    }
+
+    #[test]
+    fn kernel_names_a_process_that_is_gone() {
+        let proc = FakeProc::new("hint");
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 2);
+        // Exited before its /proc entry was read: the kernel's name is used.
+        cache.name_hint(200, b"curl");
+        let gone = cache.get(200);
+        assert_eq!(gone.service_name, "curl");
+        assert_eq!(str_attr(&gone, "process.executable.name"), Some("curl"));
+        // A readable /proc wins over the hint, and the hint is used once.
+        proc.process(201, 1, "/usr/bin/python3", b"OTEL_SERVICE_NAME=shop\0");
+        cache.name_hint(201, b"python3");
+        assert_eq!(cache.get(201).service_name, "shop");
+        cache.name_hint(202, b"");
+        assert_eq!(cache.get(202).service_name, UNKNOWN_SERVICE);
+        // A cached process takes no hint; hints stay bounded.
+        cache.name_hint(201, b"other");
+        assert!(cache.name_hints.is_empty());
+        for pid in 300..310 {
+            cache.name_hint(pid, b"x");
+        }
+        assert!(cache.name_hints.len() <= 2);
     }
 
     #[test]
