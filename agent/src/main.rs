@@ -116,6 +116,13 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         None => None,
     };
 
+    // Before anything is attached, and surely before "ready" is logged: a
+    // SIGTERM sent as soon as the agent says it is ready must stop it
+    // cleanly, not kill it.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        register_stop(signal, stop.clone())?;
+    }
     let mut probes = Probes::start(&config.capture)?;
     // Loading parsed the kernel's BTF and the programs' objects: about
     // 20 MiB that are garbage now.
@@ -124,11 +131,6 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         capture_bytes = config.capture.bytes,
         "sonde ready: syscall tracepoints attached"
     );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        register_stop(signal, stop.clone())?;
-    }
 
     let mut pipeline = Pipeline::new(
         PipelineOptions {
