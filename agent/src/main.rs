@@ -62,6 +62,7 @@ const IDLE_CONN: Duration = Duration::from_secs(300);
 const FLUSH_BUDGET: Duration = Duration::from_secs(4);
 
 fn main() -> std::process::ExitCode {
+    sonde::memory::configure();
     let cli = Cli::parse();
     match cli.command {
         Command::Check => {

@@ -507,11 +507,7 @@ impl Worker {
                 }
                 errors = land(&mut flight), if flying => {
                     flight = None;
-                    // Only once spans stop coming: under steady load the
-                    // next batch would fault the same pages back in.
-                    if pending.is_empty() {
-                        crate::memory::release(false);
-                    }
+                    crate::memory::release(false);
                     for message in errors {
                         self.warn.warn(&message);
                     }
