@@ -14,9 +14,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long freed pages stay with the agent before they go back to the
 /// system. mimalloc's own 1 s let the busy second of a load hold every page
-/// it freed: 10,000 new series under load peaked at 61 – 71 MiB of RSS,
-/// against 50 – 53 MiB with 100 ms. 100 ms cost no CPU that the nginx
-/// overhead bench could see; purging at once cost 10 – 20% more per request.
+/// it freed: 10,000 new series under load peaked at 56 – 72 MiB of RSS,
+/// against 50 – 65 MiB (mostly under 59) with 100 ms. 100 ms cost no CPU
+/// that the nginx overhead bench could see; purging at once cost 10 – 20%
+/// more per request (docs/PERFORMANCE.md).
 const PURGE_DELAY_MS: libc::c_long = 100;
 
 /// Sets the allocator's options; call once, first thing in `main`.
