@@ -197,10 +197,11 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     }
 }
 
-/// Encodes a data record as the kernel would (for tests and benches).
-pub fn encode_data(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
+/// A record as the kernel writes it: `header` with `kind` and
+/// `captured_len` set, then `payload` (for tests and benches).
+fn encode(header: &EventHeader, kind: u32, payload: &[u8]) -> Vec<u8> {
     let mut h = *header;
-    h.kind = EVENT_DATA;
+    h.kind = kind;
     h.captured_len = payload.len() as u32;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     // SAFETY: EventHeader is repr(C) plain data with explicit padding.
@@ -211,13 +212,14 @@ pub fn encode_data(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Encodes a data record as the kernel would (for tests and benches).
+pub fn encode_data(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
+    encode(header, EVENT_DATA, payload)
+}
+
 /// Encodes a close record (for tests and benches).
 pub fn encode_close(header: &EventHeader) -> Vec<u8> {
-    let mut h = *header;
-    h.kind = EVENT_CLOSE;
-    h.captured_len = 0;
-    // SAFETY: as above.
-    unsafe { std::slice::from_raw_parts((&raw const h).cast::<u8>(), HEADER_LEN) }.to_vec()
+    encode(header, EVENT_CLOSE, &[])
 }
 
 /// Encodes a process record as the kernel would (for tests).
@@ -225,15 +227,11 @@ pub fn encode_process(header: &EventHeader, name: &[u8]) -> Vec<u8> {
     let mut comm = [0u8; COMM_LEN];
     let len = name.len().min(COMM_LEN - 1);
     comm[..len].copy_from_slice(&name[..len]);
-    let mut h = *header;
-    h.kind = EVENT_PROCESS;
-    h.captured_len = COMM_LEN as u32;
-    h.total_len = COMM_LEN as u64;
-    // SAFETY: as above.
-    let mut out =
-        unsafe { std::slice::from_raw_parts((&raw const h).cast::<u8>(), HEADER_LEN) }.to_vec();
-    out.extend_from_slice(&comm);
-    out
+    let h = EventHeader {
+        total_len: COMM_LEN as u64,
+        ..*header
+    };
+    encode(&h, EVENT_PROCESS, &comm)
 }
 
 /// Converts kernel monotonic time to Unix time.
