@@ -107,7 +107,7 @@ fn pipeline(metrics: Option<Arc<Metrics>>) -> Pipeline<CountingSink> {
     let mut p = Pipeline::new(
         PipelineOptions {
             max_connections: 4096,
-            max_head_bytes: 16384,
+            limits: Default::default(),
             spans: Default::default(),
         },
         Clock::with_offset(0),
@@ -506,7 +506,7 @@ fn main() {
             let mut p = Pipeline::new(
                 PipelineOptions {
                     max_connections: 4096,
-                    max_head_bytes: 16384,
+                    limits: Default::default(),
                     spans: Default::default(),
                 },
                 Clock::with_offset(0),

@@ -68,7 +68,7 @@ fn pipeline_with<S: SpanSink>(stats: Arc<Stats>, sink: S) -> Pipeline<S> {
     Pipeline::new(
         PipelineOptions {
             max_connections: 4096,
-            max_head_bytes: 16384,
+            limits: Default::default(),
             spans: Default::default(),
         },
         Clock::with_offset(0),

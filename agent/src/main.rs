@@ -16,8 +16,9 @@ use sonde::export;
 use sonde::metrics::Metrics;
 use sonde::metrics::runtime::{self as metrics_runtime, agent_resource};
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
+use sonde::protocol::Limits;
 use sonde::sample::Sampler;
-use sonde::span::http::HttpSpanOptions;
+use sonde::span::HttpSpanOptions;
 use sonde::span::{DbSpanOptions, SpanOptions};
 use sonde::stats::Stats;
 use tracing::{info, warn};
@@ -136,7 +137,9 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     let mut pipeline = Pipeline::new(
         PipelineOptions {
             max_connections: config.capture.max_connections as usize,
-            max_head_bytes: config.capture.max_buffered_bytes as usize,
+            limits: Limits {
+                max_buffered_bytes: config.capture.max_buffered_bytes as usize,
+            },
             spans: SpanOptions {
                 http: HttpSpanOptions {
                     capture_query: config.http.capture_query,

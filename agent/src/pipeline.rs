@@ -17,18 +17,10 @@ use crate::conn::{Conn, ConnTable, Displaced};
 use crate::enrich::{ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
-use crate::protocol::http1::{self, Http1Conn};
-use crate::protocol::http2::{self, Http2Conn};
-use crate::protocol::mysql::{self, MysqlConn};
-use crate::protocol::redis::{self, RedisConn};
-use crate::protocol::{Chunk, Detect, Direction, StreamParser};
+use crate::protocol::{Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session};
 use crate::sample::Sampler;
-use crate::span::http::HttpPairing;
-use crate::span::http2::Http2Pairing;
 use crate::span::model::Span;
-use crate::span::mysql::MysqlPairing;
-use crate::span::redis::RedisPairing;
-use crate::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
+use crate::span::{SpanContext, SpanOptions};
 use crate::stats::Stats;
 
 /// Where finished spans go.
@@ -74,59 +66,12 @@ impl SpanSink for ExportSink {
 /// protocol we know.
 const DETECT_CHUNKS: usize = 4;
 
-/// A connection's parser and pairing, for one protocol.
-struct Session<P, Q> {
-    parser: P,
-    pairing: Q,
-}
-
-impl<P: StreamParser, Q: Pairing<Message = P::Message>> Session<P, Q> {
-    fn new(parser: P) -> Box<Self> {
-        Box::new(Session {
-            parser,
-            pairing: Q::default(),
-        })
-    }
-
-    /// Parses one chunk (or, with `None`, the close at `end_ns`) and pairs
-    /// what it yields.
-    fn run(
-        &mut self,
-        input: Option<(Direction, &Chunk<'_>)>,
-        end_ns: u64,
-        ctx: &SpanContext,
-        stats: &Stats,
-        spans: &mut Vec<Span>,
-    ) -> u64 {
-        let mut messages = Vec::new();
-        match input {
-            Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut messages),
-            None => self.parser.close(end_ns, &mut messages),
-        }
-        let (skipped, resyncs) = self.parser.take_resync();
-        Stats::add(&stats.parser_resync_bytes, skipped);
-        Stats::add(&stats.parser_resyncs, resyncs);
-        let mut loss = PairingLoss::default();
-        for msg in messages {
-            self.pairing.push(msg, ctx, spans, &mut loss);
-        }
-        if input.is_none() {
-            self.pairing.finish(&mut loss);
-        }
-        Stats::add(&stats.requests_unanswered, loss.requests_unanswered);
-        Stats::add(&stats.responses_unpaired, loss.responses_unpaired);
-        resyncs
-    }
-}
-
 /// What we know of a connection's protocol.
 enum Protocol {
     /// Not decided yet; keeps the chunks seen so far.
     Unknown(Box<Detecting>),
-    Http1(Box<Session<Http1Conn, HttpPairing>>),
-    Http2(Box<Session<Http2Conn, Http2Pairing>>),
-    Redis(Box<Session<RedisConn, RedisPairing>>),
-    Mysql(Box<Session<MysqlConn, MysqlPairing>>),
+    /// Decided: the protocol's entry in the table and the session.
+    Known(&'static ProtocolSpec, Box<dyn Session>),
     /// No supported protocol: the kernel was told to ship only message starts.
     Muted,
 }
@@ -179,71 +124,18 @@ impl Protocol {
     }
 
     /// The protocol these first bytes start, if one is sure.
-    fn detect(data: &[u8], options: &PipelineOptions) -> Result<Protocol, Detect> {
+    fn detect(data: &[u8], limits: Limits) -> Result<Protocol, Detect> {
         let mut verdict = Detect::No;
-        // HTTP/2 first: its preface would otherwise look like an HTTP/1.x
-        // request line to a lenient reader.
-        for (detect, make) in [
-            (
-                http2::detect as fn(&[u8]) -> Detect,
-                (|o: &PipelineOptions| {
-                    Protocol::Http2(Session::new(Http2Conn::new(http2::Limits {
-                        max_buffered_bytes: o.max_head_bytes,
-                    })))
-                }) as fn(&PipelineOptions) -> Protocol,
-            ),
-            (http1::detect, |o| {
-                Protocol::Http1(Session::new(Http1Conn::new(http1::Limits {
-                    max_head_bytes: o.max_head_bytes,
-                })))
-            }),
-            (redis::detect, |o| {
-                Protocol::Redis(Session::new(RedisConn::new(redis::Limits {
-                    max_buffered_bytes: o.max_head_bytes,
-                })))
-            }),
-            (mysql::detect, |o| {
-                Protocol::Mysql(Session::new(MysqlConn::new(mysql::Limits {
-                    max_buffered_bytes: o.max_head_bytes,
-                })))
-            }),
-        ] {
-            match detect(data) {
-                Detect::Request | Detect::Response => return Ok(make(options)),
+        for spec in PROTOCOLS {
+            match (spec.detect)(data) {
+                Detect::Request | Detect::Response => {
+                    return Ok(Protocol::Known(spec, (spec.new_session)(limits)));
+                }
                 Detect::NeedMore => verdict = Detect::NeedMore,
                 Detect::No => {}
             }
         }
         Err(verdict)
-    }
-
-    /// Runs the connection's session; returns the times its parser lost sync.
-    fn run(
-        &mut self,
-        input: Option<(Direction, &Chunk<'_>)>,
-        end_ns: u64,
-        ctx: &SpanContext,
-        stats: &Stats,
-        spans: &mut Vec<Span>,
-    ) -> u64 {
-        match self {
-            Protocol::Http1(s) => s.run(input, end_ns, ctx, stats, spans),
-            Protocol::Http2(s) => s.run(input, end_ns, ctx, stats, spans),
-            Protocol::Redis(s) => s.run(input, end_ns, ctx, stats, spans),
-            Protocol::Mysql(s) => s.run(input, end_ns, ctx, stats, spans),
-            Protocol::Unknown(_) | Protocol::Muted => 0,
-        }
-    }
-
-    /// The protocol's name in metrics (`sonde.parse.errors`).
-    fn name(&self) -> &'static str {
-        match self {
-            Protocol::Http1(_) => "http1",
-            Protocol::Http2(_) => "http2",
-            Protocol::Redis(_) => "redis",
-            Protocol::Mysql(_) => "mysql",
-            Protocol::Unknown(_) | Protocol::Muted => "none",
-        }
     }
 }
 
@@ -251,8 +143,7 @@ impl Protocol {
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
     pub max_connections: usize,
-    /// Bytes a parser may buffer per direction while a message start is incomplete.
-    pub max_head_bytes: usize,
+    pub limits: Limits,
     pub spans: SpanOptions,
 }
 
@@ -420,7 +311,7 @@ impl<S: SpanSink> Pipeline<S> {
                     start_ns: chunk.start_ns,
                     end_ns: chunk.end_ns,
                 });
-                match Protocol::detect(&detecting.prefix(dir), &self.options) {
+                match Protocol::detect(&detecting.prefix(dir), self.options.limits) {
                     Ok(protocol) => {
                         replay = std::mem::take(&mut detecting.chunks);
                         conn.state = protocol;
@@ -440,15 +331,18 @@ impl<S: SpanSink> Pipeline<S> {
                 }
             }
 
+            let Protocol::Known(spec, session) = &mut conn.state else {
+                break 'parse;
+            };
             let ctx = SpanContext {
                 pid: id.tgid,
                 endpoints: conn.endpoints,
                 options: self.options.spans,
             };
-            let protocol = conn.state.name();
             let mut resyncs = 0;
             if replay.is_empty() {
-                resyncs += conn.state.run(
+                resyncs += run_session(
+                    session.as_mut(),
                     Some((dir, chunk)),
                     chunk.end_ns,
                     &ctx,
@@ -458,7 +352,8 @@ impl<S: SpanSink> Pipeline<S> {
             }
             // The chunks kept while detecting, this one last among them.
             for kept in &replay {
-                resyncs += conn.state.run(
+                resyncs += run_session(
+                    session.as_mut(),
                     Some((kept.dir, &kept.as_chunk())),
                     kept.end_ns,
                     &ctx,
@@ -466,7 +361,8 @@ impl<S: SpanSink> Pipeline<S> {
                     &mut self.spans,
                 );
             }
-            self.count_parse_errors(protocol, resyncs);
+            let name = spec.name;
+            self.count_parse_errors(name, resyncs);
             // This connection's spans go before those of a connection it displaced.
             self.emit(ctx.endpoints);
         }
@@ -482,16 +378,23 @@ impl<S: SpanSink> Pipeline<S> {
 
     /// A connection ended (closed, replaced or evicted): finish its messages.
     fn finish(&mut self, mut conn: Conn<Protocol>, end_unix_ns: u64) {
+        let Protocol::Known(spec, session) = &mut conn.state else {
+            return;
+        };
         let ctx = SpanContext {
             pid: conn.id.tgid,
             endpoints: conn.endpoints,
             options: self.options.spans,
         };
-        let protocol = conn.state.name();
-        let resyncs = conn
-            .state
-            .run(None, end_unix_ns, &ctx, &self.stats, &mut self.spans);
-        self.count_parse_errors(protocol, resyncs);
+        let resyncs = run_session(
+            session.as_mut(),
+            None,
+            end_unix_ns,
+            &ctx,
+            &self.stats,
+            &mut self.spans,
+        );
+        self.count_parse_errors(spec.name, resyncs);
         self.emit(conn.endpoints);
     }
 
@@ -573,6 +476,24 @@ impl<S: SpanSink> Pipeline<S> {
     }
 }
 
+/// Runs one step of a connection's session and counts what it lost;
+/// returns the times its parser lost sync.
+fn run_session(
+    session: &mut dyn Session,
+    input: Option<(Direction, &Chunk<'_>)>,
+    end_ns: u64,
+    ctx: &SpanContext,
+    stats: &Stats,
+    spans: &mut Vec<Span>,
+) -> u64 {
+    let report = session.run(input, end_ns, ctx, spans);
+    Stats::add(&stats.parser_resync_bytes, report.resync_bytes);
+    Stats::add(&stats.parser_resyncs, report.resyncs);
+    Stats::add(&stats.requests_unanswered, report.loss.requests_unanswered);
+    Stats::add(&stats.responses_unpaired, report.loss.responses_unpaired);
+    report.resyncs
+}
+
 /// Spans that wait for [`Pipeline::flush_spans`] before it runs by itself.
 const SPAN_BATCH: usize = 256;
 
@@ -594,7 +515,9 @@ mod tests {
         Pipeline::new(
             PipelineOptions {
                 max_connections: 16,
-                max_head_bytes: 4096,
+                limits: Limits {
+                    max_buffered_bytes: 4096,
+                },
                 spans: SpanOptions::default(),
             },
             Clock::with_offset(0),

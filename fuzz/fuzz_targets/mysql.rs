@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use sonde::capture::{Endpoint, Endpoints};
 use sonde::protocol::mysql::{self, Limits, Message, MysqlConn};
 use sonde::protocol::{Chunk, Direction};
-use sonde::span::mysql::MysqlPairing;
+use sonde::protocol::mysql::span::MysqlPairing;
 use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions, sql};
 
 fuzz_target!(|data: &[u8]| {

@@ -13,7 +13,7 @@ use sonde::capture::{Endpoint, Endpoints};
 use sonde::protocol::redis::{self, Limits, Message, RedisConn, ReplyKind};
 use sonde::protocol::{Chunk, Direction};
 use sonde::span::model::AttrValue;
-use sonde::span::redis::RedisPairing;
+use sonde::protocol::redis::span::RedisPairing;
 use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
 
 fuzz_target!(|data: &[u8]| {

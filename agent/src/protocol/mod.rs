@@ -1,11 +1,97 @@
-//! Protocol stage: one module per protocol, each a pure streaming parser
-//! (bytes in, messages out; no I/O, no clock, no globals).
+//! Protocol stage: one folder per protocol, each with a pure streaming
+//! parser (bytes in, messages out; no I/O, no clock, no globals), the
+//! pairing that turns its messages into spans, its fixtures and its tests.
+//! [`PROTOCOLS`] is the one table the rest of the agent reads: detection
+//! order, parser and pairing, and the kernel's pre-filter all come from it.
+//!
+//! Adding a protocol is one folder here and one line in [`PROTOCOLS`]
+//! (docs/DESIGN.md walks through it).
 
-pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod mysql;
 pub mod redis;
+mod session;
+
+pub use session::{Session, SessionReport};
+
+/// Everything the agent needs to know of one protocol.
+pub struct ProtocolSpec {
+    /// Its name in metrics (`sonde.parse.errors`) and logs.
+    pub name: &'static str,
+    /// Tells from a direction's first bytes whether it carries this protocol.
+    pub detect: fn(&[u8]) -> Detect,
+    /// A parser and pairing for one new connection.
+    pub new_session: fn(Limits) -> Box<dyn Session>,
+}
+
+/// The supported protocols, in the order detection tries them: HTTP/2
+/// first, as its preface would otherwise look like an HTTP/1.x request
+/// line to a lenient reader.
+pub static PROTOCOLS: &[ProtocolSpec] = &[
+    http2::PROTOCOL,
+    http1::PROTOCOL,
+    redis::PROTOCOL,
+    mysql::PROTOCOL,
+];
+
+/// The bound on what a parser buffers per direction while the start of a
+/// message (an HTTP/1.x head, a Redis header line, a MySQL client packet,
+/// an HTTP/2 header block) is incomplete. Each protocol's module says what
+/// happens past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buffered_bytes: 16384,
+        }
+    }
+}
+
+/// Bytes a parser skipped while resynchronising and times it lost sync,
+/// for the agent's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resync {
+    pub bytes: u64,
+    pub events: u64,
+}
+
+impl Resync {
+    /// Returns the counts and resets them.
+    pub fn take(&mut self) -> (u64, u64) {
+        let r = std::mem::take(self);
+        (r.bytes, r.events)
+    }
+}
+
+/// Whether one direction has lost sync, so that one episode of lost sync
+/// is counted once however many bytes it skips.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLoss {
+    lost: bool,
+}
+
+impl SyncLoss {
+    /// Sync is lost: counts a new episode in `resync`; true when this call
+    /// started one.
+    pub fn lose(&mut self, resync: &mut Resync) -> bool {
+        let new = !self.lost;
+        if new {
+            resync.events += 1;
+        }
+        self.lost = true;
+        new
+    }
+
+    /// A message start was found: the episode is over.
+    pub fn regain(&mut self) {
+        self.lost = false;
+    }
+}
 
 /// What the first bytes of a stream look like to one protocol's detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +172,34 @@ pub trait StreamParser {
     fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Self::Message>);
     /// The connection closed at `end_ns`: finish what can be finished.
     fn close(&mut self, end_ns: u64, out: &mut Vec<Self::Message>);
+    /// The parser's lost-sync counters.
+    fn resync(&mut self) -> &mut Resync;
     /// Bytes skipped while resynchronising and times sync was lost, since
     /// the last call.
-    fn take_resync(&mut self) -> (u64, u64);
+    fn take_resync(&mut self) -> (u64, u64) {
+        self.resync().take()
+    }
+}
+
+/// Chunks as the parsers' tests build them.
+#[cfg(test)]
+pub(crate) mod test_chunks {
+    use super::Chunk;
+
+    /// A fully captured syscall at `t`.
+    pub(crate) fn whole(data: &[u8], t: u64) -> Chunk<'_> {
+        gapped(data, data.len(), t)
+    }
+
+    /// A syscall at `t` of `total` bytes of which `data` was captured.
+    pub(crate) fn gapped(data: &[u8], total: usize, t: u64) -> Chunk<'_> {
+        Chunk {
+            data,
+            total_len: total as u64,
+            start_ns: t,
+            end_ns: t + 1,
+        }
+    }
 }
 
 /// A small deterministic generator for the parsers' garbage tests.

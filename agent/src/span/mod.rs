@@ -2,12 +2,8 @@
 //! OpenTelemetry semantic conventions. SERVER spans for requests the process
 //! read, CLIENT spans for requests it wrote.
 
-pub mod http;
-pub mod http2;
 pub mod ids;
 pub mod model;
-pub mod mysql;
-pub mod redis;
 pub mod route;
 pub mod sql;
 
@@ -25,8 +21,14 @@ pub struct SpanContext {
 /// Span options from the config.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpanOptions {
-    pub http: http::HttpSpanOptions,
+    pub http: HttpSpanOptions,
     pub db: DbSpanOptions,
+}
+
+/// HTTP span options (HTTP/1.x and HTTP/2) from the config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpSpanOptions {
+    pub capture_query: bool,
 }
 
 /// Database span options from the config.

@@ -3,10 +3,13 @@
 
 use std::collections::VecDeque;
 
-use super::model::{AttrValue, Span, SpanKind, SpanStatus};
-use super::{Pairing, PairingLoss, SpanContext, http_endpoint_attrs, ids, network_attrs, route};
 use crate::protocol::Direction;
 use crate::protocol::http1::{Message, Request, Response};
+use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+use crate::span::{
+    HttpSpanOptions, Pairing, PairingLoss, SpanContext, http_endpoint_attrs, ids, network_attrs,
+    route,
+};
 
 /// Requests or responses waiting for their other half, per connection; more
 /// than this means pairing is lost, and the oldest is dropped and counted.
@@ -18,12 +21,6 @@ const MAX_WAITING: usize = 256;
 pub struct HttpPairing {
     requests: VecDeque<Request>,
     responses: VecDeque<Response>,
-}
-
-/// HTTP span options from the config.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HttpSpanOptions {
-    pub capture_query: bool,
 }
 
 impl Pairing for HttpPairing {

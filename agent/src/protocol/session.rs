@@ -1,0 +1,83 @@
+//! One connection's protocol session: its parser and its pairing, driven
+//! the same way for every protocol.
+
+use super::{Chunk, Direction, StreamParser};
+use crate::span::model::Span;
+use crate::span::{Pairing, PairingLoss, SpanContext};
+
+/// A connection's parser and pairing, behind one interface so the pipeline
+/// needs no per-protocol code.
+pub trait Session {
+    /// Parses one chunk, or with `None` the close at `end_ns`, and pushes
+    /// the spans the messages it yields complete.
+    fn run(
+        &mut self,
+        input: Option<(Direction, &Chunk<'_>)>,
+        end_ns: u64,
+        ctx: &SpanContext,
+        spans: &mut Vec<Span>,
+    ) -> SessionReport;
+}
+
+/// What a session lost while running, for the agent's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionReport {
+    /// Bytes the parser skipped while resynchronising.
+    pub resync_bytes: u64,
+    /// Times the parser lost sync.
+    pub resyncs: u64,
+    pub loss: PairingLoss,
+}
+
+/// The session of any parser with the pairing of its messages.
+pub struct Parsed<P, Q> {
+    parser: P,
+    pairing: Q,
+}
+
+impl<P, Q> Parsed<P, Q>
+where
+    P: StreamParser + 'static,
+    Q: Pairing<Message = P::Message> + 'static,
+{
+    /// A boxed session around `parser`, for [`super::ProtocolSpec::new_session`].
+    pub fn boxed(parser: P) -> Box<dyn Session> {
+        Box::new(Parsed {
+            parser,
+            pairing: Q::default(),
+        })
+    }
+}
+
+impl<P, Q> Session for Parsed<P, Q>
+where
+    P: StreamParser,
+    Q: Pairing<Message = P::Message>,
+{
+    fn run(
+        &mut self,
+        input: Option<(Direction, &Chunk<'_>)>,
+        end_ns: u64,
+        ctx: &SpanContext,
+        spans: &mut Vec<Span>,
+    ) -> SessionReport {
+        let mut messages = Vec::new();
+        match input {
+            Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut messages),
+            None => self.parser.close(end_ns, &mut messages),
+        }
+        let (resync_bytes, resyncs) = self.parser.take_resync();
+        let mut loss = PairingLoss::default();
+        for msg in messages {
+            self.pairing.push(msg, ctx, spans, &mut loss);
+        }
+        if input.is_none() {
+            self.pairing.finish(&mut loss);
+        }
+        SessionReport {
+            resync_bytes,
+            resyncs,
+            loss,
+        }
+    }
+}
