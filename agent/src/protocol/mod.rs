@@ -13,6 +13,9 @@ pub mod mysql;
 pub mod redis;
 mod session;
 
+#[cfg(test)]
+mod fixtures;
+
 pub use session::{Session, SessionReport};
 
 /// Everything the agent needs to know of one protocol.
