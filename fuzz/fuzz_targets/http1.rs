@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde::protocol::http1::{self, Http1Conn, Limits, Message};
-use sonde::protocol::{Chunk, Direction};
+use sonde::protocol::http1::{self, Http1Conn, Message};
+use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 
 fuzz_target!(|data: &[u8]| {
     // The head parser alone: never panics, and never consumes more than it got.
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = http1::detect(data);
 
-    let mut conn = Http1Conn::new(Limits { max_head_bytes: 512 });
+    let mut conn = Http1Conn::new(Limits { max_buffered_bytes: 512 });
     let mut out = Vec::new();
     let mut rest = data;
     let mut ts = 0u64;

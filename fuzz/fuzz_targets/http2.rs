@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use libfuzzer_sys::fuzz_target;
 use sonde::capture::{Endpoint, Endpoints};
 use sonde::protocol::http2::hpack::{self, Decoder};
-use sonde::protocol::http2::{self, FrameHeader, Http2Conn, Limits, Message};
-use sonde::protocol::{Chunk, Direction, StreamParser};
+use sonde::protocol::http2::{self, FrameHeader, Http2Conn, Message};
+use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 use sonde::protocol::http2::span::Http2Pairing;
 use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
 

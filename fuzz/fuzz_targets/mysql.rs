@@ -9,8 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sonde::capture::{Endpoint, Endpoints};
-use sonde::protocol::mysql::{self, Limits, Message, MysqlConn};
-use sonde::protocol::{Chunk, Direction};
+use sonde::protocol::mysql::{self, Message, MysqlConn};
+use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 use sonde::protocol::mysql::span::MysqlPairing;
 use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions, sql};
 

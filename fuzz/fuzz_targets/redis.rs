@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
 use sonde::capture::{Endpoint, Endpoints};
-use sonde::protocol::redis::{self, Limits, Message, RedisConn, ReplyKind};
-use sonde::protocol::{Chunk, Direction};
+use sonde::protocol::redis::{self, Message, RedisConn, ReplyKind};
+use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 use sonde::span::model::AttrValue;
 use sonde::protocol::redis::span::RedisPairing;
 use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
