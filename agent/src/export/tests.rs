@@ -1,13 +1,18 @@
-//! Tests of destination resolution and of the export worker end to end.
+//! Tests of destination resolution and of the span worker end to end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
 
+use super::otlp::{ENDPOINT, HEADERS, PROTOCOL};
 use super::*;
 use crate::config::OtlpConfig;
 use crate::span::model::{AttrValue, SpanKind, SpanStatus};
+
+const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs

@@ -20,12 +20,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::attrs::{Key, OwnedVal};
-use super::catalog::{Instrument, label_name, prometheus_name};
-use super::hist::{RawUnit, bucket_index};
-use super::store::{Exemplar, MetricSnap, Point, PointValue, Snapshot};
-use super::{Metrics, Temporality};
 use crate::enrich::Resource;
+use crate::metrics::attrs::{Key, OwnedVal};
+use crate::metrics::catalog::{Instrument, label_name, prometheus_name};
+use crate::metrics::hist::{RawUnit, bucket_index};
+use crate::metrics::store::{Exemplar, MetricSnap, Point, PointValue, Snapshot};
+use crate::metrics::{Metrics, Temporality};
 use crate::span::model::AttrValue;
 
 /// The two exposition formats.
@@ -245,7 +245,7 @@ fn classic_buckets(p: &Point, raw: RawUnit) -> Option<Classic> {
     }
 }
 
-/// Renders snapshots part by part (see [`super::Collection`]), so a large
+/// Renders snapshots part by part (see [`crate::metrics::Collection`]), so a large
 /// page never sits in memory whole: each family's header is written before
 /// its first samples, once, as long as the parts of a family come together.
 pub struct Renderer {

@@ -1,23 +1,52 @@
-//! Snapshots in the OTLP metrics data model (`opentelemetry-proto`
-//! messages), one `ResourceMetrics` per process, split into requests of
-//! bounded size.
+//! Metrics over OTLP: where they go ([`resolve_metrics_target`]), snapshots
+//! in the OTLP metrics data model ([`Requests`]: one `ResourceMetrics` per
+//! process, split into requests of bounded size), and the task that reads
+//! the store every interval and sends it ([`export_loop`]).
+//!
+//! The endpoint, protocol and headers follow the rules of every signal
+//! (see [`super`]), with `metrics.otlp.endpoint` as the signal's own key.
+//! Besides:
+//!
+//! - Interval: `metrics.otlp.interval_ms`, `OTEL_METRIC_EXPORT_INTERVAL`
+//!   (ms), else 60 s.
+//! - Temporality: `metrics.otlp.temporality`,
+//!   `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` (`cumulative`,
+//!   `delta`, or `lowmemory`, which is delta for everything sonde makes),
+//!   else cumulative.
+//! - `OTEL_METRICS_EXPORTER` without `otlp` in its list (`none`,
+//!   `prometheus`) turns OTLP metrics off, as does `metrics.otlp.enabled: false`.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Exemplar as PExemplar, ExponentialHistogram,
     ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, exemplar, exponential_histogram_data_point, metric,
     number_data_point,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
+use tokio::sync::watch;
 
-use super::attrs::{Key, OwnedVal};
-use super::catalog::Instrument;
-use super::hist::RawUnit;
-use super::store::{Exemplar, MetricSnap, Point, PointValue, Snapshot, Temporality};
+use super::{Env, OtlpClient, OtlpTarget, Signal, key, kv, resolve_target, resource, scope, var};
+use crate::config::{ExportConfig, MetricsConfig};
 use crate::enrich::Resource;
-use crate::span::model::AttrValue;
+use crate::export::{ExportError, WarnLimiter};
+use crate::metrics::Metrics;
+use crate::metrics::attrs::{Key, OwnedVal};
+use crate::metrics::catalog::Instrument;
+use crate::metrics::hist::RawUnit;
+use crate::metrics::store::{
+    Exemplar, MetricSnap, Point, PointValue, ResourceSnap, Snapshot, Temporality, merge_resources,
+};
+
+const INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+const TEMPORALITY: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+const EXPORTER: &str = "OTEL_METRICS_EXPORTER";
+
+/// The export interval when nothing sets one (the OpenTelemetry default).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Data points per export request, at most; a snapshot with more is sent
 /// in several requests (collectors refuse messages over 4 MiB by default,
@@ -27,32 +56,80 @@ pub const MAX_POINTS_PER_REQUEST: usize = 500;
 /// Series read from the store at a time while a request is gathered.
 pub const SERIES_PER_PART: usize = 100;
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+/// Where and how metrics are sent, once resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsTarget {
+    pub otlp: OtlpTarget,
+    pub interval: Duration,
+    pub temporality: Temporality,
 }
 
-fn resource(r: &Resource) -> PResource {
-    PResource {
-        attributes: r
-            .attributes
-            .iter()
-            .map(|(k, v)| {
-                kv(
-                    k,
-                    match v {
-                        AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
-                        AttrValue::Int(i) => any_value::Value::IntValue(*i),
-                        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
-                    },
-                )
-            })
-            .collect(),
-        ..Default::default()
+/// Decides whether and where metrics go over OTLP. See the module
+/// documentation.
+pub fn resolve_metrics_target(
+    export: &ExportConfig,
+    metrics: &MetricsConfig,
+    env: &Env,
+) -> Result<Option<MetricsTarget>, ExportError> {
+    if !metrics.enabled || !metrics.otlp.enabled {
+        return Ok(None);
     }
+    if let Some((_, list)) = var(env, EXPORTER)
+        && !list
+            .split(',')
+            .any(|e| e.trim().eq_ignore_ascii_case("otlp"))
+    {
+        return Ok(None);
+    }
+    let Some(otlp) = resolve_target(
+        Signal::Metrics,
+        &export.otlp,
+        ("metrics.otlp.endpoint", &metrics.otlp.endpoint),
+        env,
+    )?
+    else {
+        return Ok(None);
+    };
+
+    let interval = match metrics.otlp.interval_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => match var(env, INTERVAL) {
+            None => DEFAULT_INTERVAL,
+            Some((setting, v)) => match v.parse::<u64>() {
+                Ok(ms) if ms >= 100 => Duration::from_millis(ms),
+                _ => {
+                    return Err(ExportError::Endpoint {
+                        setting,
+                        reason: format!(
+                            "{v:?} is not an interval; write milliseconds, at least 100 (60000 is a minute)"
+                        ),
+                    });
+                }
+            },
+        },
+    };
+
+    let temporality = match key("metrics.otlp.temporality", &metrics.otlp.temporality)
+        .or_else(|| var(env, TEMPORALITY))
+    {
+        None => Temporality::Cumulative,
+        Some((setting, v)) => match v.to_ascii_lowercase().as_str() {
+            "cumulative" => Temporality::Cumulative,
+            "delta" | "lowmemory" => Temporality::Delta,
+            _ => {
+                return Err(ExportError::Endpoint {
+                    setting,
+                    reason: format!("{v:?} is not a temporality; write cumulative or delta"),
+                });
+            }
+        },
+    };
+
+    Ok(Some(MetricsTarget {
+        otlp,
+        interval,
+        temporality,
+    }))
 }
 
 fn attributes(attrs: &[(Key, OwnedVal)]) -> Vec<KeyValue> {
@@ -69,14 +146,6 @@ fn attributes(attrs: &[(Key, OwnedVal)]) -> Vec<KeyValue> {
             )
         })
         .collect()
-}
-
-fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: "sonde".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    }
 }
 
 fn exemplars(list: &[Exemplar], raw: RawUnit) -> Vec<PExemplar> {
@@ -287,11 +356,87 @@ fn push_resource(req: &mut ExportMetricsServiceRequest, r: &Resource, metrics: V
     });
 }
 
+/// One export: the store read a part at a time, parts gathered into
+/// requests of up to [`MAX_POINTS_PER_REQUEST`] points, each sent before
+/// the next is built.
+async fn export_once(
+    metrics: &Metrics,
+    client: &OtlpClient,
+    temporality: Temporality,
+    warnings: &mut WarnLimiter,
+) {
+    let max = MAX_POINTS_PER_REQUEST;
+    let mut collection = metrics.collect(temporality);
+    let mut gathered: Vec<ResourceSnap> = Vec::new();
+    let mut points = 0;
+    loop {
+        let part = collection.next_part(SERIES_PER_PART);
+        let done = part.is_none();
+        if let Some(part) = part {
+            points += part
+                .resources
+                .iter()
+                .flat_map(|r| &r.metrics)
+                .map(|m| m.points.len())
+                .sum::<usize>();
+            gathered.extend(part.resources);
+        }
+        if (done || points >= max) && !gathered.is_empty() {
+            let snap = Snapshot {
+                time_ns: collection.now,
+                temporality,
+                resources: merge_resources(std::mem::take(&mut gathered)),
+            };
+            points = 0;
+            for request in Requests::new(&snap, max) {
+                if let Err(e) = client.export(&request).await {
+                    metrics.count_export_failure();
+                    warnings.warn(&e.to_string());
+                }
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    crate::memory::release(false);
+}
+
+/// Exports every `target.interval` until `stop` says so, then once more.
+pub async fn export_loop(
+    metrics: Arc<Metrics>,
+    client: OtlpClient,
+    target: MetricsTarget,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut warnings = WarnLimiter::new("metric export failed", Duration::from_secs(60));
+    let start = tokio::time::Instant::now() + target.interval;
+    let mut ticker = tokio::time::interval_at(start, target.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                export_once(&metrics, &client, target.temporality, &mut warnings).await;
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    // The last export: what waited in the service graph goes too.
+    metrics.finish();
+    export_once(&metrics, &client, target.temporality, &mut warnings).await;
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::Protocol;
     use super::*;
     use crate::metrics::hist::{Bounds, Explicit};
     use crate::metrics::store::ResourceSnap;
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     fn snap(points: usize) -> Snapshot {
@@ -383,5 +528,167 @@ mod tests {
             })
             .collect();
         assert_eq!(counts, vec![10, 10, 5]);
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn resolve(
+        export: &ExportConfig,
+        metrics: &MetricsConfig,
+        pairs: &[(&str, &str)],
+    ) -> Result<Option<MetricsTarget>, ExportError> {
+        resolve_metrics_target(export, metrics, &env(pairs))
+    }
+
+    #[test]
+    fn nothing_set_means_no_otlp_metrics() {
+        let t = resolve(&ExportConfig::default(), &MetricsConfig::default(), &[]).unwrap();
+        assert_eq!(t, None);
+    }
+
+    #[test]
+    fn base_endpoint_gets_the_metrics_path_for_http() {
+        let t = resolve(
+            &ExportConfig::default(),
+            &MetricsConfig::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.otlp.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(t.otlp.protocol, Protocol::HttpProtobuf);
+        assert_eq!(t.interval, DEFAULT_INTERVAL);
+        assert_eq!(t.temporality, Temporality::Cumulative);
+        // gRPC takes the base as it is.
+        let t = resolve(
+            &ExportConfig::default(),
+            &MetricsConfig::default(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.otlp.endpoint, "http://collector:4317");
+        assert_eq!(t.otlp.protocol, Protocol::Grpc);
+    }
+
+    #[test]
+    fn metric_variables_win_over_the_shared_ones() {
+        let t = resolve(
+            &ExportConfig::default(),
+            &MetricsConfig::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "http://b:9000/custom",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-a=1"),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-b=2"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+                ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.otlp.endpoint, "http://b:9000/custom");
+        assert_eq!(t.otlp.protocol, Protocol::HttpProtobuf);
+        assert_eq!(t.otlp.headers, vec![("x-b".to_string(), "2".to_string())]);
+        assert_eq!(t.interval, Duration::from_millis(1500));
+        assert_eq!(t.temporality, Temporality::Delta);
+    }
+
+    #[test]
+    fn config_keys_win_over_the_environment() {
+        let mut export = ExportConfig::default();
+        export.otlp.endpoint = Some("http://cfg:4317".into());
+        let mut metrics = MetricsConfig::default();
+        metrics.otlp.interval_ms = Some(250);
+        metrics.otlp.temporality = Some("delta".into());
+        let t = resolve(
+            &export,
+            &metrics,
+            &[
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://env:4317"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                    "cumulative",
+                ),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.otlp.endpoint, "http://cfg:4317");
+        assert_eq!(t.interval, Duration::from_millis(250));
+        assert_eq!(t.temporality, Temporality::Delta);
+        metrics.otlp.endpoint = Some("http://full:4317".into());
+        let t = resolve(&export, &metrics, &[]).unwrap().unwrap();
+        assert_eq!(t.otlp.endpoint, "http://full:4317");
+    }
+
+    #[test]
+    fn turned_off() {
+        let shared = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317")];
+        let mut metrics = MetricsConfig::default();
+        metrics.otlp.enabled = false;
+        assert_eq!(
+            resolve(&ExportConfig::default(), &metrics, &shared).unwrap(),
+            None
+        );
+        let none = [shared[0], ("OTEL_METRICS_EXPORTER", "none")];
+        assert_eq!(
+            resolve(&ExportConfig::default(), &MetricsConfig::default(), &none).unwrap(),
+            None
+        );
+        let both = [shared[0], ("OTEL_METRICS_EXPORTER", "prometheus,otlp")];
+        assert!(
+            resolve(&ExportConfig::default(), &MetricsConfig::default(), &both)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317");
+        for (pairs, words) in [
+            (
+                vec![base, ("OTEL_METRIC_EXPORT_INTERVAL", "soon")],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                vec![
+                    base,
+                    (
+                        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                        "sometimes",
+                    ),
+                ],
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            ),
+            (
+                vec![base, ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json")],
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector:4317")],
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            ),
+        ] {
+            let err = resolve(&ExportConfig::default(), &MetricsConfig::default(), &pairs)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(words), "{err}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Console output: one readable line per span on stdout.
+//! Console output: one readable line per span on stdout, and every minute
+//! the table of the busiest operations ([`table`]).
 //!
 //! ```text
 //! 2026-11-26T16:45:55.123Z  nginx  SERVER  GET /index.html  200  1.234ms  peer=127.0.0.1:54012
@@ -10,6 +11,8 @@
 //! peer when known, and `error=...` when the span failed. Text that came off
 //! the wire is escaped so that one span is always one line and cannot steer
 //! the terminal.
+
+pub mod table;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
