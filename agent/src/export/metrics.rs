@@ -105,13 +105,13 @@ pub async fn start(
             setting: setting.to_string(),
             message,
         })?;
-        let listener = prometheus::bind(addr)
+        let listener = prometheus::server::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let bound = listener.local_addr().unwrap_or(addr);
         tracing::info!(address = %bound, "serving Prometheus metrics at /metrics");
         prometheus_addr = Some(bound);
-        others.push(tokio::spawn(prometheus::serve(
+        others.push(tokio::spawn(prometheus::server::serve(
             listener,
             Arc::clone(&metrics),
         )));

@@ -1,10 +1,12 @@
 use std::io::{Read, Write};
 
+use super::server::{bind, serve};
 use super::*;
 use crate::capture::{Endpoint, Endpoints};
 use crate::config::MetricsConfig;
 use crate::metrics::store::Store;
 use crate::metrics::store_options;
+use crate::metrics::{Metrics, Temporality};
 use crate::span::model::{Span, SpanKind, SpanStatus};
 use crate::stats::Stats;
 
@@ -197,26 +199,6 @@ fn le_values() {
 }
 
 #[test]
-fn parses_request_heads() {
-    let h = parse_head(
-        "GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text\r\nHost: x\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(
-        (h.method.as_str(), h.path.as_str(), h.keep_alive),
-        ("GET", "/metrics", true)
-    );
-    assert_eq!(h.accept, "application/openmetrics-text");
-    let h = parse_head("GET / HTTP/1.0\r\n\r\n").unwrap();
-    assert!(!h.keep_alive);
-    let h = parse_head("GET / HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\n").unwrap();
-    assert!(!h.keep_alive);
-    assert_eq!(h.body_len, 3);
-    assert!(parse_head("").is_none());
-    assert!(parse_head("GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n").is_none());
-}
-
-#[test]
 fn serves_metrics_over_http() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -279,12 +261,54 @@ fn serves_metrics_over_http() {
         second.0
     );
     assert!(!second.1.contains("# EOF"));
+    conn.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut conn);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Type: text/plain"), "{head}");
+    conn.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    let (head, body) = read_response(&mut conn);
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    assert_eq!(body, "use GET\n");
     conn.write_all(b"GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut rest = String::new();
     conn.read_to_string(&mut rest).unwrap();
     assert!(rest.starts_with("HTTP/1.1 404"), "{rest}");
+    assert!(rest.ends_with("not found; try /metrics\n"), "{rest}");
+
+    // HTTP/1.0: the page, up to the connection's end.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
+    assert!(page.contains("sonde_events_read_total{"), "{page}");
+
+    // A request head over the limit.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let long = format!(
+        "GET /metrics HTTP/1.1\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let _ = conn.write_all(long.as_bytes());
+    let mut rest = String::new();
+    let _ = conn.read_to_string(&mut rest);
+    assert!(rest.starts_with("HTTP/1.1 431"), "{rest}");
     runtime.shutdown_background();
+}
+
+/// Reads the head of one response.
+fn read_head(conn: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
 }
 
 /// Reads one response, with a Content-Length or chunked: (head, body).
