@@ -409,3 +409,30 @@ impl Worker {
 
 #[cfg(test)]
 mod tests;
+
+/// What the exporters' tests build spans with.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+
+    /// A server span, trace and span ids filled with `id`.
+    pub(crate) fn span(
+        name: &str,
+        id: u8,
+        (start_unix_ns, end_unix_ns): (u64, u64),
+        attributes: Vec<(&'static str, AttrValue)>,
+    ) -> Span {
+        Span {
+            trace_id: [id; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            name: name.into(),
+            kind: SpanKind::Server,
+            start_unix_ns,
+            end_unix_ns,
+            attributes,
+            status: SpanStatus::Unset,
+            pid: 1,
+        }
+    }
+}

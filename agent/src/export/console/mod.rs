@@ -202,18 +202,8 @@ mod tests {
     }
 
     fn span(attributes: Vec<(&'static str, AttrValue)>) -> Span {
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            name: "GET /index.html".into(),
-            kind: SpanKind::Server,
-            start_unix_ns: 1_795_711_555_123_456_789,
-            end_unix_ns: 1_795_711_555_123_456_789 + 1_234_567,
-            attributes,
-            status: SpanStatus::Unset,
-            pid: 42,
-        }
+        let start = 1_795_711_555_123_456_789;
+        crate::export::testing::span("GET /index.html", 1, (start, start + 1_234_567), attributes)
     }
 
     #[test]

@@ -276,7 +276,7 @@ mod tests {
     use crate::enrich::Resource;
     use crate::metrics::store::Store;
     use crate::metrics::store_options;
-    use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+    use crate::span::model::{AttrValue, Span, SpanStatus};
 
     fn span(route: &str, status: i64, ms: u64, end_ms: u64) -> Span {
         let mut attributes = vec![
@@ -287,24 +287,18 @@ mod tests {
         if status >= 500 {
             attributes.push(("error.type", status.to_string().into()));
         }
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            name: route.into(),
-            kind: SpanKind::Server,
-            start_unix_ns: (end_ms - ms) * 1_000_000,
-            end_unix_ns: end_ms * 1_000_000,
+        let mut s = crate::export::testing::span(
+            route,
+            1,
+            ((end_ms - ms) * 1_000_000, end_ms * 1_000_000),
             attributes,
-            status: if status >= 500 {
-                SpanStatus::Error {
-                    description: String::new(),
-                }
-            } else {
-                SpanStatus::Unset
-            },
-            pid: 1,
+        );
+        if status >= 500 {
+            s.status = SpanStatus::Error {
+                description: String::new(),
+            };
         }
+        s
     }
 
     #[test]

@@ -35,25 +35,36 @@ pub trait Payload: Message {
     fn rejected(reply: &Self::Reply) -> Option<(i64, String)>;
 }
 
-impl Payload for ExportTraceServiceRequest {
-    type Reply = ExportTraceServiceResponse;
-    const SIGNAL: Signal = Signal::Traces;
-    const ITEMS: &'static str = "spans";
-    fn rejected(reply: &Self::Reply) -> Option<(i64, String)> {
-        let p = reply.partial_success.as_ref()?;
-        Some((p.rejected_spans, p.error_message.clone()))
-    }
+/// `Payload` for a signal's request: its reply, signal, what it counts
+/// and the reply's field of rejected items.
+macro_rules! payload {
+    ($request:ty, $reply:ty, $signal:expr, $items:literal, $rejected:ident) => {
+        impl Payload for $request {
+            type Reply = $reply;
+            const SIGNAL: Signal = $signal;
+            const ITEMS: &'static str = $items;
+            fn rejected(reply: &Self::Reply) -> Option<(i64, String)> {
+                let p = reply.partial_success.as_ref()?;
+                Some((p.$rejected, p.error_message.clone()))
+            }
+        }
+    };
 }
 
-impl Payload for ExportMetricsServiceRequest {
-    type Reply = ExportMetricsServiceResponse;
-    const SIGNAL: Signal = Signal::Metrics;
-    const ITEMS: &'static str = "data points";
-    fn rejected(reply: &Self::Reply) -> Option<(i64, String)> {
-        let p = reply.partial_success.as_ref()?;
-        Some((p.rejected_data_points, p.error_message.clone()))
-    }
-}
+payload!(
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+    Signal::Traces,
+    "spans",
+    rejected_spans
+);
+payload!(
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+    Signal::Metrics,
+    "data points",
+    rejected_data_points
+);
 
 /// Why a request was not delivered. The messages never hold header values
 /// or the user name and password of an endpoint.

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use tokio::sync::watch;
 
-use super::{Env, OtlpClient, OtlpTarget, Signal, key, kv, resolve_target, resource, scope, var};
+use super::{Env, OtlpClient, OtlpTarget, Signal, key, kv, resolve_target, var};
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::enrich::Resource;
 use crate::export::{ExportError, WarnLimiter};
@@ -167,99 +167,118 @@ fn temporality(t: Temporality) -> i32 {
     }
 }
 
+/// Min and max of a histogram point: they cover the whole series, so they
+/// only go with cumulative points.
+fn min_max(m: &MetricSnap, t: Temporality, count: u64, raw: (u64, u64)) -> [Option<f64>; 2] {
+    let keep = t == Temporality::Cumulative && count > 0;
+    [raw.0, raw.1].map(|v| keep.then(|| m.raw.to_unit(v)))
+}
+
+/// A histogram data point of type `$ty`: the fields every histogram
+/// point has, from `$h` (an explicit or exponential histogram), then
+/// `$field: $value` for the rest.
+macro_rules! histogram_point {
+    ($ty:ident, $m:expr, $p:expr, $h:expr, $time_ns:expr, $t:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let [min, max] = min_max($m, $t, $h.count, ($h.min, $h.max));
+        $ty {
+            attributes: attributes(&$p.attrs),
+            start_time_unix_nano: $p.start_ns,
+            time_unix_nano: $time_ns,
+            count: $h.count,
+            sum: Some($m.raw.sum_to_unit($h.sum)),
+            exemplars: exemplars(&$p.exemplars, $m.raw),
+            min,
+            max,
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
+}
+
+fn explicit_point(
+    m: &MetricSnap,
+    p: &Point,
+    time_ns: u64,
+    t: Temporality,
+) -> Option<HistogramDataPoint> {
+    let PointValue::Explicit { bounds, hist } = &p.value else {
+        return None;
+    };
+    Some(
+        histogram_point!(HistogramDataPoint, m, p, hist, time_ns, t, {
+            bucket_counts: hist.counts.to_vec(),
+            explicit_bounds: bounds.values().to_vec(),
+        }),
+    )
+}
+
+fn exponential_point(
+    m: &MetricSnap,
+    p: &Point,
+    time_ns: u64,
+    t: Temporality,
+) -> Option<ExponentialHistogramDataPoint> {
+    let PointValue::Exponential(h) = &p.value else {
+        return None;
+    };
+    Some(
+        histogram_point!(ExponentialHistogramDataPoint, m, p, h, time_ns, t, {
+            scale: h.scale,
+            zero_count: h.zero_count,
+            positive: Some(exponential_histogram_data_point::Buckets {
+                offset: h.offset,
+                bucket_counts: h.counts.clone(),
+            }),
+        }),
+    )
+}
+
 /// One metric with the points `points` (a slice of `m.points`).
 fn metric(m: &MetricSnap, points: &[Point], time_ns: u64, t: Temporality) -> Metric {
-    let number = |p: &Point, v: f64| NumberDataPoint {
-        attributes: attributes(&p.attrs),
-        start_time_unix_nano: p.start_ns,
-        time_unix_nano: time_ns,
-        value: Some(number_data_point::Value::AsDouble(v)),
-        ..Default::default()
+    let numbers = || -> Vec<NumberDataPoint> {
+        points
+            .iter()
+            .filter_map(|p| match p.value {
+                PointValue::Sum(v) | PointValue::Gauge(v) => Some(NumberDataPoint {
+                    attributes: attributes(&p.attrs),
+                    start_time_unix_nano: p.start_ns,
+                    time_unix_nano: time_ns,
+                    value: Some(number_data_point::Value::AsDouble(v)),
+                    ..Default::default()
+                }),
+                _ => None,
+            })
+            .collect()
     };
     let data = match m.instrument {
         Instrument::Counter => metric::Data::Sum(Sum {
-            data_points: points
-                .iter()
-                .filter_map(|p| match p.value {
-                    PointValue::Sum(v) | PointValue::Gauge(v) => Some(number(p, v)),
-                    _ => None,
-                })
-                .collect(),
+            data_points: numbers(),
             aggregation_temporality: temporality(t),
             is_monotonic: true,
         }),
         Instrument::Gauge => metric::Data::Gauge(Gauge {
+            data_points: numbers(),
+        }),
+        Instrument::Histogram
+            if points
+                .iter()
+                .any(|p| matches!(p.value, PointValue::Exponential(_))) =>
+        {
+            metric::Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: points
+                    .iter()
+                    .filter_map(|p| exponential_point(m, p, time_ns, t))
+                    .collect(),
+                aggregation_temporality: temporality(t),
+            })
+        }
+        Instrument::Histogram => metric::Data::Histogram(Histogram {
             data_points: points
                 .iter()
-                .filter_map(|p| match p.value {
-                    PointValue::Sum(v) | PointValue::Gauge(v) => Some(number(p, v)),
-                    _ => None,
-                })
+                .filter_map(|p| explicit_point(m, p, time_ns, t))
                 .collect(),
+            aggregation_temporality: temporality(t),
         }),
-        Instrument::Histogram => {
-            let exponential = points
-                .iter()
-                .any(|p| matches!(p.value, PointValue::Exponential(_)));
-            if exponential {
-                metric::Data::ExponentialHistogram(ExponentialHistogram {
-                    data_points: points
-                        .iter()
-                        .filter_map(|p| match &p.value {
-                            PointValue::Exponential(h) => Some(ExponentialHistogramDataPoint {
-                                attributes: attributes(&p.attrs),
-                                start_time_unix_nano: p.start_ns,
-                                time_unix_nano: time_ns,
-                                count: h.count,
-                                sum: Some(m.raw.sum_to_unit(h.sum)),
-                                scale: h.scale,
-                                zero_count: h.zero_count,
-                                positive: Some(exponential_histogram_data_point::Buckets {
-                                    offset: h.offset,
-                                    bucket_counts: h.counts.clone(),
-                                }),
-                                negative: None,
-                                exemplars: exemplars(&p.exemplars, m.raw),
-                                min: (t == Temporality::Cumulative && h.count > 0)
-                                    .then(|| m.raw.to_unit(h.min)),
-                                max: (t == Temporality::Cumulative && h.count > 0)
-                                    .then(|| m.raw.to_unit(h.max)),
-                                ..Default::default()
-                            }),
-                            _ => None,
-                        })
-                        .collect(),
-                    aggregation_temporality: temporality(t),
-                })
-            } else {
-                metric::Data::Histogram(Histogram {
-                    data_points: points
-                        .iter()
-                        .filter_map(|p| match &p.value {
-                            PointValue::Explicit { bounds, hist } => Some(HistogramDataPoint {
-                                attributes: attributes(&p.attrs),
-                                start_time_unix_nano: p.start_ns,
-                                time_unix_nano: time_ns,
-                                count: hist.count,
-                                sum: Some(m.raw.sum_to_unit(hist.sum)),
-                                bucket_counts: hist.counts.to_vec(),
-                                explicit_bounds: bounds.values().to_vec(),
-                                exemplars: exemplars(&p.exemplars, m.raw),
-                                // Min and max cover the whole series, so they
-                                // only go with cumulative points.
-                                min: (t == Temporality::Cumulative && hist.count > 0)
-                                    .then(|| m.raw.to_unit(hist.min)),
-                                max: (t == Temporality::Cumulative && hist.count > 0)
-                                    .then(|| m.raw.to_unit(hist.max)),
-                                ..Default::default()
-                            }),
-                            _ => None,
-                        })
-                        .collect(),
-                    aggregation_temporality: temporality(t),
-                })
-            }
-        }
     };
     Metric {
         name: m.name.to_string(),
@@ -345,15 +364,11 @@ fn push_resource(req: &mut ExportMetricsServiceRequest, r: &Resource, metrics: V
     if metrics.is_empty() {
         return;
     }
-    req.resource_metrics.push(ResourceMetrics {
-        resource: Some(resource(r)),
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(scope()),
-            metrics,
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    req.resource_metrics.push(for_resource!(
+        ResourceMetrics,
+        scope_metrics: ScopeMetrics { metrics },
+        r
+    ));
 }
 
 /// One export: the store read a part at a time, parts gathered into
@@ -545,6 +560,13 @@ mod tests {
         resolve_metrics_target(export, metrics, &env(pairs))
     }
 
+    /// The target of the default configuration with `pairs` set.
+    fn target(pairs: &[(&str, &str)]) -> MetricsTarget {
+        resolve(&ExportConfig::default(), &MetricsConfig::default(), pairs)
+            .unwrap()
+            .expect("OTLP metrics on")
+    }
+
     #[test]
     fn nothing_set_means_no_otlp_metrics() {
         let t = resolve(&ExportConfig::default(), &MetricsConfig::default(), &[]).unwrap();
@@ -553,53 +575,35 @@ mod tests {
 
     #[test]
     fn base_endpoint_gets_the_metrics_path_for_http() {
-        let t = resolve(
-            &ExportConfig::default(),
-            &MetricsConfig::default(),
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ],
-        )
-        .unwrap()
-        .unwrap();
+        let t = target(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
         assert_eq!(t.otlp.endpoint, "http://collector:4318/v1/metrics");
         assert_eq!(t.otlp.protocol, Protocol::HttpProtobuf);
         assert_eq!(t.interval, DEFAULT_INTERVAL);
         assert_eq!(t.temporality, Temporality::Cumulative);
         // gRPC takes the base as it is.
-        let t = resolve(
-            &ExportConfig::default(),
-            &MetricsConfig::default(),
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")],
-        )
-        .unwrap()
-        .unwrap();
+        let t = target(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]);
         assert_eq!(t.otlp.endpoint, "http://collector:4317");
         assert_eq!(t.otlp.protocol, Protocol::Grpc);
     }
 
     #[test]
     fn metric_variables_win_over_the_shared_ones() {
-        let t = resolve(
-            &ExportConfig::default(),
-            &MetricsConfig::default(),
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
-                (
-                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-                    "http://b:9000/custom",
-                ),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "x-a=1"),
-                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-b=2"),
-                ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
-                ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
-            ],
-        )
-        .unwrap()
-        .unwrap();
+        let t = target(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://b:9000/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-a=1"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-b=2"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+        ]);
         assert_eq!(t.otlp.endpoint, "http://b:9000/custom");
         assert_eq!(t.otlp.protocol, Protocol::HttpProtobuf);
         assert_eq!(t.otlp.headers, vec![("x-b".to_string(), "2".to_string())]);

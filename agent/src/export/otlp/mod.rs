@@ -26,6 +26,23 @@
 //!
 //! Empty values count as unset, as the OpenTelemetry specification says.
 
+/// A signal's `Resource…` message for the process `$resource`, with one
+/// `Scope…` of sonde's scope holding `$items`, for example
+/// `for_resource!(ResourceSpans, scope_spans: ScopeSpans { spans }, r)`.
+macro_rules! for_resource {
+    ($outer:ident, $scopes:ident: $inner:ident { $items:ident }, $resource:expr) => {
+        $outer {
+            resource: Some($crate::export::otlp::resource($resource)),
+            $scopes: vec![$inner {
+                scope: Some($crate::export::otlp::scope()),
+                $items,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    };
+}
+
 pub mod client;
 pub mod metrics;
 pub mod traces;

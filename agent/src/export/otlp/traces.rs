@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::client::SendError;
-use super::{OtlpClient, OtlpTarget, attr_value, kv, resource, scope};
+use super::{OtlpClient, OtlpTarget, attr_value, kv};
 use crate::enrich::Resource;
 use crate::export::{ExportError, ExportItem};
 use crate::span::model::{Span, SpanKind, SpanStatus};
@@ -67,15 +67,11 @@ pub fn to_proto(span: Span) -> PSpan {
 /// The request that carries `spans` of one process.
 pub fn request(resource_of: &Resource, spans: Vec<PSpan>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource(resource_of)),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(scope()),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+        resource_spans: vec![for_resource!(
+            ResourceSpans,
+            scope_spans: ScopeSpans { spans },
+            resource_of
+        )],
     }
 }
 
@@ -214,18 +210,8 @@ mod tests {
 
     #[test]
     fn root_client_span_conversion() {
-        let span = Span {
-            trace_id: [0xab; 16],
-            span_id: [0xcd; 8],
-            parent_span_id: None,
-            name: "SET".into(),
-            kind: SpanKind::Client,
-            start_unix_ns: 5,
-            end_unix_ns: 9,
-            attributes: vec![],
-            status: SpanStatus::Unset,
-            pid: 1,
-        };
+        let mut span = crate::export::testing::span("SET", 0xab, (5, 9), vec![]);
+        span.kind = SpanKind::Client;
         let p = to_proto(span);
         assert!(p.parent_span_id.is_empty());
         assert_eq!(p.flags, 0x101);

@@ -101,6 +101,16 @@ fn attr_text(v: &AttrValue) -> String {
     }
 }
 
+/// Appends `name="value"` to a label list, with a comma when needed.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    let _ = write!(out, "{name}=\"");
+    escape_value(out, value);
+    out.push('"');
+}
+
 /// `name="value",...` for a resource's identifying labels.
 fn resource_labels(r: &Resource) -> (String, Vec<String>) {
     let mut text = String::new();
@@ -108,12 +118,7 @@ fn resource_labels(r: &Resource) -> (String, Vec<String>) {
     for key in RESOURCE_LABELS {
         if let Some(v) = r.attr(key) {
             let name = label_name(key);
-            if !text.is_empty() {
-                text.push(',');
-            }
-            let _ = write!(text, "{name}=\"");
-            escape_value(&mut text, &attr_text(v));
-            text.push('"');
+            push_label(&mut text, &name, &attr_text(v));
             names.push(name);
         }
     }
@@ -126,15 +131,9 @@ fn labels(base: &(String, Vec<String>), attrs: &[(Key, OwnedVal)]) -> String {
     let mut out = base.0.clone();
     for (k, v) in attrs {
         let name = label_name(k.name());
-        if base.1.contains(&name) {
-            continue;
+        if !base.1.contains(&name) {
+            push_label(&mut out, &name, &v.to_string());
         }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        let _ = write!(out, "{name}=\"");
-        escape_value(&mut out, &v.to_string());
-        out.push('"');
     }
     out
 }
@@ -388,16 +387,10 @@ fn target_info(out: &mut String, r: &Resource) {
     let mut seen: Vec<String> = Vec::new();
     for (k, v) in &r.attributes {
         let name = label_name(k);
-        if seen.contains(&name) {
-            continue;
+        if !seen.contains(&name) {
+            push_label(&mut text, &name, &attr_text(v));
+            seen.push(name);
         }
-        if !text.is_empty() {
-            text.push(',');
-        }
-        let _ = write!(text, "{name}=\"");
-        escape_value(&mut text, &attr_text(v));
-        text.push('"');
-        seen.push(name);
     }
     sample(out, "target_info", &text, 1.0);
     out.push('\n');

@@ -4,10 +4,11 @@ use super::server::{bind, serve};
 use super::*;
 use crate::capture::{Endpoint, Endpoints};
 use crate::config::MetricsConfig;
+use crate::export::testing;
 use crate::metrics::store::Store;
 use crate::metrics::store_options;
 use crate::metrics::{Metrics, Temporality};
-use crate::span::model::{Span, SpanKind, SpanStatus};
+use crate::span::model::{Span, SpanKind};
 use crate::stats::Stats;
 
 const MS: u64 = 1_000_000;
@@ -25,22 +26,19 @@ fn resource(service: &str) -> Arc<Resource> {
 }
 
 fn span(route: &str, status: i64, dur_ms: u64, kind: SpanKind, id: u8) -> Span {
-    Span {
-        trace_id: [id; 16],
-        span_id: [id; 8],
-        parent_span_id: None,
-        name: route.into(),
-        kind,
-        start_unix_ns: 1_700_000_000_000 * MS - dur_ms * MS,
-        end_unix_ns: 1_700_000_000_000 * MS,
-        attributes: vec![
+    let end = 1_700_000_000_000 * MS;
+    let mut s = testing::span(
+        route,
+        id,
+        (end - dur_ms * MS, end),
+        vec![
             ("http.request.method", "GET".into()),
             ("http.route", route.into()),
             ("http.response.status_code", AttrValue::Int(status)),
         ],
-        status: SpanStatus::Unset,
-        pid: 1,
-    }
+    );
+    s.kind = kind;
+    s
 }
 
 fn snapshot() -> Snapshot {
@@ -198,6 +196,29 @@ fn le_values() {
     assert_eq!(le_text(f64::INFINITY), "+Inf");
 }
 
+/// A metric stage that has seen one 5 ms server span per (service, route,
+/// id), ending now (or the idle-series sweep would take them away).
+fn live_metrics(spans: &[(&str, &str, u8)], endpoint: Endpoint) -> Arc<Metrics> {
+    let metrics = Metrics::new(
+        store_options(&MetricsConfig::default()),
+        resource("sonde"),
+        Arc::new(Stats::default()),
+    );
+    let e = Endpoints {
+        local: endpoint,
+        peer: endpoint,
+    };
+    let mut store = metrics.recorder();
+    for (service, route, id) in spans {
+        let mut s = span(route, 200, 5, SpanKind::Server, *id);
+        s.end_unix_ns = crate::metrics::unix_now_ns();
+        s.start_unix_ns = s.end_unix_ns - 5 * MS;
+        store.record(&resource(service), &s, &e);
+    }
+    drop(store);
+    metrics
+}
+
 #[test]
 fn serves_metrics_over_http() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -205,23 +226,7 @@ fn serves_metrics_over_http() {
         .enable_all()
         .build()
         .unwrap();
-    let metrics = Metrics::new(
-        store_options(&MetricsConfig::default()),
-        resource("sonde"),
-        Arc::new(Stats::default()),
-    );
-    {
-        let mut store = metrics.recorder();
-        let e = Endpoints {
-            local: Endpoint::Unknown,
-            peer: Endpoint::Unknown,
-        };
-        // Now, or the idle-series sweep would take it away.
-        let mut s = span("/a", 200, 5, SpanKind::Server, 7);
-        s.end_unix_ns = crate::metrics::unix_now_ns();
-        s.start_unix_ns = s.end_unix_ns - 5 * MS;
-        store.record(&resource("shop"), &s, &e);
-    }
+    let metrics = live_metrics(&[("shop", "/a", 7)], Endpoint::Unknown);
     let listener = runtime
         .block_on(bind("127.0.0.1:0".parse().unwrap()))
         .unwrap();
@@ -354,24 +359,20 @@ fn read_response(conn: &mut std::net::TcpStream) -> (String, String) {
 
 #[test]
 fn parts_render_the_same_lines_as_the_whole() {
-    let metrics = Metrics::new(
-        store_options(&MetricsConfig::default()),
-        resource("sonde"),
-        Arc::new(Stats::default()),
-    );
-    {
-        let mut store = metrics.recorder();
-        let e = Endpoints {
-            local: Endpoint::Unix,
-            peer: Endpoint::Unix,
-        };
-        for i in 0..40u8 {
-            let mut s = span(&format!("/r{i}"), 200, 5, SpanKind::Server, i);
-            s.end_unix_ns = crate::metrics::unix_now_ns();
-            s.start_unix_ns = s.end_unix_ns - 5 * MS;
-            store.record(&resource(if i % 2 == 0 { "shop" } else { "cart" }), &s, &e);
-        }
-    }
+    let routes: Vec<(&str, String, u8)> = (0..40u8)
+        .map(|i| {
+            (
+                if i % 2 == 0 { "shop" } else { "cart" },
+                format!("/r{i}"),
+                i,
+            )
+        })
+        .collect();
+    let routes: Vec<(&str, &str, u8)> = routes
+        .iter()
+        .map(|(s, r, i)| (*s, r.as_str(), *i))
+        .collect();
+    let metrics = live_metrics(&routes, Endpoint::Unix);
     for format in [Format::Text, Format::OpenMetrics] {
         let whole = render(&metrics.snapshot(Temporality::Cumulative), format);
         let mut c = metrics.collect(Temporality::Cumulative);
