@@ -25,9 +25,10 @@ use records::{
 use sonde::capture::{Clock, Endpoint, Endpoints};
 use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
-use sonde::metrics::prometheus::{Format, Renderer};
+use sonde::export::otlp::metrics as otlp;
+use sonde::export::prometheus::{Format, Renderer};
 use sonde::metrics::store::merge_resources;
-use sonde::metrics::{Metrics, Snapshot, Store, Temporality, otlp, store_options, unix_now_ns};
+use sonde::metrics::{Metrics, Snapshot, Store, Temporality, store_options, unix_now_ns};
 use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
@@ -368,7 +369,7 @@ fn memory(routes: usize, sizes: bool) {
         let mut collection = metrics.collect(Temporality::Cumulative);
         let mut renderer = Renderer::new(Format::OpenMetrics);
         let mut buf = String::new();
-        while let Some(part) = collection.next_part(sonde::metrics::prometheus::SERIES_PER_PART) {
+        while let Some(part) = collection.next_part(sonde::export::prometheus::SERIES_PER_PART) {
             buf.clear();
             renderer.part(&part, &mut buf);
             page_bytes += buf.len();

@@ -13,8 +13,7 @@ use sonde::capture::probes::Probes;
 use sonde::config::{self, Config};
 use sonde::enrich::{HostInfo, ProcessResources};
 use sonde::export;
-use sonde::metrics::Metrics;
-use sonde::metrics::runtime::{self as metrics_runtime, agent_resource};
+use sonde::metrics::{Metrics, agent_resource};
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
 use sonde::protocol::Limits;
 use sonde::sample::Sampler;
@@ -108,7 +107,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     let metric_tasks = match &metrics {
         Some(m) => Some(
             runtime
-                .block_on(metrics_runtime::start(
+                .block_on(export::metrics::start(
                     m.clone(),
                     &config,
                     prometheus.as_deref(),

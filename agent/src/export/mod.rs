@@ -1,38 +1,36 @@
-//! The export stage: spans leave the agent here.
+//! The export stage: everything leaves the agent here, and nothing else
+//! in the agent talks to the outside.
 //!
-//! The pipeline hands each finished span, with the resource of its process,
-//! to [`ExportHandle::try_send`], which never blocks: a bounded queue sits in
-//! front of one worker task, and when the queue is full the span is dropped
-//! and counted (`spans_dropped_queue_full`). The worker prints spans on the
-//! console (one line each, see [`console`]) and batches them for OTLP (see
-//! [`otlp`]), by gRPC or HTTP/protobuf.
+//! - [`otlp`]: one OTLP transport (gRPC or HTTP/protobuf, one retry
+//!   policy) for every signal, with the trace and metric data models;
+//! - [`prometheus`]: the scrape endpoint and its two text formats;
+//! - [`console`]: one line per span, and the table of the busiest
+//!   operations;
+//! - [`metrics`]: the tasks that export, serve and print metrics.
+//!
+//! Spans are pushed: the pipeline hands each finished span, with the
+//! resource of its process, to [`ExportHandle::try_send`], which never
+//! blocks: a bounded queue sits in front of one worker task, and when the
+//! queue is full the span is dropped and counted
+//! (`spans_dropped_queue_full`). The worker prints spans on the console and
+//! batches them for OTLP. Metrics are pulled from the store by their tasks.
 //!
 //! Where spans go is decided once, at [`start`], from the configuration and
 //! the standard `OTEL_EXPORTER_OTLP_*` environment variables
-//! ([`resolve_destinations`], a pure function of both):
-//!
-//! - OTLP is on when an endpoint is set. Configuration keys come first, then
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL, used as it is), then
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL: `/v1/traces` is appended for
-//!   HTTP, gRPC uses it as it is).
-//! - The protocol is `export.otlp.protocol`, else
-//!   `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`,
-//!   else `grpc`.
-//! - Headers are `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (or, when unset,
-//!   `OTEL_EXPORTER_OTLP_HEADERS`), then `export.otlp.headers` on top: a key
-//!   in the configuration wins over the same key in the environment.
-//! - The console is on when `export.console` is true, or unset while OTLP is
-//!   off. Both can be on.
+//! ([`resolve_destinations`], a pure function of both): OTLP when an
+//! endpoint is set, by the rules of [`otlp`] with
+//! `export.otlp.traces_endpoint` as the signal's own key; the console when
+//! `export.console` is true, or unset while OTLP is off. Both can be on.
 //!
 //! Counters: `spans_exported` and `spans_export_failed` count what OTLP
 //! delivered or lost; when the console is the only destination they count
 //! lines written and lines that could not be written.
 
 pub mod console;
-pub mod metrics_otlp;
+pub mod metrics;
 pub mod otlp;
+pub mod prometheus;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,11 +40,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ExportConfig;
-use crate::enrich::{Resource, parse_key_value_list};
+use crate::enrich::Resource;
 use crate::span::model::Span;
 use crate::stats::Stats;
 
 pub use console::format_span;
+pub use otlp::{Env, OtlpTarget, Protocol, Signal, redact_userinfo, resolve_target};
 
 /// One span on its way out, with the resource of the process it came from.
 #[derive(Clone, Debug)]
@@ -78,23 +77,6 @@ pub enum ExportError {
     Build(String),
 }
 
-/// The OTLP wire protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
-
-/// Where and how OTLP spans are sent, once resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OtlpTarget {
-    pub protocol: Protocol,
-    /// For gRPC the collector's URL, for HTTP the full traces URL.
-    pub endpoint: String,
-    /// Request headers (gRPC metadata), lower-case names, sorted by name.
-    pub headers: Vec<(String, String)>,
-}
-
 /// The destinations spans go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destinations {
@@ -102,187 +84,30 @@ pub struct Destinations {
     pub otlp: Option<OtlpTarget>,
 }
 
-const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-pub(crate) const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
-pub(crate) const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
-const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
-
 /// Decides where spans go from the configuration and the environment
-/// (`env`: variable name → value; an empty value counts as unset, as the
-/// OpenTelemetry specification says). See the module documentation for the
-/// rules.
-pub fn resolve_destinations(
-    config: &ExportConfig,
-    env: &HashMap<String, String>,
-) -> Result<Destinations, ExportError> {
-    let var = |name: &str| {
-        env.get(name)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-            .map(|v| (name.to_owned(), v.to_owned()))
-    };
-    let key = |name: &str, value: &Option<String>| {
-        value
-            .as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(|v| (name.to_owned(), v.to_owned()))
-    };
-    let otlp = &config.otlp;
-
-    let protocol = match key("export.otlp.protocol", &otlp.protocol)
-        .or_else(|| var(TRACES_PROTOCOL))
-        .or_else(|| var(PROTOCOL))
-    {
-        None => Protocol::Grpc,
-        Some((_, v)) if v == "grpc" => Protocol::Grpc,
-        Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
-        Some((setting, value)) => return Err(ExportError::Protocol { setting, value }),
-    };
-
-    // (setting, value, whether the value is a base URL)
-    let endpoint = key("export.otlp.traces_endpoint", &otlp.traces_endpoint)
-        .map(|(s, v)| (s, v, false))
-        .or_else(|| key("export.otlp.endpoint", &otlp.endpoint).map(|(s, v)| (s, v, true)))
-        .or_else(|| var(TRACES_ENDPOINT).map(|(s, v)| (s, v, false)))
-        .or_else(|| var(ENDPOINT).map(|(s, v)| (s, v, true)));
-
-    let otlp_target = match endpoint {
-        None => None,
-        Some((setting, value, is_base)) => {
-            let endpoint = if is_base && protocol == Protocol::HttpProtobuf {
-                format!("{}/v1/traces", value.trim_end_matches('/'))
-            } else {
-                value
-            };
-            check_endpoint(&setting, &endpoint)?;
-            let headers = resolve_headers(otlp, env, protocol, TRACES_HEADERS)?;
-            Some(OtlpTarget {
-                protocol,
-                endpoint,
-                headers,
-            })
-        }
-    };
-
+/// (`env`: variable name → value). See the module documentation.
+pub fn resolve_destinations(config: &ExportConfig, env: &Env) -> Result<Destinations, ExportError> {
+    let otlp = resolve_target(
+        Signal::Traces,
+        &config.otlp,
+        ("export.otlp.traces_endpoint", &config.otlp.traces_endpoint),
+        env,
+    )?;
     let console = match config.console {
         Some(on) => on,
-        None => otlp_target.is_none(),
+        None => otlp.is_none(),
     };
-    if !console && otlp_target.is_none() {
+    if !console && otlp.is_none() {
         return Err(ExportError::NoDestination);
     }
-    Ok(Destinations {
-        console,
-        otlp: otlp_target,
-    })
-}
-
-/// Checks that `endpoint` is an `http://` URL with a host; errors name `setting`.
-pub(crate) fn check_endpoint(setting: &str, endpoint: &str) -> Result<(), ExportError> {
-    let err = |reason: String| ExportError::Endpoint {
-        setting: setting.to_owned(),
-        reason,
-    };
-    let url = reqwest::Url::parse(endpoint).map_err(|e| {
-        err(format!(
-            "{endpoint:?} is not a URL ({e}); write it as http://HOST:PORT"
-        ))
-    })?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(err(format!(
-                "{endpoint:?} uses https, but this build of sonde has no TLS support; \
-                 send to an http:// endpoint (for example a collector on the node)"
-            )));
-        }
-        _ => {
-            return Err(err(format!(
-                "{endpoint:?} does not start with http://; write it as http://HOST:PORT"
-            )));
-        }
-    }
-    if url.host().is_none() {
-        return Err(err(format!(
-            "{endpoint:?} has no host; write it as http://HOST:PORT"
-        )));
-    }
-    Ok(())
-}
-
-/// Request headers: the signal's own variable (`signal_headers`, for
-/// example `OTEL_EXPORTER_OTLP_TRACES_HEADERS`) or else
-/// `OTEL_EXPORTER_OTLP_HEADERS`, then `export.otlp.headers` on top.
-pub(crate) fn resolve_headers(
-    otlp: &crate::config::OtlpConfig,
-    env: &HashMap<String, String>,
-    protocol: Protocol,
-    signal_headers: &str,
-) -> Result<Vec<(String, String)>, ExportError> {
-    let mut headers: std::collections::BTreeMap<String, String> = Default::default();
-    let from_env = [signal_headers, HEADERS]
-        .into_iter()
-        .find_map(|name| Some((name, env.get(name).filter(|v| !v.trim().is_empty())?)));
-    if let Some((name, text)) = from_env {
-        let list = parse_key_value_list(text).map_err(|e| ExportError::Headers {
-            setting: name.to_owned(),
-            reason: e.to_string(),
-        })?;
-        for (k, v) in list {
-            check_header(name, &k, &v, protocol)?;
-            headers.insert(k.to_ascii_lowercase(), v);
-        }
-    }
-    for (k, v) in &otlp.headers {
-        let k = k.trim();
-        let v = v.trim();
-        check_header("export.otlp.headers", k, v, protocol)?;
-        headers.insert(k.to_ascii_lowercase(), v.to_owned());
-    }
-    Ok(headers.into_iter().collect())
-}
-
-fn check_header(
-    setting: &str,
-    name: &str,
-    value: &str,
-    protocol: Protocol,
-) -> Result<(), ExportError> {
-    let err = |reason: String| ExportError::Headers {
-        setting: setting.to_owned(),
-        reason,
-    };
-    let lower = name.to_ascii_lowercase();
-    let name_ok = match protocol {
-        Protocol::Grpc => tonic::metadata::AsciiMetadataKey::from_bytes(lower.as_bytes()).is_ok(),
-        Protocol::HttpProtobuf => reqwest::header::HeaderName::from_bytes(lower.as_bytes()).is_ok(),
-    };
-    if !name_ok {
-        return Err(err(format!(
-            "{name:?} is not a valid header name (letters, digits and -_. only)"
-        )));
-    }
-    // The value is never printed: it is often a credential.
-    if reqwest::header::HeaderValue::from_str(value).is_err() || !value.is_ascii() {
-        return Err(err(format!(
-            "the value of header {name:?} holds characters a header cannot carry \
-             (control characters or non-ASCII); percent-encode them"
-        )));
-    }
-    Ok(())
+    Ok(Destinations { console, otlp })
 }
 
 /// Starts the export stage: resolves the destinations from `config` and the
 /// process environment and spawns the worker task. Must be called inside a
 /// tokio runtime (multi-threaded in the agent).
 pub fn start(config: &ExportConfig, stats: Arc<Stats>) -> Result<ExportHandle, ExportError> {
-    let env: HashMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let destinations = resolve_destinations(config, &env)?;
+    let destinations = resolve_destinations(config, &otlp::process_env())?;
     let console = destinations.console.then(console::ConsoleSink::stdout);
     start_with(config, destinations, console, stats)
 }
@@ -298,10 +123,7 @@ fn start_with(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let _entered = runtime.enter();
     let otlp = match &destinations.otlp {
-        Some(target) => Some(otlp::OtlpSink::new(
-            target,
-            Duration::from_millis(config.otlp.timeout_ms.max(1)),
-        )?),
+        Some(target) => Some(otlp::traces::TraceSink::new(target)?),
         None => None,
     };
     if let Some(target) = &destinations.otlp {
@@ -327,7 +149,7 @@ fn start_with(
             .unwrap_or(usize::MAX)
             .clamp(1, 1 << 20),
         batch_timeout: Duration::from_millis(config.otlp.batch_timeout_ms),
-        warn: WarnLimiter::default(),
+        warn: WarnLimiter::new("span export failed", Duration::from_secs(10)),
     };
     let task = runtime.spawn(worker.run(stop_rx));
     Ok(ExportHandle {
@@ -335,18 +157,6 @@ fn start_with(
         stop: stop_tx,
         task,
     })
-}
-
-/// The endpoint without a user name or password, for logs.
-pub(crate) fn redact_userinfo(endpoint: &str) -> String {
-    match reqwest::Url::parse(endpoint) {
-        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        _ => endpoint.to_owned(),
-    }
 }
 
 /// The way into the export queue; cheap to clone, usable from any thread.
@@ -413,27 +223,38 @@ impl ExportHandle {
 }
 
 /// Logs at most one warning per interval; counts the others.
-#[derive(Debug, Default)]
-struct WarnLimiter {
+#[derive(Debug)]
+pub(crate) struct WarnLimiter {
+    what: &'static str,
+    interval: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
-
 impl WarnLimiter {
-    fn warn(&mut self, message: &str) {
+    /// `what` starts each warning (`span export failed`).
+    pub(crate) fn new(what: &'static str, interval: Duration) -> Self {
+        WarnLimiter {
+            what,
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    pub(crate) fn warn(&mut self, message: &str) {
         let now = Instant::now();
         if self
             .last
-            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
+            .is_some_and(|t| now.duration_since(t) < self.interval)
         {
             self.suppressed += 1;
             return;
         }
         tracing::warn!(
             similar_since_last = self.suppressed,
-            "span export failed: {message}"
+            "{}: {message}",
+            self.what
         );
         self.last = Some(now);
         self.suppressed = 0;
@@ -461,7 +282,7 @@ async fn land(flight: &mut Option<Flight>) -> Vec<String> {
 struct Worker {
     rx: mpsc::Receiver<ExportItem>,
     console: Option<console::ConsoleSink>,
-    otlp: Option<otlp::OtlpSink>,
+    otlp: Option<otlp::traces::TraceSink>,
     stats: Arc<Stats>,
     batch_size: usize,
     batch_timeout: Duration,
@@ -588,3 +409,30 @@ impl Worker {
 
 #[cfg(test)]
 mod tests;
+
+/// What the exporters' tests build spans with.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+
+    /// A server span, trace and span ids filled with `id`.
+    pub(crate) fn span(
+        name: &str,
+        id: u8,
+        (start_unix_ns, end_unix_ns): (u64, u64),
+        attributes: Vec<(&'static str, AttrValue)>,
+    ) -> Span {
+        Span {
+            trace_id: [id; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            name: name.into(),
+            kind: SpanKind::Server,
+            start_unix_ns,
+            end_unix_ns,
+            attributes,
+            status: SpanStatus::Unset,
+            pid: 1,
+        }
+    }
+}

@@ -1,13 +1,19 @@
-//! Tests of destination resolution and of the export worker end to end.
+//! Tests of destination resolution and of the span worker end to end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
 
+use super::otlp::{ENDPOINT, HEADERS, PROTOCOL};
+use super::testing;
 use super::*;
 use crate::config::OtlpConfig;
-use crate::span::model::{AttrValue, SpanKind, SpanStatus};
+use crate::span::model::AttrValue;
+
+const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -180,39 +186,21 @@ fn header_rules() {
         ]
     );
 
-    // Errors name the variable and never show the value.
-    let err = resolve(
-        &ExportConfig::default(),
-        &[
-            (ENDPOINT, "http://c:4317"),
-            (HEADERS, "authorization=Bearer%zztopsecret"),
-        ],
-    )
-    .unwrap_err();
-    let msg = err.to_string();
-    assert!(matches!(err, ExportError::Headers { .. }));
-    assert!(msg.contains(HEADERS) && !msg.contains("topsecret"), "{msg}");
-
-    let err = resolve(
-        &ExportConfig::default(),
-        &[(ENDPOINT, "http://c:4317"), (HEADERS, "bad name=1")],
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("bad name"), "{err}");
-
-    let err = resolve(
-        &ExportConfig::default(),
-        &[
-            (ENDPOINT, "http://c:4317"),
-            (HEADERS, "k=line%0Abreaksecret"),
-        ],
-    )
-    .unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("\"k\"") && !msg.contains("breaksecret"),
-        "{msg}"
-    );
+    // Errors name the variable or the header, never show the value.
+    for (headers, named, secret) in [
+        ("authorization=Bearer%zztopsecret", HEADERS, "topsecret"),
+        ("bad name=1", "bad name", "=1"),
+        ("k=line%0Abreaksecret", "\"k\"", "breaksecret"),
+    ] {
+        let err = resolve(
+            &ExportConfig::default(),
+            &[(ENDPOINT, "http://c:4317"), (HEADERS, headers)],
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ExportError::Headers { .. }), "{msg}");
+        assert!(msg.contains(named) && !msg.contains(secret), "{msg}");
+    }
 }
 
 #[test]
@@ -248,18 +236,12 @@ fn resource(service: &str) -> Arc<Resource> {
 fn item(resource: &Arc<Resource>, name: &str, n: u8) -> ExportItem {
     ExportItem {
         resource: Arc::clone(resource),
-        span: Span {
-            trace_id: [n; 16],
-            span_id: [n; 8],
-            parent_span_id: None,
-            name: name.into(),
-            kind: SpanKind::Server,
-            start_unix_ns: 1_700_000_000_000_000_000,
-            end_unix_ns: 1_700_000_000_001_000_000,
-            attributes: vec![("http.request.method", "GET".into())],
-            status: SpanStatus::Unset,
-            pid: 4321,
-        },
+        span: testing::span(
+            name,
+            n,
+            (1_700_000_000_000_000_000, 1_700_000_000_001_000_000),
+            vec![("http.request.method", "GET".into())],
+        ),
     }
 }
 

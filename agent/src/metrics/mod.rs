@@ -8,22 +8,16 @@
 //! - [`hist`]: explicit and exponential histograms.
 //! - [`catalog`]: every metric, its unit, attributes and Prometheus name.
 //! - [`selfstats`]: the agent's own health.
-//! - [`prometheus`]: the text and OpenMetrics renderings and the scrape
-//!   endpoint; [`otlp`]: the OTLP data model; [`console`]: the per-minute
-//!   table; [`runtime`]: the tasks that export, serve and print.
 //!
 //! The pipeline thread records spans through [`Metrics::recorder`] (one
-//! lock per batch of spans); exporters take [`Metrics::snapshot`]s from the
-//! runtime's tasks.
+//! lock per batch of spans); the exporters (in [`crate::export`]) read the
+//! store from the runtime's tasks with [`Metrics::collect`] and
+//! [`Metrics::snapshot`]. Nothing here talks to the outside.
 
 pub mod attrs;
 pub mod catalog;
-pub mod console;
 pub mod graph;
 pub mod hist;
-pub mod otlp;
-pub mod prometheus;
-pub mod runtime;
 pub mod selfstats;
 pub mod store;
 
@@ -35,6 +29,7 @@ use crate::config::MetricsConfig;
 use crate::enrich::Resource;
 use crate::stats::Stats;
 
+pub use selfstats::agent_resource;
 pub use store::{Snapshot, Store, StoreOptions, Temporality};
 
 use catalog::CATALOG;

@@ -5,11 +5,21 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::attrs::{Key, OwnedAttrs, OwnedVal};
 use super::catalog::{Instrument, SELF_METRICS};
 use super::hist::RawUnit;
 use super::store::{MetricSnap, Point, PointValue, Temporality};
+use crate::enrich::{HostInfo, ProcFacts, Resource, build_resource};
+
+/// The agent's own resource (`service.name` is its executable name): its
+/// health metrics and the service graph are reported under it.
+pub fn agent_resource() -> Arc<Resource> {
+    let pid = std::process::id();
+    let facts = ProcFacts::read(std::path::Path::new("/proc"), pid);
+    Arc::new(build_resource(&HostInfo::detect(), pid, &facts))
+}
 
 /// (counter, metric, attribute key and value)
 type CounterMetric = (&'static str, &'static str, Option<(Key, &'static str)>);

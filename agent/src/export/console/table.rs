@@ -4,9 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::attrs::OwnedVal;
-use super::store::{Point, PointValue, Snapshot, point_attr};
+use crate::metrics::attrs::OwnedVal;
+use crate::metrics::store::{Point, PointValue, Snapshot, point_attr};
+use crate::metrics::{Metrics, Temporality, unix_now_ns};
 
 /// Rows printed at most.
 pub const TOP: usize = 10;
@@ -179,8 +183,8 @@ impl Table {
                 operation: key.2.clone(),
                 rate: n as f64 / seconds,
                 error_ratio: errors as f64 / n as f64,
-                p50: super::hist::quantile(0.5, &buckets),
-                p99: super::hist::quantile(0.99, &buckets),
+                p50: crate::metrics::hist::quantile(0.5, &buckets),
+                p99: crate::metrics::hist::quantile(0.99, &buckets),
             });
         }
         rows.sort_by(|a, b| {
@@ -249,15 +253,30 @@ pub fn format(rows: &[Row], active: usize, seconds: f64) -> String {
     out
 }
 
+/// Prints the table on stdout every `every`, until the task is aborted.
+pub async fn print_loop(metrics: Arc<Metrics>, every: Duration) {
+    let mut table = Table::default();
+    let started = unix_now_ns();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticker.tick().await;
+        let snap = metrics.snapshot(Temporality::Cumulative);
+        let (rows, active, seconds) = table.rows(&snap, started, TOP);
+        let text = format(&rows, active, seconds);
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::capture::{Endpoint, Endpoints};
     use crate::enrich::Resource;
-    use crate::metrics::store::{Store, Temporality};
+    use crate::metrics::store::Store;
     use crate::metrics::store_options;
-    use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
-    use std::sync::Arc;
+    use crate::span::model::{AttrValue, Span, SpanStatus};
 
     fn span(route: &str, status: i64, ms: u64, end_ms: u64) -> Span {
         let mut attributes = vec![
@@ -268,24 +287,18 @@ mod tests {
         if status >= 500 {
             attributes.push(("error.type", status.to_string().into()));
         }
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            name: route.into(),
-            kind: SpanKind::Server,
-            start_unix_ns: (end_ms - ms) * 1_000_000,
-            end_unix_ns: end_ms * 1_000_000,
+        let mut s = crate::export::testing::span(
+            route,
+            1,
+            ((end_ms - ms) * 1_000_000, end_ms * 1_000_000),
             attributes,
-            status: if status >= 500 {
-                SpanStatus::Error {
-                    description: String::new(),
-                }
-            } else {
-                SpanStatus::Unset
-            },
-            pid: 1,
+        );
+        if status >= 500 {
+            s.status = SpanStatus::Error {
+                description: String::new(),
+            };
         }
+        s
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Console output: one readable line per span on stdout.
+//! Console output: one readable line per span on stdout, and every minute
+//! the table of the busiest operations ([`table`]).
 //!
 //! ```text
 //! 2026-11-26T16:45:55.123Z  nginx  SERVER  GET /index.html  200  1.234ms  peer=127.0.0.1:54012
@@ -10,6 +11,8 @@
 //! peer when known, and `error=...` when the span failed. Text that came off
 //! the wire is escaped so that one span is always one line and cannot steer
 //! the terminal.
+
+pub mod table;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -199,18 +202,8 @@ mod tests {
     }
 
     fn span(attributes: Vec<(&'static str, AttrValue)>) -> Span {
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            name: "GET /index.html".into(),
-            kind: SpanKind::Server,
-            start_unix_ns: 1_795_711_555_123_456_789,
-            end_unix_ns: 1_795_711_555_123_456_789 + 1_234_567,
-            attributes,
-            status: SpanStatus::Unset,
-            pid: 42,
-        }
+        let start = 1_795_711_555_123_456_789;
+        crate::export::testing::span("GET /index.html", 1, (start, start + 1_234_567), attributes)
     }
 
     #[test]

@@ -8,24 +8,18 @@
 //! carries each process's full resource, as the OpenTelemetry Prometheus
 //! compatibility rules describe.
 //!
-//! The server is a small HTTP/1.1 loop on the agent's tokio runtime: it
-//! reads request heads (bounded), answers `GET`/`HEAD`, keeps connections
-//! alive, and closes idle ones.
+//! This module renders; [`server`] serves the page with hyper.
+
+pub mod server;
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-use super::attrs::{Key, OwnedVal};
-use super::catalog::{Instrument, label_name, prometheus_name};
-use super::hist::{RawUnit, bucket_index};
-use super::store::{Exemplar, MetricSnap, Point, PointValue, Snapshot};
-use super::{Metrics, Temporality};
 use crate::enrich::Resource;
+use crate::metrics::attrs::{Key, OwnedVal};
+use crate::metrics::catalog::{Instrument, label_name, prometheus_name};
+use crate::metrics::hist::{RawUnit, bucket_index};
+use crate::metrics::store::{Exemplar, MetricSnap, Point, PointValue, Snapshot};
 use crate::span::model::AttrValue;
 
 /// The two exposition formats.
@@ -107,6 +101,16 @@ fn attr_text(v: &AttrValue) -> String {
     }
 }
 
+/// Appends `name="value"` to a label list, with a comma when needed.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    let _ = write!(out, "{name}=\"");
+    escape_value(out, value);
+    out.push('"');
+}
+
 /// `name="value",...` for a resource's identifying labels.
 fn resource_labels(r: &Resource) -> (String, Vec<String>) {
     let mut text = String::new();
@@ -114,12 +118,7 @@ fn resource_labels(r: &Resource) -> (String, Vec<String>) {
     for key in RESOURCE_LABELS {
         if let Some(v) = r.attr(key) {
             let name = label_name(key);
-            if !text.is_empty() {
-                text.push(',');
-            }
-            let _ = write!(text, "{name}=\"");
-            escape_value(&mut text, &attr_text(v));
-            text.push('"');
+            push_label(&mut text, &name, &attr_text(v));
             names.push(name);
         }
     }
@@ -132,15 +131,9 @@ fn labels(base: &(String, Vec<String>), attrs: &[(Key, OwnedVal)]) -> String {
     let mut out = base.0.clone();
     for (k, v) in attrs {
         let name = label_name(k.name());
-        if base.1.contains(&name) {
-            continue;
+        if !base.1.contains(&name) {
+            push_label(&mut out, &name, &v.to_string());
         }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        let _ = write!(out, "{name}=\"");
-        escape_value(&mut out, &v.to_string());
-        out.push('"');
     }
     out
 }
@@ -245,7 +238,7 @@ fn classic_buckets(p: &Point, raw: RawUnit) -> Option<Classic> {
     }
 }
 
-/// Renders snapshots part by part (see [`super::Collection`]), so a large
+/// Renders snapshots part by part (see [`crate::metrics::Collection`]), so a large
 /// page never sits in memory whole: each family's header is written before
 /// its first samples, once, as long as the parts of a family come together.
 pub struct Renderer {
@@ -394,16 +387,10 @@ fn target_info(out: &mut String, r: &Resource) {
     let mut seen: Vec<String> = Vec::new();
     for (k, v) in &r.attributes {
         let name = label_name(k);
-        if seen.contains(&name) {
-            continue;
+        if !seen.contains(&name) {
+            push_label(&mut text, &name, &attr_text(v));
+            seen.push(name);
         }
-        if !text.is_empty() {
-            text.push(',');
-        }
-        let _ = write!(text, "{name}=\"");
-        escape_value(&mut text, &attr_text(v));
-        text.push('"');
-        seen.push(name);
     }
     sample(out, "target_info", &text, 1.0);
     out.push('\n');
@@ -423,282 +410,10 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
     out
 }
 
-/// Most bytes of a request head.
-const MAX_HEAD: usize = 16 * 1024;
-/// A connection with no complete request for this long is closed.
-const IDLE: Duration = Duration::from_secs(30);
-
-/// Serves `/metrics` on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("prometheus endpoint: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, metrics).await {
-                tracing::debug!("prometheus endpoint: {e}");
-            }
-        });
-    }
-}
-
-/// Binds the endpoint (before anything is traced, so a taken port is an
-/// error at start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-/// One parsed request head.
-struct Head {
-    http11: bool,
-    method: String,
-    path: String,
-    accept: String,
-    keep_alive: bool,
-    body_len: usize,
-}
-
-fn parse_head(text: &str) -> Option<Head> {
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_string();
-    let target = first.next()?;
-    let version = first.next().unwrap_or("HTTP/1.0");
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    let mut accept = String::new();
-    let mut keep_alive = version == "HTTP/1.1";
-    let mut body_len = 0;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "accept" => accept = value.to_string(),
-            "connection" => {
-                let v = value.to_ascii_lowercase();
-                if v.contains("close") {
-                    keep_alive = false;
-                } else if v.contains("keep-alive") {
-                    keep_alive = true;
-                }
-            }
-            "content-length" => body_len = value.parse().ok()?,
-            _ => {}
-        }
-    }
-    Some(Head {
-        http11: version == "HTTP/1.1",
-        method,
-        path,
-        accept,
-        keep_alive,
-        body_len,
-    })
-}
-
-async fn connection(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    loop {
-        // Read until the end of a head.
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                let _ = respond(
-                    &mut stream,
-                    "431 Request Header Fields Too Large",
-                    "text/plain",
-                    b"request head too large\n",
-                    false,
-                    false,
-                )
-                .await;
-                return Ok(());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(IDLE, stream.read(&mut chunk)).await {
-                Ok(r) => r?,
-                Err(_) => return Ok(()),
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head_text = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let Some(head) = parse_head(&head_text) else {
-            let _ = respond(
-                &mut stream,
-                "400 Bad Request",
-                "text/plain",
-                b"bad request\n",
-                false,
-                false,
-            )
-            .await;
-            return Ok(());
-        };
-        // Skip a body, if any (nothing here takes one).
-        let mut rest = buf.split_off(end);
-        if head.body_len > MAX_HEAD {
-            return Ok(());
-        }
-        while rest.len() < head.body_len {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            rest.extend_from_slice(&chunk[..n]);
-        }
-        buf = rest.split_off(head.body_len);
-
-        let head_only = head.method == "HEAD";
-        let keep = head.keep_alive;
-        match (head.method.as_str(), head.path.as_str()) {
-            ("GET" | "HEAD", "/metrics") => {
-                let format = Format::from_accept(&head.accept);
-                if head.http11 {
-                    stream_page(&mut stream, &metrics, format, keep, head_only).await?;
-                } else {
-                    let body = render(&metrics.snapshot(Temporality::Cumulative), format);
-                    respond(
-                        &mut stream,
-                        "200 OK",
-                        format.content_type(),
-                        body.as_bytes(),
-                        keep,
-                        head_only,
-                    )
-                    .await?;
-                }
-            }
-            ("GET" | "HEAD", "/") => {
-                let body = b"sonde: metrics are at /metrics\n";
-                respond(
-                    &mut stream,
-                    "200 OK",
-                    "text/plain; charset=utf-8",
-                    body,
-                    keep,
-                    head_only,
-                )
-                .await?;
-            }
-            ("GET" | "HEAD", _) => {
-                respond(
-                    &mut stream,
-                    "404 Not Found",
-                    "text/plain",
-                    b"not found; try /metrics\n",
-                    keep,
-                    head_only,
-                )
-                .await?;
-            }
-            _ => {
-                respond(
-                    &mut stream,
-                    "405 Method Not Allowed",
-                    "text/plain",
-                    b"use GET\n",
-                    keep,
-                    false,
-                )
-                .await?;
-            }
-        }
-        if !keep {
-            return Ok(());
-        }
-    }
-}
-
 /// Series read from the store per part of a streamed page. Small parts
 /// keep the rendered text (about 5 KB per histogram series) and so the
 /// agent's memory small; the store is locked once per part.
 pub const SERIES_PER_PART: usize = 32;
-
-/// Sends the page with chunked transfer encoding, reading and rendering
-/// one part of the store at a time: a page of many series never sits in
-/// memory whole, and the pipeline waits for the store only briefly.
-async fn stream_page(
-    stream: &mut TcpStream,
-    metrics: &Metrics,
-    format: Format,
-    keep_alive: bool,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
-        format.content_type(),
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if head_only {
-        return stream.flush().await;
-    }
-    let mut collection = metrics.collect(Temporality::Cumulative);
-    let mut renderer = Renderer::new(format);
-    let mut buf = String::new();
-    loop {
-        buf.clear();
-        match collection.next_part(SERIES_PER_PART) {
-            Some(part) => renderer.part(&part, &mut buf),
-            None => {
-                renderer.finish(&collection.resources(), &mut buf);
-                write_chunk(stream, &buf).await?;
-                break;
-            }
-        }
-        write_chunk(stream, &buf).await?;
-    }
-    drop((collection, renderer, buf));
-    stream.write_all(b"0\r\n\r\n").await?;
-    let flushed = stream.flush().await;
-    crate::memory::release(false);
-    flushed
-}
-
-async fn write_chunk(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
-    if text.is_empty() {
-        return Ok(());
-    }
-    stream
-        .write_all(format!("{:x}\r\n", text.len()).as_bytes())
-        .await?;
-    stream.write_all(text.as_bytes()).await?;
-    stream.write_all(b"\r\n").await
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-    keep_alive: bool,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(body).await?;
-    }
-    stream.flush().await
-}
 
 #[cfg(test)]
 mod tests;

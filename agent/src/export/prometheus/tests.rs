@@ -1,11 +1,14 @@
 use std::io::{Read, Write};
 
+use super::server::{bind, serve};
 use super::*;
 use crate::capture::{Endpoint, Endpoints};
 use crate::config::MetricsConfig;
+use crate::export::testing;
 use crate::metrics::store::Store;
 use crate::metrics::store_options;
-use crate::span::model::{Span, SpanKind, SpanStatus};
+use crate::metrics::{Metrics, Temporality};
+use crate::span::model::{Span, SpanKind};
 use crate::stats::Stats;
 
 const MS: u64 = 1_000_000;
@@ -23,22 +26,19 @@ fn resource(service: &str) -> Arc<Resource> {
 }
 
 fn span(route: &str, status: i64, dur_ms: u64, kind: SpanKind, id: u8) -> Span {
-    Span {
-        trace_id: [id; 16],
-        span_id: [id; 8],
-        parent_span_id: None,
-        name: route.into(),
-        kind,
-        start_unix_ns: 1_700_000_000_000 * MS - dur_ms * MS,
-        end_unix_ns: 1_700_000_000_000 * MS,
-        attributes: vec![
+    let end = 1_700_000_000_000 * MS;
+    let mut s = testing::span(
+        route,
+        id,
+        (end - dur_ms * MS, end),
+        vec![
             ("http.request.method", "GET".into()),
             ("http.route", route.into()),
             ("http.response.status_code", AttrValue::Int(status)),
         ],
-        status: SpanStatus::Unset,
-        pid: 1,
-    }
+    );
+    s.kind = kind;
+    s
 }
 
 fn snapshot() -> Snapshot {
@@ -196,24 +196,27 @@ fn le_values() {
     assert_eq!(le_text(f64::INFINITY), "+Inf");
 }
 
-#[test]
-fn parses_request_heads() {
-    let h = parse_head(
-        "GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text\r\nHost: x\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(
-        (h.method.as_str(), h.path.as_str(), h.keep_alive),
-        ("GET", "/metrics", true)
+/// A metric stage that has seen one 5 ms server span per (service, route,
+/// id), ending now (or the idle-series sweep would take them away).
+fn live_metrics(spans: &[(&str, &str, u8)], endpoint: Endpoint) -> Arc<Metrics> {
+    let metrics = Metrics::new(
+        store_options(&MetricsConfig::default()),
+        resource("sonde"),
+        Arc::new(Stats::default()),
     );
-    assert_eq!(h.accept, "application/openmetrics-text");
-    let h = parse_head("GET / HTTP/1.0\r\n\r\n").unwrap();
-    assert!(!h.keep_alive);
-    let h = parse_head("GET / HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\n").unwrap();
-    assert!(!h.keep_alive);
-    assert_eq!(h.body_len, 3);
-    assert!(parse_head("").is_none());
-    assert!(parse_head("GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n").is_none());
+    let e = Endpoints {
+        local: endpoint,
+        peer: endpoint,
+    };
+    let mut store = metrics.recorder();
+    for (service, route, id) in spans {
+        let mut s = span(route, 200, 5, SpanKind::Server, *id);
+        s.end_unix_ns = crate::metrics::unix_now_ns();
+        s.start_unix_ns = s.end_unix_ns - 5 * MS;
+        store.record(&resource(service), &s, &e);
+    }
+    drop(store);
+    metrics
 }
 
 #[test]
@@ -223,23 +226,7 @@ fn serves_metrics_over_http() {
         .enable_all()
         .build()
         .unwrap();
-    let metrics = Metrics::new(
-        store_options(&MetricsConfig::default()),
-        resource("sonde"),
-        Arc::new(Stats::default()),
-    );
-    {
-        let mut store = metrics.recorder();
-        let e = Endpoints {
-            local: Endpoint::Unknown,
-            peer: Endpoint::Unknown,
-        };
-        // Now, or the idle-series sweep would take it away.
-        let mut s = span("/a", 200, 5, SpanKind::Server, 7);
-        s.end_unix_ns = crate::metrics::unix_now_ns();
-        s.start_unix_ns = s.end_unix_ns - 5 * MS;
-        store.record(&resource("shop"), &s, &e);
-    }
+    let metrics = live_metrics(&[("shop", "/a", 7)], Endpoint::Unknown);
     let listener = runtime
         .block_on(bind("127.0.0.1:0".parse().unwrap()))
         .unwrap();
@@ -279,12 +266,54 @@ fn serves_metrics_over_http() {
         second.0
     );
     assert!(!second.1.contains("# EOF"));
+    conn.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut conn);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Type: text/plain"), "{head}");
+    conn.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    let (head, body) = read_response(&mut conn);
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    assert_eq!(body, "use GET\n");
     conn.write_all(b"GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut rest = String::new();
     conn.read_to_string(&mut rest).unwrap();
     assert!(rest.starts_with("HTTP/1.1 404"), "{rest}");
+    assert!(rest.ends_with("not found; try /metrics\n"), "{rest}");
+
+    // HTTP/1.0: the page, up to the connection's end.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
+    assert!(page.contains("sonde_events_read_total{"), "{page}");
+
+    // A request head over the limit.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let long = format!(
+        "GET /metrics HTTP/1.1\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let _ = conn.write_all(long.as_bytes());
+    let mut rest = String::new();
+    let _ = conn.read_to_string(&mut rest);
+    assert!(rest.starts_with("HTTP/1.1 431"), "{rest}");
     runtime.shutdown_background();
+}
+
+/// Reads the head of one response.
+fn read_head(conn: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
 }
 
 /// Reads one response, with a Content-Length or chunked: (head, body).
@@ -330,24 +359,20 @@ fn read_response(conn: &mut std::net::TcpStream) -> (String, String) {
 
 #[test]
 fn parts_render_the_same_lines_as_the_whole() {
-    let metrics = Metrics::new(
-        store_options(&MetricsConfig::default()),
-        resource("sonde"),
-        Arc::new(Stats::default()),
-    );
-    {
-        let mut store = metrics.recorder();
-        let e = Endpoints {
-            local: Endpoint::Unix,
-            peer: Endpoint::Unix,
-        };
-        for i in 0..40u8 {
-            let mut s = span(&format!("/r{i}"), 200, 5, SpanKind::Server, i);
-            s.end_unix_ns = crate::metrics::unix_now_ns();
-            s.start_unix_ns = s.end_unix_ns - 5 * MS;
-            store.record(&resource(if i % 2 == 0 { "shop" } else { "cart" }), &s, &e);
-        }
-    }
+    let routes: Vec<(&str, String, u8)> = (0..40u8)
+        .map(|i| {
+            (
+                if i % 2 == 0 { "shop" } else { "cart" },
+                format!("/r{i}"),
+                i,
+            )
+        })
+        .collect();
+    let routes: Vec<(&str, &str, u8)> = routes
+        .iter()
+        .map(|(s, r, i)| (*s, r.as_str(), *i))
+        .collect();
+    let metrics = live_metrics(&routes, Endpoint::Unix);
     for format in [Format::Text, Format::OpenMetrics] {
         let whole = render(&metrics.snapshot(Temporality::Cumulative), format);
         let mut c = metrics.collect(Temporality::Cumulative);
