@@ -31,7 +31,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use prost::Message;
 
-use super::{ENDPOINT, ExportError, PROTOCOL, Protocol, check_endpoint, resolve_headers};
+use super::{
+    ENDPOINT, ExportError, PROTOCOL, Protocol, check_endpoint, protocol_from_env, resolve_headers,
+};
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::metrics::Temporality;
 
@@ -89,14 +91,9 @@ pub fn resolve_metrics_target(
         return Ok(None);
     }
 
-    let protocol = match key("export.otlp.protocol", &export.otlp.protocol)
-        .or_else(|| var(METRICS_PROTOCOL))
-        .or_else(|| var(PROTOCOL))
-    {
-        None => Protocol::Grpc,
-        Some((_, v)) if v == "grpc" => Protocol::Grpc,
-        Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
-        Some((setting, value)) => return Err(ExportError::Protocol { setting, value }),
+    let protocol = match export.otlp.protocol {
+        Some(p) => p,
+        None => protocol_from_env(var(METRICS_PROTOCOL).or_else(|| var(PROTOCOL)))?,
     };
 
     // (setting, value, whether it is a base URL)
@@ -134,19 +131,16 @@ pub fn resolve_metrics_target(
         },
     };
 
-    let temporality = match key("metrics.otlp.temporality", &metrics.otlp.temporality)
-        .or_else(|| var(TEMPORALITY))
-    {
-        None => Temporality::Cumulative,
-        Some((setting, v)) => match v.to_ascii_lowercase().as_str() {
-            "cumulative" => Temporality::Cumulative,
-            "delta" | "lowmemory" => Temporality::Delta,
-            _ => {
-                return Err(ExportError::Endpoint {
-                    setting,
-                    reason: format!("{v:?} is not a temporality; write cumulative or delta"),
-                });
-            }
+    let temporality = match (metrics.otlp.temporality, var(TEMPORALITY)) {
+        (Some(t), _) => t,
+        (None, None) => Temporality::Cumulative,
+        (None, Some((setting, v))) => match v.to_ascii_lowercase().as_str() {
+            // The specification's third choice; delta is what it asks of histograms.
+            "lowmemory" => Temporality::Delta,
+            name => crate::config::from_name(name).ok_or_else(|| ExportError::Endpoint {
+                setting,
+                reason: format!("{v:?} is not a temporality; write cumulative or delta"),
+            })?,
         },
     };
 
@@ -373,7 +367,7 @@ mod tests {
         export.otlp.endpoint = Some("http://cfg:4317".into());
         let mut metrics = MetricsConfig::default();
         metrics.otlp.interval_ms = Some(250);
-        metrics.otlp.temporality = Some("delta".into());
+        metrics.otlp.temporality = Some(Temporality::Delta);
         let t = resolve(
             &export,
             &metrics,

@@ -78,12 +78,8 @@ pub enum ExportError {
     Build(String),
 }
 
-/// The OTLP wire protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
+/// The OTLP wire protocol: the setting `export.otlp.protocol` names.
+pub use crate::config::OtlpProtocol as Protocol;
 
 /// Where and how OTLP spans are sent, once resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,14 +128,9 @@ pub fn resolve_destinations(
     };
     let otlp = &config.otlp;
 
-    let protocol = match key("export.otlp.protocol", &otlp.protocol)
-        .or_else(|| var(TRACES_PROTOCOL))
-        .or_else(|| var(PROTOCOL))
-    {
-        None => Protocol::Grpc,
-        Some((_, v)) if v == "grpc" => Protocol::Grpc,
-        Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
-        Some((setting, value)) => return Err(ExportError::Protocol { setting, value }),
+    let protocol = match otlp.protocol {
+        Some(p) => p,
+        None => protocol_from_env(var(TRACES_PROTOCOL).or_else(|| var(PROTOCOL)))?,
     };
 
     // (setting, value, whether the value is a base URL)
@@ -178,6 +169,18 @@ pub fn resolve_destinations(
         console,
         otlp: otlp_target,
     })
+}
+
+/// The protocol an environment variable (setting, value) names; `grpc` when unset.
+pub(crate) fn protocol_from_env(
+    setting: Option<(String, String)>,
+) -> Result<Protocol, ExportError> {
+    match setting {
+        None => Ok(Protocol::Grpc),
+        Some((setting, value)) => {
+            crate::config::from_name(&value).ok_or(ExportError::Protocol { setting, value })
+        }
+    }
 }
 
 /// Checks that `endpoint` is an `http://` URL with a host; errors name `setting`.

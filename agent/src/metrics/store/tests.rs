@@ -573,7 +573,10 @@ fn delta_snapshots_report_changes_only() {
 
 #[test]
 fn exponential_histograms_when_asked() {
-    let mut store = Store::new(options(|c| c.histogram = "exponential".into()), agent());
+    let mut store = Store::new(
+        options(|c| c.histogram = crate::config::Histogram::Exponential),
+        agent(),
+    );
     let shop = resource("shop", "i-1");
     for (i, ms) in [1u64, 2, 4, 100, 1000].iter().enumerate() {
         store.record(
