@@ -1,6 +1,9 @@
 use anyhow::{Context as _, anyhow};
 
-/// Builds the kernel programs in ebpf/ with the nightly toolchain and
+// `NIGHTLY`, the dated toolchain `cargo xtask setup` installs.
+include!("../xtask/src/toolchain.rs");
+
+/// Builds the kernel programs in ebpf/ with the pinned nightly toolchain and
 /// bpf-linker, and leaves the object in OUT_DIR for `include_bytes_aligned!`.
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new()
@@ -22,6 +25,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: root_dir.as_str(),
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(NIGHTLY),
     )
 }

@@ -41,7 +41,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Trace every HTTP/1.x request on this host and export spans.
+    /// Trace this host: HTTP/1.x, HTTP/2, gRPC, Redis and MySQL calls become
+    /// OpenTelemetry spans and RED metrics, exported over OTLP, on a
+    /// Prometheus endpoint or to the console.
     Run {
         /// YAML configuration file (see docs/CONFIGURATION.md).
         #[arg(long, short)]

@@ -44,9 +44,9 @@ pub fn agent_binary() -> PathBuf {
 }
 
 /// Merges `over` into `base`: mappings key by key, anything else replaced.
-fn merge_yaml(base: &mut serde_yaml::Value, over: serde_yaml::Value) {
+fn merge_yaml(base: &mut serde_json::Value, over: serde_json::Value) {
     match (base, over) {
-        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
                     Some(existing) => merge_yaml(existing, v),
@@ -62,13 +62,13 @@ fn merge_yaml(base: &mut serde_yaml::Value, over: serde_yaml::Value) {
 
 /// The configuration file text for a test agent.
 pub fn config_text(extra_yaml: &str) -> anyhow::Result<String> {
-    let mut base: serde_yaml::Value = serde_yaml::from_str(BASE_CONFIG)?;
+    let mut base: serde_json::Value = serde_saphyr::from_str(BASE_CONFIG)?;
     if !extra_yaml.trim().is_empty() {
-        let over: serde_yaml::Value =
-            serde_yaml::from_str(extra_yaml).context("extra agent config is not YAML")?;
+        let over: serde_json::Value =
+            serde_saphyr::from_str(extra_yaml).context("extra agent config is not YAML")?;
         merge_yaml(&mut base, over);
     }
-    Ok(serde_yaml::to_string(&base)?)
+    Ok(serde_saphyr::to_string(&base)?)
 }
 
 /// Removes terminal colour sequences (`ESC [ ... letter`).
@@ -320,11 +320,11 @@ mod tests {
         let text =
             config_text("export:\n  otlp:\n    batch_size: 7\nhttp:\n  capture_query: true\n")
                 .unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        assert_eq!(v["export"]["console"], serde_yaml::Value::Bool(false));
+        let v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(v["export"]["console"], serde_json::Value::Bool(false));
         assert_eq!(v["export"]["otlp"]["batch_timeout_ms"].as_u64(), Some(200));
         assert_eq!(v["export"]["otlp"]["batch_size"].as_u64(), Some(7));
-        assert_eq!(v["http"]["capture_query"], serde_yaml::Value::Bool(true));
+        assert_eq!(v["http"]["capture_query"], serde_json::Value::Bool(true));
         assert_eq!(v["capture"]["bytes"].as_u64(), Some(1024));
     }
 

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
+use crate::toolchain::NIGHTLY;
 use crate::{on_path, root, setup, step};
 
 const DEFAULT_SECONDS: u64 = 60;
@@ -34,11 +35,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&dir)
-        .args(["+nightly", "fuzz", "run", target, "--"])
+        .arg(format!("+{NIGHTLY}"))
+        .args(["fuzz", "run", target, "--"])
         .arg(format!("-max_total_time={seconds}"));
     step(&mut cmd, &format!("fuzzing {target} for {seconds} s")).map_err(|e| {
         e.context(format!(
-            "list the targets with `cd fuzz && cargo +nightly fuzz list`; \
+            "list the targets with `cd fuzz && cargo +{NIGHTLY} fuzz list`; \
              a crash leaves its input under fuzz/artifacts/{target}/"
         ))
     })

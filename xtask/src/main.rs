@@ -8,6 +8,7 @@ mod deps;
 mod fuzz;
 mod setup;
 mod test;
+mod toolchain;
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt as _;
@@ -20,7 +21,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  setup                      install the nightly toolchain, rust-src and bpf-linker if missing
+  setup                      install the pinned nightly, rust-src and bpf-linker if missing
   build [--debug]            setup, then build the sonde binary (release unless --debug)
   run [-- ARGS...]           build, then run `sonde ARGS` as root (default: `sonde run`)
   test                       install test dependencies, build, run every test (needs root)
@@ -113,7 +114,7 @@ pub fn agent_binary() -> PathBuf {
     target.join("release").join("sonde")
 }
 
-/// `cargo` from PATH (the rustup proxy, so `+nightly` works), in the
+/// `cargo` from PATH (the rustup proxy, so `+<toolchain>` works), in the
 /// workspace root.
 pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: the toolchain the eBPF build needs.
 //!
-//! agent/build.rs compiles ebpf/ with the nightly toolchain (`-Z
+//! agent/build.rs compiles ebpf/ with the pinned nightly ([`NIGHTLY`]; `-Z
 //! build-std=core` needs `rust-src`) and links it with bpf-linker. Each
 //! piece is checked first and installed only when missing.
 
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::bail;
 
+use crate::toolchain::NIGHTLY;
 use crate::{cargo, on_path, output, step};
 
 /// The bpf-linker release the eBPF build is known to work with.
@@ -33,19 +34,25 @@ fn check_and_install() -> anyhow::Result<()> {
         );
     }
 
+    // Installing a toolchain that is there already, or adding a component it
+    // has, only checks; listing first keeps the common run silent and offline.
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if toolchains.lines().any(|l| l.starts_with("nightly")) {
-        println!("xtask: setup: nightly toolchain present");
+    if toolchains.lines().any(|l| {
+        l.starts_with(&format!("{NIGHTLY}-")) || l.split_whitespace().next() == Some(NIGHTLY)
+    }) {
+        println!("xtask: setup: {NIGHTLY} present");
     } else {
         step(
             Command::new("rustup").args([
                 "toolchain",
                 "install",
-                "nightly",
+                NIGHTLY,
                 "--profile",
                 "minimal",
+                "--component",
+                "rust-src",
             ]),
-            "installing the nightly toolchain",
+            &format!("installing the {NIGHTLY} toolchain"),
         )?;
     }
 
@@ -53,16 +60,16 @@ fn check_and_install() -> anyhow::Result<()> {
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        NIGHTLY,
         "--installed",
     ]))
     .unwrap_or_default();
     if components.lines().any(|l| l.trim().starts_with("rust-src")) {
-        println!("xtask: setup: rust-src present for nightly");
+        println!("xtask: setup: rust-src present for {NIGHTLY}");
     } else {
         step(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-            "adding rust-src to nightly",
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]),
+            &format!("adding rust-src to {NIGHTLY}"),
         )?;
     }
 

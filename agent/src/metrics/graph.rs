@@ -456,6 +456,19 @@ mod tests {
         }
     }
 
+    /// `Graph::offer` for a half whose server has no name.
+    fn offer(g: &mut Graph, side: Side, half: Half, view: &Endpoints, out: &mut Vec<Edge>) {
+        g.offer(side, half, view, || None, out);
+    }
+    /// The server side of [`server_view`] offers a half.
+    fn serve(g: &mut Graph, half: Half, out: &mut Vec<Edge>) {
+        offer(g, Side::Server, half, &server_view(), out);
+    }
+    /// The client side of [`client_view`] offers a half.
+    fn call(g: &mut Graph, half: Half, out: &mut Vec<Edge>) {
+        offer(g, Side::Client, half, &client_view(), out);
+    }
+
     /// A graph that knows 10.0.0.1 and 10.0.0.2 are on this node.
     fn graph() -> Graph {
         let mut g = Graph::new(GraphOptions {
@@ -473,13 +486,7 @@ mod tests {
         let mut g = graph();
         let mut out = Vec::new();
         // Server first (it writes the response before the client reads it).
-        g.offer(
-            Side::Server,
-            half(2, 10, 3),
-            &server_view(),
-            || None,
-            &mut out,
-        );
+        serve(&mut g, half(2, 10, 3), &mut out);
         assert!(out.is_empty());
         assert_eq!(g.waiting(), 1);
         g.offer(
@@ -499,20 +506,8 @@ mod tests {
         assert_eq!(g.waiting(), 0);
         // Client first.
         out.clear();
-        g.offer(
-            Side::Client,
-            half(1, 20, 5),
-            &client_view(),
-            || None,
-            &mut out,
-        );
-        g.offer(
-            Side::Server,
-            half(2, 21, 3),
-            &server_view(),
-            || None,
-            &mut out,
-        );
+        call(&mut g, half(1, 20, 5), &mut out);
+        serve(&mut g, half(2, 21, 3), &mut out);
         assert!(matches!(out.as_slice(), [Edge::Paired { .. }]));
         assert_eq!((g.unpaired_client, g.unpaired_server), (0, 0));
     }
@@ -522,22 +517,10 @@ mod tests {
         let mut g = graph();
         let mut out = Vec::new();
         for i in 0..3 {
-            g.offer(
-                Side::Client,
-                half(1, 10 + i, 1),
-                &client_view(),
-                || None,
-                &mut out,
-            );
+            call(&mut g, half(1, 10 + i, 1), &mut out);
         }
         for i in 0..3 {
-            g.offer(
-                Side::Server,
-                half(2, 20 + i, 1),
-                &server_view(),
-                || None,
-                &mut out,
-            );
+            serve(&mut g, half(2, 20 + i, 1), &mut out);
         }
         let ends: Vec<(u64, u64)> = out
             .iter()
@@ -553,18 +536,12 @@ mod tests {
     fn a_different_connection_does_not_pair() {
         let mut g = graph();
         let mut out = Vec::new();
-        g.offer(
-            Side::Server,
-            half(2, 10, 3),
-            &server_view(),
-            || None,
-            &mut out,
-        );
+        serve(&mut g, half(2, 10, 3), &mut out);
         let other_conn = Endpoints {
             local: ep([10, 0, 0, 1], 40001),
             peer: ep([10, 0, 0, 2], 8080),
         };
-        g.offer(Side::Client, half(1, 11, 5), &other_conn, || None, &mut out);
+        offer(&mut g, Side::Client, half(1, 11, 5), &other_conn, &mut out);
         assert!(out.is_empty());
         assert_eq!(g.waiting(), 2);
     }
@@ -611,13 +588,7 @@ mod tests {
         assert_eq!(g.waiting(), 0);
         // Without a name, the server is its address.
         out.clear();
-        g.offer(
-            Side::Client,
-            half(1, 2000, 5),
-            &client_view(),
-            || None,
-            &mut out,
-        );
+        call(&mut g, half(1, 2000, 5), &mut out);
         g.drain(&mut out);
         assert_eq!(
             out,
@@ -632,27 +603,9 @@ mod tests {
     fn a_paired_half_leaves_no_stale_expiry() {
         let mut g = graph();
         let mut out = Vec::new();
-        g.offer(
-            Side::Client,
-            half(1, 10, 1),
-            &client_view(),
-            || None,
-            &mut out,
-        );
-        g.offer(
-            Side::Server,
-            half(2, 11, 1),
-            &server_view(),
-            || None,
-            &mut out,
-        );
-        g.offer(
-            Side::Client,
-            half(1, 900, 1),
-            &client_view(),
-            || None,
-            &mut out,
-        );
+        call(&mut g, half(1, 10, 1), &mut out);
+        serve(&mut g, half(2, 11, 1), &mut out);
+        call(&mut g, half(1, 900, 1), &mut out);
         out.clear();
         // The first entry's deadline passes, but the half waiting now on
         // that connection came later and must keep waiting.
@@ -675,11 +628,11 @@ mod tests {
                 local: ep([10, 0, 0, 1], 40000 + port),
                 peer: ep([10, 0, 0, 2], 80),
             };
-            g.offer(
+            offer(
+                &mut g,
                 Side::Client,
                 half(1, 10 + u64::from(port), 1),
                 &e,
-                || None,
                 &mut out,
             );
         }
@@ -696,13 +649,7 @@ mod tests {
         });
         let mut out = Vec::new();
         // Nothing is known of 10.0.0.1 yet: the server half is counted at once.
-        g.offer(
-            Side::Server,
-            half(2, 10, 3),
-            &server_view(),
-            || None,
-            &mut out,
-        );
+        serve(&mut g, half(2, 10, 3), &mut out);
         assert_eq!(
             out,
             vec![Edge::ServerOnly {
@@ -716,13 +663,7 @@ mod tests {
             local: ep([10, 0, 0, 1], 40001),
             peer: ep([10, 0, 0, 2], 8080),
         };
-        g.offer(
-            Side::Client,
-            half(1, 20, 5),
-            &client_view,
-            || None,
-            &mut out,
-        );
+        offer(&mut g, Side::Client, half(1, 20, 5), &client_view, &mut out);
         assert!(out.is_empty());
         assert_eq!(g.waiting(), 1);
         // Loopback peers always wait.
@@ -730,7 +671,7 @@ mod tests {
             local: ep([127, 0, 0, 1], 8080),
             peer: ep([127, 0, 0, 1], 50000),
         };
-        g.offer(Side::Server, half(3, 30, 1), &lo, || None, &mut out);
+        offer(&mut g, Side::Server, half(3, 30, 1), &lo, &mut out);
         assert!(out.is_empty());
         assert_eq!(g.waiting(), 2);
     }
@@ -740,26 +681,14 @@ mod tests {
         let mut g = graph();
         let mut out = Vec::new();
         for i in 0..(MAX_PER_CONNECTION as u64 + 3) {
-            g.offer(
-                Side::Server,
-                half(2, 10 + i, 1),
-                &server_view(),
-                || None,
-                &mut out,
-            );
+            serve(&mut g, half(2, 10 + i, 1), &mut out);
         }
         assert_eq!(g.waiting(), MAX_PER_CONNECTION);
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|e| matches!(e, Edge::ServerOnly { .. })));
         // A client half still pairs with the oldest waiting one.
         out.clear();
-        g.offer(
-            Side::Client,
-            half(1, 100, 5),
-            &client_view(),
-            || None,
-            &mut out,
-        );
+        call(&mut g, half(1, 100, 5), &mut out);
         assert!(matches!(&out[..], [Edge::Paired { server, .. }] if server.end_ns == 10 * MS));
     }
 
@@ -771,7 +700,7 @@ mod tests {
             local: Endpoint::Unix,
             peer: Endpoint::Unix,
         };
-        g.offer(Side::Server, half(2, 10, 1), &e, || None, &mut out);
+        offer(&mut g, Side::Server, half(2, 10, 1), &e, &mut out);
         assert_eq!(
             out,
             vec![Edge::ServerOnly {

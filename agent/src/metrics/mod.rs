@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::MetricsConfig;
+use crate::config::{Histogram, MetricsConfig};
 use crate::enrich::Resource;
 use crate::stats::Stats;
 
@@ -59,12 +59,11 @@ pub fn store_options(c: &MetricsConfig) -> StoreOptions {
         .collect();
     StoreOptions {
         max_series: c.max_series_per_metric.max(1) as usize,
-        histogram: if c.histogram == "exponential" {
-            HistogramKind::Exponential {
+        histogram: match c.histogram {
+            Histogram::Exponential => HistogramKind::Exponential {
                 max_size: c.exponential_max_size.max(2) as usize,
-            }
-        } else {
-            HistogramKind::Explicit
+            },
+            Histogram::Explicit => HistogramKind::Explicit,
         },
         bounds,
         exemplars: c.exemplars,
@@ -301,7 +300,7 @@ mod tests {
         let mut c = MetricsConfig::default();
         c.buckets
             .insert("http.server.request.body.size".into(), vec![1.0, 2.0]);
-        c.histogram = "exponential".into();
+        c.histogram = Histogram::Exponential;
         c.service_graph.enabled = false;
         let o = store_options(&c);
         let b = |id: catalog::MetricId| o.bounds[id as usize].values().to_vec();

@@ -472,15 +472,8 @@ impl Class {
     }
 }
 
-/// How a snapshot reports counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Temporality {
-    /// Totals since each series started.
-    Cumulative,
-    /// What changed since the last delta snapshot (series with no change
-    /// are left out).
-    Delta,
-}
+/// How a snapshot reports counts: the setting `metrics.otlp.temporality` names.
+pub use crate::config::Temporality;
 
 /// A copy of the store's data at one instant.
 #[derive(Clone, Debug)]

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use tokio::sync::watch;
 
-use super::{Env, OtlpClient, OtlpTarget, Signal, key, kv, resolve_target, var};
+use super::{Env, OtlpClient, OtlpTarget, Signal, kv, resolve_target, var};
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::enrich::Resource;
 use crate::export::{ExportError, WarnLimiter};
@@ -109,19 +109,16 @@ pub fn resolve_metrics_target(
         },
     };
 
-    let temporality = match key("metrics.otlp.temporality", &metrics.otlp.temporality)
-        .or_else(|| var(env, TEMPORALITY))
-    {
-        None => Temporality::Cumulative,
-        Some((setting, v)) => match v.to_ascii_lowercase().as_str() {
-            "cumulative" => Temporality::Cumulative,
-            "delta" | "lowmemory" => Temporality::Delta,
-            _ => {
-                return Err(ExportError::Endpoint {
-                    setting,
-                    reason: format!("{v:?} is not a temporality; write cumulative or delta"),
-                });
-            }
+    let temporality = match (metrics.otlp.temporality, var(env, TEMPORALITY)) {
+        (Some(t), _) => t,
+        (None, None) => Temporality::Cumulative,
+        (None, Some((setting, v))) => match v.to_ascii_lowercase().as_str() {
+            // The specification's third choice; delta is what it asks of histograms.
+            "lowmemory" => Temporality::Delta,
+            name => crate::config::from_name(name).ok_or_else(|| ExportError::Endpoint {
+                setting,
+                reason: format!("{v:?} is not a temporality; write cumulative or delta"),
+            })?,
         },
     };
 
@@ -617,7 +614,7 @@ mod tests {
         export.otlp.endpoint = Some("http://cfg:4317".into());
         let mut metrics = MetricsConfig::default();
         metrics.otlp.interval_ms = Some(250);
-        metrics.otlp.temporality = Some("delta".into());
+        metrics.otlp.temporality = Some(Temporality::Delta);
         let t = resolve(
             &export,
             &metrics,

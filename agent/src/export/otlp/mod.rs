@@ -70,12 +70,8 @@ pub fn process_env() -> Env {
         .collect()
 }
 
-/// The OTLP wire protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
+/// The OTLP wire protocol: the setting `export.otlp.protocol` names.
+pub use crate::config::OtlpProtocol as Protocol;
 
 /// What goes out over OTLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,14 +165,15 @@ pub fn resolve_target(
     own_endpoint: (&str, &Option<String>),
     env: &Env,
 ) -> Result<Option<OtlpTarget>, ExportError> {
-    let protocol = match key("export.otlp.protocol", &otlp.protocol)
-        .or_else(|| var(env, signal.protocol_var()))
-        .or_else(|| var(env, PROTOCOL))
-    {
-        None => Protocol::Grpc,
-        Some((_, v)) if v == "grpc" => Protocol::Grpc,
-        Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
-        Some((setting, value)) => return Err(ExportError::Protocol { setting, value }),
+    // The configuration key was checked when it was read.
+    let protocol = match otlp.protocol {
+        Some(p) => p,
+        None => match var(env, signal.protocol_var()).or_else(|| var(env, PROTOCOL)) {
+            None => Protocol::Grpc,
+            Some((setting, value)) => {
+                crate::config::from_name(&value).ok_or(ExportError::Protocol { setting, value })?
+            }
+        },
     };
 
     // (setting, value, whether the value is a base URL)

@@ -364,13 +364,14 @@ fn ip(a: [u8; 4], port: u16) -> Endpoint {
     Endpoint::Ip(IpAddr::V4(Ipv4Addr::from(a)), port)
 }
 
+/// The point of `traces_service_graph_{metric}` for one edge.
 fn graph_point<'a>(
     snap: &'a Snapshot,
     metric: &str,
     client: &str,
     server: &str,
 ) -> Option<&'a Point> {
-    points(snap, "sonde", metric)
+    points(snap, "sonde", &format!("traces_service_graph_{metric}"))
         .into_iter()
         .find(|p| str_attr(p, "client") == Some(client) && str_attr(p, "server") == Some(server))
 }
@@ -417,32 +418,14 @@ fn service_graph_pairs_both_ends_on_this_node() {
         store.record(&curl, &cli, &client_view);
     }
     let snap = store.snapshot(200 * MS, Temporality::Cumulative);
-    let total = graph_point(&snap, "traces_service_graph_request_total", "curl", "nginx").unwrap();
+    let total = graph_point(&snap, "request_total", "curl", "nginx").unwrap();
     assert_eq!(sum(total), 3.0);
     assert!(point_attr(total, "connection_type").is_none());
     // The 404 is an error for the client: the edge failed.
-    let failed = graph_point(
-        &snap,
-        "traces_service_graph_request_failed_total",
-        "curl",
-        "nginx",
-    )
-    .unwrap();
+    let failed = graph_point(&snap, "request_failed_total", "curl", "nginx").unwrap();
     assert_eq!(sum(failed), 1.0);
-    let srv = graph_point(
-        &snap,
-        "traces_service_graph_request_server_seconds",
-        "curl",
-        "nginx",
-    )
-    .unwrap();
-    let cli = graph_point(
-        &snap,
-        "traces_service_graph_request_client_seconds",
-        "curl",
-        "nginx",
-    )
-    .unwrap();
+    let srv = graph_point(&snap, "request_server_seconds", "curl", "nginx").unwrap();
+    let cli = graph_point(&snap, "request_client_seconds", "curl", "nginx").unwrap();
     assert_eq!((hist(srv).count, hist(srv).sum), (3, 6 * u128::from(MS)));
     assert_eq!((hist(cli).count, hist(cli).sum), (3, 9 * u128::from(MS)));
     assert_eq!(cli.exemplars[0].trace_id[0], 22);
@@ -490,56 +473,23 @@ fn service_graph_names_the_unseen_side_by_address() {
         },
     );
     let snap = store.snapshot(500 * MS, Temporality::Cumulative);
-    let from_client = graph_point(
-        &snap,
-        "traces_service_graph_request_total",
-        "192.168.1.7",
-        "nginx",
-    )
-    .unwrap();
+    let from_client = graph_point(&snap, "request_total", "192.168.1.7", "nginx").unwrap();
     assert_eq!(sum(from_client), 1.0);
     assert_eq!(
         str_attr(from_client, "connection_type"),
         Some("virtual_node")
     );
-    let failed = graph_point(
-        &snap,
-        "traces_service_graph_request_failed_total",
-        "192.168.1.7",
-        "nginx",
-    );
+    let failed = graph_point(&snap, "request_failed_total", "192.168.1.7", "nginx");
     assert_eq!(failed.map(sum), Some(1.0));
-    assert!(
-        graph_point(
-            &snap,
-            "traces_service_graph_request_total",
-            "curl",
-            "127.0.0.1:8080"
-        )
-        .is_none()
-    );
+    assert!(graph_point(&snap, "request_total", "curl", "127.0.0.1:8080").is_none());
     // After the wait, the client is counted alone, its server named by
     // the address it used.
     store.expire(1200 * MS);
     let snap = store.snapshot(1200 * MS, Temporality::Cumulative);
-    let to_server = graph_point(
-        &snap,
-        "traces_service_graph_request_total",
-        "curl",
-        "127.0.0.1:8080",
-    )
-    .unwrap();
+    let to_server = graph_point(&snap, "request_total", "curl", "127.0.0.1:8080").unwrap();
     assert_eq!(sum(to_server), 1.0);
     assert_eq!(str_attr(to_server, "connection_type"), Some("virtual_node"));
-    assert!(
-        graph_point(
-            &snap,
-            "traces_service_graph_request_server_seconds",
-            "curl",
-            "127.0.0.1:8080"
-        )
-        .is_none()
-    );
+    assert!(graph_point(&snap, "request_server_seconds", "curl", "127.0.0.1:8080").is_none());
     assert_eq!(store.graph_counts(), Some((0, 1, 1, 0)));
 }
 
@@ -573,7 +523,10 @@ fn delta_snapshots_report_changes_only() {
 
 #[test]
 fn exponential_histograms_when_asked() {
-    let mut store = Store::new(options(|c| c.histogram = "exponential".into()), agent());
+    let mut store = Store::new(
+        options(|c| c.histogram = crate::config::Histogram::Exponential),
+        agent(),
+    );
     let shop = resource("shop", "i-1");
     for (i, ms) in [1u64, 2, 4, 100, 1000].iter().enumerate() {
         store.record(
@@ -658,41 +611,15 @@ fn edges_after_eviction_name_the_new_process() {
     let new = resource("new", "n-1");
     store.record(&new, &server("/a", 200, 1, 101_000), &remote);
     let snap = store.snapshot(102_000 * MS, Temporality::Cumulative);
-    let p = graph_point(
-        &snap,
-        "traces_service_graph_request_total",
-        "192.168.1.7",
-        "new",
-    )
-    .unwrap();
+    let p = graph_point(&snap, "request_total", "192.168.1.7", "new").unwrap();
     assert_eq!(sum(p), 1.0);
-    assert!(
-        graph_point(
-            &snap,
-            "traces_service_graph_request_total",
-            "192.168.1.7",
-            "old"
-        )
-        .is_none()
-    );
+    assert!(graph_point(&snap, "request_total", "192.168.1.7", "old").is_none());
     // A known edge keeps counting into the same series.
     store.record(&new, &server("/a", 200, 1, 101_500), &remote);
     let snap = store.snapshot(102_000 * MS, Temporality::Cumulative);
-    let p = graph_point(
-        &snap,
-        "traces_service_graph_request_total",
-        "192.168.1.7",
-        "new",
-    )
-    .unwrap();
+    let p = graph_point(&snap, "request_total", "192.168.1.7", "new").unwrap();
     assert_eq!(sum(p), 2.0);
-    let s = graph_point(
-        &snap,
-        "traces_service_graph_request_server_seconds",
-        "192.168.1.7",
-        "new",
-    )
-    .unwrap();
+    let s = graph_point(&snap, "request_server_seconds", "192.168.1.7", "new").unwrap();
     assert_eq!(hist(s).count, 2);
 }
 
@@ -749,7 +676,7 @@ fn spans_the_sampler_dropped_count_but_are_no_exemplars() {
     let size = points(&snap, "shop", "http.server.response.body.size")[0];
     assert_eq!(hist(size).count, 1);
     assert!(size.exemplars.is_empty());
-    let edge = "traces_service_graph_request_server_seconds";
+    let edge = "request_server_seconds";
     let graph = graph_point(&snap, edge, "192.168.1.7", "shop").unwrap();
     assert_eq!(hist(graph).count, 2);
     assert!(graph.exemplars.is_empty());
