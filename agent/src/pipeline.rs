@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session};
 use crate::sample::Sampler;
 use crate::span::model::Span;
-use crate::span::{SpanContext, SpanOptions};
+use crate::span::{PairingOut, SpanContext, SpanOptions};
 use crate::stats::Stats;
 
 /// Where finished spans go.
@@ -486,11 +486,12 @@ fn run_session(
     stats: &Stats,
     spans: &mut Vec<Span>,
 ) -> u64 {
-    let report = session.run(input, end_ns, ctx, spans);
+    let mut out = PairingOut::new(ctx, spans);
+    let report = session.run(input, end_ns, &mut out);
     Stats::add(&stats.parser_resync_bytes, report.resync_bytes);
     Stats::add(&stats.parser_resyncs, report.resyncs);
-    Stats::add(&stats.requests_unanswered, report.loss.requests_unanswered);
-    Stats::add(&stats.responses_unpaired, report.loss.responses_unpaired);
+    Stats::add(&stats.requests_unanswered, out.loss.requests_unanswered);
+    Stats::add(&stats.responses_unpaired, out.loss.responses_unpaired);
     report.resyncs
 }
 

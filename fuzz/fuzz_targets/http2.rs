@@ -17,7 +17,7 @@ use sonde::protocol::http2::hpack::{self, Decoder};
 use sonde::protocol::http2::{self, FrameHeader, Http2Conn, Message};
 use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 use sonde::protocol::http2::span::Http2Pairing;
-use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
+use sonde::span::{Pairing, PairingOut, SpanContext, SpanOptions};
 
 fuzz_target!(|data: &[u8]| {
     // The pieces alone: never panic.
@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut pairing = Http2Pairing::default();
     let mut spans = Vec::new();
-    let mut loss = PairingLoss::default();
+    let mut pairing_out = PairingOut::new(&ctx, &mut spans);
     for msg in out {
         if let Message::Stream(s) = &msg {
             // Messages are well formed: times in order, statuses in range,
@@ -99,9 +99,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(s.status.is_none_or(|st| (200..=599).contains(&st)));
             assert!(!s.stream_id.is_multiple_of(2));
         }
-        pairing.push(msg, &ctx, &mut spans, &mut loss);
+        pairing.push(msg, &mut pairing_out);
     }
-    pairing.finish(&mut loss);
+    pairing.finish(&mut pairing_out.loss);
     for span in &spans {
         assert!(span.start_unix_ns <= span.end_unix_ns);
         assert!(!span.name.is_empty());

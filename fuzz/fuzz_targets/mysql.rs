@@ -12,7 +12,7 @@ use sonde::capture::{Endpoint, Endpoints};
 use sonde::protocol::mysql::{self, Message, MysqlConn};
 use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 use sonde::protocol::mysql::span::MysqlPairing;
-use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions, sql};
+use sonde::span::{Pairing, PairingOut, SpanContext, SpanOptions, sql};
 
 fuzz_target!(|data: &[u8]| {
     let _ = mysql::detect(data);
@@ -34,13 +34,13 @@ fuzz_target!(|data: &[u8]| {
         max_buffered_bytes: 512,
     });
     let mut pairing = MysqlPairing::default();
-    let mut loss = PairingLoss::default();
     let mut spans = Vec::new();
+    let mut pairing_out = PairingOut::new(&ctx, &mut spans);
     let mut out = Vec::new();
     let mut last_response = None;
     let mut rest = data;
     let mut ts = 0u64;
-    let mut check = |out: &mut Vec<Message>, spans: &mut Vec<_>, loss: &mut PairingLoss| {
+    let mut check = |out: &mut Vec<Message>, pairing_out: &mut PairingOut<'_>| {
         for msg in out.drain(..) {
             // Times in order; answers refer to commands in increasing order.
             assert!(msg.first_ns() <= msg.last_ns());
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
                     last_response = Some(r.command_id);
                 }
             }
-            pairing.push(msg, &ctx, spans, loss);
+            pairing.push(msg, pairing_out);
         }
     };
     while let [control, len, tail @ ..] = rest {
@@ -78,11 +78,11 @@ fuzz_target!(|data: &[u8]| {
             end_ns: ts,
         };
         conn.feed(dir, &chunk, &mut out);
-        check(&mut out, &mut spans, &mut loss);
+        check(&mut out, &mut pairing_out);
     }
     conn.close(ts + 1, &mut out);
-    check(&mut out, &mut spans, &mut loss);
-    pairing.finish(&mut loss);
+    check(&mut out, &mut pairing_out);
+    pairing.finish(&mut pairing_out.loss);
     for span in &spans {
         assert!(span.start_unix_ns <= span.end_unix_ns);
     }

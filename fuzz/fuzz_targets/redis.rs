@@ -14,7 +14,7 @@ use sonde::protocol::redis::{self, Message, RedisConn, ReplyKind};
 use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
 use sonde::span::model::AttrValue;
 use sonde::protocol::redis::span::RedisPairing;
-use sonde::span::{Pairing, PairingLoss, SpanContext, SpanOptions};
+use sonde::span::{Pairing, PairingOut, SpanContext, SpanOptions};
 
 fuzz_target!(|data: &[u8]| {
     let _ = redis::detect(data);
@@ -81,11 +81,11 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut pairing = RedisPairing::default();
         let mut spans = Vec::new();
-        let mut loss = PairingLoss::default();
+        let mut pairing_out = PairingOut::new(&ctx, &mut spans);
         for msg in out.iter().cloned() {
-            pairing.push(msg, &ctx, &mut spans, &mut loss);
+            pairing.push(msg, &mut pairing_out);
         }
-        pairing.finish(&mut loss);
+        pairing.finish(&mut pairing_out.loss);
         for span in &spans {
             assert!(span.start_unix_ns <= span.end_unix_ns);
             // The arguments of AUTH never show.

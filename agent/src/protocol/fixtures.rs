@@ -21,50 +21,21 @@ use sonde_common::{
 };
 
 use super::PROTOCOLS;
+use super::test_reads::{Read, from_log, from_txt};
 use crate::capture::{Clock, encode_close, encode_data};
 use crate::enrich::{HostInfo, ProcessResources, Resource};
 use crate::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use crate::stats::Stats;
 
-/// One read of a recorded conversation.
-struct Read {
-    from_client: bool,
-    bytes: Vec<u8>,
-}
-
 /// Reads a fixture in either format.
 fn load(path: &Path) -> Vec<Read> {
     let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reads = Vec::new();
-    if path.extension().is_some_and(|e| e == "txt") {
-        let text = String::from_utf8(raw).expect("a .txt fixture is text");
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (mark, hex) = line.split_once(' ').expect("`C <hex>` or `S <hex>`");
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            reads.push(Read {
-                from_client: mark == "C",
-                bytes,
-            });
-        }
+    let reads = if path.extension().is_some_and(|e| e == "txt") {
+        from_txt(&String::from_utf8(raw).expect("a .txt fixture is text"))
     } else {
-        let mut log = &raw[..];
-        while let [mark, a, b, c, d, rest @ ..] = log {
-            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-            let (bytes, next) = rest.split_at(len.min(rest.len()));
-            reads.push(Read {
-                from_client: *mark == b'>',
-                bytes: bytes.to_vec(),
-            });
-            log = next;
-        }
-    }
+        from_log(&raw)
+    };
     assert!(!reads.is_empty(), "{}: no reads", path.display());
     reads
 }

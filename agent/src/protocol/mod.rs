@@ -15,6 +15,8 @@ mod session;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+pub(crate) mod test_reads;
 
 pub use session::{Session, SessionReport};
 
@@ -187,7 +189,8 @@ pub trait StreamParser {
 /// Chunks as the parsers' tests build them.
 #[cfg(test)]
 pub(crate) mod test_chunks {
-    use super::Chunk;
+    use super::test_rng::Rng;
+    use super::{Chunk, Direction, StreamParser};
 
     /// A fully captured syscall at `t`.
     pub(crate) fn whole(data: &[u8], t: u64) -> Chunk<'_> {
@@ -201,6 +204,84 @@ pub(crate) mod test_chunks {
             total_len: total as u64,
             start_ns: t,
             end_ns: t + 1,
+        }
+    }
+
+    /// Feeds each of `syscalls` whole, 10 ns apart from 0.
+    pub(crate) fn feed_whole<P: StreamParser>(
+        conn: &mut P,
+        syscalls: &[(Direction, &[u8])],
+        out: &mut Vec<P::Message>,
+    ) {
+        for (i, (dir, data)) in syscalls.iter().enumerate() {
+            conn.feed(*dir, &whole(data, 10 * i as u64), out);
+        }
+    }
+
+    /// Feeds `stream` from time `t` on in random syscalls, some with
+    /// uncaptured tails.
+    pub(crate) fn feed_randomly<P: StreamParser>(
+        conn: &mut P,
+        dir: Direction,
+        stream: &[u8],
+        mut t: u64,
+        rng: &mut Rng,
+        out: &mut Vec<P::Message>,
+    ) {
+        let mut at = 0;
+        while at < stream.len() {
+            let total = 1 + rng.below(300.min(stream.len() - at));
+            let captured = if rng.below(4) == 0 {
+                rng.below(total + 1)
+            } else {
+                total
+            };
+            conn.feed(dir, &gapped(&stream[at..at + captured], total, t), out);
+            at += total;
+            t += 10;
+        }
+    }
+
+    /// `stream` repeated, with a few bytes overwritten and maybe cut short.
+    pub(crate) fn damaged(stream: &[u8], rng: &mut Rng) -> Vec<u8> {
+        let mut stream = stream.repeat(1 + rng.below(3));
+        for _ in 0..rng.below(4) {
+            let i = rng.below(stream.len());
+            stream[i] = rng.next() as u8;
+        }
+        if rng.below(3) == 0 {
+            let i = rng.below(stream.len());
+            stream.truncate(i);
+        }
+        stream
+    }
+
+    /// Feeds each input to a new parser both ways, whole and in random
+    /// syscalls, then closes it: sync must be lost once and stay lost, and
+    /// `check` judges the parser and what it emitted.
+    pub(crate) fn feed_garbage<P: StreamParser>(
+        inputs: &[Vec<u8>],
+        rng: &mut Rng,
+        new: impl Fn() -> P,
+        mut check: impl FnMut(&P, &[P::Message]),
+    ) {
+        for input in inputs {
+            for dir in [Direction::Egress, Direction::Ingress] {
+                for whole_first in [true, false] {
+                    let mut conn = new();
+                    let mut out = Vec::new();
+                    if whole_first {
+                        conn.feed(dir, &whole(input, 0), &mut out);
+                    } else {
+                        feed_randomly(&mut conn, dir, input, 0, rng, &mut out);
+                    }
+                    conn.close(1, &mut out);
+                    let (skipped, lost) = conn.take_resync();
+                    assert!(skipped <= input.len() as u64);
+                    assert_eq!(lost, 1, "sync is lost once, then stays lost");
+                    check(&conn, &out);
+                }
+            }
         }
     }
 }

@@ -2,31 +2,26 @@
 //! the same way for every protocol.
 
 use super::{Chunk, Direction, StreamParser};
-use crate::span::model::Span;
-use crate::span::{Pairing, PairingLoss, SpanContext};
+use crate::span::{Pairing, PairingOut};
+
+/// One chunk the connection carried, or `None` for its close.
+pub type Input<'a> = Option<(Direction, &'a Chunk<'a>)>;
 
 /// A connection's parser and pairing, behind one interface so the pipeline
 /// needs no per-protocol code.
 pub trait Session {
     /// Parses one chunk, or with `None` the close at `end_ns`, and pushes
-    /// the spans the messages it yields complete.
-    fn run(
-        &mut self,
-        input: Option<(Direction, &Chunk<'_>)>,
-        end_ns: u64,
-        ctx: &SpanContext,
-        spans: &mut Vec<Span>,
-    ) -> SessionReport;
+    /// the spans the messages it yields complete; pairing losses go to `out`.
+    fn run(&mut self, input: Input<'_>, end_ns: u64, out: &mut PairingOut<'_>) -> SessionReport;
 }
 
-/// What a session lost while running, for the agent's counters.
+/// What a session's parser lost while running, for the agent's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SessionReport {
     /// Bytes the parser skipped while resynchronising.
     pub resync_bytes: u64,
     /// Times the parser lost sync.
     pub resyncs: u64,
-    pub loss: PairingLoss,
 }
 
 /// The session of any parser with the pairing of its messages.
@@ -54,30 +49,22 @@ where
     P: StreamParser,
     Q: Pairing<Message = P::Message>,
 {
-    fn run(
-        &mut self,
-        input: Option<(Direction, &Chunk<'_>)>,
-        end_ns: u64,
-        ctx: &SpanContext,
-        spans: &mut Vec<Span>,
-    ) -> SessionReport {
+    fn run(&mut self, input: Input<'_>, end_ns: u64, out: &mut PairingOut<'_>) -> SessionReport {
         let mut messages = Vec::new();
         match input {
             Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut messages),
             None => self.parser.close(end_ns, &mut messages),
         }
         let (resync_bytes, resyncs) = self.parser.take_resync();
-        let mut loss = PairingLoss::default();
         for msg in messages {
-            self.pairing.push(msg, ctx, spans, &mut loss);
+            self.pairing.push(msg, out);
         }
         if input.is_none() {
-            self.pairing.finish(&mut loss);
+            self.pairing.finish(&mut out.loss);
         }
         SessionReport {
             resync_bytes,
             resyncs,
-            loss,
         }
     }
 }

@@ -53,22 +53,64 @@ pub struct PairingLoss {
     pub responses_unpaired: u64,
 }
 
+/// What pairing reads (the connection) and writes (spans, losses): one
+/// argument, the same for every protocol.
+pub struct PairingOut<'a> {
+    pub ctx: &'a SpanContext,
+    pub spans: &'a mut Vec<Span>,
+    pub loss: PairingLoss,
+}
+
+impl<'a> PairingOut<'a> {
+    /// Spans of the connection `ctx` go to `spans`; no loss yet.
+    pub fn new(ctx: &'a SpanContext, spans: &'a mut Vec<Span>) -> Self {
+        PairingOut {
+            ctx,
+            spans,
+            loss: PairingLoss::default(),
+        }
+    }
+}
+
 /// Turns one connection's parsed messages into spans.
 pub trait Pairing: Default {
     type Message;
     /// Takes one message; pushes a span for every request it completes.
-    fn push(
-        &mut self,
-        msg: Self::Message,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    );
+    fn push(&mut self, msg: Self::Message, out: &mut PairingOut<'_>);
     /// The connection ended: whatever still waits is lost, and counted.
     fn finish(&mut self, loss: &mut PairingLoss);
 }
 
 use model::Span;
+
+/// A span of process `pid` from `start_ns` to `end_ns` (never before its
+/// start), in the trace `parent` names (from a traceparent) or a new one;
+/// no attributes yet, status unset.
+pub fn new_span(
+    pid: u32,
+    parent: Option<([u8; 16], [u8; 8])>,
+    name: String,
+    kind: model::SpanKind,
+    start_ns: u64,
+    end_ns: u64,
+) -> Span {
+    let (trace_id, parent_span_id) = match parent {
+        Some((trace, span)) => (trace, Some(span)),
+        None => (ids::new_trace_id(), None),
+    };
+    Span {
+        trace_id,
+        span_id: ids::new_span_id(),
+        parent_span_id,
+        name,
+        kind,
+        start_unix_ns: start_ns,
+        end_unix_ns: end_ns.max(start_ns),
+        attributes: Vec::new(),
+        status: model::SpanStatus::Unset,
+        pid,
+    }
+}
 
 /// `addr_key`/`port_key` for an IP endpoint; nothing for a Unix socket.
 pub fn endpoint_attrs(

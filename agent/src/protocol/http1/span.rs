@@ -7,8 +7,8 @@ use crate::protocol::Direction;
 use crate::protocol::http1::{Message, Request, Response};
 use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use crate::span::{
-    HttpSpanOptions, Pairing, PairingLoss, SpanContext, http_endpoint_attrs, ids, network_attrs,
-    route,
+    HttpSpanOptions, Pairing, PairingLoss, PairingOut, SpanContext, http_endpoint_attrs, ids,
+    network_attrs, new_span, route,
 };
 
 /// Requests or responses waiting for their other half, per connection; more
@@ -27,18 +27,12 @@ impl Pairing for HttpPairing {
     type Message = Message;
 
     /// Takes one parsed message; pushes a span for every completed pair.
-    fn push(
-        &mut self,
-        msg: Message,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    ) {
+    fn push(&mut self, msg: Message, out: &mut PairingOut<'_>) {
         match msg {
             Message::Request(req) => {
                 if self.requests.len() >= MAX_WAITING {
                     self.requests.pop_front();
-                    loss.requests_unanswered += 1;
+                    out.loss.requests_unanswered += 1;
                 }
                 self.requests.push_back(req);
             }
@@ -47,7 +41,7 @@ impl Pairing for HttpPairing {
             Message::Response(resp) => {
                 if self.responses.len() >= MAX_WAITING {
                     self.responses.pop_front();
-                    loss.responses_unpaired += 1;
+                    out.loss.responses_unpaired += 1;
                 }
                 self.responses.push_back(resp);
             }
@@ -57,12 +51,13 @@ impl Pairing for HttpPairing {
             // request we never saw: drop it rather than shift every pair.
             if resp.last_ns < req.first_ns {
                 self.responses.pop_front();
-                loss.responses_unpaired += 1;
+                out.loss.responses_unpaired += 1;
                 continue;
             }
             if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front())
             {
-                out.push(build_span(req, &resp, ctx, ctx.options.http));
+                out.spans
+                    .push(build_span(req, &resp, out.ctx, out.ctx.options.http));
             }
         }
     }
@@ -163,20 +158,9 @@ pub fn build_span(
     };
 
     let parent = req.traceparent.as_deref().and_then(ids::parse_traceparent);
-    let (trace_id, parent_span_id) = match parent {
-        Some((trace, span)) => (trace, Some(span)),
-        None => (ids::new_trace_id(), None),
-    };
     Span {
-        trace_id,
-        span_id: ids::new_span_id(),
-        parent_span_id,
-        name: span_name,
-        kind,
-        start_unix_ns: req.first_ns,
-        end_unix_ns: resp.last_ns.max(req.first_ns),
         attributes: attrs,
         status,
-        pid: ctx.pid,
+        ..new_span(ctx.pid, parent, span_name, kind, req.first_ns, resp.last_ns)
     }
 }

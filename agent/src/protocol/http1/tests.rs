@@ -1,5 +1,8 @@
 use super::*;
-use crate::protocol::test_chunks::{gapped, whole};
+use crate::protocol::test_chunks::{
+    damaged, feed_garbage, feed_randomly, feed_whole, gapped, whole,
+};
+use crate::protocol::test_rng::Rng;
 
 /// A compact, comparable description of a message (times left out).
 fn summary(m: &Message) -> String {
@@ -459,46 +462,20 @@ fn parse_head_fields() {
 
 #[test]
 fn parse_head_errors() {
+    #[rustfmt::skip]
     let table: &[(&[u8], ParseError)] = &[
-        (
-            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            ParseError::ContentLength,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
-            ParseError::ContentLength,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            ParseError::ContentLength,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
-            ParseError::ContentLength,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n",
-            ParseError::ContentLength,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            ParseError::ContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            ParseError::TransferEncoding,
-        ),
-        (
-            b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
-            ParseError::HeaderLine,
-        ),
+        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", ParseError::ContentLength),
+        (b"GET / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n", ParseError::ContentLength),
+        (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", ParseError::ContentLength),
+        (b"GET / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n", ParseError::ContentLength),
+        (b"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n", ParseError::ContentLength),
+        (b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", ParseError::ContentLength),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", ParseError::TransferEncoding),
+        (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", ParseError::HeaderLine),
         (b"GET / HTTP/1.1\r\n: h\r\n\r\n", ParseError::HeaderLine),
         (b"GET / HTTP/1.1\r\n folded\r\n\r\n", ParseError::HeaderLine),
         (b"GET / HTTP/1.1\r\nHost: h\n\r\n", ParseError::HeaderLine),
-        (
-            b"GET / HTTP/1.1\r\nHost: h\x00\r\n\r\n",
-            ParseError::HeaderLine,
-        ),
+        (b"GET / HTTP/1.1\r\nHost: h\x00\r\n\r\n", ParseError::HeaderLine),
         (b"GET / HTTP/1.1\r\n\rx", ParseError::HeaderLine),
         (b"GET / HTTP/1.1\n\n", ParseError::StartLine),
         (b"GET / HTTP/1.2\r\n\r\n", ParseError::StartLine),
@@ -506,18 +483,12 @@ fn parse_head_errors() {
         (b"GET  / HTTP/1.1\r\n\r\n", ParseError::StartLine),
         (b"get / HTTP/1.1\r\n\r\n", ParseError::StartLine),
         (b"GET /\r\n", ParseError::StartLine),
-        (
-            b"AVERYVERYLONGMETHODNAME / HTTP/1.1\r\n",
-            ParseError::StartLine,
-        ),
+        (b"AVERYVERYLONGMETHODNAME / HTTP/1.1\r\n", ParseError::StartLine),
         (b"HTTP/1.1 600 Odd\r\n\r\n", ParseError::StartLine),
         (b"HTTP/1.1 20x OK\r\n\r\n", ParseError::StartLine),
         (b"HTTP/1.1 200OK\r\n\r\n", ParseError::StartLine),
         (b"HTTP/1.1  200 OK\r\n\r\n", ParseError::StartLine),
-        (
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-            ParseError::StartLine,
-        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", ParseError::StartLine),
         (b"*1\r\n$4\r\nPING\r\n", ParseError::StartLine),
     ];
     for (input, want) in table {
@@ -535,6 +506,7 @@ const REDIS_PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
 #[test]
 fn detect_table() {
+    #[rustfmt::skip]
     let table: &[(&[u8], Detect)] = &[
         (b"", Detect::NeedMore),
         (b"G", Detect::NeedMore),
@@ -543,10 +515,7 @@ fn detect_table() {
         (b"GET ", Detect::NeedMore),
         (b"GET /", Detect::Request),
         (b"GET / HTTP/1.1\r\n", Detect::Request),
-        (
-            b"DELETE /items/1 HTTP/1.1\r\nHost: h\r\n\r\n",
-            Detect::Request,
-        ),
+        (b"DELETE /items/1 HTTP/1.1\r\nHost: h\r\n\r\n", Detect::Request),
         (b"CONNECT example.com:443 HTTP/1.1\r\n", Detect::Request),
         (b"OPTIONS * HTTP/1.1\r\n", Detect::Request),
         (b"PROPFIND /x HTTP/1.1\r\n", Detect::Request),
@@ -573,32 +542,6 @@ fn detect_table() {
     }
 }
 
-/// Deterministic xorshift generator for test inputs.
-use crate::protocol::test_rng::Rng;
-
-/// Feeds `stream` in random syscalls, some with uncaptured tails.
-fn feed_randomly(
-    conn: &mut Http1Conn,
-    dir: Direction,
-    stream: &[u8],
-    rng: &mut Rng,
-    out: &mut Vec<Message>,
-) {
-    let mut at = 0;
-    let mut t = 0;
-    while at < stream.len() {
-        let total = 1 + rng.below(300.min(stream.len() - at));
-        let captured = if rng.below(4) == 0 {
-            rng.below(total + 1)
-        } else {
-            total
-        };
-        conn.feed(dir, &gapped(&stream[at..at + captured], total, t), out);
-        at += total;
-        t += 10;
-    }
-}
-
 #[test]
 fn garbage_never_yields_messages() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -606,25 +549,11 @@ fn garbage_never_yields_messages() {
     for len in [1, 2, 7, 64, 1024, 4096, 20000] {
         inputs.push(rng.bytes(len));
     }
-    for input in &inputs {
-        for dir in [Direction::Egress, Direction::Ingress] {
-            for whole_first in [true, false] {
-                let mut conn = Http1Conn::new(Limits::default());
-                let mut out = Vec::new();
-                if whole_first {
-                    conn.feed(dir, &whole(input, 0), &mut out);
-                } else {
-                    feed_randomly(&mut conn, dir, input, &mut rng, &mut out);
-                }
-                conn.close(1, &mut out);
-                assert!(out.is_empty(), "{out:?}");
-                let (skipped, lost) = conn.take_resync();
-                assert!(skipped <= input.len() as u64);
-                assert_eq!(lost, 1, "sync is lost once, then stays lost");
-                assert_eq!(conn.request_direction(), None);
-            }
-        }
-    }
+    let new = || Http1Conn::new(Limits::default());
+    feed_garbage(&inputs, &mut rng, new, |conn, out| {
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(conn.request_direction(), None);
+    });
 }
 
 /// Damaged streams of real messages, cut and gapped at random: the
@@ -643,16 +572,8 @@ fn damaged_streams_do_not_panic() {
             (case.requests.concat(), dir),
             (case.responses.concat(), dir.opposite()),
         ] {
-            let mut stream = stream.repeat(1 + rng.below(3));
-            for _ in 0..rng.below(4) {
-                let i = rng.below(stream.len());
-                stream[i] = rng.next() as u8;
-            }
-            if rng.below(3) == 0 {
-                let i = rng.below(stream.len());
-                stream.truncate(i);
-            }
-            feed_randomly(&mut conn, d, &stream, &mut rng, &mut out);
+            let stream = damaged(&stream, &mut rng);
+            feed_randomly(&mut conn, d, &stream, 0, &mut rng, &mut out);
         }
         conn.close(u64::MAX, &mut out);
         for m in &out {
@@ -728,17 +649,15 @@ fn resync_after_garbage_in_the_same_syscall() {
 fn resync_at_the_next_syscall() {
     let mut conn = Http1Conn::new(Limits::default());
     let mut out = Vec::new();
-    conn.feed(
-        Direction::Ingress,
-        &whole(b"tail of an unknown body", 0),
-        &mut out,
-    );
-    conn.feed(Direction::Ingress, &whole(b"more of it\r\n", 10), &mut out);
-    conn.feed(
-        Direction::Ingress,
-        &whole(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20),
-        &mut out,
-    );
+    let syscalls: &[(Direction, &[u8])] = &[
+        (Direction::Ingress, b"tail of an unknown body"),
+        (Direction::Ingress, b"more of it\r\n"),
+        (
+            Direction::Ingress,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ];
+    feed_whole(&mut conn, syscalls, &mut out);
     assert_eq!(summaries(&out), ["I 200 1.1 cl=0 body=0"]);
     assert_eq!(conn.take_resync(), (35, 1));
     assert_eq!(conn.request_direction(), Some(Direction::Egress));

@@ -570,13 +570,8 @@ fn read_string(block: &[u8], pos: &mut usize, buf: &mut Vec<u8>) -> Result<Str, 
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::protocol::test_reads::from_hex as hex;
+    use crate::protocol::test_rng::Rng;
 
     fn text(b: Option<&[u8]>) -> String {
         b.map_or_else(
@@ -1066,18 +1061,10 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let mut seed = 0x1234_5678_u32;
+        let mut rng = Rng(0x1234_5678);
         let mut d = Decoder::mid_connection();
         for round in 0..2000 {
-            let len = (round % 64) as usize;
-            let block: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    seed as u8
-                })
-                .collect();
+            let block = rng.bytes(round % 64);
             let _ = d.decode(&block, |_| {});
             assert!(d.table_size() <= MAX_TABLE_SIZE);
         }

@@ -980,8 +980,7 @@ impl Http2Conn {
                 frame,
                 remaining,
                 want,
-                lost,
-                first_ns,
+                ..
             } => {
                 let n = (remaining as usize).min(data.len());
                 let done = (frame.length - remaining) as usize;
@@ -991,17 +990,7 @@ impl Http2Conn {
                         .payload
                         .extend_from_slice(data.get(..keep).unwrap_or_default());
                 }
-                let remaining = remaining - n as u32;
-                self.halves[d].phase = Phase::Payload {
-                    frame,
-                    remaining,
-                    want,
-                    lost,
-                    first_ns,
-                };
-                if remaining == 0 {
-                    self.finish_frame(dir, end_ns, out);
-                }
+                self.payload_moved(dir, n as u32, false, end_ns, out);
                 n
             }
             Phase::Start | Phase::Lost => data.len(),
@@ -1036,25 +1025,39 @@ impl Http2Conn {
                 frame,
                 remaining,
                 want,
-                lost,
-                first_ns,
+                ..
             } => {
                 let n = u64::from(remaining).min(gap);
                 let done = (frame.length - remaining) as usize;
-                let remaining = remaining - n as u32;
-                self.halves[d].phase = Phase::Payload {
-                    frame,
-                    remaining,
-                    want,
-                    lost: lost || done < want,
-                    first_ns,
-                };
-                if remaining == 0 {
-                    self.finish_frame(dir, end_ns, out);
-                }
+                self.payload_moved(dir, n as u32, done < want, end_ns, out);
                 n
             }
             Phase::Start | Phase::Lost => gap,
+        }
+    }
+
+    /// `n` bytes of the payload being read moved (`lost`: wanted ones among
+    /// them were not captured); the frame is finished with its last byte.
+    fn payload_moved(
+        &mut self,
+        dir: Direction,
+        n: u32,
+        lost: bool,
+        end_ns: u64,
+        out: &mut Vec<Message>,
+    ) {
+        let Phase::Payload {
+            remaining,
+            lost: was_lost,
+            ..
+        } = &mut self.halves[idx(dir)].phase
+        else {
+            return;
+        };
+        *remaining -= n;
+        *was_lost |= lost;
+        if *remaining == 0 {
+            self.finish_frame(dir, end_ns, out);
         }
     }
 
@@ -1129,44 +1132,24 @@ impl Http2Conn {
         let whole = !lost && want == frame.length as usize;
         match frame.kind {
             kind::DATA => self.on_data(dir, &frame, &payload, lost, end_ns, out),
-            kind::HEADERS | kind::PUSH_PROMISE => {
-                let fragment = if whole {
-                    fragment_of(&frame, &payload)
+            kind::HEADERS | kind::PUSH_PROMISE | kind::CONTINUATION => {
+                // A CONTINUATION goes on the block being read, if any.
+                let block = if frame.kind == kind::CONTINUATION {
+                    self.halves[d].block.take()
                 } else {
-                    None
+                    Some(Block {
+                        stream_id: frame.stream_id,
+                        promise: frame.kind == kind::PUSH_PROMISE,
+                        end_stream: frame.kind == kind::HEADERS && frame.has(flag::END_STREAM),
+                        buf: Vec::new(),
+                        lost: false,
+                        first_ns,
+                    })
                 };
-                let block = Block {
-                    stream_id: frame.stream_id,
-                    promise: frame.kind == kind::PUSH_PROMISE,
-                    end_stream: frame.kind == kind::HEADERS && frame.has(flag::END_STREAM),
-                    buf: Vec::new(),
-                    lost: false,
-                    first_ns,
-                };
-                self.add_fragment(
-                    dir,
-                    block,
-                    fragment,
-                    frame.has(flag::END_HEADERS),
-                    end_ns,
-                    out,
-                );
-            }
-            kind::CONTINUATION => {
-                if let Some(block) = self.halves[d].block.take() {
-                    let fragment = if whole {
-                        Some(payload.as_slice())
-                    } else {
-                        None
-                    };
-                    self.add_fragment(
-                        dir,
-                        block,
-                        fragment,
-                        frame.has(flag::END_HEADERS),
-                        end_ns,
-                        out,
-                    );
+                if let Some(block) = block {
+                    let fragment = fragment_of(&frame, &payload).filter(|_| whole);
+                    let end_headers = frame.has(flag::END_HEADERS);
+                    self.add_fragment(dir, block, fragment, end_headers, end_ns, out);
                 }
             }
             kind::RST_STREAM => {

@@ -16,7 +16,8 @@ use crate::protocol::Direction;
 use crate::protocol::http2::{Message, Reset, StreamDone};
 use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use crate::span::{
-    Pairing, PairingLoss, SpanContext, http_endpoint_attrs, ids, network_attrs, route,
+    Pairing, PairingLoss, PairingOut, SpanContext, http_endpoint_attrs, ids, network_attrs,
+    new_span, route,
 };
 
 /// Turns one connection's finished HTTP/2 streams into spans.
@@ -26,21 +27,15 @@ pub struct Http2Pairing {}
 impl Pairing for Http2Pairing {
     type Message = Message;
 
-    fn push(
-        &mut self,
-        msg: Message,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    ) {
+    fn push(&mut self, msg: Message, out: &mut PairingOut<'_>) {
         match msg {
-            Message::Stream(stream) => out.push(build_span(&stream, ctx)),
+            Message::Stream(stream) => out.spans.push(build_span(&stream, out.ctx)),
             Message::Lost {
                 requests_unanswered,
                 responses_unpaired,
             } => {
-                loss.requests_unanswered += requests_unanswered;
-                loss.responses_unpaired += responses_unpaired;
+                out.loss.requests_unanswered += requests_unanswered;
+                out.loss.responses_unpaired += responses_unpaired;
             }
         }
     }
@@ -224,21 +219,10 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
         None => SpanStatus::Unset,
     };
     let parent = req.traceparent.as_deref().and_then(ids::parse_traceparent);
-    let (trace_id, parent_span_id) = match parent {
-        Some((trace, span)) => (trace, Some(span)),
-        None => (ids::new_trace_id(), None),
-    };
     Span {
-        trace_id,
-        span_id: ids::new_span_id(),
-        parent_span_id,
-        name,
-        kind,
-        start_unix_ns: s.first_ns,
-        end_unix_ns: s.last_ns.max(s.first_ns),
         attributes: attrs,
         status,
-        pid: ctx.pid,
+        ..new_span(ctx.pid, parent, name, kind, s.first_ns, s.last_ns)
     }
 }
 

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::*;
 use crate::capture::Endpoint;
 use crate::capture::Endpoints;
-use crate::protocol::http2::RequestHead;
+use crate::protocol::http2::tests::expected_get;
 use crate::span::SpanOptions;
 use crate::span::split_host as split_authority;
 
@@ -22,32 +22,16 @@ fn some(s: &str) -> Option<String> {
     Some(s.to_owned())
 }
 
+/// The GET stream of the parser's tests, with values these tests check.
 fn stream(dir: Direction) -> StreamDone {
-    StreamDone {
-        stream_id: 1,
-        request_dir: dir,
-        request: RequestHead {
-            method: some("GET"),
-            path: some("/users/42?x=1"),
-            authority: some("api.example:8080"),
-            scheme: some("http"),
-            user_agent: some("curl/8"),
-            ..RequestHead::default()
-        },
-        status: Some(200),
-        response_content_type: some("application/json"),
-        grpc_status: None,
-        grpc_message: None,
-        reset: None,
-        request_ended: true,
-        response_ended: true,
-        request_body_size: Some(0),
-        response_body_size: Some(12),
-        request_fields_unknown: false,
-        response_fields_unknown: false,
-        first_ns: 1_000,
-        last_ns: 5_000,
-    }
+    let mut s = expected_get(dir, 1_000, 5_000);
+    s.request.path = some("/users/42?x=1");
+    s.request.authority = some("api.example:8080");
+    s.request.traceparent = None;
+    s.request.user_agent = some("curl/8");
+    s.response_content_type = some("application/json");
+    s.response_body_size = Some(12);
+    s
 }
 
 fn grpc(dir: Direction, code: Option<u32>) -> StreamDone {
@@ -72,6 +56,13 @@ fn str_attr(span: &Span, key: &str) -> Option<String> {
     }
 }
 
+/// Asserts each attribute `want` names: equal to its value, or absent.
+fn assert_attrs(span: &Span, want: &[(&str, Option<AttrValue>)]) {
+    for (key, value) in want {
+        assert_eq!(span.attr(key), value.as_ref(), "{key}");
+    }
+}
+
 fn is_error(span: &Span) -> bool {
     matches!(span.status, SpanStatus::Error { .. })
 }
@@ -81,53 +72,28 @@ fn http_server_span() {
     let span = build_span(&stream(Direction::Ingress), &ctx());
     assert_eq!(span.kind, SpanKind::Server);
     assert_eq!(span.name, "GET /users/{id}");
-    assert_eq!(
-        str_attr(&span, "http.request.method").as_deref(),
-        Some("GET")
+    assert_attrs(
+        &span,
+        &[
+            ("http.request.method", Some("GET".into())),
+            ("http.response.status_code", Some(AttrValue::Int(200))),
+            ("url.path", Some("/users/42".into())),
+            ("url.scheme", Some("http".into())),
+            ("http.route", Some("/users/{id}".into())),
+            ("network.protocol.name", Some("http".into())),
+            ("network.protocol.version", Some("2".into())),
+            ("server.address", Some("api.example".into())),
+            ("server.port", Some(AttrValue::Int(8080))),
+            ("client.address", Some("10.0.0.2".into())),
+            ("network.peer.address", Some("10.0.0.2".into())),
+            ("user_agent.original", Some("curl/8".into())),
+            ("http.response.body.size", Some(AttrValue::Int(12))),
+            ("http.request.body.size", None),
+            ("url.full", None),
+            ("url.query", None),
+            ("rpc.system", None),
+        ],
     );
-    assert_eq!(
-        attr(&span, "http.response.status_code"),
-        Some(AttrValue::Int(200))
-    );
-    assert_eq!(str_attr(&span, "url.path").as_deref(), Some("/users/42"));
-    assert_eq!(str_attr(&span, "url.scheme").as_deref(), Some("http"));
-    assert_eq!(
-        str_attr(&span, "http.route").as_deref(),
-        Some("/users/{id}")
-    );
-    assert_eq!(
-        str_attr(&span, "network.protocol.name").as_deref(),
-        Some("http")
-    );
-    assert_eq!(
-        str_attr(&span, "network.protocol.version").as_deref(),
-        Some("2")
-    );
-    assert_eq!(
-        str_attr(&span, "server.address").as_deref(),
-        Some("api.example")
-    );
-    assert_eq!(attr(&span, "server.port"), Some(AttrValue::Int(8080)));
-    assert_eq!(
-        str_attr(&span, "client.address").as_deref(),
-        Some("10.0.0.2")
-    );
-    assert_eq!(
-        str_attr(&span, "network.peer.address").as_deref(),
-        Some("10.0.0.2")
-    );
-    assert_eq!(
-        str_attr(&span, "user_agent.original").as_deref(),
-        Some("curl/8")
-    );
-    assert_eq!(
-        attr(&span, "http.response.body.size"),
-        Some(AttrValue::Int(12))
-    );
-    assert_eq!(attr(&span, "http.request.body.size"), None);
-    assert_eq!(attr(&span, "url.full"), None);
-    assert_eq!(attr(&span, "url.query"), None);
-    assert_eq!(attr(&span, "rpc.system"), None);
     assert_eq!((span.start_unix_ns, span.end_unix_ns), (1_000, 5_000));
     assert_eq!(span.status, SpanStatus::Unset);
     assert_eq!(span.pid, 42);
@@ -154,16 +120,15 @@ fn http_error_rules() {
 #[test]
 fn http_client_span_has_url_full() {
     let span = build_span(&stream(Direction::Egress), &ctx());
-    assert_eq!(
-        str_attr(&span, "url.full").as_deref(),
-        Some("http://api.example:8080/users/42")
+    assert_attrs(
+        &span,
+        &[
+            ("url.full", Some("http://api.example:8080/users/42".into())),
+            ("server.address", Some("api.example".into())),
+            ("server.port", Some(AttrValue::Int(8080))),
+            ("client.address", None),
+        ],
     );
-    assert_eq!(
-        str_attr(&span, "server.address").as_deref(),
-        Some("api.example")
-    );
-    assert_eq!(attr(&span, "server.port"), Some(AttrValue::Int(8080)));
-    assert_eq!(attr(&span, "client.address"), None);
     // No :authority: the peer address stands in.
     let mut s = stream(Direction::Egress);
     s.request.authority = None;
@@ -217,21 +182,17 @@ fn unknown_fields_are_left_out() {
 fn grpc_spans() {
     let span = build_span(&grpc(Direction::Ingress, Some(0)), &ctx());
     assert_eq!(span.name, "helloworld.Greeter/SayHello");
-    assert_eq!(str_attr(&span, "rpc.system").as_deref(), Some("grpc"));
-    assert_eq!(
-        str_attr(&span, "rpc.service").as_deref(),
-        Some("helloworld.Greeter")
-    );
-    assert_eq!(str_attr(&span, "rpc.method").as_deref(), Some("SayHello"));
-    assert_eq!(attr(&span, "rpc.grpc.status_code"), Some(AttrValue::Int(0)));
-    assert_eq!(attr(&span, "http.request.method"), None);
-    assert_eq!(
-        str_attr(&span, "network.protocol.version").as_deref(),
-        Some("2")
-    );
-    assert_eq!(
-        str_attr(&span, "server.address").as_deref(),
-        Some("api.example")
+    assert_attrs(
+        &span,
+        &[
+            ("rpc.system", Some("grpc".into())),
+            ("rpc.service", Some("helloworld.Greeter".into())),
+            ("rpc.method", Some("SayHello".into())),
+            ("rpc.grpc.status_code", Some(AttrValue::Int(0))),
+            ("http.request.method", None),
+            ("network.protocol.version", Some("2".into())),
+            ("server.address", Some("api.example".into())),
+        ],
     );
     assert!(!is_error(&span));
 
@@ -430,11 +391,13 @@ fn grpc_trailers_only_error_end_to_end() {
         conn.feed(dir, &chunk, &mut msgs);
     }
     let mut pairing = Http2Pairing::default();
+    let ctx = ctx();
     let mut spans = Vec::new();
-    let mut loss = PairingLoss::default();
+    let mut out = PairingOut::new(&ctx, &mut spans);
     for m in msgs {
-        pairing.push(m, &ctx(), &mut spans, &mut loss);
+        pairing.push(m, &mut out);
     }
+    let loss = out.loss;
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
     assert_eq!(span.kind, SpanKind::Server);
@@ -456,26 +419,21 @@ fn grpc_trailers_only_error_end_to_end() {
 #[test]
 fn pairing_counts_losses() {
     let mut p = Http2Pairing::default();
-    let mut out = Vec::new();
-    let mut loss = PairingLoss::default();
-    p.push(
-        Message::Lost {
-            requests_unanswered: 2,
-            responses_unpaired: 1,
-        },
-        &ctx(),
-        &mut out,
-        &mut loss,
-    );
+    let ctx = ctx();
+    let mut spans = Vec::new();
+    let mut out = PairingOut::new(&ctx, &mut spans);
+    let lost = Message::Lost {
+        requests_unanswered: 2,
+        responses_unpaired: 1,
+    };
+    p.push(lost, &mut out);
     p.push(
         Message::Stream(Box::new(stream(Direction::Ingress))),
-        &ctx(),
         &mut out,
-        &mut loss,
     );
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.spans.len(), 1);
     assert_eq!(
-        loss,
+        out.loss,
         PairingLoss {
             requests_unanswered: 2,
             responses_unpaired: 1

@@ -120,6 +120,16 @@ impl Run {
         self.send_gap(dir, bytes, bytes.len() as u64);
     }
 
+    /// The client's preface with `frames` in one syscall.
+    fn send_preface(&mut self, dir: Direction, frames: &[u8]) {
+        self.send(dir, &cat(&[PREFACE, frames]));
+    }
+
+    /// The client's preface and the headers opening stream 1, in one syscall.
+    fn open_stream(&mut self, dir: Direction, end_stream: bool, fields: &[H<'_>]) {
+        self.send_preface(dir, &headers(1, end_stream, fields));
+    }
+
     /// A syscall that moved `total` bytes of which `captured` were copied.
     fn send_gap(&mut self, dir: Direction, captured: &[u8], total: u64) {
         self.t += 1;
@@ -193,7 +203,7 @@ fn server_bytes() -> Vec<u8> {
     ])
 }
 
-fn expected_get(request_dir: Direction, first_ns: u64, last_ns: u64) -> StreamDone {
+pub(super) fn expected_get(request_dir: Direction, first_ns: u64, last_ns: u64) -> StreamDone {
     StreamDone {
         stream_id: 1,
         request_dir,
@@ -634,7 +644,7 @@ fn mid_connection_start_from_the_server_side_first() {
 #[test]
 fn fifty_interleaved_streams() {
     let mut r = Run::new();
-    r.send(I, &cat(&[PREFACE, &settings(&[])]));
+    r.send_preface(I, &settings(&[]));
     r.send(E, &cat(&[&settings(&[]), &settings_ack()]));
     // Requests in batches of 10 per syscall; the user-agent goes into
     // the dynamic table once and is referenced after.
@@ -687,10 +697,7 @@ fn fifty_interleaved_streams() {
 #[test]
 fn rst_stream_ends_the_stream() {
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
-    );
+    r.open_stream(E, false, &[H::Idx(3), H::Idx(4)]);
     r.send(E, &data(1, false, b"part"));
     assert!(r.out.is_empty());
     // The client gives up (CANCEL).
@@ -731,10 +738,7 @@ fn reset_after_the_response_ended() {
     // The server answers before the upload ends; the client then stops
     // with RST_STREAM(NO_ERROR).
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
-    );
+    r.open_stream(E, false, &[H::Idx(3), H::Idx(4)]);
     r.send(I, &headers(1, true, &[H::Idx(14)]));
     assert!(r.out.is_empty());
     r.send(E, &rst(1, 0));
@@ -801,20 +805,14 @@ fn grpc_trailers_only_error() {
 #[test]
 fn grpc_streaming_call_is_one_stream() {
     let mut r = Run::new();
-    r.send(
+    r.open_stream(
         E,
-        &cat(&[
-            PREFACE,
-            &headers(
-                1,
-                false,
-                &[
-                    H::Idx(3),
-                    H::NameLit(4, "/chat.Chat/Talk"),
-                    H::NameLit(31, "application/grpc"),
-                ],
-            ),
-        ]),
+        false,
+        &[
+            H::Idx(3),
+            H::NameLit(4, "/chat.Chat/Talk"),
+            H::NameLit(31, "application/grpc"),
+        ],
     );
     r.send(
         I,
@@ -887,13 +885,7 @@ fn continuation_padding_and_priority() {
 #[test]
 fn empty_pseudo_headers_are_not_kept() {
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[
-            PREFACE,
-            &headers(1, true, &[H::NameLit(2, ""), H::NameLit(4, "")]),
-        ]),
-    );
+    r.open_stream(E, true, &[H::NameLit(2, ""), H::NameLit(4, "")]);
     r.send(I, &headers(1, true, &[H::NameLit(8, ""), H::Idx(8)]));
     let got = r.streams();
     assert_eq!(got[0].request.method, None);
@@ -904,16 +896,10 @@ fn empty_pseudo_headers_are_not_kept() {
 #[test]
 fn informational_responses_are_skipped() {
     let mut r = Run::new();
-    r.send(
+    r.open_stream(
         E,
-        &cat(&[
-            PREFACE,
-            &headers(
-                1,
-                false,
-                &[H::Idx(3), H::Idx(4), H::Lit("expect", "100-continue")],
-            ),
-        ]),
+        false,
+        &[H::Idx(3), H::Idx(4), H::Lit("expect", "100-continue")],
     );
     r.send(I, &headers(1, false, &[H::NameLit(8, "100")]));
     r.send(E, &data(1, true, b"payload"));
@@ -924,10 +910,7 @@ fn informational_responses_are_skipped() {
 #[test]
 fn push_promise_keeps_hpack_in_step() {
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[PREFACE, &headers(1, true, &[H::Idx(2), H::Idx(5)])]),
-    );
+    r.open_stream(E, true, &[H::Idx(2), H::Idx(5)]);
     // The promised request inserts an entry into the server's table;
     // the response then refers to it by index.
     let mut pp = 2u32.to_be_bytes().to_vec();
@@ -957,10 +940,7 @@ fn settings_header_table_size_and_ack() {
     // The client allows the server a 0-byte table; once the server
     // acknowledges, a larger size update is a protocol error, so the
     // block is not trusted.
-    r.send(
-        E,
-        &cat(&[PREFACE, &settings(&[(SETTINGS_HEADER_TABLE_SIZE, 0)])]),
-    );
+    r.send_preface(E, &settings(&[(SETTINGS_HEADER_TABLE_SIZE, 0)]));
     r.send(I, &cat(&[&settings(&[]), &settings_ack()]));
     r.send(
         E,
@@ -980,10 +960,7 @@ fn settings_header_table_size_and_ack() {
     assert!(!r.conn.hpack_synchronised(I));
     // Before the ACK the old limit still counts: a 4096 update is fine.
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[PREFACE, &settings(&[(SETTINGS_HEADER_TABLE_SIZE, 0)])]),
-    );
+    r.send_preface(E, &settings(&[(SETTINGS_HEADER_TABLE_SIZE, 0)]));
     r.send(E, &headers(1, true, &[H::Idx(2), H::Idx(4)]));
     r.send(I, &headers(1, true, &[H::Size(4096), H::Idx(8)]));
     assert!(!r.streams()[0].response_fields_unknown);
@@ -992,10 +969,7 @@ fn settings_header_table_size_and_ack() {
 #[test]
 fn uncaptured_data_keeps_sync() {
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
-    );
+    r.open_stream(E, false, &[H::Idx(3), H::Idx(4)]);
     // A 10000-byte DATA frame of which the first 100 bytes were copied.
     let big = data(1, true, &vec![7u8; 10_000]);
     r.send_gap(E, &big[..100], big.len() as u64);
@@ -1013,7 +987,7 @@ fn uncaptured_data_keeps_sync() {
 #[test]
 fn uncaptured_header_block_leaves_hpack_unknown() {
     let mut r = Run::new();
-    r.send(E, &cat(&[PREFACE, &settings(&[])]));
+    r.send_preface(E, &settings(&[]));
     // Stream 1's HEADERS: only the frame header was copied. Its block
     // inserted :authority into the table.
     let h1 = headers(
@@ -1048,10 +1022,7 @@ fn uncaptured_header_block_leaves_hpack_unknown() {
 #[test]
 fn uncaptured_frame_header_loses_framing_until_a_plausible_syscall() {
     let mut r = Run::new();
-    r.send(
-        E,
-        &cat(&[PREFACE, &headers(1, true, &[H::Idx(2), H::Idx(4)])]),
-    );
+    r.open_stream(E, true, &[H::Idx(2), H::Idx(4)]);
     // A syscall with two frames; the second frame's header was not
     // copied, so this direction's framing is lost.
     let wire = cat(&[&headers(1, false, &[H::Idx(8)]), &data(1, true, &[1; 50])]);
@@ -1082,10 +1053,7 @@ fn uncaptured_frame_header_loses_framing_until_a_plausible_syscall() {
 #[test]
 fn lost_client_side_ends_with_the_response() {
     let mut r = Run::new();
-    r.send(
-        I,
-        &cat(&[PREFACE, &headers(1, false, &[H::Idx(3), H::Idx(4)])]),
-    );
+    r.open_stream(I, false, &[H::Idx(3), H::Idx(4)]);
     // The request body's end is in bytes whose framing was lost.
     r.send_gap(I, &[], 100);
     r.send(E, &headers(1, true, &[H::Idx(8)]));
@@ -1111,13 +1079,7 @@ fn bounds_are_kept_and_counted() {
         max_buffered_bytes: 64,
     });
     let long = "v".repeat(100);
-    r.send(
-        E,
-        &cat(&[
-            PREFACE,
-            &headers(1, true, &[H::Idx(2), H::Lit("x-long", &long)]),
-        ]),
-    );
+    r.open_stream(E, true, &[H::Idx(2), H::Lit("x-long", &long)]);
     r.send(I, &headers(1, true, &[H::Idx(8)]));
     let got = r.streams();
     assert_eq!(got[0].request.method, None);
@@ -1126,13 +1088,7 @@ fn bounds_are_kept_and_counted() {
     // Header values past MAX_STREAM_HEADER_BYTES are left out.
     let mut r = Run::new();
     let path = format!("/{}", "p".repeat(MAX_STREAM_HEADER_BYTES));
-    r.send(
-        E,
-        &cat(&[
-            PREFACE,
-            &headers(1, true, &[H::Idx(2), H::NameLit(4, &path)]),
-        ]),
-    );
+    r.open_stream(E, true, &[H::Idx(2), H::NameLit(4, &path)]);
     r.send(I, &headers(1, true, &[H::Idx(8)]));
     let got = r.streams();
     assert_eq!(got[0].request.method.as_deref(), Some("GET"));

@@ -15,7 +15,9 @@ use lru::LruCache;
 use crate::protocol::Direction;
 use crate::protocol::mysql::{Command, CommandKind, Message, Response};
 use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
-use crate::span::{Pairing, PairingLoss, SpanContext, db_endpoint_attrs, ids, sql};
+use crate::span::{
+    Pairing, PairingLoss, PairingOut, SpanContext, db_endpoint_attrs, ids, new_span, sql,
+};
 
 /// Commands waiting for their answer, per connection; more than this means
 /// pairing is lost, and the oldest is dropped and counted.
@@ -70,13 +72,7 @@ impl Default for MysqlPairing {
 impl Pairing for MysqlPairing {
     type Message = Message;
 
-    fn push(
-        &mut self,
-        msg: Message,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    ) {
+    fn push(&mut self, msg: Message, out: &mut PairingOut<'_>) {
         match msg {
             Message::Command(cmd) => match cmd.kind {
                 CommandKind::StmtClose { statement_id } => {
@@ -85,7 +81,7 @@ impl Pairing for MysqlPairing {
                 _ if cmd.kind.expects_response() => {
                     if self.waiting.len() >= MAX_WAITING {
                         self.waiting.pop_front();
-                        loss.requests_unanswered += 1;
+                        out.loss.requests_unanswered += 1;
                     }
                     self.waiting.push_back(cmd);
                 }
@@ -95,15 +91,15 @@ impl Pairing for MysqlPairing {
                 // Commands older than the one answered got no answer.
                 while self.waiting.front().is_some_and(|c| c.id < resp.command_id) {
                     self.waiting.pop_front();
-                    loss.requests_unanswered += 1;
+                    out.loss.requests_unanswered += 1;
                 }
                 match self.waiting.front() {
                     Some(c) if c.id == resp.command_id => {
                         if let Some(cmd) = self.waiting.pop_front() {
-                            self.answered(&cmd, &resp, ctx, out);
+                            self.answered(&cmd, &resp, out.ctx, out.spans);
                         }
                     }
-                    _ => loss.responses_unpaired += 1,
+                    _ => out.loss.responses_unpaired += 1,
                 }
             }
         }
@@ -223,21 +219,10 @@ fn build_span(
         None => SpanStatus::Unset,
     };
 
-    let (trace_id, parent_span_id) = match parent {
-        Some((trace, span)) => (trace, Some(span)),
-        None => (ids::new_trace_id(), None),
-    };
     Span {
-        trace_id,
-        span_id: ids::new_span_id(),
-        parent_span_id,
-        name,
-        kind,
-        start_unix_ns: cmd.first_ns,
-        end_unix_ns: resp.last_ns.max(cmd.first_ns),
         attributes: attrs,
         status,
-        pid: ctx.pid,
+        ..new_span(ctx.pid, parent, name, kind, cmd.first_ns, resp.last_ns)
     }
 }
 

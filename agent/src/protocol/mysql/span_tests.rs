@@ -4,6 +4,7 @@ use super::*;
 use crate::capture::Endpoint;
 use crate::capture::Endpoints;
 use crate::protocol::mysql::{DbSystem, Limits, MysqlConn, ServerError};
+use crate::protocol::test_reads::txt_records;
 use crate::protocol::{Chunk, StreamParser};
 use crate::span::{DbSpanOptions, SpanOptions};
 
@@ -41,33 +42,14 @@ fn ctx(server_view: bool, sanitize: bool) -> SpanContext {
     }
 }
 
-fn fixture(text: &str, server_view: bool) -> Vec<(Direction, Vec<u8>)> {
-    let (client, server) = if server_view {
-        (Direction::Ingress, Direction::Egress)
-    } else {
-        (Direction::Egress, Direction::Ingress)
-    };
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (tag, hex) = l.split_once(' ').expect("tagged line");
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            (if tag == "C" { client } else { server }, bytes)
-        })
-        .collect()
-}
-
 /// Runs a recorded conversation through parser and pairing.
 fn spans_of(text: &str, server_view: bool, sanitize: bool) -> (Vec<Span>, PairingLoss) {
     let ctx = ctx(server_view, sanitize);
     let mut conn = MysqlConn::new(Limits::default());
     let mut pairing = MysqlPairing::default();
     let mut spans = Vec::new();
-    let mut loss = PairingLoss::default();
-    let records = fixture(text, server_view);
+    let mut out = PairingOut::new(&ctx, &mut spans);
+    let records = txt_records(text, !server_view);
     for (i, (dir, bytes)) in records.iter().enumerate() {
         let chunk = Chunk {
             data: bytes,
@@ -78,15 +60,16 @@ fn spans_of(text: &str, server_view: bool, sanitize: bool) -> (Vec<Span>, Pairin
         let mut msgs = Vec::new();
         StreamParser::feed(&mut conn, *dir, &chunk, &mut msgs);
         for m in msgs {
-            pairing.push(m, &ctx, &mut spans, &mut loss);
+            pairing.push(m, &mut out);
         }
     }
     let mut msgs = Vec::new();
     StreamParser::close(&mut conn, 100_000, &mut msgs);
     for m in msgs {
-        pairing.push(m, &ctx, &mut spans, &mut loss);
+        pairing.push(m, &mut out);
     }
-    pairing.finish(&mut loss);
+    pairing.finish(&mut out.loss);
+    let loss = out.loss;
     (spans, loss)
 }
 
@@ -273,10 +256,11 @@ fn response(id: u64, statement_id: Option<u32>) -> Message {
 fn push_all(pairing: &mut MysqlPairing, msgs: Vec<Message>) -> (Vec<Span>, PairingLoss) {
     let ctx = ctx(false, true);
     let mut spans = Vec::new();
-    let mut loss = PairingLoss::default();
+    let mut out = PairingOut::new(&ctx, &mut spans);
     for m in msgs {
-        pairing.push(m, &ctx, &mut spans, &mut loss);
+        pairing.push(m, &mut out);
     }
+    let loss = out.loss;
     (spans, loss)
 }
 

@@ -1,26 +1,7 @@
 use super::*;
 use crate::protocol::test_chunks::{gapped, whole};
-
-/// A recorded conversation: (direction the client's bytes travel is
-/// Egress unless `server_view`), one entry per recv() of the recording.
-fn fixture(text: &str, server_view: bool) -> Vec<(Direction, Vec<u8>)> {
-    let (client, server) = if server_view {
-        (Direction::Ingress, Direction::Egress)
-    } else {
-        (Direction::Egress, Direction::Ingress)
-    };
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (tag, hex) = l.split_once(' ').expect("tagged line");
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            (if tag == "C" { client } else { server }, bytes)
-        })
-        .collect()
-}
+use crate::protocol::test_reads::txt_records;
+use crate::protocol::test_rng::Rng;
 
 const CLI_SESSION: &str = include_str!("fixtures/cli_session.txt");
 const CLI_INFILE: &str = include_str!("fixtures/cli_infile.txt");
@@ -111,7 +92,7 @@ fn run(records: &[(Direction, Vec<u8>)]) -> (Vec<Message>, (u64, u64)) {
 }
 
 fn expect_fixture(text: &str, want: &[&str]) {
-    let (out, resync) = run(&fixture(text, false));
+    let (out, resync) = run(&txt_records(text, true));
     assert_eq!(summaries(&out), want);
     assert_eq!(resync, (0, 0));
 }
@@ -188,14 +169,14 @@ fn binary_expectation(stmt_a: u32, stmt_b: u32) -> Vec<String> {
 
 #[test]
 fn binary_protocol_with_eof_packets() {
-    let (out, resync) = run(&fixture(BINARY_EOF, false));
+    let (out, resync) = run(&txt_records(BINARY_EOF, true));
     assert_eq!(summaries(&out), binary_expectation(1, 2));
     assert_eq!(resync, (0, 0));
 }
 
 #[test]
 fn binary_protocol_without_eof_packets() {
-    let (out, resync) = run(&fixture(BINARY_DEPRECATE_EOF, false));
+    let (out, resync) = run(&txt_records(BINARY_DEPRECATE_EOF, true));
     assert_eq!(summaries(&out), binary_expectation(4, 5));
     assert_eq!(resync, (0, 0));
 }
@@ -205,7 +186,7 @@ fn binary_protocol_without_eof_packets() {
 #[test]
 fn binary_protocol_without_the_handshake() {
     for (text, stmts) in [(BINARY_EOF, (1, 2)), (BINARY_DEPRECATE_EOF, (4, 5))] {
-        let records = fixture(text, false);
+        let records = txt_records(text, true);
         // Skip greeting, handshake response and OK.
         let (out, resync) = run(&records[3..]);
         // The namespace is known from the COM_INIT_DB (#8) on.
@@ -236,7 +217,7 @@ fn auth_switch_then_ping() {
 #[test]
 fn credentials_are_not_kept() {
     for text in [CLI_SESSION, BINARY_EOF, AUTH_SWITCH] {
-        let records = fixture(text, false);
+        let records = txt_records(text, true);
         let mut conn = MysqlConn::new(Limits::default());
         let mut out = Vec::new();
         // Greeting, handshake response, auth exchange, fed a byte at a
@@ -259,7 +240,7 @@ fn credentials_are_not_kept() {
 #[test]
 fn ignored_connections() {
     for text in [AUTH_FAILED, SSL_REQUEST, COMPRESSED] {
-        let (out, resync) = run(&fixture(text, false));
+        let (out, resync) = run(&txt_records(text, true));
         assert!(out.is_empty(), "{:?}", summaries(&out));
         assert_eq!(resync, (0, 0));
     }
@@ -267,7 +248,7 @@ fn ignored_connections() {
 
 #[test]
 fn server_view_has_ingress_commands() {
-    let (out, resync) = run(&fixture(AUTH_SWITCH, true));
+    let (out, resync) = run(&txt_records(AUTH_SWITCH, false));
     assert_eq!(
         summaries(&out),
         ["I #0 Ping mariadb db=shop", "E re#0 OK affected=0"]
@@ -277,7 +258,7 @@ fn server_view_has_ingress_commands() {
 
 #[test]
 fn large_result_fully_captured() {
-    let (out, resync) = run(&fixture(LARGE_RESULT, false));
+    let (out, resync) = run(&txt_records(LARGE_RESULT, true));
     assert_eq!(
         summaries(&out),
         [
@@ -292,7 +273,7 @@ fn large_result_fully_captured() {
 
 /// The server's reads of the large result set, joined into one stream.
 fn large_result_stream() -> (Vec<(Direction, Vec<u8>)>, Vec<u8>) {
-    let records = fixture(LARGE_RESULT, false);
+    let records = txt_records(LARGE_RESULT, true);
     // greeting, response, OK, query | result (3 reads) | ping, OK, quit
     let head = records[..4].to_vec();
     let result: Vec<u8> = records[4..7].iter().flat_map(|(_, b)| b.clone()).collect();
@@ -303,7 +284,7 @@ fn large_result_stream() -> (Vec<(Direction, Vec<u8>)>, Vec<u8>) {
 #[test]
 fn large_result_beyond_the_capture_then_next_command() {
     let (head, result) = large_result_stream();
-    let records = fixture(LARGE_RESULT, false);
+    let records = txt_records(LARGE_RESULT, true);
     let mut conn = MysqlConn::new(Limits::default());
     let mut out = Vec::new();
     for (i, (dir, bytes)) in head.iter().enumerate() {
@@ -626,7 +607,7 @@ fn query_attributes_are_stepped_over() {
 
 #[test]
 fn detect_table() {
-    let greeting = &fixture(CLI_SESSION, false)[0].1;
+    let greeting = &txt_records(CLI_SESSION, true)[0].1;
     let query = packet(0, b"\x03SELECT * FROM users");
     let cases: &[(&[u8], Detect)] = &[
         (greeting, Detect::Response),
@@ -691,17 +672,10 @@ fn detect_table() {
 
 #[test]
 fn detect_random_bytes_is_no() {
-    let mut seed = 0x1234_5678_u32;
+    let mut rng = Rng(0x1234_5678);
     let mut yes = 0;
     for _ in 0..20000 {
-        let bytes: Vec<u8> = (0..64)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                seed as u8
-            })
-            .collect();
+        let bytes = rng.bytes(64);
         if matches!(detect(&bytes), Detect::Request | Detect::Response) {
             yes += 1;
         }
@@ -732,7 +706,7 @@ const SMALL_FIXTURES: &[&str] = &[
 #[test]
 fn strict_prefixes_are_incomplete() {
     for text in SMALL_FIXTURES {
-        let turns = turns(&fixture(text, false));
+        let turns = turns(&txt_records(text, true));
         let mut conn = MysqlConn::new(Limits::default());
         let mut out = Vec::new();
         for (t, (dir, bytes)) in turns.iter().enumerate() {
@@ -760,7 +734,7 @@ fn strict_prefixes_are_incomplete() {
 #[test]
 fn every_split_gives_the_same_messages() {
     for text in SMALL_FIXTURES {
-        let records = turns(&fixture(text, false));
+        let records = turns(&txt_records(text, true));
         let (reference, _) = run(&records);
         assert!(!reference.is_empty());
         for (t, (_, bytes)) in records.iter().enumerate() {
@@ -786,7 +760,7 @@ fn every_split_gives_the_same_messages() {
 
 #[test]
 fn message_times() {
-    let records = fixture(AUTH_SWITCH, false);
+    let records = txt_records(AUTH_SWITCH, true);
     let (out, _) = run(&records);
     // The ping is record 5 (time 50, written: handed over at its start,
     // 50), its OK record 6 (read: known at its end, 61).
@@ -880,7 +854,7 @@ fn garbage_never_panics() {
     };
     let mut all: Vec<(Direction, Vec<u8>)> = Vec::new();
     for (_, text) in ALL_FIXTURES {
-        all.extend(fixture(text, false));
+        all.extend(txt_records(text, true));
     }
     for round in 0..300 {
         let mut conn = MysqlConn::new(Limits {

@@ -1925,6 +1925,7 @@ impl StreamParser for RedisConn {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::protocol::test_reads;
 
     /// The recorded conversations in `fixtures/redis` (see its README).
     pub(crate) const LOGS: &[(&str, &[u8])] = &[
@@ -1947,24 +1948,12 @@ pub(crate) mod fixtures {
     /// The reads of a recorded conversation. `client` says whether the traced
     /// process is the client (commands Egress) or the server (commands Ingress).
     pub(crate) fn records(name: &str, client: bool) -> Vec<(Direction, Vec<u8>)> {
-        let (_, mut log) = LOGS
+        let (_, log) = LOGS
             .iter()
             .find(|(n, _)| *n == name)
             .copied()
             .unwrap_or(("", b""));
-        let mut out = Vec::new();
-        while let [mark, a, b, c, d, rest @ ..] = log {
-            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-            let (bytes, next) = rest.split_at(len.min(rest.len()));
-            let to_server = *mark == b'>';
-            let dir = if to_server == client {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            };
-            out.push((dir, bytes.to_vec()));
-            log = next;
-        }
+        let out = test_reads::directed(test_reads::from_log(log), client);
         assert!(!out.is_empty(), "no fixture {name}");
         out
     }

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use crate::protocol::Direction;
 use crate::protocol::redis::{Arg, Command, Message, Reply, ReplyKind, Role};
 use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
-use crate::span::{Pairing, PairingLoss, SpanContext, db_endpoint_attrs, ids};
+use crate::span::{Pairing, PairingLoss, PairingOut, SpanContext, db_endpoint_attrs, new_span};
 
 /// Commands waiting for replies, per connection; beyond this the oldest is
 /// dropped and counted, and its reply is skipped when it comes.
@@ -157,16 +157,11 @@ impl RedisPairing {
         }
     }
 
-    fn command(
-        &mut self,
-        cmd: Command,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    ) {
+    fn command(&mut self, cmd: Command, out: &mut PairingOut<'_>) {
         if self.suppressed(&cmd) {
             let end = cmd.last_ns;
-            out.push(build_span(&cmd, None, end, self.db, ctx));
+            out.spans
+                .push(build_span(&cmd, None, end, self.db, out.ctx));
             return;
         }
         let (confirm, left) = match confirmation(&cmd) {
@@ -175,7 +170,7 @@ impl RedisPairing {
         };
         while self.queue.len() >= MAX_WAITING {
             if let Some(Waiting::Command(p)) = self.queue.pop_front() {
-                loss.requests_unanswered += 1;
+                out.loss.requests_unanswered += 1;
                 self.skip = self.skip.saturating_add(p.left);
             }
         }
@@ -188,13 +183,7 @@ impl RedisPairing {
         })));
     }
 
-    fn answer(
-        &mut self,
-        ans: Answer<'_>,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    ) {
+    fn answer(&mut self, ans: Answer<'_>, out: &mut PairingOut<'_>) {
         let reply = match ans {
             Answer::Reply(r) => Some(r),
             Answer::Confirm { .. } => None,
@@ -210,21 +199,21 @@ impl RedisPairing {
         }
         loop {
             match self.queue.front_mut() {
-                None => return unpaired(loss),
+                None => return unpaired(&mut out.loss),
                 Some(Waiting::Barrier) => {
                     // Past a barrier, an answer belongs to the next command
                     // only if it began after that command was sent.
                     let next = matches!(self.queue.get(1),
                         Some(Waiting::Command(p)) if ans.first_ns() >= p.cmd.first_ns);
                     if !next {
-                        return unpaired(loss);
+                        return unpaired(&mut out.loss);
                     }
                     self.queue.pop_front();
                 }
                 Some(Waiting::Command(p)) => {
                     // An answer that ended before the command was sent is not its answer.
                     if ans.last_ns() < p.cmd.first_ns {
-                        return unpaired(loss);
+                        return unpaired(&mut out.loss);
                     }
                     if let Answer::Confirm { kind, last_ns, .. } = ans
                         && p.confirm == Some(kind)
@@ -234,7 +223,8 @@ impl RedisPairing {
                         if p.left == 0
                             && let Some(Waiting::Command(p)) = self.queue.pop_front()
                         {
-                            out.push(build_span(&p.cmd, None, p.end_ns, self.db, ctx));
+                            out.spans
+                                .push(build_span(&p.cmd, None, p.end_ns, self.db, out.ctx));
                         }
                         return;
                     }
@@ -243,7 +233,13 @@ impl RedisPairing {
                         return;
                     };
                     if let Some(Waiting::Command(p)) = self.queue.pop_front() {
-                        out.push(build_span(&p.cmd, Some(reply), reply.last_ns, self.db, ctx));
+                        out.spans.push(build_span(
+                            &p.cmd,
+                            Some(reply),
+                            reply.last_ns,
+                            self.db,
+                            out.ctx,
+                        ));
                         self.apply(&p.cmd, reply);
                     }
                     return;
@@ -289,16 +285,10 @@ impl RedisPairing {
 impl Pairing for RedisPairing {
     type Message = Message;
 
-    fn push(
-        &mut self,
-        msg: Message,
-        ctx: &SpanContext,
-        out: &mut Vec<Span>,
-        loss: &mut PairingLoss,
-    ) {
+    fn push(&mut self, msg: Message, out: &mut PairingOut<'_>) {
         match msg {
-            Message::Command(cmd) => self.command(cmd, ctx, out, loss),
-            Message::Reply(reply) => self.answer(Answer::Reply(&reply), ctx, out, loss),
+            Message::Command(cmd) => self.command(cmd, out),
+            Message::Reply(reply) => self.answer(Answer::Reply(&reply), out),
             Message::Push(push) => {
                 if let Some(kind) = push.confirms() {
                     let ans = Answer::Confirm {
@@ -306,7 +296,7 @@ impl Pairing for RedisPairing {
                         first_ns: push.first_ns,
                         last_ns: push.last_ns,
                     };
-                    self.answer(ans, ctx, out, loss);
+                    self.answer(ans, out);
                 }
             }
             Message::Desync(d) => match d.role {
@@ -315,13 +305,13 @@ impl Pairing for RedisPairing {
                         if self.queue.len() >= MAX_WAITING
                             && let Some(Waiting::Command(p)) = self.queue.pop_front()
                         {
-                            loss.requests_unanswered += 1;
+                            out.loss.requests_unanswered += 1;
                             self.skip = self.skip.saturating_add(p.left);
                         }
                         self.queue.push_back(Waiting::Barrier);
                     }
                 }
-                Some(Role::Replies) | None => self.flush(loss),
+                Some(Role::Replies) | None => self.flush(&mut out.loss),
             },
         }
     }
@@ -484,16 +474,9 @@ pub fn build_span(
         _ => SpanStatus::Unset,
     };
     Span {
-        trace_id: ids::new_trace_id(),
-        span_id: ids::new_span_id(),
-        parent_span_id: None,
-        name: operation,
-        kind,
-        start_unix_ns: cmd.first_ns,
-        end_unix_ns: end_ns.max(cmd.first_ns),
         attributes: attrs,
         status,
-        pid: ctx.pid,
+        ..new_span(ctx.pid, None, operation, kind, cmd.first_ns, end_ns)
     }
 }
 

@@ -6,6 +6,7 @@ use crate::capture::Endpoints;
 use crate::protocol::Chunk;
 use crate::protocol::redis::fixtures::{records, replay, resp, whole};
 use crate::protocol::redis::{Limits, RedisConn};
+use crate::protocol::test_chunks::feed_whole;
 use crate::span::{DbSpanOptions, SpanOptions};
 
 const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -37,11 +38,12 @@ fn ctx(client: bool, sanitize: bool) -> SpanContext {
 fn pair(msgs: Vec<Message>, ctx: &SpanContext) -> (Vec<Span>, PairingLoss) {
     let mut pairing = RedisPairing::default();
     let mut spans = Vec::new();
-    let mut loss = PairingLoss::default();
+    let mut out = PairingOut::new(ctx, &mut spans);
     for m in msgs {
-        pairing.push(m, ctx, &mut spans, &mut loss);
+        pairing.push(m, &mut out);
     }
-    pairing.finish(&mut loss);
+    pairing.finish(&mut out.loss);
+    let loss = out.loss;
     (spans, loss)
 }
 
@@ -466,22 +468,16 @@ fn full_queue_drops_the_oldest_and_keeps_order() {
 fn lost_command_does_not_shift_pairs() {
     let mut conn = RedisConn::new(Limits::default());
     let mut msgs = Vec::new();
-    let ping = resp(&[b"PING"]);
-    conn.feed(Direction::Egress, &whole(&ping, 0), &mut msgs);
-    conn.feed(Direction::Ingress, &whole(b"+PONG\r\n", 10), &mut msgs);
-    // A command the parser cannot read, then its reply.
-    conn.feed(
-        Direction::Egress,
-        &whole(b"*2\r\n$3\r\nGET\r\n#x\r\n", 20),
-        &mut msgs,
-    );
-    conn.feed(Direction::Ingress, &whole(b"$1\r\nv\r\n", 30), &mut msgs);
-    conn.feed(
-        Direction::Egress,
-        &whole(&resp(&[b"INCR", b"n"]), 40),
-        &mut msgs,
-    );
-    conn.feed(Direction::Ingress, &whole(b":7\r\n", 50), &mut msgs);
+    let syscalls: &[(Direction, &[u8])] = &[
+        (Direction::Egress, &resp(&[b"PING"])),
+        (Direction::Ingress, b"+PONG\r\n"),
+        // A command the parser cannot read, then its reply.
+        (Direction::Egress, b"*2\r\n$3\r\nGET\r\n#x\r\n"),
+        (Direction::Ingress, b"$1\r\nv\r\n"),
+        (Direction::Egress, &resp(&[b"INCR", b"n"])),
+        (Direction::Ingress, b":7\r\n"),
+    ];
+    feed_whole(&mut conn, syscalls, &mut msgs);
     let (spans, loss) = pair(msgs, &ctx(true, true));
     let got: Vec<_> = spans
         .iter()
@@ -497,20 +493,15 @@ fn lost_reply_drops_the_waiting_commands() {
     let mut conn = RedisConn::new(Limits::default());
     let mut msgs = Vec::new();
     let two = [resp(&[b"GET", b"a"]), resp(&[b"GET", b"b"])].concat();
-    conn.feed(Direction::Egress, &whole(&two, 0), &mut msgs);
-    // The reply stream breaks: which reply answers which is unknown.
-    conn.feed(
-        Direction::Ingress,
-        &whole(b"$1\r\na\r\n\x00\x01", 10),
-        &mut msgs,
-    );
-    conn.feed(Direction::Ingress, &whole(b"junk", 20), &mut msgs);
-    conn.feed(
-        Direction::Egress,
-        &whole(&resp(&[b"GET", b"c"]), 30),
-        &mut msgs,
-    );
-    conn.feed(Direction::Ingress, &whole(b"$1\r\nc\r\n", 40), &mut msgs);
+    let syscalls: &[(Direction, &[u8])] = &[
+        (Direction::Egress, &two),
+        // The reply stream breaks: which reply answers which is unknown.
+        (Direction::Ingress, b"$1\r\na\r\n\x00\x01"),
+        (Direction::Ingress, b"junk"),
+        (Direction::Egress, &resp(&[b"GET", b"c"])),
+        (Direction::Ingress, b"$1\r\nc\r\n"),
+    ];
+    feed_whole(&mut conn, syscalls, &mut msgs);
     let (spans, loss) = pair(msgs, &ctx(true, true));
     let got: Vec<_> = spans
         .iter()
@@ -526,7 +517,7 @@ fn replies_without_commands_are_counted() {
     let ctx = ctx(true, true);
     let mut pairing = RedisPairing::default();
     let mut spans = Vec::new();
-    let mut loss = PairingLoss::default();
+    let mut out = PairingOut::new(&ctx, &mut spans);
     let reply = |first_ns, last_ns| {
         Message::Reply(Reply {
             dir: Direction::Ingress,
@@ -536,28 +527,28 @@ fn replies_without_commands_are_counted() {
             last_ns,
         })
     };
-    pairing.push(reply(1, 2), &ctx, &mut spans, &mut loss);
+    pairing.push(reply(1, 2), &mut out);
     let mut conn = RedisConn::new(Limits::default());
     let mut msgs = Vec::new();
     conn.feed(Direction::Egress, &whole(&resp(&[b"PING"]), 100), &mut msgs);
     for m in msgs {
-        pairing.push(m, &ctx, &mut spans, &mut loss);
+        pairing.push(m, &mut out);
     }
     // A reply that ended before the command was sent is not its reply.
-    pairing.push(reply(50, 60), &ctx, &mut spans, &mut loss);
-    assert!(spans.is_empty());
-    pairing.push(reply(120, 130), &ctx, &mut spans, &mut loss);
-    assert_eq!(spans.len(), 1);
-    assert_eq!(loss.responses_unpaired, 2);
+    pairing.push(reply(50, 60), &mut out);
+    assert!(out.spans.is_empty());
+    pairing.push(reply(120, 130), &mut out);
+    assert_eq!(out.spans.len(), 1);
+    assert_eq!(out.loss.responses_unpaired, 2);
     // Unanswered commands are counted when the connection ends.
     let mut msgs = Vec::new();
     conn.feed(Direction::Egress, &whole(&resp(&[b"PING"]), 200), &mut msgs);
     conn.feed(Direction::Egress, &whole(&resp(&[b"PING"]), 300), &mut msgs);
     for m in msgs {
-        pairing.push(m, &ctx, &mut spans, &mut loss);
+        pairing.push(m, &mut out);
     }
-    pairing.finish(&mut loss);
-    assert_eq!(loss.requests_unanswered, 2);
+    pairing.finish(&mut out.loss);
+    assert_eq!(out.loss.requests_unanswered, 2);
 }
 
 /// Messages published between a subscription's confirmations and a

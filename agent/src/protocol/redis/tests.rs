@@ -1,5 +1,7 @@
 use super::fixtures::*;
 use super::*;
+use crate::protocol::test_chunks::{damaged, feed_garbage, feed_randomly};
+use crate::protocol::test_rng::Rng;
 
 fn d(dir: Direction) -> &'static str {
     match dir {
@@ -597,6 +599,7 @@ fn strict_prefixes_are_incomplete() {
 
 #[test]
 fn detect_table() {
+    #[rustfmt::skip]
     let table: &[(&[u8], Detect)] = &[
         (b"", Detect::NeedMore),
         (b"*", Detect::NeedMore),
@@ -608,10 +611,7 @@ fn detect_table() {
         (b"*1\r\n$4\r\n", Detect::NeedMore),
         (b"*1\r\n$4\r\nP", Detect::Request),
         (b"*1\r\n$4\r\nPING\r\n", Detect::Request),
-        (
-            b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\n",
-            Detect::Request,
-        ),
+        (b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\n", Detect::Request),
         (b"*123456789\r\n$12\r\nabc", Detect::Request),
         (b"*1234567890\r\n$4\r\nPING\r\n", Detect::No),
         (b"*0\r\n", Detect::No),
@@ -640,32 +640,6 @@ const TLS_CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x
 const MYSQL_GREETING: &[u8] =
     b"J\x00\x00\x00\x0a5.7.44\x00\x0b\x00\x00\x00\x2a\x3b\x4c\x5d\x6e\x7f\x10\x21\x00\xff\xf7\x08\x02\x00";
 
-/// Deterministic xorshift generator for test inputs.
-use crate::protocol::test_rng::Rng;
-
-/// Feeds `stream` in random syscalls, some with uncaptured tails.
-fn feed_randomly(
-    conn: &mut RedisConn,
-    dir: Direction,
-    stream: &[u8],
-    rng: &mut Rng,
-    out: &mut Vec<Message>,
-) {
-    let mut at = 0;
-    let mut t = rng.next() % 1000;
-    while at < stream.len() {
-        let total = 1 + rng.below(300.min(stream.len() - at));
-        let captured = if rng.below(4) == 0 {
-            rng.below(total + 1)
-        } else {
-            total
-        };
-        conn.feed(dir, &gapped(&stream[at..at + captured], total, t), out);
-        at += total;
-        t += 10;
-    }
-}
-
 #[test]
 fn garbage_never_yields_messages() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -678,28 +652,13 @@ fn garbage_never_yields_messages() {
     for len in [1, 2, 7, 64, 1024, 4096, 20000] {
         inputs.push(rng.bytes(len));
     }
-    for input in &inputs {
-        for dir in [Direction::Egress, Direction::Ingress] {
-            for whole_first in [true, false] {
-                let mut c = conn();
-                let mut out = Vec::new();
-                if whole_first {
-                    c.feed(dir, &whole(input, 0), &mut out);
-                } else {
-                    feed_randomly(&mut c, dir, input, &mut rng, &mut out);
-                }
-                c.close(1, &mut out);
-                assert!(
-                    out.iter().all(|m| matches!(m, Message::Desync(_))),
-                    "{out:?}"
-                );
-                let (skipped, lost) = c.take_resync();
-                assert!(skipped <= input.len() as u64);
-                assert_eq!(lost, 1, "sync is lost once, then stays lost");
-                assert_eq!(out.len(), 1);
-            }
-        }
-    }
+    feed_garbage(&inputs, &mut rng, conn, |_, out| {
+        assert!(
+            out.iter().all(|m| matches!(m, Message::Desync(_))),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 1);
+    });
 }
 
 /// Damaged streams of real conversations, cut and gapped at random: the
@@ -714,16 +673,9 @@ fn damaged_streams_do_not_panic() {
         });
         let mut out = Vec::new();
         for (dir, bytes) in records(name, round % 2 == 0) {
-            let mut stream = bytes.repeat(1 + rng.below(3));
-            for _ in 0..rng.below(4) {
-                let i = rng.below(stream.len());
-                stream[i] = rng.next() as u8;
-            }
-            if rng.below(3) == 0 {
-                let i = rng.below(stream.len());
-                stream.truncate(i);
-            }
-            feed_randomly(&mut c, dir, &stream, &mut rng, &mut out);
+            let stream = damaged(&bytes, &mut rng);
+            let t = rng.next() % 1000;
+            feed_randomly(&mut c, dir, &stream, t, &mut rng, &mut out);
         }
         c.close(u64::MAX, &mut out);
         for m in &out {
