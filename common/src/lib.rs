@@ -29,6 +29,19 @@ pub const EVENT_CLOSE: u32 = 2;
 /// reads its /proc entry still has a name.
 pub const EVENT_PROCESS: u32 = 3;
 
+/// Capture sources (`EventHeader::source`): which probe produced a record.
+/// User space keys streams by source too, so the plaintext a TLS library
+/// sees and the ciphertext its socket carries never merge.
+///
+/// The syscall tracepoints (every record sent today).
+pub const SOURCE_SYSCALL: u32 = 1;
+/// Reserved, not yet emitted: OpenSSL read/write uprobes (plaintext).
+pub const SOURCE_TLS_OPENSSL: u32 = 2;
+/// Reserved, not yet emitted: Go crypto/tls uprobes (plaintext).
+pub const SOURCE_TLS_GO: u32 = 3;
+/// Reserved, not yet emitted: Go net/http uprobes.
+pub const SOURCE_GO_HTTP: u32 = 4;
+
 /// Bytes of a task name (`comm`), its NUL included.
 pub const COMM_LEN: usize = 16;
 
@@ -122,10 +135,13 @@ pub struct EventHeader {
     pub captured_len: u32,
     /// `syscall::*`.
     pub syscall: u32,
+    /// `SOURCE_*`.
+    pub source: u32,
+    pub _pad: u32,
     pub addrs: SockAddrs,
 }
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
-const _: () = assert!(HEADER_LEN == 104);
+const _: () = assert!(HEADER_LEN == 112);
 
 /// An `EVENT_PROCESS` record: the header (`captured_len` is `COMM_LEN`)
 /// and the name of the process's main thread, NUL-padded.

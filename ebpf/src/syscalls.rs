@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use sonde_common::{
     ConnKey, DIR_EGRESS, DIR_INGRESS, EventHeader, MAX_CAPTURE, ROLE_CLIENT, ROLE_SERVER,
-    syscall,
+    SOURCE_SYSCALL, syscall,
 };
 
 use crate::config;
@@ -162,6 +162,7 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
         generation: state.generation,
         total_len: ret as u64,
         syscall: call.syscall,
+        source: SOURCE_SYSCALL,
         addrs: state.addrs,
         ..EventHeader::default()
     };
@@ -360,6 +361,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         total_len: 0,
         captured_len: 0,
         syscall: syscall::CLOSE,
+        source: SOURCE_SYSCALL,
         addrs: state.addrs,
         ..EventHeader::default()
     });
