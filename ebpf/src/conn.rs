@@ -7,11 +7,14 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap},
 };
-use sonde_common::{ConnKey, KernelOffsets, PENDING_SLOTS, ROLE_UNKNOWN, SockAddrs, lost};
+use sonde_common::{
+    ConnKey, KernelOffsets, MAX_PREFIX_PATTERNS, PENDING_SLOTS, PREFIX_LEN, PrefixPattern,
+    ROLE_UNKNOWN, SockAddrs, lost,
+};
 
 use crate::mem::read_kernel;
-use crate::offsets;
 use crate::record::count_lost;
+use crate::{config, offsets};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -44,6 +47,35 @@ static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(6553
 /// shipped.
 #[map]
 static MUTED: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// What may start a message of a protocol user space parses, written by
+/// user space at load time (`CONFIG.prefix_count` of them).
+#[map]
+static PREFIXES: Array<PrefixPattern> = Array::with_max_entries(MAX_PREFIX_PATTERNS, 0);
+
+/// Whether a buffer starting with `first` (its first `PREFIX_LEN` bytes,
+/// little-endian) may start a message: the only bytes a muted connection
+/// ships.
+///
+/// Not inlined: as a function of its own it hands the exit program one
+/// result, where inlined every pattern's exit was a path the verifier
+/// walked through the rest of the program (it gave up: too many states).
+#[inline(never)]
+pub fn may_start_message(first: u64) -> bool {
+    let first: [u8; PREFIX_LEN] = first.to_le_bytes();
+    let count = config().prefix_count;
+    for i in 0..MAX_PREFIX_PATTERNS {
+        if i >= count {
+            break;
+        }
+        if let Some(pattern) = PREFIXES.get(i)
+            && pattern.matches(&first)
+        {
+            return true;
+        }
+    }
+    false
+}
 
 /// Whether user space muted this generation of the connection.
 #[inline(always)]

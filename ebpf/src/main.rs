@@ -24,7 +24,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     agent_tgid: 0,
     capture_bytes: 0,
     wakeup_bytes: 0,
-    _pad: 0,
+    prefix_count: 0,
 };
 
 #[unsafe(no_mangle)]

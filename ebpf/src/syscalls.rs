@@ -71,36 +71,6 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
 
 // ---- exit: copy what moved ---------------------------------------------------
 
-/// Whether the first bytes could start a message of a protocol user space
-/// parses: an HTTP/1.x request or status line, the HTTP/2 preface, a Redis
-/// command array (`*<digit>`), or a MySQL command packet (sequence 0 and a
-/// command byte of COM_QUERY, COM_INIT_DB, COM_PING, COM_STMT_PREPARE or
-/// COM_STMT_EXECUTE).
-#[inline(always)]
-fn may_start_message(first: [u8; 8]) -> bool {
-    let word = [first[0], first[1], first[2], first[3]];
-    if matches!(
-        &word,
-        b"GET "
-            | b"POST"
-            | b"PUT "
-            | b"HEAD"
-            | b"DELE"
-            | b"PATC"
-            | b"OPTI"
-            | b"CONN"
-            | b"TRAC"
-            | b"HTTP"
-            | b"PRI "
-    ) {
-        return true;
-    }
-    if first[0] == b'*' && first[1].is_ascii_digit() {
-        return true;
-    }
-    first[3] == 0 && matches!(first[4], 0x02 | 0x03 | 0x0e | 0x16 | 0x17)
-}
-
 #[inline(always)]
 fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -135,7 +105,7 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
 
     if conn::is_muted(&key, state.generation) {
         let first_buf = bytes.first_buffer();
-        if first_buf == 0 || !may_start_message(read_user::<[u8; 8]>(first_buf)) {
+        if first_buf == 0 || !conn::may_start_message(read_user::<u64>(first_buf)) {
             return 0;
         }
     }

@@ -5,6 +5,7 @@ pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod mysql;
+pub mod prefilter;
 pub mod redis;
 
 /// What the first bytes of a stream look like to one protocol's detector.
