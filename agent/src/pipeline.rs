@@ -319,13 +319,16 @@ impl<S: SpanSink> Pipeline<S> {
                     Err(Detect::NeedMore) if detecting.chunks.len() < DETECT_CHUNKS => break 'parse,
                     Err(_) => {
                         conn.state = Protocol::Muted;
-                        self.to_mute.push((
-                            ConnKey {
-                                tgid: id.tgid,
-                                fd: id.fd,
-                            },
-                            id.generation,
-                        ));
+                        // The kernel's filter sees only syscall bytes.
+                        if id.source == capture::Source::Syscall {
+                            self.to_mute.push((
+                                ConnKey {
+                                    tgid: id.tgid,
+                                    fd: id.fd,
+                                },
+                                id.generation,
+                            ));
+                        }
                         break 'parse;
                     }
                 }

@@ -29,6 +29,19 @@ pub const EVENT_CLOSE: u32 = 2;
 /// reads its /proc entry still has a name.
 pub const EVENT_PROCESS: u32 = 3;
 
+/// Capture sources (`EventHeader::source`): which probe produced a record.
+/// User space keys streams by source too, so the plaintext a TLS library
+/// sees and the ciphertext its socket carries never merge.
+///
+/// The syscall tracepoints (every record sent today).
+pub const SOURCE_SYSCALL: u32 = 1;
+/// Reserved, not yet emitted: OpenSSL read/write uprobes (plaintext).
+pub const SOURCE_TLS_OPENSSL: u32 = 2;
+/// Reserved, not yet emitted: Go crypto/tls uprobes (plaintext).
+pub const SOURCE_TLS_GO: u32 = 3;
+/// Reserved, not yet emitted: Go net/http uprobes.
+pub const SOURCE_GO_HTTP: u32 = 4;
+
 /// Bytes of a task name (`comm`), its NUL included.
 pub const COMM_LEN: usize = 16;
 
@@ -122,10 +135,13 @@ pub struct EventHeader {
     pub captured_len: u32,
     /// `syscall::*`.
     pub syscall: u32,
+    /// `SOURCE_*`.
+    pub source: u32,
+    pub _pad: u32,
     pub addrs: SockAddrs,
 }
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
-const _: () = assert!(HEADER_LEN == 104);
+const _: () = assert!(HEADER_LEN == 112);
 
 /// An `EVENT_PROCESS` record: the header (`captured_len` is `COMM_LEN`)
 /// and the name of the process's main thread, NUL-padded.
@@ -136,6 +152,71 @@ pub struct ProcessRecord {
     pub comm: [u8; COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == HEADER_LEN + COMM_LEN);
+
+/// Most patterns the kernel's message-start filter holds (`PREFIXES`).
+pub const MAX_PREFIX_PATTERNS: u32 = 32;
+/// Bytes of a buffer's start the message-start filter looks at.
+pub const PREFIX_LEN: usize = 8;
+
+/// One pattern of the kernel's message-start filter for muted connections:
+/// byte `i` of a buffer's first `PREFIX_LEN` bytes matches when
+/// `lo[i] <= b <= hi[i]`; `0..=255` matches any byte. User space writes the
+/// protocols' patterns into the `PREFIXES` map at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixPattern {
+    pub lo: [u8; PREFIX_LEN],
+    pub hi: [u8; PREFIX_LEN],
+}
+const _: () = assert!(core::mem::size_of::<PrefixPattern>() == 2 * PREFIX_LEN);
+
+impl PrefixPattern {
+    /// Matches every buffer.
+    pub const ANY: PrefixPattern = PrefixPattern {
+        lo: [0; PREFIX_LEN],
+        hi: [u8::MAX; PREFIX_LEN],
+    };
+
+    /// Buffers that start with `bytes` (at most `PREFIX_LEN` of them).
+    pub const fn literal(bytes: &[u8]) -> PrefixPattern {
+        assert!(
+            bytes.len() <= PREFIX_LEN,
+            "a pattern covers PREFIX_LEN bytes"
+        );
+        let mut pattern = PrefixPattern::ANY;
+        let mut i = 0;
+        while i < bytes.len() {
+            pattern = pattern.byte(i, bytes[i]);
+            i += 1;
+        }
+        pattern
+    }
+
+    /// This pattern with byte `at` anywhere in `lo..=hi`.
+    pub const fn range(mut self, at: usize, lo: u8, hi: u8) -> PrefixPattern {
+        self.lo[at] = lo;
+        self.hi[at] = hi;
+        self
+    }
+
+    /// This pattern with byte `at` equal to `value`.
+    pub const fn byte(self, at: usize, value: u8) -> PrefixPattern {
+        self.range(at, value, value)
+    }
+
+    /// Whether a buffer starting with `first` matches.
+    #[inline(always)]
+    pub fn matches(&self, first: &[u8; PREFIX_LEN]) -> bool {
+        let mut i = 0;
+        while i < PREFIX_LEN {
+            if first[i] < self.lo[i] || first[i] > self.hi[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
 
 /// Key of the kernel's per-connection maps.
 #[repr(C)]
@@ -185,7 +266,8 @@ pub struct ProbeConfig {
     /// buffer; below that it finds them on its next timed poll. Waking it
     /// for every record would cost a context switch per syscall.
     pub wakeup_bytes: u32,
-    pub _pad: u32,
+    /// Patterns in the `PREFIXES` map, at most `MAX_PREFIX_PATTERNS`.
+    pub prefix_count: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 
@@ -196,4 +278,5 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::PrefixPattern {}
 }

@@ -1076,3 +1076,43 @@ fn unix_socket() {
     let _ = server.finish(Duration::from_secs(5));
     ctx.stop();
 }
+
+/// A connection muted for carrying no known protocol (TLS-looking bytes)
+/// is revived by an HTTP request on it: the kernel's message-start filter
+/// lets the request through and both spans arrive.
+#[test]
+fn muted_connection_revives_on_a_request() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    const SCRIPT: &str = "import socket,threading,time\n\
+srv=socket.socket(); srv.bind(('127.0.0.1',0)); srv.listen(1)\n\
+def serve():\n    c,_=srv.accept()\n    c.recv(100)\n    got=b''\n    while b'\\r\\n\\r\\n' not in got: got+=c.recv(4096)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n    time.sleep(0.5); c.close()\n\
+t=threading.Thread(target=serve); t.start()\n\
+cl=socket.create_connection(srv.getsockname())\n\
+cl.sendall(b'\\x16\\x03\\x01\\x00\\x05hello')\n\
+time.sleep(1.5)\n\
+cl.sendall(b'GET /revived HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n\
+got=b''\n\
+while not got.endswith(b'ok'): got+=cl.recv(4096)\n\
+print('status', got.split(b' ')[1].decode())\n\
+t.join(); cl.close()\n";
+    let ctx = Ctx::start("grpc");
+    let run = must(run_python(SCRIPT, &[]));
+    assert_eq!(run.value("status"), Some("200"), "{run:?}");
+    let mine = |s: &ReceivedSpan| s.pid() == Some(run.pid);
+    let cli = |s: &ReceivedSpan| mine(s) && s.kind == Kind::Client;
+    let srv = |s: &ReceivedSpan| mine(s) && s.kind == Kind::Server;
+    ctx.wait_counts(&[(1, &cli), (1, &srv)]);
+    let mut p = Vec::new();
+    let spans = ctx.spans(mine);
+    if spans.len() != 2 {
+        p.push(format!("{} spans, want 1 client and 1 server", spans.len()));
+    }
+    for s in &spans {
+        p.extend(http_problems(s, &get(s.kind, "/revived", 200)));
+    }
+    ctx.check_problems(p, &mine);
+    ctx.stop();
+}

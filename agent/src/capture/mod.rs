@@ -6,7 +6,8 @@ pub mod probes;
 
 use sonde_common::{
     AF_INET, AF_INET6, AF_UNIX, COMM_LEN, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA,
-    EVENT_PROCESS, EventHeader, HEADER_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddrs,
+    EVENT_PROCESS, EventHeader, HEADER_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOURCE_GO_HTTP,
+    SOURCE_SYSCALL, SOURCE_TLS_GO, SOURCE_TLS_OPENSSL, SockAddrs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -30,6 +31,33 @@ impl TryFrom<u32> for Role {
             ROLE_CLIENT => Ok(Role::Client),
             ROLE_SERVER => Ok(Role::Server),
             other => Err(DecodeError::BadField("role", other)),
+        }
+    }
+}
+
+/// Which probe produced a record. Streams are kept per source, so the
+/// plaintext a TLS library sees never merges with its socket's ciphertext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The syscall tracepoints.
+    Syscall,
+    /// OpenSSL uprobes (reserved, not yet emitted).
+    TlsOpenssl,
+    /// Go crypto/tls uprobes (reserved, not yet emitted).
+    TlsGo,
+    /// Go net/http uprobes (reserved, not yet emitted).
+    GoHttp,
+}
+
+impl TryFrom<u32> for Source {
+    type Error = DecodeError;
+    fn try_from(v: u32) -> Result<Self, Self::Error> {
+        match v {
+            SOURCE_SYSCALL => Ok(Source::Syscall),
+            SOURCE_TLS_OPENSSL => Ok(Source::TlsOpenssl),
+            SOURCE_TLS_GO => Ok(Source::TlsGo),
+            SOURCE_GO_HTTP => Ok(Source::GoHttp),
+            other => Err(DecodeError::BadField("source", other)),
         }
     }
 }
@@ -121,12 +149,13 @@ pub enum Event<'a> {
     },
 }
 
-/// A connection: (tgid, fd, generation). The generation changes whenever the
-/// fd is closed or reused.
+/// A connection: (tgid, fd, source, generation). The generation changes
+/// whenever the fd is closed or reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
     pub tgid: u32,
     pub fd: u32,
+    pub source: Source,
     pub generation: u64,
 }
 
@@ -152,6 +181,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let conn = ConnId {
         tgid: h.tgid,
         fd: h.fd,
+        source: Source::try_from(h.source)?,
         generation: h.generation,
     };
     match h.kind {
@@ -198,11 +228,15 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
 }
 
 /// A record as the kernel writes it: `header` with `kind` and
-/// `captured_len` set, then `payload` (for tests and benches).
+/// `captured_len` set, then `payload` (for tests and benches). A source of
+/// 0, as `..Default::default()` leaves it, is written as `SOURCE_SYSCALL`.
 fn encode(header: &EventHeader, kind: u32, payload: &[u8]) -> Vec<u8> {
     let mut h = *header;
     h.kind = kind;
     h.captured_len = payload.len() as u32;
+    if h.source == 0 {
+        h.source = SOURCE_SYSCALL;
+    }
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     // SAFETY: EventHeader is repr(C) plain data with explicit padding.
     out.extend_from_slice(unsafe {
@@ -310,6 +344,7 @@ mod tests {
             ConnId {
                 tgid: 42,
                 fd: 7,
+                source: Source::Syscall,
                 generation: 9
             }
         );
@@ -319,6 +354,39 @@ mod tests {
             endpoints.peer,
             Endpoint::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 40000)
         );
+    }
+
+    #[test]
+    fn source_round_trips() {
+        for (raw, want) in [
+            (SOURCE_SYSCALL, Source::Syscall),
+            (SOURCE_TLS_OPENSSL, Source::TlsOpenssl),
+            (SOURCE_TLS_GO, Source::TlsGo),
+            (SOURCE_GO_HTTP, Source::GoHttp),
+        ] {
+            let h = EventHeader {
+                source: raw,
+                ..header()
+            };
+            let Ok(Event::Data { conn, .. }) = decode(&encode_data(&h, b"x")) else {
+                panic!("source {raw} not decoded");
+            };
+            assert_eq!(conn.source, want);
+            let Ok(Event::Close { conn, .. }) = decode(&encode_close(&h)) else {
+                panic!("close of source {raw} not decoded");
+            };
+            assert_eq!(conn.source, want);
+        }
+        // A source the agent does not know (0 included) is malformed.
+        for bad in [0, 5, u32::MAX] {
+            let mut rec = encode_data(&header(), b"x");
+            let at = std::mem::offset_of!(EventHeader, source);
+            rec[at..at + 4].copy_from_slice(&bad.to_ne_bytes());
+            assert_eq!(
+                decode(&rec).unwrap_err(),
+                DecodeError::BadField("source", bad)
+            );
+        }
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use sonde_common::{ConnKey, MAX_CAPTURE, ProbeConfig};
+use sonde_common::{ConnKey, MAX_CAPTURE, MAX_PREFIX_PATTERNS, PrefixPattern, ProbeConfig};
 
 use super::btf::{Btf, BtfError};
 use crate::config::CaptureConfig;
@@ -69,6 +69,8 @@ pub enum ProbeError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("{0} message-start patterns, more than the kernel's {MAX_PREFIX_PATTERNS}")]
+    Prefixes(usize),
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
 }
@@ -87,12 +89,16 @@ impl Probes {
     pub fn start(config: &CaptureConfig) -> Result<Probes, ProbeError> {
         crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
+        let prefixes = crate::protocol::prefilter::all();
+        if prefixes.len() > MAX_PREFIX_PATTERNS as usize {
+            return Err(ProbeError::Prefixes(prefixes.len()));
+        }
         let probe_config = ProbeConfig {
             agent_tgid: std::process::id(),
             capture_bytes: config.bytes.clamp(1, MAX_CAPTURE as u32),
             // Never more than half the ring, or it could fill before a wakeup.
             wakeup_bytes: config.wakeup_bytes.min(config.ring_buffer_bytes / 2),
-            _pad: 0,
+            prefix_count: prefixes.len() as u32,
         };
         let cpus =
             aya::util::nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
@@ -105,6 +111,24 @@ impl Probes {
             .map_max_entries("CONNS", config.max_connections)
             .map_max_entries("MUTED", config.max_connections)
             .load(EBPF_OBJECT)?;
+
+        // Before attaching, so the filter is whole from the first record.
+        let mut table: Array<&mut MapData, PrefixPattern> = Array::try_from(
+            ebpf.map_mut("PREFIXES")
+                .ok_or(ProbeError::MissingMap("PREFIXES"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "PREFIXES",
+            source,
+        })?;
+        for (i, pattern) in prefixes.iter().enumerate() {
+            table
+                .set(i as u32, pattern, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "PREFIXES",
+                    source,
+                })?;
+        }
 
         for &name in TRACEPOINTS {
             let program: &mut TracePoint = ebpf

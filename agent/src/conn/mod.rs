@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use crate::capture::{ConnId, Endpoints, Role};
+use crate::capture::{ConnId, Endpoints, Role, Source};
 use crate::protocol::Direction;
 
 /// Byte accounting of one direction of a connection.
@@ -50,15 +50,20 @@ impl<T> Conn<T> {
     }
 }
 
-/// Bounded table of connections keyed by (tgid, fd).
+/// Bounded table of connections keyed by (tgid, fd, source): the bytes a
+/// TLS library hands over and the ciphertext of its socket are two streams.
 pub struct ConnTable<T> {
-    conns: LruCache<(u32, u32), Conn<T>>,
+    conns: LruCache<(u32, u32, Source), Conn<T>>,
+}
+
+fn key(id: &ConnId) -> (u32, u32, Source) {
+    (id.tgid, id.fd, id.source)
 }
 
 /// What `ConnTable::lookup` had to push out to make room.
 pub enum Displaced<T> {
     Nothing,
-    /// The same (tgid, fd) now names another connection: this one ended
+    /// The same (tgid, fd, source) now names another connection: this one ended
     /// without a close we saw.
     Replaced(Conn<T>),
     /// The table was full; this was the least recently active connection.
@@ -91,7 +96,7 @@ impl<T> ConnTable<T> {
         now_ns: u64,
         init: impl FnOnce() -> T,
     ) -> (&mut Conn<T>, Displaced<T>) {
-        let key = (id.tgid, id.fd);
+        let key = key(&id);
         let mut displaced = Displaced::Nothing;
         let stale = self
             .conns
@@ -131,7 +136,7 @@ impl<T> ConnTable<T> {
 
     /// Removes the connection if it is generation `id.generation`.
     pub fn remove(&mut self, id: ConnId) -> Option<Conn<T>> {
-        let key = (id.tgid, id.fd);
+        let key = key(&id);
         if self.conns.peek(&key)?.id.generation == id.generation {
             self.conns.pop(&key)
         } else {
@@ -172,6 +177,7 @@ mod tests {
         ConnId {
             tgid: 1,
             fd,
+            source: Source::Syscall,
             generation,
         }
     }
@@ -197,6 +203,27 @@ mod tests {
         let (c, d) = t.lookup(id(3, 2), Role::Client, EP, 12, || 0);
         assert_eq!(c.state, 0);
         assert!(matches!(d, Displaced::Replaced(old) if old.state == 8));
+    }
+
+    #[test]
+    fn two_sources_on_one_fd_are_two_connections() {
+        let mut t = ConnTable::<u32>::new(4);
+        let syscall = id(3, 1);
+        // TLS plaintext of the same socket, with a generation of its own.
+        let tls = ConnId {
+            source: Source::TlsOpenssl,
+            generation: 2,
+            ..syscall
+        };
+        t.lookup(syscall, Role::Client, EP, 10, || 1);
+        let (c, d) = t.lookup(tls, Role::Client, EP, 11, || 2);
+        assert!(matches!(d, Displaced::Nothing), "the syscall stream stays");
+        assert_eq!((c.id, c.state), (tls, 2));
+        let (c, _) = t.lookup(syscall, Role::Client, EP, 12, || 0);
+        assert_eq!(c.state, 1, "the syscall stream kept its state");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.remove(tls).map(|c| c.state), Some(2));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod http1;
 pub mod http2;
 pub mod mysql;
+pub mod prefilter;
 pub mod redis;
 mod session;
 

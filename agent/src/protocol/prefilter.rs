@@ -1,0 +1,192 @@
+//! The kernel's message-start filter for muted connections: the first
+//! bytes of a syscall's buffer that could start a message of a protocol
+//! the agent parses. The agent writes [`all`] into the kernel's `PREFIXES`
+//! map at load time; a muted connection's bytes that match none of them
+//! never leave the kernel.
+//!
+//! A pattern that is too loose only costs records the agent drops again;
+//! one that is too strict loses a revived connection's first message.
+
+use sonde_common::PrefixPattern;
+
+/// HTTP/1.x: a request line's method (its first four bytes) or a status line.
+pub const HTTP1: &[PrefixPattern] = &[
+    PrefixPattern::literal(b"GET "),
+    PrefixPattern::literal(b"POST"),
+    PrefixPattern::literal(b"PUT "),
+    PrefixPattern::literal(b"HEAD"),
+    PrefixPattern::literal(b"DELE"),
+    PrefixPattern::literal(b"PATC"),
+    PrefixPattern::literal(b"OPTI"),
+    PrefixPattern::literal(b"CONN"),
+    PrefixPattern::literal(b"TRAC"),
+    PrefixPattern::literal(b"HTTP"),
+];
+
+/// HTTP/2: the client connection preface.
+pub const HTTP2: &[PrefixPattern] = &[PrefixPattern::literal(b"PRI ")];
+
+/// Redis: a command array, `*` and its first count digit.
+pub const REDIS: &[PrefixPattern] = &[PrefixPattern::literal(b"*").range(1, b'0', b'9')];
+
+/// A MySQL command packet: the 3-byte length, sequence id 0, then `command`.
+const fn mysql_command(command: u8) -> PrefixPattern {
+    PrefixPattern::ANY.byte(3, 0).byte(4, command)
+}
+
+/// MySQL: the commands a revived connection's spans start with.
+pub const MYSQL: &[PrefixPattern] = &[
+    mysql_command(0x03), // COM_QUERY
+    mysql_command(0x02), // COM_INIT_DB
+    mysql_command(0x0e), // COM_PING
+    mysql_command(0x16), // COM_STMT_PREPARE
+    mysql_command(0x17), // COM_STMT_EXECUTE
+];
+
+/// Every protocol's patterns, as the kernel gets them.
+pub fn all() -> Vec<PrefixPattern> {
+    [HTTP1, HTTP2, REDIS, MYSQL].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_common::{MAX_PREFIX_PATTERNS, PREFIX_LEN};
+
+    fn accepts(first: &[u8; PREFIX_LEN]) -> bool {
+        all().iter().any(|p| p.matches(first))
+    }
+
+    /// The hand-written rule the kernel applied before the table.
+    fn old_rule(first: [u8; PREFIX_LEN]) -> bool {
+        let word = [first[0], first[1], first[2], first[3]];
+        if matches!(
+            &word,
+            b"GET "
+                | b"POST"
+                | b"PUT "
+                | b"HEAD"
+                | b"DELE"
+                | b"PATC"
+                | b"OPTI"
+                | b"CONN"
+                | b"TRAC"
+                | b"HTTP"
+                | b"PRI "
+        ) {
+            return true;
+        }
+        if first[0] == b'*' && first[1].is_ascii_digit() {
+            return true;
+        }
+        first[3] == 0 && matches!(first[4], 0x02 | 0x03 | 0x0e | 0x16 | 0x17)
+    }
+
+    fn prefix(bytes: &[u8]) -> [u8; PREFIX_LEN] {
+        let mut out = [0u8; PREFIX_LEN];
+        let n = bytes.len().min(PREFIX_LEN);
+        out[..n].copy_from_slice(&bytes[..n]);
+        out
+    }
+
+    #[test]
+    fn fits_the_kernel_map() {
+        assert!(all().len() <= MAX_PREFIX_PATTERNS as usize);
+    }
+
+    #[test]
+    fn message_starts_pass() {
+        for start in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x HTTP/1.1",
+            b"PUT /x HTTP/1.1\r",
+            b"HEAD / HTTP/1.0",
+            b"DELETE /x HTTP/1",
+            b"PATCH /x HTTP/1.",
+            b"OPTIONS * HTTP/1",
+            b"CONNECT a:443 HT",
+            b"TRACE / HTTP/1.1",
+            b"HTTP/1.1 200 OK\r",
+            b"PRI * HTTP/2.0\r\n",
+            b"*1\r\n$4\r\nPING",
+            b"*3\r\n$3\r\nSET",
+            b"\x09\x00\x00\x00\x03SELECT",
+            b"\x05\x00\x00\x00\x02shop",
+            b"\x01\x00\x00\x00\x0e",
+            b"\x10\x00\x00\x00\x16SELECT",
+            b"\x0a\x00\x00\x00\x17\x01\x00\x00",
+        ] {
+            let first = prefix(start);
+            assert!(
+                accepts(&first),
+                "{:?} rejected",
+                String::from_utf8_lossy(start)
+            );
+            assert!(old_rule(first));
+        }
+    }
+
+    #[test]
+    fn tls_and_ssh_do_not_pass() {
+        for other in [
+            // TLS 1.2 ClientHello record and handshake header.
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+            // TLS application data.
+            b"\x17\x03\x03\x00\x40abcdef",
+            b"SSH-2.0-OpenSSH_9.2p1 Debian",
+            // Lower-case methods and a Redis inline command are not starts.
+            b"get / HTTP/1.1",
+            b"*x\r\n",
+            // A MySQL packet with sequence id 1 (a reply, not a command).
+            b"\x09\x00\x00\x01\x03SELECT",
+        ] {
+            let first = prefix(other);
+            assert!(
+                !accepts(&first),
+                "{:?} passed",
+                String::from_utf8_lossy(other)
+            );
+            assert!(!old_rule(first));
+        }
+    }
+
+    /// The table decides like the old rule on every value of the bytes
+    /// the rule looks at, and on pseudo-random buffers.
+    #[test]
+    fn same_verdicts_as_the_old_rule() {
+        let check = |first: [u8; PREFIX_LEN]| {
+            assert_eq!(accepts(&first), old_rule(first), "{first:?}");
+        };
+        // Every (byte 3, byte 4), behind a few byte 0..2 choices.
+        for head in [[0u8; 3], *b"GET", *b"*1\r", [9, 0, 0]] {
+            for b3 in 0..=255u8 {
+                for b4 in 0..=255u8 {
+                    check([head[0], head[1], head[2], b3, b4, 0, 0, 0]);
+                }
+            }
+        }
+        // Every (byte 0, byte 1), for the Redis rule.
+        for b0 in 0..=255u8 {
+            for b1 in 0..=255u8 {
+                check([b0, b1, b'\r', b'\n', 1, 0, 0, 0]);
+            }
+        }
+        // Each method word with each one of its bytes changed.
+        for p in HTTP1.iter().chain(HTTP2) {
+            for at in 0..4 {
+                for b in 0..=255u8 {
+                    let mut first = p.lo;
+                    first[at] = b;
+                    check(first);
+                }
+            }
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check(x.to_le_bytes());
+        }
+    }
+}

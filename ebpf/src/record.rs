@@ -1,0 +1,229 @@
+//! Building records and sending them to user space: the per-CPU scratch
+//! record, copies from a user buffer or an iovec array, the wakeup policy,
+//! and the loss counters.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_ktime_get_ns,
+        generated::{bpf_get_smp_processor_id, bpf_probe_read_user},
+    },
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use sonde_common::{
+    COMM_LEN, DIR_NONE, EVENT_CLOSE, EVENT_DATA, EVENT_PROCESS, EventHeader, HEADER_LEN,
+    MAX_CAPTURE, MAX_IOVECS, ProcessRecord, lost,
+};
+
+use crate::mem::{read_kernel, read_user};
+use crate::{config, offsets};
+
+/// Records for user space. Size is set by the agent (`capture.ring_buffer_bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Records lost in the kernel, by reason (`sonde_common::lost`), summed
+/// over CPUs by user space.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+
+#[inline(always)]
+pub fn count_lost(reason: u32) {
+    if let Some(n) = LOST.get_ptr_mut(reason) {
+        unsafe { *n += 1 };
+    }
+}
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Wake user space only when enough is waiting (see
+/// `ProbeConfig::wakeup_bytes`): the record whose `len` bytes take the
+/// waiting data across a multiple of the threshold wakes it, so there is one
+/// wakeup per threshold's worth of records. Records in between find the
+/// reader already woken; forcing a wakeup for each of them (while the
+/// reader waits for a busy CPU) cost more than the rest of the probe. If a
+/// wakeup is missed (two CPUs crossing at once) or the reader is slow to
+/// run, the next multiple wakes it again. `urgent` wakes it regardless.
+/// `waiting` is what the ring held before this record.
+#[inline(always)]
+fn wakeup_flag(waiting: u64, len: u64, urgent: bool) -> u64 {
+    let threshold = config().wakeup_bytes as u64;
+    let threshold = if threshold == 0 { 1 } else { threshold };
+    if urgent || (waiting + len) / threshold > waiting / threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Scratch space for building one record, one slot per CPU (too large for
+/// the stack and for a per-CPU map). Data gets twice the maximum so that a
+/// masked offset plus a masked length always stays inside, as the verifier
+/// needs to see.
+#[repr(C)]
+struct Scratch {
+    header: EventHeader,
+    data: [u8; 2 * MAX_CAPTURE],
+}
+
+#[map]
+static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Where a syscall's bytes are in user memory.
+pub enum Bytes {
+    /// One buffer.
+    Buffer(u64),
+    /// An iovec array (readv/writev, and the msghdr of sendmsg/recvmsg).
+    Iovecs { ptr: u64, count: u64 },
+    /// Not in this process's memory (sendfile): only their count is known.
+    Uncopied,
+}
+
+impl Bytes {
+    /// The address of the first buffer, or 0.
+    #[inline(always)]
+    pub fn first_buffer(&self) -> u64 {
+        match *self {
+            Bytes::Buffer(buf) => buf,
+            Bytes::Iovecs { ptr, .. } => read_user::<IoVec>(ptr).base,
+            Bytes::Uncopied => 0,
+        }
+    }
+}
+
+/// Copies up to `want` bytes from `src` into the scratch data at `at`.
+///
+/// `black_box` hides the values' known ranges from the compiler, so the
+/// bounds checks below stay in the object for the verifier to see.
+#[inline(always)]
+fn copy_user(scratch: &mut Scratch, at: u64, src: u64, want: u64) -> bool {
+    let at = core::hint::black_box(at) & (MAX_CAPTURE as u64 - 1);
+    let len = core::hint::black_box(want);
+    if len == 0 {
+        return true;
+    }
+    if len > MAX_CAPTURE as u64 {
+        return false;
+    }
+    let dst = unsafe { scratch.data.as_mut_ptr().add(at as usize) };
+    unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
+}
+
+/// Sends a data record: `header`, then up to `want` bytes copied from
+/// `bytes`; `captured_len` and `end_ns` are set here. A connection's
+/// `first` record is preceded by a process record and wakes user space.
+/// Returns whether the record was sent.
+#[inline(always)]
+pub fn send_data(header: EventHeader, bytes: &Bytes, want: u64, first: bool) -> bool {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        return false;
+    };
+    let scratch = unsafe { &mut *scratch };
+
+    let mut captured: u64 = 0;
+    match *bytes {
+        Bytes::Uncopied => {}
+        Bytes::Buffer(buf) => {
+            if copy_user(scratch, 0, buf, want) {
+                captured = want;
+            }
+        }
+        Bytes::Iovecs { ptr, count } => {
+            for i in 0..MAX_IOVECS as u64 {
+                if i >= count || captured >= want {
+                    break;
+                }
+                let iov: IoVec = read_user(ptr + i * 16);
+                let room = want - captured;
+                let n = if iov.len < room { iov.len } else { room };
+                if !copy_user(scratch, captured, iov.base, n) {
+                    break;
+                }
+                captured += n;
+            }
+        }
+    }
+    let captured = captured & (MAX_CAPTURE as u64 * 2 - 1);
+    if captured > MAX_CAPTURE as u64 {
+        return false;
+    }
+
+    scratch.header = EventHeader {
+        kind: EVENT_DATA,
+        end_ns: unsafe { bpf_ktime_get_ns() },
+        captured_len: captured as u32,
+        ..header
+    };
+    let record = unsafe {
+        core::slice::from_raw_parts(
+            (scratch as *const Scratch).cast::<u8>(),
+            HEADER_LEN + captured as usize,
+        )
+    };
+    if first {
+        announce_process(&scratch.header);
+    }
+    if EVENTS
+        .output::<[u8]>(
+            record,
+            wakeup_flag(EVENTS.query(BPF_RB_AVAIL_DATA), record.len() as u64, first),
+        )
+        .is_err()
+    {
+        count_lost(lost::RINGBUF_FULL);
+        return false;
+    }
+    true
+}
+
+/// Sends the name of the current process ahead of `data`, its connection's
+/// first record, so that user space can name a process that is gone by the
+/// time it reads /proc. The data record that follows wakes user space.
+#[inline(always)]
+fn announce_process(data: &EventHeader) {
+    let off = offsets();
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read_kernel(task + off.task_group_leader as u64);
+    let Some(mut entry) = EVENTS.reserve::<ProcessRecord>(0) else {
+        count_lost(lost::RINGBUF_FULL);
+        return;
+    };
+    entry.write(ProcessRecord {
+        header: EventHeader {
+            kind: EVENT_PROCESS,
+            direction: DIR_NONE,
+            captured_len: COMM_LEN as u32,
+            total_len: COMM_LEN as u64,
+            ..*data
+        },
+        comm: read_kernel(leader + off.task_comm as u64),
+    });
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+/// Sends a bare header (a close record); `kind` is set here.
+#[inline(always)]
+pub fn send_close(header: EventHeader) {
+    if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
+        entry.write(EventHeader {
+            kind: EVENT_CLOSE,
+            ..header
+        });
+        // The reserved record already counts as waiting.
+        let len = core::mem::size_of::<EventHeader>() as u64;
+        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(len);
+        entry.submit(wakeup_flag(waiting, len, false));
+    } else {
+        count_lost(lost::RINGBUF_FULL);
+    }
+}
