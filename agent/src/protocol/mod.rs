@@ -19,6 +19,8 @@ mod fixtures;
 #[cfg(test)]
 pub(crate) mod test_reads;
 
+use sonde_common::PrefixPattern;
+
 pub use session::{Session, SessionReport};
 
 /// Everything the agent needs to know of one protocol.
@@ -29,6 +31,10 @@ pub struct ProtocolSpec {
     pub detect: fn(&[u8]) -> Detect,
     /// A parser and pairing for one new connection.
     pub new_session: fn(Limits) -> Box<dyn Session>,
+    /// First bytes that may start one of its messages: on a connection
+    /// found to carry no known protocol, the kernel ships only syscalls
+    /// whose bytes match one of the table's patterns.
+    pub kernel_prefilter: &'static [PrefixPattern],
 }
 
 /// The supported protocols, in the order detection tries them: HTTP/2

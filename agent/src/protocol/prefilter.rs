@@ -1,6 +1,7 @@
 //! The kernel's message-start filter for muted connections: the first
 //! bytes of a syscall's buffer that could start a message of a protocol
-//! the agent parses. The agent writes [`all`] into the kernel's `PREFIXES`
+//! the agent parses, from each protocol's `kernel_prefilter` in the table.
+//! The agent writes [`all`] into the kernel's `PREFIXES`
 //! map at load time; a muted connection's bytes that match none of them
 //! never leave the kernel.
 //!
@@ -9,43 +10,13 @@
 
 use sonde_common::PrefixPattern;
 
-/// HTTP/1.x: a request line's method (its first four bytes) or a status line.
-pub const HTTP1: &[PrefixPattern] = &[
-    PrefixPattern::literal(b"GET "),
-    PrefixPattern::literal(b"POST"),
-    PrefixPattern::literal(b"PUT "),
-    PrefixPattern::literal(b"HEAD"),
-    PrefixPattern::literal(b"DELE"),
-    PrefixPattern::literal(b"PATC"),
-    PrefixPattern::literal(b"OPTI"),
-    PrefixPattern::literal(b"CONN"),
-    PrefixPattern::literal(b"TRAC"),
-    PrefixPattern::literal(b"HTTP"),
-];
-
-/// HTTP/2: the client connection preface.
-pub const HTTP2: &[PrefixPattern] = &[PrefixPattern::literal(b"PRI ")];
-
-/// Redis: a command array, `*` and its first count digit.
-pub const REDIS: &[PrefixPattern] = &[PrefixPattern::literal(b"*").range(1, b'0', b'9')];
-
-/// A MySQL command packet: the 3-byte length, sequence id 0, then `command`.
-const fn mysql_command(command: u8) -> PrefixPattern {
-    PrefixPattern::ANY.byte(3, 0).byte(4, command)
-}
-
-/// MySQL: the commands a revived connection's spans start with.
-pub const MYSQL: &[PrefixPattern] = &[
-    mysql_command(0x03), // COM_QUERY
-    mysql_command(0x02), // COM_INIT_DB
-    mysql_command(0x0e), // COM_PING
-    mysql_command(0x16), // COM_STMT_PREPARE
-    mysql_command(0x17), // COM_STMT_EXECUTE
-];
-
 /// Every protocol's patterns, as the kernel gets them.
 pub fn all() -> Vec<PrefixPattern> {
-    [HTTP1, HTTP2, REDIS, MYSQL].concat()
+    super::PROTOCOLS
+        .iter()
+        .flat_map(|p| p.kernel_prefilter)
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]
@@ -172,7 +143,11 @@ mod tests {
             }
         }
         // Each method word with each one of its bytes changed.
-        for p in HTTP1.iter().chain(HTTP2) {
+        for p in super::super::http1::PROTOCOL
+            .kernel_prefilter
+            .iter()
+            .chain(super::super::http2::PROTOCOL.kernel_prefilter)
+        {
             for at in 0..4 {
                 for b in 0..=255u8 {
                     let mut first = p.lo;

@@ -18,6 +18,8 @@ pub mod span;
 
 use std::collections::VecDeque;
 
+use sonde_common::PrefixPattern;
+
 use super::{Chunk, Direction, Limits, Resync, StreamParser, SyncLoss};
 
 /// HTTP/1.x in the protocol table.
@@ -25,11 +27,26 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     name: "http1",
     detect,
     new_session,
+    kernel_prefilter: KERNEL_PREFILTER,
 };
 
 fn new_session(limits: Limits) -> Box<dyn super::Session> {
     super::session::Parsed::<Http1Conn, span::HttpPairing>::boxed(Http1Conn::new(limits))
 }
+
+/// HTTP/1.x: a request line's method (its first four bytes) or a status line.
+const KERNEL_PREFILTER: &[PrefixPattern] = &[
+    PrefixPattern::literal(b"GET "),
+    PrefixPattern::literal(b"POST"),
+    PrefixPattern::literal(b"PUT "),
+    PrefixPattern::literal(b"HEAD"),
+    PrefixPattern::literal(b"DELE"),
+    PrefixPattern::literal(b"PATC"),
+    PrefixPattern::literal(b"OPTI"),
+    PrefixPattern::literal(b"CONN"),
+    PrefixPattern::literal(b"TRAC"),
+    PrefixPattern::literal(b"HTTP"),
+];
 
 /// Longest method token accepted.
 const MAX_METHOD_LEN: usize = 20;

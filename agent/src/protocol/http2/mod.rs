@@ -29,6 +29,8 @@ pub mod span;
 
 use std::collections::{BTreeMap, VecDeque};
 
+use sonde_common::PrefixPattern;
+
 use super::{Chunk, Detect, Direction, Limits, Resync, StreamParser};
 use hpack::{Decoder, Field};
 
@@ -37,11 +39,15 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     name: "http2",
     detect,
     new_session,
+    kernel_prefilter: KERNEL_PREFILTER,
 };
 
 fn new_session(limits: Limits) -> Box<dyn super::Session> {
     super::session::Parsed::<Http2Conn, span::Http2Pairing>::boxed(Http2Conn::new(limits))
 }
+
+/// HTTP/2: the client connection preface.
+const KERNEL_PREFILTER: &[PrefixPattern] = &[PrefixPattern::literal(b"PRI ")];
 
 /// The client connection preface (RFC 9113 section 3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -45,6 +45,8 @@ pub mod span;
 
 use std::collections::VecDeque;
 
+use sonde_common::PrefixPattern;
+
 use super::{Chunk, Detect, Direction, Limits, Resync, StreamParser};
 
 /// MySQL and MariaDB in the protocol table.
@@ -52,11 +54,26 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     name: "mysql",
     detect,
     new_session,
+    kernel_prefilter: KERNEL_PREFILTER,
 };
 
 fn new_session(limits: Limits) -> Box<dyn super::Session> {
     super::session::Parsed::<MysqlConn, span::MysqlPairing>::boxed(MysqlConn::new(limits))
 }
+
+/// A MySQL command packet: the 3-byte length, sequence id 0, then `command`.
+const fn command_prefix(command: u8) -> PrefixPattern {
+    PrefixPattern::ANY.byte(3, 0).byte(4, command)
+}
+
+/// MySQL: the commands a revived connection's spans start with.
+const KERNEL_PREFILTER: &[PrefixPattern] = &[
+    command_prefix(0x03), // COM_QUERY
+    command_prefix(0x02), // COM_INIT_DB
+    command_prefix(0x0e), // COM_PING
+    command_prefix(0x16), // COM_STMT_PREPARE
+    command_prefix(0x17), // COM_STMT_EXECUTE
+];
 
 /// Largest payload of one physical packet; a payload this long continues
 /// in the next packet.

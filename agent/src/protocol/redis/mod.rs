@@ -28,6 +28,8 @@
 
 pub mod span;
 
+use sonde_common::PrefixPattern;
+
 use super::{Chunk, Detect, Direction, Limits, Resync, StreamParser, SyncLoss};
 
 /// Redis (RESP2 and RESP3) in the protocol table.
@@ -35,11 +37,15 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     name: "redis",
     detect,
     new_session,
+    kernel_prefilter: KERNEL_PREFILTER,
 };
 
 fn new_session(limits: Limits) -> Box<dyn super::Session> {
     super::session::Parsed::<RedisConn, span::RedisPairing>::boxed(RedisConn::new(limits))
 }
+
+/// Redis: a command array, `*` and its first count digit.
+const KERNEL_PREFILTER: &[PrefixPattern] = &[PrefixPattern::literal(b"*").range(1, b'0', b'9')];
 
 /// Arguments of a command (after its name) kept, at most.
 pub const MAX_KEPT_ARGS: usize = 5;
