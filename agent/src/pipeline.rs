@@ -158,9 +158,6 @@ pub struct Pipeline<S: SpanSink> {
     to_mute: Vec<(ConnKey, u64)>,
     /// Spans built and not yet handed on ([`Pipeline::flush_spans`]).
     spans: Vec<Span>,
-    /// For each run of `spans` from one connection: (end index, its
-    /// endpoints).
-    span_endpoints: Vec<(usize, capture::Endpoints)>,
     metrics: Option<Arc<Metrics>>,
     sampler: Option<Sampler>,
 }
@@ -182,7 +179,6 @@ impl<S: SpanSink> Pipeline<S> {
             stats,
             to_mute: Vec::new(),
             spans: Vec::new(),
-            span_endpoints: Vec::new(),
             metrics: None,
             sampler: None,
         }
@@ -367,7 +363,7 @@ impl<S: SpanSink> Pipeline<S> {
             let name = spec.name;
             self.count_parse_errors(name, resyncs);
             // This connection's spans go before those of a connection it displaced.
-            self.emit(ctx.endpoints);
+            self.emit();
         }
         match displaced {
             Displaced::Nothing => {}
@@ -398,7 +394,7 @@ impl<S: SpanSink> Pipeline<S> {
             &mut self.spans,
         );
         self.count_parse_errors(spec.name, resyncs);
-        self.emit(conn.endpoints);
+        self.emit();
     }
 
     fn count_parse_errors(&self, protocol: &'static str, resyncs: u64) {
@@ -428,15 +424,9 @@ impl<S: SpanSink> Pipeline<S> {
         self.flush_spans();
     }
 
-    /// Marks the spans built since the last call as coming from one
-    /// connection with `endpoints`; hands them on once enough wait.
-    fn emit(&mut self, endpoints: capture::Endpoints) {
-        let built = self.spans.len();
-        let marked = self.span_endpoints.last().map_or(0, |(end, _)| *end);
-        if built > marked {
-            self.span_endpoints.push((built, endpoints));
-        }
-        if built >= SPAN_BATCH {
+    /// Hands the spans built so far on once enough wait.
+    fn emit(&mut self) {
+        if self.spans.len() >= SPAN_BATCH {
             self.flush_spans();
         }
     }
@@ -449,18 +439,7 @@ impl<S: SpanSink> Pipeline<S> {
             return;
         }
         let mut recorder = self.metrics.as_ref().map(|m| m.recorder());
-        let mut runs = self.span_endpoints.drain(..);
-        let mut run = runs.next();
-        for (i, span) in self.spans.drain(..).enumerate() {
-            while let Some((end, _)) = run
-                && i >= end
-            {
-                run = runs.next();
-            }
-            // `emit` marks every span it is given, so each has a run.
-            let Some((_, endpoints)) = run else {
-                break;
-            };
+        for span in self.spans.drain(..) {
             Stats::add(&self.stats.spans_built, 1);
             let resource = self.resources.get(span.pid);
             let exported = self
@@ -468,7 +447,7 @@ impl<S: SpanSink> Pipeline<S> {
                 .as_mut()
                 .is_none_or(|sampler| sampler.decide(&span).kept());
             if let Some(store) = recorder.as_mut() {
-                store.record_sampled(&resource, &span, &endpoints, exported);
+                store.record_sampled(&resource, &span, &span.endpoints, exported);
             }
             if !exported {
                 Stats::add(&self.stats.spans_sampled_out, 1);

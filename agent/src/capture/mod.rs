@@ -89,6 +89,12 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// Nothing known of either end.
+    pub const UNKNOWN: Endpoints = Endpoints {
+        local: Endpoint::Unknown,
+        peer: Endpoint::Unknown,
+    };
+
     pub fn from_raw(a: &SockAddrs) -> Endpoints {
         let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
             match a.family {

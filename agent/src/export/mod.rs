@@ -433,6 +433,7 @@ pub(crate) mod testing {
             attributes,
             status: SpanStatus::Unset,
             pid: 1,
+            endpoints: crate::capture::Endpoints::UNKNOWN,
         }
     }
 }

@@ -533,6 +533,7 @@ mod tests {
             attributes: attrs,
             status: SpanStatus::Unset,
             pid: 1,
+            endpoints: crate::capture::Endpoints::UNKNOWN,
         }
     }
 

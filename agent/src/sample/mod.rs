@@ -147,6 +147,7 @@ mod tests {
                 SpanStatus::Unset
             },
             pid,
+            endpoints: crate::capture::Endpoints::UNKNOWN,
         }
     }
 

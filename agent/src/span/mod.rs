@@ -83,11 +83,11 @@ pub trait Pairing: Default {
 
 use model::Span;
 
-/// A span of process `pid` from `start_ns` to `end_ns` (never before its
+/// A span of the connection `ctx` names from `start_ns` to `end_ns` (never before its
 /// start), in the trace `parent` names (from a traceparent) or a new one;
 /// no attributes yet, status unset.
 pub fn new_span(
-    pid: u32,
+    ctx: &SpanContext,
     parent: Option<([u8; 16], [u8; 8])>,
     name: String,
     kind: model::SpanKind,
@@ -108,7 +108,8 @@ pub fn new_span(
         end_unix_ns: end_ns.max(start_ns),
         attributes: Vec::new(),
         status: model::SpanStatus::Unset,
-        pid,
+        pid: ctx.pid,
+        endpoints: ctx.endpoints,
     }
 }
 

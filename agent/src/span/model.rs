@@ -1,5 +1,7 @@
 //! The span record every later stage (enrich, metrics, sample, export) sees.
 
+use crate::capture::Endpoints;
+
 /// OpenTelemetry span kind; sonde only produces these two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpanKind {
@@ -174,6 +176,8 @@ pub struct Span {
     pub status: SpanStatus,
     /// The process (tgid) the span was observed in.
     pub pid: u32,
+    /// The connection it was observed on (for the service graph).
+    pub endpoints: Endpoints,
 }
 
 impl Span {

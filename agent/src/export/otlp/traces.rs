@@ -170,6 +170,7 @@ mod tests {
                 description: "internal".into(),
             },
             pid: 7,
+            endpoints: crate::capture::Endpoints::UNKNOWN,
         };
         let p = to_proto(span);
         assert_eq!(p.trace_id, vec![0x11; 16]);

@@ -80,6 +80,7 @@ fn http(s: SpanSpec<'_>) -> Span {
             SpanStatus::Unset
         },
         pid: 1,
+        endpoints: crate::capture::Endpoints::UNKNOWN,
     }
 }
 

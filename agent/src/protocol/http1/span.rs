@@ -161,6 +161,6 @@ pub fn build_span(
     Span {
         attributes: attrs,
         status,
-        ..new_span(ctx.pid, parent, span_name, kind, req.first_ns, resp.last_ns)
+        ..new_span(ctx, parent, span_name, kind, req.first_ns, resp.last_ns)
     }
 }

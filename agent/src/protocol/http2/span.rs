@@ -222,7 +222,7 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
     Span {
         attributes: attrs,
         status,
-        ..new_span(ctx.pid, parent, name, kind, s.first_ns, s.last_ns)
+        ..new_span(ctx, parent, name, kind, s.first_ns, s.last_ns)
     }
 }
 

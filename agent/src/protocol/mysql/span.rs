@@ -222,7 +222,7 @@ fn build_span(
     Span {
         attributes: attrs,
         status,
-        ..new_span(ctx.pid, parent, name, kind, cmd.first_ns, resp.last_ns)
+        ..new_span(ctx, parent, name, kind, cmd.first_ns, resp.last_ns)
     }
 }
 

@@ -476,7 +476,7 @@ pub fn build_span(
     Span {
         attributes: attrs,
         status,
-        ..new_span(ctx.pid, None, operation, kind, cmd.first_ns, end_ns)
+        ..new_span(ctx, None, operation, kind, cmd.first_ns, end_ns)
     }
 }
 
