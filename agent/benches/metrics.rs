@@ -214,7 +214,7 @@ fn time_per_span() {
     // Warm up: fill the tables (and the service graph's waiting table).
     for _ in 0..10 {
         for (_, p, records) in &mut pipelines {
-            for r in records.iter() {
+            for r in *records {
                 p.handle_record(r);
             }
         }
@@ -223,7 +223,7 @@ fn time_per_span() {
     for _ in 0..rounds {
         for (i, (_, p, records)) in pipelines.iter_mut().enumerate() {
             let t = Instant::now();
-            for r in records.iter() {
+            for r in *records {
                 p.read_record(black_box(r));
             }
             p.flush_spans();

@@ -111,7 +111,9 @@ fn client_socket_bytes_roles_and_endpoints() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     // An echo-ish server in this process: its own syscalls are not traced.
@@ -180,7 +182,9 @@ fn files_and_pipes_are_never_recorded() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = std::env::temp_dir().join(format!("sonde-capture-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("big");
@@ -204,7 +208,9 @@ fn unix_stream_sockets_are_recorded() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let script = "import socket,time\n\
                   a,b=socket.socketpair()\n\
                   a.sendall(b'GET /unix HTTP/1.1\\r\\n\\r\\n')\n\
@@ -234,7 +240,9 @@ fn capture_limit_is_honoured_without_recompiling() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let config = CaptureConfig {
         bytes: 16384,
         ..CaptureConfig::default()
@@ -268,7 +276,9 @@ fn muted_connections_ship_only_message_starts() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut probes = Probes::start(&CaptureConfig::default()).expect("probes start");
     // First a TLS-looking record, then (after the test muted the connection)
     // more binary bytes, an HTTP request, and binary bytes again.

@@ -112,7 +112,7 @@ fn drain(
             let text = strip_ansi(&String::from_utf8_lossy(&line));
             let is_ready = text.contains("sonde ready");
             log.lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(format!("{prefix}{text}"));
             if is_ready && let Some(tx) = &ready {
                 let _ = tx.send(());
@@ -224,7 +224,10 @@ impl Agent {
 
     /// Every line the agent wrote so far (stderr; stdout lines are prefixed).
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The log as one indented block. Long logs (a verifier dump can run to

@@ -202,7 +202,7 @@ impl Drop for GrpcServer {
 /// off on its channel).
 pub fn grpc_client_args(port: u16, mode: &str, extra: &[&str]) -> Vec<String> {
     let mut v = vec![port.to_string(), mode.to_string()];
-    v.extend(extra.iter().map(|s| s.to_string()));
+    v.extend(extra.iter().map(std::string::ToString::to_string));
     v
 }
 

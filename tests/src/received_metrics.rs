@@ -239,7 +239,7 @@ impl ReceivedPoint {
         let instance = self
             .resource
             .get("service.instance.id")
-            .map(|v| v.to_string())
+            .map(std::string::ToString::to_string)
             .unwrap_or_default();
         format!("{instance}|{}|{}", self.name, a.join(","))
     }
@@ -306,7 +306,7 @@ pub fn latest(points: &[ReceivedPoint]) -> Vec<ReceivedPoint> {
         }
     }
     let mut v: Vec<ReceivedPoint> = by.into_values().collect();
-    v.sort_by_key(|p| p.series_key());
+    v.sort_by_key(ReceivedPoint::series_key);
     v
 }
 

@@ -379,7 +379,9 @@ struct Store {
 type Shared = Arc<Mutex<Store>>;
 
 fn lock(store: &Shared) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|e| e.into_inner())
+    store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct GrpcService {

@@ -188,7 +188,7 @@ pub fn redis_benchmark(port: u16, args: &[&str]) -> anyhow::Result<Run> {
         "-p".into(),
         port.to_string(),
     ];
-    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend(args.iter().map(std::string::ToString::to_string));
     run("redis-benchmark", &all, "")
 }
 

@@ -130,7 +130,7 @@ impl Lines {
                 let Ok(line) = line else { break };
                 sink.0
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(String::from_utf8_lossy(&line).trim_end().to_string());
             }
         });
@@ -138,7 +138,10 @@ impl Lines {
     }
 
     pub fn get(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits until some line satisfies `pred` and returns it.

@@ -30,7 +30,9 @@ use sonde_tests::{Kind, ReceivedSpan, Status, require_root};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Panics with `msg` and a dump of the relevant spans unless `ok`.
@@ -356,7 +358,7 @@ fn grpc_preexisting_channel() {
     }
     let mut p = Problems::new();
     for (side, kind) in [(&servers, Kind::Server), (&clients, Kind::Client)] {
-        for s in side.iter() {
+        for s in side {
             p.kind(s, kind);
             h2_transport(&mut p, s);
             if s.end_ns < ready_ns {
@@ -396,7 +398,7 @@ fn nginx_h2c() {
 
     let paths = ["/index.html", "/missing", "/index.html"];
     let mut args = vec![nginx.port.to_string()];
-    args.extend(paths.iter().map(|p| p.to_string()));
+    args.extend(paths.iter().map(std::string::ToString::to_string));
     let run = must(run_python(PY_H2_CLIENT, &args));
     let got: Vec<&str> = run
         .stdout

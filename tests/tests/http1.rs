@@ -27,7 +27,9 @@ const WAIT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(1);
 
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn must<T>(r: anyhow::Result<T>) -> T {
@@ -431,7 +433,7 @@ fn pipelined() {
         "/index.html",
     ];
     let mut args = vec![nginx.port.to_string()];
-    args.extend(paths.iter().map(|p| p.to_string()));
+    args.extend(paths.iter().map(std::string::ToString::to_string));
     let run = must(run_python(PY_PIPELINED_CLIENT, &args));
     assert_eq!(
         run.value("statuses"),
@@ -980,7 +982,7 @@ fn shutdown() {
     );
     let pinned: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
         .map(|d| {
-            d.filter_map(|e| e.ok())
+            d.filter_map(std::result::Result::ok)
                 .map(|e| e.file_name().to_string_lossy().to_string())
                 .filter(|n| n.contains("sonde"))
                 .collect()

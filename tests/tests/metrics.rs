@@ -35,7 +35,9 @@ const WAIT: Duration = Duration::from_secs(30);
 const FAST_EXPORT: &str = "metrics:\n  otlp:\n    interval_ms: 500\n";
 
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn must<T>(r: anyhow::Result<T>) -> T {
@@ -611,7 +613,7 @@ fn prometheus_scrapes_the_agent() {
     let pids = nginx
         .pids()
         .iter()
-        .map(|p| p.to_string())
+        .map(std::string::ToString::to_string)
         .collect::<Vec<_>>()
         .join("|");
     let mine =

@@ -25,7 +25,9 @@ use sonde_tests::{Kind, ReceivedSpan, require_root};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The `items` table with three rows, for tests that do not create it.

@@ -24,7 +24,9 @@ use sonde_tests::{Kind, ReceivedSpan, require_root};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one Redis span should say.
@@ -303,7 +305,7 @@ fn redis_python_client() {
     );
     let mut p = Problems::new();
     for (side, kind) in [(&servers, Kind::Server), (&clients, Kind::Client)] {
-        for s in side.iter() {
+        for s in side {
             redis_common(&mut p, s, kind, server.port);
             p.str(s, "db.operation.name", &s.name);
             p.str(s, "db.namespace", "0");

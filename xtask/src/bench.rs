@@ -1126,7 +1126,11 @@ Transfer/sec:     38.01MB
 
     #[test]
     fn overhead_flags() {
-        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let args = |v: &[&str]| {
+            v.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             parse_overhead_args(&args(&[])).unwrap(),
             OverheadArgs {

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: everything CI runs, as root.
 //!
 //! Installs the toolchain and the test servers, builds the release agent
-//! (the integration tests start it), then runs the unit and integration
-//! tests of every host crate. The eBPF crate is left out: it only builds for
+//! (the integration tests start it), checks formatting and clippy, then
+//! runs the unit and integration tests of every host crate. The eBPF crate is left out: it only builds for
 //! the BPF target, through agent/build.rs.
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
 
-use crate::{become_root, cargo, deps, setup, show};
+use crate::{become_root, cargo, deps, output, setup, show, step};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Extra arguments go to the test binaries (a name filter, --nocapture).
@@ -22,6 +22,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     deps::install()?;
     crate::build(false)?;
+    lint()?;
 
     let mut cmd = cargo();
     // --release: the agent was just built in release, so the tests reuse its
@@ -62,6 +63,38 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("cargo test failed ({status}); the failing tests are listed above");
     }
     Ok(())
+}
+
+/// Formatting and clippy, as CI checks them; their rustup components are
+/// added when missing. Clippy runs in the release profile the agent was
+/// just built in, so the eBPF build script's output is reused.
+fn lint() -> anyhow::Result<()> {
+    for (component, subcommand) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        if output(cargo().args([subcommand, "--version"])).is_none() {
+            step(
+                std::process::Command::new("rustup").args(["component", "add", component]),
+                &format!("adding {component}"),
+            )?;
+        }
+    }
+    step(
+        cargo().args(["fmt", "--all", "--", "--check"]),
+        "checking formatting (fix with `cargo fmt --all`)",
+    )?;
+    step(
+        cargo().args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "sonde-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "clippy",
+    )
 }
 
 /// Sums of the `test result:` lines of every test binary.

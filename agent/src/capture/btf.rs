@@ -169,7 +169,7 @@ impl Btf {
             let ty = self.types.get(id as usize)?;
             match ty.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = ty.type_id
+                    id = ty.type_id;
                 }
                 _ => return Some(ty),
             }

@@ -290,7 +290,7 @@ impl Clock {
             };
             // SAFETY: valid clock id and pointer.
             unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
         };
         let mono = read(libc::CLOCK_MONOTONIC);
         let real = read(libc::CLOCK_REALTIME);
@@ -305,7 +305,7 @@ impl Clock {
     }
 
     pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i128 + self.offset_ns).max(0) as u64
+        (i128::from(mono_ns) + self.offset_ns).max(0) as u64
     }
 }
 

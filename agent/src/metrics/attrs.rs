@@ -484,7 +484,7 @@ impl std::hash::Hash for AddrKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
         match self.0 {
             std::net::SocketAddr::V4(a) => {
-                h.write_u64((u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()))
+                h.write_u64((u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()));
             }
             std::net::SocketAddr::V6(a) => {
                 h.write_u128(u128::from(*a.ip()));

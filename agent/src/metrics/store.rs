@@ -558,10 +558,12 @@ impl std::hash::Hash for Party {
         match self {
             Party::Slot(slot) => h.write_u64(u64::from(*slot)),
             Party::Other(Other::Ip(IpAddr::V4(a))) => {
-                h.write_u64((1 << 60) | u64::from(u32::from(*a)))
+                h.write_u64((1 << 60) | u64::from(u32::from(*a)));
             }
             Party::Other(Other::Addr(SocketAddr::V4(a))) => {
-                h.write_u64((2 << 60) | (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()))
+                h.write_u64(
+                    (2 << 60) | (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()),
+                );
             }
             Party::Other(o) => {
                 h.write_u64(3 << 60);

@@ -59,7 +59,7 @@ pub(crate) fn directed(reads: Vec<Read>, as_client: bool) -> Vec<(Direction, Vec
 /// Bytes from hex digits, white space between them allowed.
 pub(crate) fn from_hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd hex {s:?}");
+    assert!(digits.len().is_multiple_of(2), "odd hex {s:?}");
     digits
         .chunks(2)
         .map(|pair| {

@@ -159,7 +159,7 @@ mod tests {
     fn fair_share_per_operation_and_second() {
         let mut s = Sampler::new(config(10, 1000));
         let busy: Vec<Span> = (0..100)
-            .map(|i| span("GET /a", 1, 100.0 + i as f64 / 200.0, 1, false))
+            .map(|i| span("GET /a", 1, 100.0 + f64::from(i) / 200.0, 1, false))
             .collect();
         // 100 calls over half a second: 10 kept.
         assert_eq!(kept(&mut s, &busy), 10);
@@ -199,7 +199,7 @@ mod tests {
                 span(
                     &format!("GET /{}", i % 7),
                     1,
-                    7.0 + i as f64 / 1000.0,
+                    7.0 + f64::from(i) / 1000.0,
                     1,
                     false,
                 )
@@ -207,7 +207,7 @@ mod tests {
             .collect();
         assert_eq!(kept(&mut s, &ordinary), 50);
         let errors: Vec<Span> = (0..300)
-            .map(|i| span("GET /e", 1, 7.5 + i as f64 / 1000.0, 1, true))
+            .map(|i| span("GET /e", 1, 7.5 + f64::from(i) / 1000.0, 1, true))
             .collect();
         // Errors take the other half, then the budget is spent.
         assert_eq!(kept(&mut s, &errors), 50);

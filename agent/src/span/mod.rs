@@ -266,7 +266,7 @@ pub fn db_endpoint_attrs(
 ) {
     match kind {
         model::SpanKind::Client => {
-            endpoint_attrs(attrs, "server.address", "server.port", endpoints.peer)
+            endpoint_attrs(attrs, "server.address", "server.port", endpoints.peer);
         }
         model::SpanKind::Server => {
             endpoint_attrs(attrs, "server.address", "server.port", endpoints.local);

@@ -37,14 +37,14 @@ pub fn to_proto(span: Span) -> PSpan {
     };
     let (code, message) = match span.status {
         SpanStatus::Unset => (status::StatusCode::Unset, String::new()),
-        SpanStatus::Error { description } => (status::StatusCode::Error, description.to_string()),
+        SpanStatus::Error { description } => (status::StatusCode::Error, description.clone()),
     };
     PSpan {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
         parent_span_id,
         flags,
-        name: span.name.to_string(),
+        name: span.name.clone(),
         kind: match span.kind {
             SpanKind::Server => span::SpanKind::Server,
             SpanKind::Client => span::SpanKind::Client,

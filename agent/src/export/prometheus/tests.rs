@@ -63,7 +63,7 @@ fn text_format() {
         assert!(
             text.lines().any(|l| l == line),
             "missing line {line:?} in:\n{text}"
-        )
+        );
     };
     has("# TYPE http_server_request_duration_seconds histogram");
     let labels = "service_name=\"shop\",service_instance_id=\"shop-1\",http_request_method=\"GET\",http_route=\"/a\",http_response_status_code=\"200\"";

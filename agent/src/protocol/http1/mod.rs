@@ -1049,7 +1049,7 @@ impl Side {
     /// report it as a truncated message ending with this syscall.
     fn truncated_head(&mut self, gap: u64, cx: &mut Ctx<'_>) {
         let head = match self.parse(&self.buf, cx) {
-            Ok(Parsed::Complete(head, _)) | Ok(Parsed::Partial(Some(head))) => Some(head),
+            Ok(Parsed::Complete(head, _) | Parsed::Partial(Some(head))) => Some(head),
             Ok(Parsed::Partial(None)) | Err(_) => None,
         };
         match head {
@@ -1233,11 +1233,11 @@ impl StreamParser for Http1Conn {
     type Message = Message;
 
     fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
-        Http1Conn::feed(self, dir, chunk, out)
+        Http1Conn::feed(self, dir, chunk, out);
     }
 
     fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
-        Http1Conn::close(self, end_ns, out)
+        Http1Conn::close(self, end_ns, out);
     }
 
     fn resync(&mut self) -> &mut Resync {

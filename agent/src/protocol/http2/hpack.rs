@@ -584,7 +584,7 @@ mod tests {
     fn decode(d: &mut Decoder, block: &[u8]) -> Result<Vec<String>, HpackError> {
         let mut out = Vec::new();
         d.decode(block, |f| {
-            out.push(format!("{}: {}", text(f.name), text(f.value)))
+            out.push(format!("{}: {}", text(f.name), text(f.value)));
         })?;
         Ok(out)
     }
@@ -1023,7 +1023,7 @@ mod tests {
         let mut summary = None;
         let mut got = Vec::new();
         if let Ok(s) = d.decode(&hex("82 be"), |f| {
-            got.push((f.name.is_some(), f.value.is_some()))
+            got.push((f.name.is_some(), f.value.is_some()));
         }) {
             summary = Some(s);
         }

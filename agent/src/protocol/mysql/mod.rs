@@ -529,7 +529,7 @@ fn detect_sql(len: usize, text: &[u8]) -> Detect {
         }
     }
     let start = i;
-    while text.get(i).is_some_and(|b| b.is_ascii_alphabetic()) {
+    while text.get(i).is_some_and(u8::is_ascii_alphabetic) {
         i += 1;
     }
     let word = text.get(start..i).unwrap_or_default();
@@ -1742,11 +1742,11 @@ impl StreamParser for MysqlConn {
     type Message = Message;
 
     fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
-        MysqlConn::feed(self, dir, chunk, out)
+        MysqlConn::feed(self, dir, chunk, out);
     }
 
     fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
-        MysqlConn::close(self, end_ns, out)
+        MysqlConn::close(self, end_ns, out);
     }
 
     fn resync(&mut self) -> &mut Resync {

@@ -55,7 +55,7 @@ fn summary(m: &Message) -> String {
                         e.code,
                         e.sql_state.as_deref().unwrap_or("-"),
                         e.message
-                    )
+                    );
                 }
                 None => s += " OK",
             }
@@ -469,7 +469,7 @@ fn long_statement_is_truncated_and_skipped_by_length() {
     assert!(s[0].ends_with(" trunc mysql"), "{}", s[0]);
     assert_eq!(s[1], "I re#0 OK affected=42");
     if let Message::Command(c) = &out[0] {
-        assert_eq!(c.text.as_ref().map(|t| t.len()), Some(99));
+        assert_eq!(c.text.as_ref().map(std::string::String::len), Some(99));
     }
     assert_eq!(conn.take_resync(), (0, 0));
 }

@@ -168,7 +168,7 @@ impl Command {
     /// Argument `i` in upper case, if kept whole and plain ASCII.
     pub fn arg_upper(&self, i: usize) -> Option<String> {
         let a = self.arg(i)?;
-        (!a.is_empty() && a.iter().all(|b| b.is_ascii_graphic()))
+        (!a.is_empty() && a.iter().all(u8::is_ascii_graphic))
             .then(|| String::from_utf8_lossy(a).to_ascii_uppercase())
     }
 
@@ -1257,7 +1257,7 @@ impl Side {
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)) =>
             {
-                self.scalar(t, text, text_len, 0, false, cx)
+                self.scalar(t, text, text_len, 0, false, cx);
             }
             b'(' if parse_big(text) => self.scalar(t, text, text_len, 0, false, cx),
             _ => self.lose(cx),
@@ -1524,7 +1524,7 @@ impl Side {
         if self.frame.inline {
             // The name is known once a space follows it.
             let line = std::mem::take(&mut self.line);
-            if line.iter().any(|b| b.is_ascii_whitespace()) {
+            if line.iter().any(u8::is_ascii_whitespace) {
                 self.inline_command(&line, false, cx);
             }
             return;
@@ -1549,7 +1549,7 @@ impl Side {
             return self.lose(cx);
         }
         let mut words = line
-            .split(|b| b.is_ascii_whitespace())
+            .split(u8::is_ascii_whitespace)
             .filter(|w| !w.is_empty());
         let Some(name) = words.next() else {
             // Empty lines are ignored by the server.
@@ -1915,11 +1915,11 @@ impl StreamParser for RedisConn {
     type Message = Message;
 
     fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
-        RedisConn::feed(self, dir, chunk, out)
+        RedisConn::feed(self, dir, chunk, out);
     }
 
     fn close(&mut self, end_ns: u64, out: &mut Vec<Message>) {
-        RedisConn::close(self, end_ns, out)
+        RedisConn::close(self, end_ns, out);
     }
 
     fn resync(&mut self) -> &mut Resync {
