@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sonde::capture::Clock;
+use sonde::capture::attach::Processes;
 use sonde::capture::probes::Probes;
 use sonde::config::{self, Config};
 use sonde::enrich::{HostInfo, ProcessResources};
@@ -127,6 +128,9 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         register_stop(signal, stop.clone())?;
     }
     let mut probes = Probes::start(&config.capture)?;
+    // After attaching, so that no process starts unseen in between.
+    let mut processes = Processes::new(std::process::id(), "/proc");
+    processes.scan();
     // Loading parsed the kernel's BTF and the programs' objects: about
     // 20 MiB that are garbage now.
     sonde::memory::release(true);
@@ -159,7 +163,14 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         pipeline.set_metrics(m.clone());
     }
     pipeline.set_sampler(Sampler::new(config.sample.clone()));
-    read_loop(&mut probes, &mut pipeline, &stats, &stop, &config);
+    read_loop(
+        &mut probes,
+        &mut processes,
+        &mut pipeline,
+        &stats,
+        &stop,
+        &config,
+    );
 
     info!("stopping: flushing spans");
     pipeline.finish_all(Clock::now().to_unix_ns(monotonic_ns()));
@@ -207,6 +218,7 @@ fn monotonic_ns() -> u64 {
 /// Reads records until `stop` is set, with the periodic chores in between.
 fn read_loop(
     probes: &mut Probes,
+    processes: &mut Processes,
     pipeline: &mut Pipeline<ExportSink>,
     stats: &Stats,
     stop: &AtomicBool,
@@ -227,6 +239,7 @@ fn read_loop(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, poll_ms) };
         while let Some(record) = probes.events.next() {
+            processes.observe(&record);
             pipeline.read_record(&record);
         }
         pipeline.flush_spans();

@@ -235,6 +235,8 @@ impl<S: SpanSink> Pipeline<S> {
         match capture::decode(record) {
             Err(_) => Stats::add(&self.stats.events_malformed, 1),
             Ok(Event::Process { tgid, name }) => self.resources.name_hint(tgid, name),
+            // Re-checked on next use; a process that is gone keeps what was read.
+            Ok(Event::Exec { pid, .. } | Event::Exit { pid }) => self.resources.forget(pid),
             Ok(Event::Close { conn, ts_ns }) => {
                 if let Some(c) = self.conns.remove(conn) {
                     let end = self.clock.to_unix_ns(ts_ns);

@@ -28,12 +28,21 @@ pub const EVENT_CLOSE: u32 = 2;
 /// data record: a [`ProcessRecord`]. A client that exits before user space
 /// reads its /proc entry still has a name.
 pub const EVENT_PROCESS: u32 = 3;
+/// A process called exec(): an [`ExecRecord`] (`tgid` is the process).
+pub const EVENT_EXEC: u32 = 4;
+/// A process exited (its thread-group leader did): a bare header.
+pub const EVENT_EXIT: u32 = 5;
+
+/// Bytes of the file name an exec record carries, its NUL included; longer
+/// names are cut (user space reads /proc/PID/exe first).
+pub const EXEC_PATH_LEN: usize = 256;
 
 /// Capture sources (`EventHeader::source`): which probe produced a record.
 /// User space keys streams by source too, so the plaintext a TLS library
 /// sees and the ciphertext its socket carries never merge.
 ///
-/// The syscall tracepoints (every record sent today).
+/// The tracepoints: syscalls, and sched for exec and exit records (every
+/// record sent today).
 pub const SOURCE_SYSCALL: u32 = 1;
 /// Reserved, not yet emitted: OpenSSL read/write uprobes (plaintext).
 pub const SOURCE_TLS_OPENSSL: u32 = 2;
@@ -152,6 +161,17 @@ pub struct ProcessRecord {
     pub comm: [u8; COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == HEADER_LEN + COMM_LEN);
+
+/// An `EVENT_EXEC` record: the header (`captured_len` is the name's length,
+/// its NUL excluded) and the file name exec() was given, as the kernel
+/// keeps it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecRecord {
+    pub header: EventHeader,
+    pub filename: [u8; EXEC_PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ExecRecord>() == HEADER_LEN + EXEC_PATH_LEN);
 
 /// Most patterns the kernel's message-start filter holds (`PREFIXES`).
 pub const MAX_PREFIX_PATTERNS: u32 = 32;

@@ -6,12 +6,14 @@
 //! returned byte count tells how much moved, and a prefix of it is copied.
 //!
 //! `conn` keeps connection state and walks kernel structures, `record`
-//! builds and sends records, `syscalls` holds the tracepoint programs.
+//! builds and sends records, `syscalls` holds the syscall tracepoint
+//! programs, `process` the exec and exit tracepoints.
 #![no_std]
 #![no_main]
 
 mod conn;
 mod mem;
+mod process;
 mod record;
 mod syscalls;
 

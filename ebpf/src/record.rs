@@ -4,15 +4,15 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
         generated::{bpf_get_smp_processor_id, bpf_probe_read_user},
     },
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
 use sonde_common::{
-    COMM_LEN, DIR_NONE, EVENT_CLOSE, EVENT_DATA, EVENT_PROCESS, EventHeader, HEADER_LEN,
-    MAX_CAPTURE, MAX_IOVECS, ProcessRecord, lost,
+    COMM_LEN, DIR_NONE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader,
+    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, ProcessRecord, lost,
 };
 
 use crate::mem::{read_kernel, read_user};
@@ -211,14 +211,11 @@ fn announce_process(data: &EventHeader) {
     entry.submit(BPF_RB_NO_WAKEUP);
 }
 
-/// Sends a bare header (a close record); `kind` is set here.
+/// Sends a bare header (a close or exit record).
 #[inline(always)]
-pub fn send_close(header: EventHeader) {
+pub fn send_header(header: EventHeader) {
     if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
-        entry.write(EventHeader {
-            kind: EVENT_CLOSE,
-            ..header
-        });
+        entry.write(header);
         // The reserved record already counts as waiting.
         let len = core::mem::size_of::<EventHeader>() as u64;
         let waiting = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(len);
@@ -226,4 +223,41 @@ pub fn send_close(header: EventHeader) {
     } else {
         count_lost(lost::RINGBUF_FULL);
     }
+}
+
+/// Sends an exec record: `header`, then the NUL-terminated name at kernel
+/// address `filename`; `kind` and the lengths are set here.
+#[inline(always)]
+pub fn send_exec(header: EventHeader, filename: u64) {
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+        count_lost(lost::RINGBUF_FULL);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // The name is read straight into the ring. The bytes after it are
+    // left as they were: `captured_len` says where the name ends.
+    let name = unsafe {
+        core::slice::from_raw_parts_mut(
+            core::ptr::addr_of_mut!((*record).filename).cast::<u8>(),
+            EXEC_PATH_LEN,
+        )
+    };
+    let len = unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, name) }
+        .map_or(0, |s| s.len());
+    let len = if len > EXEC_PATH_LEN - 1 {
+        EXEC_PATH_LEN - 1
+    } else {
+        len
+    };
+    unsafe {
+        core::ptr::addr_of_mut!((*record).header).write(EventHeader {
+            kind: EVENT_EXEC,
+            captured_len: len as u32,
+            total_len: len as u64,
+            ..header
+        });
+    }
+    let size = core::mem::size_of::<ExecRecord>() as u64;
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(size);
+    entry.submit(wakeup_flag(waiting, size, false));
 }

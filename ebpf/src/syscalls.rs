@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sonde_common::{
-    ConnKey, DIR_EGRESS, DIR_INGRESS, EventHeader, MAX_CAPTURE, ROLE_CLIENT, ROLE_SERVER,
-    SOURCE_SYSCALL, syscall,
+    ConnKey, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EventHeader, MAX_CAPTURE, ROLE_CLIENT,
+    ROLE_SERVER, SOURCE_SYSCALL, syscall,
 };
 
 use crate::config;
@@ -319,7 +319,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    record::send_close(EventHeader {
+    record::send_header(EventHeader {
+        kind: EVENT_CLOSE,
         direction: 0,
         start_ns: now,
         end_ns: now,

@@ -1,13 +1,15 @@
 //! Capture stage: loads the kernel programs and decodes their ring-buffer
 //! records into typed events.
 
+pub mod attach;
 pub mod btf;
 pub mod probes;
 
 use sonde_common::{
     AF_INET, AF_INET6, AF_UNIX, COMM_LEN, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA,
-    EVENT_PROCESS, EventHeader, HEADER_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOURCE_GO_HTTP,
-    SOURCE_SYSCALL, SOURCE_TLS_GO, SOURCE_TLS_OPENSSL, SockAddrs,
+    EVENT_EXEC, EVENT_EXIT, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader, HEADER_LEN, ROLE_CLIENT,
+    ROLE_SERVER, ROLE_UNKNOWN, SOURCE_GO_HTTP, SOURCE_SYSCALL, SOURCE_TLS_GO, SOURCE_TLS_OPENSSL,
+    SockAddrs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -153,6 +155,16 @@ pub enum Event<'a> {
         tgid: u32,
         name: &'a [u8],
     },
+    /// Process `pid` called exec() with `filename` (as given to exec, cut
+    /// at `EXEC_PATH_LEN - 1` bytes).
+    Exec {
+        pid: u32,
+        filename: &'a [u8],
+    },
+    /// Process `pid` exited.
+    Exit {
+        pid: u32,
+    },
 }
 
 /// A connection: (tgid, fd, source, generation). The generation changes
@@ -229,6 +241,21 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 name: &comm[..len],
             })
         }
+        EVENT_EXEC => {
+            let len = h.captured_len as usize;
+            let filename = record
+                .get(HEADER_LEN..HEADER_LEN + len)
+                .filter(|_| len < EXEC_PATH_LEN)
+                .ok_or(DecodeError::Length {
+                    announced: h.captured_len,
+                    carried: record.len() - HEADER_LEN,
+                })?;
+            Ok(Event::Exec {
+                pid: h.tgid,
+                filename,
+            })
+        }
+        EVENT_EXIT => Ok(Event::Exit { pid: h.tgid }),
         other => Err(DecodeError::BadField("kind", other)),
     }
 }
@@ -272,6 +299,23 @@ pub fn encode_process(header: &EventHeader, name: &[u8]) -> Vec<u8> {
         ..*header
     };
     encode(&h, EVENT_PROCESS, &comm)
+}
+
+/// Encodes an exec record as the kernel would (for tests).
+pub fn encode_exec(header: &EventHeader, filename: &[u8]) -> Vec<u8> {
+    let len = filename.len().min(EXEC_PATH_LEN - 1);
+    let mut name = [0u8; EXEC_PATH_LEN];
+    name[..len].copy_from_slice(&filename[..len]);
+    let mut rec = encode(header, EVENT_EXEC, &name);
+    // `captured_len` is the name's length; the record keeps its fixed size.
+    let at = std::mem::offset_of!(EventHeader, captured_len);
+    rec[at..at + 4].copy_from_slice(&(len as u32).to_ne_bytes());
+    rec
+}
+
+/// Encodes an exit record (for tests).
+pub fn encode_exit(header: &EventHeader) -> Vec<u8> {
+    encode(header, EVENT_EXIT, &[])
 }
 
 /// Converts kernel monotonic time to Unix time.
@@ -425,6 +469,30 @@ mod tests {
         let mut rec = encode_process(&header(), b"curl");
         rec.truncate(HEADER_LEN + 3);
         assert!(matches!(decode(&rec), Err(DecodeError::Length { .. })));
+    }
+
+    #[test]
+    fn exec_and_exit_records() {
+        let long = [b'x'; EXEC_PATH_LEN + 10];
+        for (name, want) in [
+            (&b"/usr/bin/curl"[..], &b"/usr/bin/curl"[..]),
+            (b"", b""),
+            (&long[..], &long[..EXEC_PATH_LEN - 1]),
+        ] {
+            let rec = encode_exec(&header(), name);
+            assert_eq!(rec.len(), HEADER_LEN + EXEC_PATH_LEN);
+            let Ok(Event::Exec { pid, filename }) = decode(&rec) else {
+                panic!("not an exec record: {:?}", decode(&rec));
+            };
+            assert_eq!((pid, filename), (42, want));
+        }
+        let mut rec = encode_exec(&header(), b"/usr/bin/curl");
+        rec.truncate(HEADER_LEN + 5);
+        assert!(matches!(decode(&rec), Err(DecodeError::Length { .. })));
+        let Ok(Event::Exit { pid }) = decode(&encode_exit(&header())) else {
+            panic!("not an exit record");
+        };
+        assert_eq!(pid, 42);
     }
 
     #[test]

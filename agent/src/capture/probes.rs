@@ -19,8 +19,8 @@ use crate::config::CaptureConfig;
 /// The compiled kernel object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
 
-/// Syscall tracepoints, as `(name, category)`; all in `syscalls`.
-const TRACEPOINTS: &[&str] = &[
+/// Syscall tracepoints; all in `syscalls`.
+const SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_enter_read",
     "sys_exit_read",
     "sys_enter_write",
@@ -45,6 +45,9 @@ const TRACEPOINTS: &[&str] = &[
     "sys_exit_accept4",
     "sys_enter_close",
 ];
+
+/// Process exec and exit, for process discovery (`attach`).
+const SCHED_TRACEPOINTS: &[&str] = &["sched_process_exec", "sched_process_exit"];
 
 /// Why the probes could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +133,11 @@ impl Probes {
                 })?;
         }
 
-        for &name in TRACEPOINTS {
+        let tracepoints = SYSCALL_TRACEPOINTS
+            .iter()
+            .map(|&name| ("syscalls", name))
+            .chain(SCHED_TRACEPOINTS.iter().map(|&name| ("sched", name)));
+        for (category, name) in tracepoints {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingMap(name))?
@@ -140,7 +147,7 @@ impl Probes {
                 .load()
                 .map_err(|source| ProbeError::Program { name, source })?;
             program
-                .attach("syscalls", name)
+                .attach(category, name)
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
 
