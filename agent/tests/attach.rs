@@ -28,7 +28,10 @@ struct Recorder(Arc<Mutex<Vec<Seen>>>);
 
 impl Recorder {
     fn of(&self, pid: u32) -> Vec<Seen> {
-        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.iter()
             .filter_map(|s| match s {
                 Seen::Exec(p, exe) if *p == pid => Some(Seen::Exec(*p, exe.clone())),
@@ -41,11 +44,17 @@ impl Recorder {
 
 impl ProcessObserver for Recorder {
     fn exec(&mut self, pid: u32, exe: &Path) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.push(Seen::Exec(pid, exe.to_path_buf()));
     }
     fn exit(&mut self, pid: u32) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.push(Seen::Exit(pid));
     }
 }

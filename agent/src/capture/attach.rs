@@ -164,18 +164,29 @@ mod tests {
 
     impl Log {
         fn take(&self) -> Vec<String> {
-            std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+            std::mem::take(
+                &mut *self
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
         }
     }
 
     impl ProcessObserver for Log {
         fn exec(&mut self, pid: u32, exe: &Path) {
             let line = format!("exec {pid} {}", exe.display());
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line);
         }
         fn exit(&mut self, pid: u32) {
             let line = format!("exit {pid}");
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line);
         }
     }
 
