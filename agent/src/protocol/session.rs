@@ -25,9 +25,12 @@ pub struct SessionReport {
 }
 
 /// The session of any parser with the pairing of its messages.
-pub struct Parsed<P, Q> {
+pub struct Parsed<P: StreamParser, Q> {
     parser: P,
     pairing: Q,
+    /// The messages of one chunk, kept between chunks so that their
+    /// buffer is allocated once per connection, not once per chunk.
+    messages: Vec<P::Message>,
 }
 
 impl<P, Q> Parsed<P, Q>
@@ -40,6 +43,7 @@ where
         Box::new(Parsed {
             parser,
             pairing: Q::default(),
+            messages: Vec::new(),
         })
     }
 }
@@ -50,13 +54,12 @@ where
     Q: Pairing<Message = P::Message>,
 {
     fn run(&mut self, input: Input<'_>, end_ns: u64, out: &mut PairingOut<'_>) -> SessionReport {
-        let mut messages = Vec::new();
         match input {
-            Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut messages),
-            None => self.parser.close(end_ns, &mut messages),
+            Some((dir, chunk)) => self.parser.feed(dir, chunk, &mut self.messages),
+            None => self.parser.close(end_ns, &mut self.messages),
         }
         let (resync_bytes, resyncs) = self.parser.take_resync();
-        for msg in messages {
+        for msg in self.messages.drain(..) {
             self.pairing.push(msg, out);
         }
         if input.is_none() {
