@@ -27,8 +27,7 @@ use sonde::config::MetricsConfig;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
 use sonde::export::otlp::metrics as otlp;
 use sonde::export::prometheus::{Format, Renderer};
-use sonde::metrics::store::merge_resources;
-use sonde::metrics::{Metrics, Snapshot, Store, Temporality, store_options, unix_now_ns};
+use sonde::metrics::{Metrics, Store, Temporality, store_options, unix_now_ns};
 use sonde::pipeline::{Pipeline, PipelineOptions, SpanSink};
 use sonde::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 use sonde::stats::Stats;
@@ -386,38 +385,12 @@ fn memory(routes: usize, sizes: bool) {
     let mut requests = 0;
     let mut request_bytes = 0;
     {
-        let max = otlp::MAX_POINTS_PER_REQUEST;
-        let mut collection = metrics.collect(Temporality::Cumulative);
-        let mut gathered = Vec::new();
-        let mut points = 0;
-        loop {
-            let part = collection.next_part(otlp::SERIES_PER_PART);
-            let done = part.is_none();
-            if let Some(part) = part {
-                points += part
-                    .resources
-                    .iter()
-                    .flat_map(|r| &r.metrics)
-                    .map(|m| m.points.len())
-                    .sum::<usize>();
-                gathered.extend(part.resources);
-            }
-            if (done || points >= max) && !gathered.is_empty() {
-                let snap = Snapshot {
-                    time_ns: collection.now,
-                    temporality: Temporality::Cumulative,
-                    resources: merge_resources(std::mem::take(&mut gathered)),
-                };
-                points = 0;
-                for req in otlp::Requests::new(&snap, max) {
-                    requests += 1;
-                    let bytes = prost::Message::encode_to_vec(&req);
-                    request_bytes += bytes.len();
-                    black_box(bytes);
-                }
-            }
-            if done {
-                break;
+        for snap in otlp::Batches::new(&metrics, Temporality::Cumulative) {
+            for req in otlp::Requests::new(&snap, otlp::MAX_POINTS_PER_REQUEST) {
+                requests += 1;
+                let bytes = prost::Message::encode_to_vec(&req);
+                request_bytes += bytes.len();
+                black_box(bytes);
             }
         }
     }

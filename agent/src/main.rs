@@ -16,7 +16,7 @@ use sonde::enrich::{HostInfo, ProcessResources};
 use sonde::export;
 use sonde::metrics::{Metrics, agent_resource};
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
-use sonde::protocol::Limits;
+use sonde::protocol::{self, Limits};
 use sonde::sample::Sampler;
 use sonde::span::HttpSpanOptions;
 use sonde::span::{DbSpanOptions, SpanOptions};
@@ -127,7 +127,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     for signal in [libc::SIGINT, libc::SIGTERM] {
         register_stop(signal, stop.clone())?;
     }
-    let mut probes = Probes::start(&config.capture)?;
+    let mut probes = Probes::start(&config.capture, &protocol::prefilter::all())?;
     // After attaching, so that no process starts unseen in between.
     let mut processes = Processes::new(std::process::id(), "/proc");
     processes.scan();

@@ -11,6 +11,7 @@ use sonde::capture::attach::{ProcessObserver, Processes};
 use sonde::capture::probes::Probes;
 use sonde::capture::{self, Event};
 use sonde::config::CaptureConfig;
+use sonde::protocol::prefilter;
 
 fn is_root() -> bool {
     // SAFETY: no arguments, no side effects.
@@ -65,7 +66,8 @@ fn a_short_lived_program_is_seen_to_start_and_exit() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let mut probes = Probes::start(&CaptureConfig::default()).expect("probes start (run as root)");
+    let mut probes = Probes::start(&CaptureConfig::default(), &prefilter::all())
+        .expect("probes start (run as root)");
     let mut processes = Processes::new(std::process::id(), "/proc");
     processes.scan();
     assert!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sonde::capture::probes::Probes;
 use sonde::capture::{self, Endpoint, Event, Role};
 use sonde::config::CaptureConfig;
-use sonde::protocol::Direction;
+use sonde::protocol::{Direction, prefilter};
 
 /// The probes see the whole host; one test at a time keeps them apart.
 static KERNEL: Mutex<()> = Mutex::new(());
@@ -41,7 +41,7 @@ fn record_while(
     work: impl FnOnce() -> std::process::Child,
     done: impl Fn(&[Seen]) -> bool,
 ) -> Vec<Seen> {
-    let mut probes = Probes::start(config).expect("probes start (run as root)");
+    let mut probes = Probes::start(config, &prefilter::all()).expect("probes start (run as root)");
     let mut child = work();
     let pid = child.id();
     let mut seen = Vec::new();
@@ -279,7 +279,8 @@ fn muted_connections_ship_only_message_starts() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut probes = Probes::start(&CaptureConfig::default()).expect("probes start");
+    let mut probes =
+        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
     // First a TLS-looking record, then (after the test muted the connection)
     // more binary bytes, an HTTP request, and binary bytes again.
     let script = "import socket,time,sys\n\

@@ -89,10 +89,12 @@ pub struct Probes {
 
 impl Probes {
     /// Loads the programs with this run's settings and attaches them all.
-    pub fn start(config: &CaptureConfig) -> Result<Probes, ProbeError> {
+    /// `prefixes` are the first bytes that may start a message, as the
+    /// protocol table gives them: the kernel's pre-filter for streams it
+    /// has not yet seen start one.
+    pub fn start(config: &CaptureConfig, prefixes: &[PrefixPattern]) -> Result<Probes, ProbeError> {
         crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
-        let prefixes = crate::protocol::prefilter::all();
         if prefixes.len() > MAX_PREFIX_PATTERNS as usize {
             return Err(ProbeError::Prefixes(prefixes.len()));
         }

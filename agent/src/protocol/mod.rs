@@ -105,6 +105,39 @@ impl SyncLoss {
     }
 }
 
+/// Where a gap (bytes that moved but were not captured) ended, seen from a
+/// length-delimited region being read: an HTTP/1.x body or chunk, a RESP
+/// bulk payload, a MySQL packet, an HTTP/2 frame payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapEnd {
+    /// Inside the region: the rest of it is still due.
+    Inside,
+    /// Exactly where the region ended: the next captured byte starts what
+    /// follows, so framing holds.
+    AtEnd,
+    /// This many bytes past the region's end: whatever followed it began
+    /// in the gap, its header unseen, so framing is lost for those bytes.
+    Past(u64),
+}
+
+/// Skips `gap` bytes through a region of which `remaining` bytes are due.
+/// This is the one rule by which every parser keeps its framing across a
+/// gap: lengths it read say how far the gap reaches, content is never
+/// guessed.
+pub fn skip_gap(remaining: &mut u64, gap: u64) -> GapEnd {
+    if gap < *remaining {
+        *remaining -= gap;
+        return GapEnd::Inside;
+    }
+    let past = gap - *remaining;
+    *remaining = 0;
+    if past == 0 {
+        GapEnd::AtEnd
+    } else {
+        GapEnd::Past(past)
+    }
+}
+
 /// What the first bytes of a stream look like to one protocol's detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detect {
@@ -313,5 +346,22 @@ pub(crate) mod test_rng {
         pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
             (0..n).map(|_| self.next() as u8).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GapEnd, skip_gap};
+
+    #[test]
+    fn a_gap_ends_inside_at_or_past_a_region() {
+        let mut remaining = 10;
+        assert_eq!(skip_gap(&mut remaining, 4), GapEnd::Inside);
+        assert_eq!(remaining, 6);
+        assert_eq!(skip_gap(&mut remaining, 6), GapEnd::AtEnd);
+        assert_eq!(remaining, 0);
+        let mut remaining = 3;
+        assert_eq!(skip_gap(&mut remaining, 10), GapEnd::Past(7));
+        assert_eq!(remaining, 0);
     }
 }

@@ -33,13 +33,13 @@ use super::{Env, OtlpClient, OtlpTarget, Signal, kv, resolve_target, var};
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::enrich::Resource;
 use crate::export::{ExportError, WarnLimiter};
-use crate::metrics::Metrics;
 use crate::metrics::attrs::{Key, OwnedVal};
 use crate::metrics::catalog::Instrument;
 use crate::metrics::hist::RawUnit;
 use crate::metrics::store::{
     Exemplar, MetricSnap, Point, PointValue, ResourceSnap, Snapshot, Temporality, merge_resources,
 };
+use crate::metrics::{Collection, Metrics};
 
 const INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 const TEMPORALITY: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
@@ -371,20 +371,36 @@ fn push_resource(req: &mut ExportMetricsServiceRequest, r: &Resource, metrics: V
 /// One export: the store read a part at a time, parts gathered into
 /// requests of up to [`MAX_POINTS_PER_REQUEST`] points, each sent before
 /// the next is built.
-async fn export_once(
-    metrics: &Metrics,
-    client: &OtlpClient,
+/// One export's series as snapshots of about [`MAX_POINTS_PER_REQUEST`]
+/// points each, read from the store in parts of [`SERIES_PER_PART`] series
+/// so that the whole store is never copied at once.
+pub struct Batches<'m> {
+    collection: Collection<'m>,
     temporality: Temporality,
-    warnings: &mut WarnLimiter,
-) {
-    let max = MAX_POINTS_PER_REQUEST;
-    let mut collection = metrics.collect(temporality);
-    let mut gathered: Vec<ResourceSnap> = Vec::new();
-    let mut points = 0;
-    loop {
-        let part = collection.next_part(SERIES_PER_PART);
-        let done = part.is_none();
-        if let Some(part) = part {
+    done: bool,
+}
+
+impl<'m> Batches<'m> {
+    pub fn new(metrics: &'m Metrics, temporality: Temporality) -> Self {
+        Batches {
+            collection: metrics.collect(temporality),
+            temporality,
+            done: false,
+        }
+    }
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Snapshot;
+
+    fn next(&mut self) -> Option<Snapshot> {
+        let mut gathered: Vec<ResourceSnap> = Vec::new();
+        let mut points = 0;
+        while !self.done && points < MAX_POINTS_PER_REQUEST {
+            let Some(part) = self.collection.next_part(SERIES_PER_PART) else {
+                self.done = true;
+                break;
+            };
             points += part
                 .resources
                 .iter()
@@ -393,22 +409,29 @@ async fn export_once(
                 .sum::<usize>();
             gathered.extend(part.resources);
         }
-        if (done || points >= max) && !gathered.is_empty() {
-            let snap = Snapshot {
-                time_ns: collection.now,
-                temporality,
-                resources: merge_resources(std::mem::take(&mut gathered)),
-            };
-            points = 0;
-            for request in Requests::new(&snap, max) {
-                if let Err(e) = client.export(&request).await {
-                    metrics.count_export_failure();
-                    warnings.warn(&e.to_string());
-                }
-            }
+        if gathered.is_empty() {
+            return None;
         }
-        if done {
-            break;
+        Some(Snapshot {
+            time_ns: self.collection.now,
+            temporality: self.temporality,
+            resources: merge_resources(gathered),
+        })
+    }
+}
+
+async fn export_once(
+    metrics: &Metrics,
+    client: &OtlpClient,
+    temporality: Temporality,
+    warnings: &mut WarnLimiter,
+) {
+    for snap in Batches::new(metrics, temporality) {
+        for request in Requests::new(&snap, MAX_POINTS_PER_REQUEST) {
+            if let Err(e) = client.export(&request).await {
+                metrics.count_export_failure();
+                warnings.warn(&e.to_string());
+            }
         }
     }
     crate::memory::release(false);

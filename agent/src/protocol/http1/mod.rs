@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use sonde_common::PrefixPattern;
 
-use super::{Chunk, Direction, Limits, Resync, StreamParser, SyncLoss};
+use super::{Chunk, Direction, GapEnd, Limits, Resync, StreamParser, SyncLoss, skip_gap};
 
 /// HTTP/1.x in the protocol table.
 pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
@@ -1011,26 +1011,24 @@ impl Side {
             }
             Phase::Head => self.truncated_head(gap, cx),
             Phase::Body(pending) => match &mut pending.framing {
-                Framing::Length(remaining) => {
-                    let body = (*remaining).min(gap);
-                    *remaining -= body;
-                    pending.msg.add_body(body, cx.end_ns);
-                    if *remaining == 0 {
+                Framing::Length(remaining) => match skip_gap(remaining, gap) {
+                    GapEnd::Inside => pending.msg.add_body(gap, cx.end_ns),
+                    GapEnd::AtEnd => {
+                        pending.msg.add_body(gap, cx.end_ns);
                         self.finish_body(cx);
-                        if gap > body {
-                            // The next message started inside the gap.
-                            self.lose(cx);
-                            cx.resync.bytes += gap - body;
-                        }
                     }
-                }
+                    GapEnd::Past(past) => {
+                        pending.msg.add_body(gap - past, cx.end_ns);
+                        self.finish_body(cx);
+                        self.lose(cx);
+                        cx.resync.bytes += past;
+                    }
+                },
                 Framing::UntilClose => pending.msg.add_body(gap, cx.end_ns),
-                Framing::Chunked(ChunkStep::Data(remaining)) if *remaining > gap => {
-                    *remaining -= gap;
-                    pending.msg.add_body(gap, cx.end_ns);
-                }
-                Framing::Chunked(ChunkStep::Data(remaining)) if *remaining == gap => {
-                    pending.framing = Framing::Chunked(ChunkStep::DataEnd(false));
+                Framing::Chunked(ChunkStep::Data(remaining)) if *remaining >= gap => {
+                    if skip_gap(remaining, gap) == GapEnd::AtEnd {
+                        pending.framing = Framing::Chunked(ChunkStep::DataEnd(false));
+                    }
                     pending.msg.add_body(gap, cx.end_ns);
                 }
                 Framing::Chunked(_) => {

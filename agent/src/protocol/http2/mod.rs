@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use sonde_common::PrefixPattern;
 
-use super::{Chunk, Detect, Direction, Limits, Resync, StreamParser};
+use super::{Chunk, Detect, Direction, GapEnd, Limits, Resync, StreamParser, skip_gap};
 use hpack::{Decoder, Field};
 
 /// HTTP/2 and gRPC over it in the protocol table.
@@ -1033,7 +1033,13 @@ impl Http2Conn {
                 want,
                 ..
             } => {
-                let n = u64::from(remaining).min(gap);
+                let mut left = u64::from(remaining);
+                let n = match skip_gap(&mut left, gap) {
+                    GapEnd::Inside | GapEnd::AtEnd => gap,
+                    // The rest of the gap covers the next frame's header,
+                    // which the next step finds lost.
+                    GapEnd::Past(past) => gap - past,
+                };
                 let done = (frame.length - remaining) as usize;
                 self.payload_moved(dir, n as u32, done < want, end_ns, out);
                 n

@@ -47,7 +47,7 @@ use std::collections::VecDeque;
 
 use sonde_common::PrefixPattern;
 
-use super::{Chunk, Detect, Direction, Limits, Resync, StreamParser};
+use super::{Chunk, Detect, Direction, GapEnd, Limits, Resync, StreamParser, skip_gap};
 
 /// MySQL and MariaDB in the protocol table.
 pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
@@ -711,13 +711,14 @@ impl Framer {
                 skipped: gap,
             };
         }
-        let remaining = self.remaining as u64;
-        if gap < remaining {
-            self.remaining -= gap as usize;
-            return GapEffect::Inside;
-        }
-        let extra = gap - remaining;
-        self.remaining = 0;
+        let mut remaining = self.remaining as u64;
+        let end = skip_gap(&mut remaining, gap);
+        self.remaining = remaining as usize;
+        let extra = match end {
+            GapEnd::Inside => return GapEffect::Inside,
+            GapEnd::AtEnd => 0,
+            GapEnd::Past(past) => past,
+        };
         self.in_payload = false;
         match (self.continues, extra) {
             // The continuation's header is the next captured byte.

@@ -30,7 +30,7 @@ pub mod span;
 
 use sonde_common::PrefixPattern;
 
-use super::{Chunk, Detect, Direction, Limits, Resync, StreamParser, SyncLoss};
+use super::{Chunk, Detect, Direction, GapEnd, Limits, Resync, StreamParser, SyncLoss, skip_gap};
 
 /// Redis (RESP2 and RESP3) in the protocol table.
 pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
@@ -1495,26 +1495,19 @@ impl Side {
                 self.lose(cx);
                 cx.resync.bytes += gap;
             }
-            Phase::Payload { len, left } => {
-                if gap < left {
-                    self.phase = Phase::Payload {
-                        len,
-                        left: left - gap,
-                    };
-                    return;
+            Phase::Payload { len, mut left } => match skip_gap(&mut left, gap) {
+                GapEnd::Inside => self.phase = Phase::Payload { len, left },
+                GapEnd::AtEnd => self.complete(cx),
+                GapEnd::Past(past) => {
+                    self.complete(cx);
+                    // What follows the payload started in the gap.
+                    if self.phase != Phase::Idle {
+                        self.emit(true, cx);
+                    }
+                    self.lose(cx);
+                    cx.resync.bytes += past;
                 }
-                self.complete(cx);
-                let rest = gap - left;
-                if rest == 0 {
-                    return;
-                }
-                // What follows the payload started in the gap.
-                if self.phase != Phase::Idle {
-                    self.emit(true, cx);
-                }
-                self.lose(cx);
-                cx.resync.bytes += rest;
-            }
+            },
         }
     }
 
