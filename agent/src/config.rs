@@ -27,6 +27,18 @@ pub struct Config {
     pub sample: SampleConfig,
     #[serde(deserialize_with = "or_default")]
     pub log: LogConfig,
+    #[serde(deserialize_with = "or_default")]
+    pub kubernetes: KubernetesConfig,
+    #[serde(deserialize_with = "or_default")]
+    pub health: HealthConfig,
+}
+
+/// The liveness and readiness endpoint (`/healthz`, `/readyz`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `IP:PORT` to serve it on; off when unset.
+    pub listen: Option<String>,
 }
 
 /// A section or map written with nothing under it (`capture:` with every
@@ -446,6 +458,83 @@ impl Default for LogConfig {
     }
 }
 
+/// Whether pod metadata is read from the Kubernetes API server: `auto`,
+/// `true` or `false`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KubernetesMode {
+    /// On when the agent runs in a pod (`KUBERNETES_SERVICE_HOST` is set).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for KubernetesMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bool(bool),
+            Name(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Bool(true) => Ok(KubernetesMode::On),
+            Written::Bool(false) => Ok(KubernetesMode::Off),
+            Written::Name(name) => match name.as_str() {
+                "auto" => Ok(KubernetesMode::Auto),
+                "true" | "on" => Ok(KubernetesMode::On),
+                "false" | "off" => Ok(KubernetesMode::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is not auto, true or false"
+                ))),
+            },
+        }
+    }
+}
+
+/// Kubernetes metadata on spans and metrics.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// `auto`, `on` (`true`) or `off` (`false`).
+    pub enabled: KubernetesMode,
+    /// `k8s.cluster.name` (the API does not know its cluster's name).
+    pub cluster_name: Option<String>,
+    /// The node whose pods are watched; default `$NODE_NAME` (set from the
+    /// downward API by the DaemonSet), else the host name.
+    pub node_name: Option<String>,
+    /// How long a deleted pod's metadata is kept for its last spans.
+    pub deleted_pod_retention_secs: u64,
+    /// Pod labels copied onto resources as `k8s.pod.label.<key>`.
+    pub pod_labels: Vec<String>,
+    /// Pod annotations copied as `k8s.pod.annotation.<key>`.
+    pub pod_annotations: Vec<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: KubernetesMode::Auto,
+            cluster_name: None,
+            node_name: None,
+            deleted_pod_retention_secs: 120,
+            pod_labels: Vec::new(),
+            pod_annotations: Vec::new(),
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// Whether to watch the API server, given the environment.
+    pub fn wanted(&self, in_pod: bool) -> bool {
+        match self.enabled {
+            KubernetesMode::Auto => in_pod,
+            KubernetesMode::On => true,
+            KubernetesMode::Off => false,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Loading and checking
 // ---------------------------------------------------------------------------
@@ -626,6 +715,9 @@ impl Config {
             1,
         )?;
         self.metrics.check()?;
+        if let Some(listen) = &self.health.listen {
+            parse_listen(listen).map_err(|e| ("health.listen", e))?;
+        }
         at_least(
             "sample.per_operation_per_second",
             self.sample.per_operation_per_second.into(),
@@ -955,6 +1047,15 @@ sample:
 log:
   level: debug
   stats_interval_secs: 0
+kubernetes:
+  enabled: true
+  cluster_name: prod-eu
+  node_name: node-7
+  deleted_pod_retention_secs: 30
+  pod_labels: [team]
+  pod_annotations: [owner]
+health:
+  listen: 0.0.0.0:9465
 ";
         let c = parse(text).unwrap();
         let want = Config {
@@ -1031,8 +1132,38 @@ log:
                 level: "debug".into(),
                 stats_interval_secs: 0,
             },
+            kubernetes: KubernetesConfig {
+                enabled: KubernetesMode::On,
+                cluster_name: Some("prod-eu".into()),
+                node_name: Some("node-7".into()),
+                deleted_pod_retention_secs: 30,
+                pod_labels: vec!["team".into()],
+                pod_annotations: vec!["owner".into()],
+            },
+            health: HealthConfig {
+                listen: Some("0.0.0.0:9465".into()),
+            },
         };
         assert_eq!(c, want);
+        // The mode is written as a boolean or a word.
+        for (text, want) in [
+            ("kubernetes: {enabled: false}", KubernetesMode::Off),
+            ("kubernetes: {enabled: auto}", KubernetesMode::Auto),
+            ("kubernetes: {enabled: \"true\"}", KubernetesMode::On),
+        ] {
+            assert_eq!(parse(text).unwrap().kubernetes.enabled, want, "{text}");
+        }
+        let err = parse("kubernetes:\n  enabled: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("auto, true or false"),
+            "{err}"
+        );
+        let err = parse("health:\n  listen: nowhere\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.listen"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod enrich;
 pub mod export;
+pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod pipeline;

@@ -11,8 +11,11 @@ use clap::{Parser, Subcommand};
 use sonde::capture::Clock;
 use sonde::capture::attach::Processes;
 use sonde::capture::probes::Probes;
+use sonde::config::KubernetesConfig;
 use sonde::config::{self, Config};
-use sonde::enrich::{HostInfo, ProcessResources};
+use sonde::enrich::k8s::watch::{self, WatchConfig};
+use sonde::enrich::k8s::{Keep, Metadata};
+use sonde::enrich::{ClusterInfo, HostInfo, Kubernetes, ProcessResources};
 use sonde::export;
 use sonde::metrics::{Metrics, agent_resource};
 use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
@@ -120,6 +123,17 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         None => None,
     };
 
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(listen) = &config.health.listen {
+        let addr =
+            config::parse_listen(listen).map_err(|e| anyhow::anyhow!("health.listen: {e}"))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("health.listen: cannot listen on {addr}"))?;
+        runtime.spawn(sonde::health::serve(listener, ready.clone()));
+    }
+    let resources = process_resources(&config.kubernetes)?;
+
     // Before anything is attached, and surely before "ready" is logged: a
     // SIGTERM sent as soon as the agent says it is ready must stop it
     // cleanly, not kill it.
@@ -134,6 +148,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     // Loading parsed the kernel's BTF and the programs' objects: about
     // 20 MiB that are garbage now.
     sonde::memory::release(true);
+    ready.store(true, Ordering::Release);
     info!(
         capture_bytes = config.capture.bytes,
         "sonde ready: syscall tracepoints attached"
@@ -155,7 +170,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
             },
         },
         Clock::now(),
-        ProcessResources::new(HostInfo::detect()),
+        resources,
         ExportSink::new(exporter),
         stats.clone(),
     );
@@ -186,6 +201,48 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     });
     info!(summary = %stats.summary(), "sonde stopped");
     Ok(())
+}
+
+/// The enrich stage's process cache, with pod metadata from the API server
+/// when the agent runs in Kubernetes (or is told to).
+fn process_resources(config: &KubernetesConfig) -> anyhow::Result<ProcessResources> {
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let mut host = HostInfo::detect();
+    if !config.wanted(in_pod) {
+        return Ok(ProcessResources::new(host));
+    }
+    let node_name = config
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| host.host_name.clone());
+    // In a pod of its own network namespace the kernel's host name is the
+    // pod's: the node is the host.
+    if in_pod {
+        host.host_name.clone_from(&node_name);
+    }
+    let metadata = Arc::new(Metadata::default());
+    watch::spawn(
+        WatchConfig {
+            node_name: node_name.clone(),
+            keep: Keep {
+                labels: config.pod_labels.clone(),
+                annotations: config.pod_annotations.clone(),
+            },
+            deleted_pod_retention: Duration::from_secs(config.deleted_pod_retention_secs),
+        },
+        Arc::clone(&metadata),
+    )
+    .context("starting the kubernetes metadata watcher")?;
+    info!(node = %node_name, "kubernetes metadata: watching the pods of this node");
+    Ok(ProcessResources::new(host).with_kubernetes(Kubernetes {
+        metadata,
+        cluster: ClusterInfo {
+            cluster_name: config.cluster_name.clone(),
+            node_name: Some(node_name),
+        },
+    }))
 }
 
 /// Sets `stop` when `signal` arrives. The handler only stores to an atomic.

@@ -234,7 +234,11 @@ impl<S: SpanSink> Pipeline<S> {
         Stats::add(&self.stats.events_read, 1);
         match capture::decode(record) {
             Err(_) => Stats::add(&self.stats.events_malformed, 1),
-            Ok(Event::Process { tgid, name }) => self.resources.name_hint(tgid, name),
+            Ok(Event::Process {
+                tgid,
+                name,
+                cgroup_id,
+            }) => self.resources.name_hint(tgid, name, cgroup_id),
             // Re-checked on next use; a process that is gone keeps what was read.
             Ok(Event::Exec { pid, .. } | Event::Exit { pid }) => self.resources.forget(pid),
             Ok(Event::Close { conn, ts_ns }) => {

@@ -337,3 +337,72 @@ fn muted_connections_ship_only_message_starts() {
         "after muting only the message start is shipped"
     );
 }
+
+/// The unified cgroup hierarchy, if this host mounts one.
+fn unified_root() -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    sonde::enrich::cgroup::unified_mount(&text)
+}
+
+#[test]
+fn process_records_carry_the_cgroup_id() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let root = unified_root().expect("a cgroup2 mount (this kernel has one)");
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A kubelet-shaped cgroup, so the id names a container's directory.
+    let dir = root.join(format!(
+        "sonde-test-{}/kubepods-pod3d1e6b5a_7c2f_4e8d_9a0b_1c2d3e4f5a6b.slice",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a cgroup");
+    let id = std::fs::metadata(&dir).unwrap().ino();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+    });
+    let mut probes =
+        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
+    // The shell moves itself into the cgroup, then becomes the client.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 -c \"import socket; s=socket.create_connection(('127.0.0.1',{port})); s.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\"",
+        dir.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .expect("sh runs");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = None;
+    while Instant::now() < deadline && found.is_none() {
+        while let Some(rec) = probes.events.next() {
+            if let Ok(Event::Process {
+                tgid, cgroup_id, ..
+            }) = capture::decode(&rec)
+                && tgid == pid
+            {
+                found = Some(cgroup_id);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    server.join().unwrap();
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(dir.parent().unwrap());
+    assert_eq!(
+        found,
+        Some(id),
+        "the process record names the client's cgroup"
+    );
+}

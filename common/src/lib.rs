@@ -152,15 +152,23 @@ pub struct EventHeader {
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 const _: () = assert!(HEADER_LEN == 112);
 
-/// An `EVENT_PROCESS` record: the header (`captured_len` is `COMM_LEN`)
-/// and the name of the process's main thread, NUL-padded.
+/// An `EVENT_PROCESS` record: the header (`captured_len` is
+/// `PROCESS_PAYLOAD_LEN`), the name of the process's main thread,
+/// NUL-padded, and the id of the cgroup (v2) the thread ran in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessRecord {
     pub header: EventHeader,
     pub comm: [u8; COMM_LEN],
+    /// `bpf_get_current_cgroup_id()`: the inode number of the thread's
+    /// cgroup in the unified hierarchy, so that a process that is gone, or
+    /// whose pid was reused, by the time user space reads /proc is still
+    /// placed in its container.
+    pub cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProcessRecord>() == HEADER_LEN + COMM_LEN);
+/// Bytes of a process record after its header.
+pub const PROCESS_PAYLOAD_LEN: usize = COMM_LEN + 8;
+const _: () = assert!(core::mem::size_of::<ProcessRecord>() == HEADER_LEN + PROCESS_PAYLOAD_LEN);
 
 /// An `EVENT_EXEC` record: the header (`captured_len` is the name's length,
 /// its NUL excluded) and the file name exec() was given, as the kernel

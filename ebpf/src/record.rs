@@ -5,14 +5,14 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_smp_processor_id, bpf_probe_read_user},
+        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_user},
     },
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
 use sonde_common::{
-    COMM_LEN, DIR_NONE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader,
-    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, ProcessRecord, lost,
+    DIR_NONE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader, ExecRecord,
+    HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, PROCESS_PAYLOAD_LEN, ProcessRecord, lost,
 };
 
 use crate::mem::{read_kernel, read_user};
@@ -202,11 +202,12 @@ fn announce_process(data: &EventHeader) {
         header: EventHeader {
             kind: EVENT_PROCESS,
             direction: DIR_NONE,
-            captured_len: COMM_LEN as u32,
-            total_len: COMM_LEN as u64,
+            captured_len: PROCESS_PAYLOAD_LEN as u32,
+            total_len: PROCESS_PAYLOAD_LEN as u64,
             ..*data
         },
         comm: read_kernel(leader + off.task_comm as u64),
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     });
     entry.submit(BPF_RB_NO_WAKEUP);
 }

@@ -7,9 +7,9 @@ pub mod probes;
 
 use sonde_common::{
     AF_INET, AF_INET6, AF_UNIX, COMM_LEN, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA,
-    EVENT_EXEC, EVENT_EXIT, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader, HEADER_LEN, ROLE_CLIENT,
-    ROLE_SERVER, ROLE_UNKNOWN, SOURCE_GO_HTTP, SOURCE_SYSCALL, SOURCE_TLS_GO, SOURCE_TLS_OPENSSL,
-    SockAddrs,
+    EVENT_EXEC, EVENT_EXIT, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader, HEADER_LEN,
+    PROCESS_PAYLOAD_LEN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOURCE_GO_HTTP, SOURCE_SYSCALL,
+    SOURCE_TLS_GO, SOURCE_TLS_OPENSSL, SockAddrs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -149,11 +149,12 @@ pub enum Event<'a> {
         conn: ConnId,
         ts_ns: u64,
     },
-    /// The name of process `tgid`'s main thread, sent ahead of a
-    /// connection's first data record.
+    /// The name of process `tgid`'s main thread and the id of its thread's
+    /// cgroup, sent ahead of a connection's first data record.
     Process {
         tgid: u32,
         name: &'a [u8],
+        cgroup_id: u64,
     },
     /// Process `pid` called exec() with `filename` (as given to exec, cut
     /// at `EXEC_PATH_LEN - 1` bytes).
@@ -228,17 +229,18 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             ts_ns: h.end_ns,
         }),
         EVENT_PROCESS => {
-            let comm =
-                record
-                    .get(HEADER_LEN..HEADER_LEN + COMM_LEN)
-                    .ok_or(DecodeError::Length {
-                        announced: h.captured_len,
-                        carried: record.len() - HEADER_LEN,
-                    })?;
+            let payload = record
+                .get(HEADER_LEN..HEADER_LEN + PROCESS_PAYLOAD_LEN)
+                .ok_or(DecodeError::Length {
+                    announced: h.captured_len,
+                    carried: record.len() - HEADER_LEN,
+                })?;
+            let (comm, cgroup) = payload.split_at(COMM_LEN);
             let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
             Ok(Event::Process {
                 tgid: h.tgid,
                 name: &comm[..len],
+                cgroup_id: u64::from_ne_bytes(cgroup.try_into().unwrap_or_default()),
             })
         }
         EVENT_EXEC => {
@@ -290,15 +292,16 @@ pub fn encode_close(header: &EventHeader) -> Vec<u8> {
 }
 
 /// Encodes a process record as the kernel would (for tests).
-pub fn encode_process(header: &EventHeader, name: &[u8]) -> Vec<u8> {
-    let mut comm = [0u8; COMM_LEN];
+pub fn encode_process(header: &EventHeader, name: &[u8], cgroup_id: u64) -> Vec<u8> {
+    let mut payload = [0u8; PROCESS_PAYLOAD_LEN];
     let len = name.len().min(COMM_LEN - 1);
-    comm[..len].copy_from_slice(&name[..len]);
+    payload[..len].copy_from_slice(&name[..len]);
+    payload[COMM_LEN..].copy_from_slice(&cgroup_id.to_ne_bytes());
     let h = EventHeader {
-        total_len: COMM_LEN as u64,
+        total_len: PROCESS_PAYLOAD_LEN as u64,
         ..*header
     };
-    encode(&h, EVENT_PROCESS, &comm)
+    encode(&h, EVENT_PROCESS, &payload)
 }
 
 /// Encodes an exec record as the kernel would (for tests).
@@ -460,14 +463,19 @@ mod tests {
             // The kernel keeps 15 bytes and a NUL.
             (b"a-very-long-process-name", b"a-very-long-pro"),
         ] {
-            let rec = encode_process(&header(), name);
-            let Ok(Event::Process { tgid, name }) = decode(&rec) else {
+            let rec = encode_process(&header(), name, 0x1234_5678_9abc);
+            let Ok(Event::Process {
+                tgid,
+                name,
+                cgroup_id,
+            }) = decode(&rec)
+            else {
                 panic!("not a process record: {:?}", decode(&rec));
             };
-            assert_eq!((tgid, name), (42, want));
+            assert_eq!((tgid, name, cgroup_id), (42, want, 0x1234_5678_9abc));
         }
-        let mut rec = encode_process(&header(), b"curl");
-        rec.truncate(HEADER_LEN + 3);
+        let mut rec = encode_process(&header(), b"curl", 7);
+        rec.truncate(HEADER_LEN + COMM_LEN + 7);
         assert!(matches!(decode(&rec), Err(DecodeError::Length { .. })));
     }
 

@@ -20,12 +20,17 @@
 //! functions over bytes so that garbage from `/proc` can be tested without a
 //! live process.
 
+pub mod cgroup;
+pub mod k8s;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::span::model::AttrValue;
+use cgroup::CgroupInfo;
+use k8s::{Metadata, PodMeta};
 
 /// Processes whose resource is kept at once by [`ProcessResources::new`].
 pub const DEFAULT_PROCESS_CAPACITY: usize = 4096;
@@ -34,6 +39,9 @@ pub const DEFAULT_PROCESS_CAPACITY: usize = 4096;
 /// the variables sonde looks for are usually set early).
 const MAX_ENVIRON_BYTES: u64 = 1 << 20;
 
+/// Most bytes read from `/proc/PID/cgroup` (one line per hierarchy).
+const MAX_CGROUP_BYTES: u64 = 64 << 10;
+
 /// `service.name` when nothing at all is known about the process.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -41,7 +49,7 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 pub const UNKNOWN_EXECUTABLE: &str = "unknown";
 
 /// The resource of one process: what every span from it is labelled with.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resource {
     /// The value of the `service.name` attribute, kept apart for quick use
     /// (console output, logs).
@@ -108,6 +116,8 @@ pub struct ProcFacts {
     pub comm: Option<String>,
     /// Raw `/proc/PID/environ`.
     pub environ: Option<Vec<u8>>,
+    /// `/proc/PID/cgroup`.
+    pub cgroup: Option<String>,
 }
 
 impl ProcFacts {
@@ -128,11 +138,19 @@ impl ProcFacts {
                 Ok(buf)
             })
             .ok();
+        let cgroup = std::fs::File::open(dir.join("cgroup"))
+            .and_then(|f| {
+                let mut text = String::new();
+                f.take(MAX_CGROUP_BYTES).read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .ok();
         ProcFacts {
             start_time: identity.start_time,
             exe_path: identity.exe_path,
             comm,
             environ,
+            cgroup,
         }
     }
 }
@@ -168,20 +186,43 @@ fn read_identity(dir: &Path) -> Identity {
 struct Entry {
     resource: Arc<Resource>,
     identity: Identity,
+    process: Process,
+    /// The pod the resource was built with, and the metadata version it
+    /// was last checked against.
+    pod: Option<Arc<PodMeta>>,
+    meta_version: u64,
     /// Position in the LRU order.
     seq: u64,
     /// Check the identity on the next `get` before trusting the entry.
     verify: bool,
 }
 
+/// What the kernel said of a process not cached yet, used when `/proc/PID`
+/// is gone by the time it is read.
+struct Hint {
+    name: String,
+    cgroup_id: u64,
+}
+
+/// Kubernetes metadata for the resources, when the agent runs in a cluster.
+pub struct Kubernetes {
+    pub metadata: Arc<Metadata>,
+    pub cluster: ClusterInfo,
+}
+
 /// A bounded cache pid → resource.
 ///
-/// A hit costs one hash lookup. [`forget`](Self::forget) marks a pid as
-/// doubtful (its process may have exited and the pid may come back as another
-/// process); the next [`get`](Self::get) then compares the start time and
-/// executable in `/proc/PID` with the cached ones and rebuilds the resource
-/// only when they changed. When the cache is full the least recently used
-/// pid is dropped.
+/// A hit costs one hash lookup (and, with Kubernetes metadata, one atomic
+/// load to see whether the metadata changed). [`forget`](Self::forget)
+/// marks a pid as doubtful (its process may have exited and the pid may
+/// come back as another process); the next [`get`](Self::get) then compares
+/// the start time and executable in `/proc/PID` with the cached ones and
+/// rebuilds the resource only when they changed. When the cache is full the
+/// least recently used pid is dropped.
+///
+/// A process in a pod the metadata does not know yet is labelled with what
+/// its cgroup says (`k8s.pod.uid`, `container.id`); once the pod is known
+/// its next span gets the pod's labels.
 pub struct ProcessResources {
     host: HostInfo,
     proc_root: PathBuf,
@@ -190,9 +231,9 @@ pub struct ProcessResources {
     /// seq → pid, oldest first.
     order: BTreeMap<u64, u32>,
     next_seq: u64,
-    /// Names the kernel sent for processes not cached yet, used when
-    /// `/proc/PID` is gone by the time it is read.
-    name_hints: HashMap<u32, String>,
+    hints: HashMap<u32, Hint>,
+    kubernetes: Option<Kubernetes>,
+    cgroups: cgroup::CgroupIds,
 }
 
 impl ProcessResources {
@@ -212,22 +253,30 @@ impl ProcessResources {
             entries: HashMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
-            name_hints: HashMap::new(),
+            hints: HashMap::new(),
+            kubernetes: None,
+            cgroups: cgroup::CgroupIds::detect(),
         }
     }
 
-    /// Notes the name the kernel saw for `pid` (its `comm`), for the case
-    /// where the process exits before [`get`](Self::get) reads `/proc`.
-    pub fn name_hint(&mut self, pid: u32, name: &[u8]) {
-        if name.is_empty() || self.entries.get(&pid).is_some_and(|e| !e.verify) {
+    /// Labels resources with the pods in `kubernetes.metadata`.
+    pub fn with_kubernetes(mut self, kubernetes: Kubernetes) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
+    }
+
+    /// Notes what the kernel saw of `pid` (its `comm` and cgroup), for the
+    /// case where the process exits before [`get`](Self::get) reads `/proc`.
+    pub fn name_hint(&mut self, pid: u32, name: &[u8], cgroup_id: u64) {
+        if self.entries.get(&pid).is_some_and(|e| !e.verify) {
             return;
         }
         // Hints whose data record was lost are never taken: bound them.
-        if self.name_hints.len() >= self.capacity {
-            self.name_hints.clear();
+        if self.hints.len() >= self.capacity {
+            self.hints.clear();
         }
-        self.name_hints
-            .insert(pid, String::from_utf8_lossy(name).into_owned());
+        let name = String::from_utf8_lossy(name).into_owned();
+        self.hints.insert(pid, Hint { name, cgroup_id });
     }
 
     /// The resource of process `pid`. Never fails: a process that is gone
@@ -250,25 +299,52 @@ impl ProcessResources {
                 self.order.remove(&entry.seq);
                 entry.seq = seq;
                 self.order.insert(seq, pid);
+                if let Some(k8s) = &self.kubernetes {
+                    refresh(&self.host, k8s, entry);
+                }
                 return Arc::clone(&entry.resource);
             }
         }
 
         let mut facts = ProcFacts::read(&self.proc_root, pid);
-        let hint = self.name_hints.remove(&pid);
-        if facts.comm.is_none() {
-            facts.comm = hint;
+        let hint = self.hints.remove(&pid);
+        let mut process = Process::from_facts(pid, &facts);
+        if let Some(hint) = hint {
+            if facts.comm.is_none() && !hint.name.is_empty() {
+                facts.comm = Some(hint.name);
+                process.exe_name = Process::from_facts(pid, &facts).exe_name;
+            }
+            if facts.cgroup.is_none() {
+                process.cgroup = self.cgroups.info(hint.cgroup_id).unwrap_or_default();
+            }
         }
-        let resource = Arc::new(build_resource(&self.host, pid, &facts));
-        let entry = Entry {
-            resource: Arc::clone(&resource),
+        if let Some(text) = &facts.cgroup {
+            self.cgroups.learn(text, &process.cgroup);
+        }
+        let mut entry = Entry {
+            resource: Arc::new(Resource::default()),
             identity: Identity {
                 start_time: facts.start_time,
                 exe_path: facts.exe_path,
             },
+            process,
+            pod: None,
+            meta_version: u64::MAX,
             seq,
             verify: false,
         };
+        match &self.kubernetes {
+            Some(k8s) => refresh(&self.host, k8s, &mut entry),
+            None => {
+                entry.resource = Arc::new(compose(
+                    &self.host,
+                    &ClusterInfo::default(),
+                    &entry.process,
+                    None,
+                ));
+            }
+        }
+        let resource = Arc::clone(&entry.resource);
         if let Some(old) = self.entries.insert(pid, entry) {
             self.order.remove(&old.seq);
         }
@@ -300,74 +376,242 @@ impl ProcessResources {
     }
 }
 
+/// Rebuilds `entry`'s resource if the metadata changed for its pod since
+/// it was built (or it was never built).
+fn refresh(host: &HostInfo, k8s: &Kubernetes, entry: &mut Entry) {
+    let version = k8s.metadata.version();
+    if version == entry.meta_version {
+        return;
+    }
+    let first = entry.meta_version == u64::MAX;
+    entry.meta_version = version;
+    let pod = entry
+        .process
+        .cgroup
+        .pod_uid
+        .as_deref()
+        .and_then(|uid| k8s.metadata.load().pods.get(uid).cloned());
+    // A process never moves to another pod: one that is no longer known
+    // (deleted, its time up) keeps the labels it had.
+    let same = match (&pod, &entry.pod) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if same && !first {
+        return;
+    }
+    entry.resource = Arc::new(compose(host, &k8s.cluster, &entry.process, pod.as_deref()));
+    entry.pod = pod;
+}
+
 /// Longest process name the kernel keeps in `comm`.
 const COMM_MAX: usize = 15;
 
-/// Builds the resource of process `pid` from what was read about it.
-pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource {
-    // The process name the kernel shows (`comm`, the Name in
-    // /proc/PID/status), as the semantic conventions define
-    // process.executable.name: it follows what the program was started as,
-    // where the exe link may name a symlink's target (Debian's redis-server
-    // is a link to redis-check-rdb). The kernel cuts comm at 15 bytes; when
-    // it is such a cut of the exe file name, the full file name is better.
-    let exe_file = facts
-        .exe_path
-        .as_deref()
-        .map(executable_name)
-        .filter(|n| !n.is_empty());
-    let comm = facts
-        .comm
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    let exe_name = match (comm, exe_file) {
-        (Some(c), Some(f)) if c.len() >= COMM_MAX && f.starts_with(c) => Some(f),
-        (Some(c), _) => Some(c),
-        (None, f) => f,
-    }
-    .map(str::to_owned);
+/// What labels use of one process, distilled from its [`ProcFacts`] once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub start_time: Option<u64>,
+    /// `process.executable.name`.
+    pub exe_name: Option<String>,
+    pub exe_path: Option<String>,
+    /// `OTEL_SERVICE_NAME` from its environment.
+    pub env_service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES` from its environment.
+    pub env_attributes: Vec<(String, String)>,
+    /// Its container, pod and systemd unit.
+    pub cgroup: CgroupInfo,
+}
 
-    let environ = facts.environ.as_deref().unwrap_or_default();
-    let env_text = |name: &str| {
-        environ_var(environ, name)
-            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    // Per the OpenTelemetry resource spec, a list that cannot be decoded is
-    // ignored as a whole.
-    let env_attributes = env_text("OTEL_RESOURCE_ATTRIBUTES")
-        .and_then(|text| parse_key_value_list(&text).ok())
-        .unwrap_or_default();
-    let env_attr = |key: &str| {
-        env_attributes
+impl Process {
+    pub fn from_facts(pid: u32, facts: &ProcFacts) -> Self {
+        // The process name the kernel shows (`comm`, the Name in
+        // /proc/PID/status), as the semantic conventions define
+        // process.executable.name: it follows what the program was started
+        // as, where the exe link may name a symlink's target (Debian's
+        // redis-server is a link to redis-check-rdb). The kernel cuts comm
+        // at 15 bytes; when it is such a cut of the exe file name, the full
+        // file name is better.
+        let exe_file = facts
+            .exe_path
+            .as_deref()
+            .map(executable_name)
+            .filter(|n| !n.is_empty());
+        let comm = facts
+            .comm
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        let exe_name = match (comm, exe_file) {
+            (Some(c), Some(f)) if c.len() >= COMM_MAX && f.starts_with(c) => Some(f),
+            (Some(c), _) => Some(c),
+            (None, f) => f,
+        }
+        .map(str::to_owned);
+
+        let environ = facts.environ.as_deref().unwrap_or_default();
+        let env_text = |name: &str| {
+            environ_var(environ, name)
+                .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        // Per the OpenTelemetry resource spec, a list that cannot be decoded
+        // is ignored as a whole.
+        let env_attributes = env_text("OTEL_RESOURCE_ATTRIBUTES")
+            .and_then(|text| parse_key_value_list(&text).ok())
+            .unwrap_or_default();
+        Process {
+            pid,
+            start_time: facts.start_time,
+            exe_name,
+            exe_path: facts.exe_path.clone(),
+            env_service_name: env_text("OTEL_SERVICE_NAME"),
+            env_attributes,
+            cgroup: facts
+                .cgroup
+                .as_deref()
+                .map(cgroup::parse_proc_cgroup)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A value of `OTEL_RESOURCE_ATTRIBUTES`: the last one wins.
+    fn env_attr(&self, key: &str) -> Option<String> {
+        self.env_attributes
             .iter()
             .rev()
             .find(|(k, v)| k == key && !v.is_empty())
             .map(|(_, v)| v.clone())
-    };
+    }
+}
 
-    let service_name = env_text("OTEL_SERVICE_NAME")
-        .or_else(|| env_attr("service.name"))
-        .or_else(|| exe_name.clone())
-        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
-    let instance_id = env_attr("service.instance.id").unwrap_or_else(|| {
-        let host_key = host.host_id.as_deref().unwrap_or(&host.host_name);
-        instance_uuid(host_key, pid, facts.start_time.unwrap_or(0))
-    });
+/// What the agent knows of the cluster it runs in, for every resource.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// `k8s.cluster.name`, from the configuration.
+    pub cluster_name: Option<String>,
+    /// `k8s.node.name`: this node.
+    pub node_name: Option<String>,
+}
+
+/// Builds the resource of process `pid` from what was read about it.
+pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource {
+    compose(
+        host,
+        &ClusterInfo::default(),
+        &Process::from_facts(pid, facts),
+        None,
+    )
+}
+
+/// The `service.name` of a process, by the OpenTelemetry rules in this
+/// order: its environment (`OTEL_SERVICE_NAME`, then `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`), its pod's annotation
+/// `resource.opentelemetry.io/service.name`, the pod's label
+/// `app.kubernetes.io/name`, the workload that owns the pod, the pod's
+/// name, the container's name, the executable.
+pub fn service_name(process: &Process, pod: Option<&PodMeta>, container: Option<&str>) -> String {
+    process
+        .env_service_name
+        .clone()
+        .or_else(|| process.env_attr("service.name"))
+        .or_else(|| {
+            let pod = pod?;
+            pod.declared_service_name()
+                .or_else(|| pod.workload().map(|(_, name)| name.as_str()))
+                .or(Some(pod.name.as_str()))
+                .map(str::to_owned)
+        })
+        .or_else(|| container.map(str::to_owned))
+        .or_else(|| process.exe_name.clone())
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned())
+}
+
+/// Builds a resource from a process and, when known, its pod.
+pub fn compose(
+    host: &HostInfo,
+    cluster: &ClusterInfo,
+    process: &Process,
+    pod: Option<&PodMeta>,
+) -> Resource {
+    let container_id = process.cgroup.container_id.as_deref();
+    let container_name = pod
+        .zip(container_id)
+        .and_then(|(p, id)| p.container_name(id));
+    let service_name = service_name(process, pod, container_name);
+    let pid = process.pid;
+    let instance_id =
+        process
+            .env_attr("service.instance.id")
+            .unwrap_or_else(|| match (pod, container_name) {
+                (Some(pod), Some(container)) => {
+                    format!("{}.{}.{}", pod.namespace, pod.name, container)
+                }
+                _ => {
+                    let host_key = host.host_id.as_deref().unwrap_or(&host.host_name);
+                    instance_uuid(host_key, pid, process.start_time.unwrap_or(0))
+                }
+            });
 
     let mut attributes: Vec<(String, AttrValue)> = vec![
         ("service.name".into(), service_name.clone().into()),
         ("service.instance.id".into(), instance_id.into()),
-        ("process.pid".into(), AttrValue::Int(i64::from(pid))),
-        (
-            "process.executable.name".into(),
-            exe_name
-                .unwrap_or_else(|| UNKNOWN_EXECUTABLE.to_owned())
-                .into(),
-        ),
     ];
-    if let Some(path) = &facts.exe_path {
+    let mut add = |key: &str, value: &str| attributes.push((key.to_owned(), value.into()));
+    if let Some(pod) = pod
+        && process.env_attr("service.namespace").is_none()
+    {
+        add("service.namespace", &pod.namespace);
+    }
+    if let Some(id) = container_id {
+        add("container.id", id);
+    }
+    if let Some(runtime) = process.cgroup.runtime {
+        add("container.runtime.name", runtime.name());
+    }
+    if let Some(unit) = &process.cgroup.systemd_unit {
+        add("systemd.unit.name", unit);
+    }
+    // A pod the cgroup names is in this cluster, on this node, even before
+    // the API server has said more of it.
+    if pod.is_some() || process.cgroup.pod_uid.is_some() {
+        if let Some(cluster) = &cluster.cluster_name {
+            add("k8s.cluster.name", cluster);
+        }
+        if let Some(node) = &cluster.node_name {
+            add("k8s.node.name", node);
+        }
+    }
+    if let Some(uid) = &process.cgroup.pod_uid {
+        add("k8s.pod.uid", uid);
+    }
+    if let Some(pod) = pod {
+        add("k8s.namespace.name", &pod.namespace);
+        add("k8s.pod.name", &pod.name);
+        if let Some(name) = container_name {
+            add("k8s.container.name", name);
+        }
+        for (kind, name) in &pod.owners {
+            add(kind.attribute(), name);
+        }
+        for (key, value) in &pod.labels {
+            add(&format!("k8s.pod.label.{key}"), value);
+        }
+        for (key, value) in &pod.annotations {
+            add(&format!("k8s.pod.annotation.{key}"), value);
+        }
+    }
+    attributes.push(("process.pid".into(), AttrValue::Int(i64::from(pid))));
+    attributes.push((
+        "process.executable.name".into(),
+        process
+            .exe_name
+            .clone()
+            .unwrap_or_else(|| UNKNOWN_EXECUTABLE.to_owned())
+            .into(),
+    ));
+    if let Some(path) = &process.exe_path {
         attributes.push(("process.executable.path".into(), path.clone().into()));
     }
     attributes.push(("host.name".into(), host.host_name.clone().into()));
@@ -383,14 +627,16 @@ pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource 
     // The remaining OTEL_RESOURCE_ATTRIBUTES entries (service.version,
     // deployment.environment.name, ...). What sonde observed itself wins
     // over what the environment claims.
-    for (key, value) in env_attributes {
+    let observed = attributes.len();
+    for (key, value) in &process.env_attributes {
         if AGENT_KEYS.contains(&key.as_str()) {
             continue;
         }
-        match attributes.iter_mut().find(|(k, _)| *k == key) {
+        match attributes.iter().position(|(k, _)| k == key) {
+            Some(i) if i < observed => {}
             // A later duplicate in the list wins.
-            Some(slot) => slot.1 = value.into(),
-            None => attributes.push((key, value.into())),
+            Some(i) => attributes[i].1 = value.clone().into(),
+            None => attributes.push((key.clone(), value.clone().into())),
         }
     }
 
@@ -562,6 +808,7 @@ mod tests {
             exe_path: exe.map(str::to_owned),
             comm: comm.map(str::to_owned),
             environ: Some(environ.to_vec()),
+            cgroup: None,
         }
     }
 
@@ -890,23 +1137,253 @@ mod tests {
         let proc = FakeProc::new("hint");
         let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 2);
         // Exited before its /proc entry was read: the kernel's name is used.
-        cache.name_hint(200, b"curl");
+        cache.name_hint(200, b"curl", 0);
         let gone = cache.get(200);
         assert_eq!(gone.service_name, "curl");
         assert_eq!(str_attr(&gone, "process.executable.name"), Some("curl"));
         // A readable /proc wins over the hint, and the hint is used once.
         proc.process(201, 1, "/usr/bin/python3", b"OTEL_SERVICE_NAME=shop\0");
-        cache.name_hint(201, b"python3");
+        cache.name_hint(201, b"python3", 0);
         assert_eq!(cache.get(201).service_name, "shop");
-        cache.name_hint(202, b"");
+        cache.name_hint(202, b"", 0);
         assert_eq!(cache.get(202).service_name, UNKNOWN_SERVICE);
         // A cached process takes no hint; hints stay bounded.
-        cache.name_hint(201, b"other");
-        assert!(cache.name_hints.is_empty());
+        cache.name_hint(201, b"other", 0);
+        assert!(cache.hints.is_empty());
         for pid in 300..310 {
-            cache.name_hint(pid, b"x");
+            cache.name_hint(pid, b"x", 0);
         }
-        assert!(cache.name_hints.len() <= 2);
+        assert!(cache.hints.len() <= 2);
+    }
+
+    const UID: &str = "3d1e6b5a-7c2f-4e8d-9a0b-1c2d3e4f5a6b";
+    const CID: &str = "4f2b9c0d1e3a5b7c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e";
+
+    fn pod(annotation: Option<&str>, label: Option<&str>, owners: k8s::Owners) -> PodMeta {
+        PodMeta {
+            uid: UID.into(),
+            name: "web-7d9f8c6b5-x2x4z".into(),
+            namespace: "shop".into(),
+            owners,
+            containers: vec![(CID.into(), "app".into())],
+            annotated_service_name: annotation.map(str::to_owned),
+            app_name: label.map(str::to_owned),
+            ..PodMeta::default()
+        }
+    }
+
+    fn process_in_pod(environ: &[u8]) -> Process {
+        let mut facts = facts(Some("/usr/bin/java"), Some("java"), environ);
+        facts.cgroup = Some(format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CID}.scope\n",
+            UID.replace('-', "_")
+        ));
+        Process::from_facts(7, &facts)
+    }
+
+    #[test]
+    fn service_name_precedence_in_kubernetes() {
+        use k8s::WorkloadKind::*;
+        let deployment = vec![
+            (ReplicaSet, "web-7d9f8c6b5".to_owned()),
+            (Deployment, "web".to_owned()),
+        ];
+        let env = b"OTEL_SERVICE_NAME=from-env\0OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs\0";
+        let attrs = b"OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs\0";
+        let full = pod(Some("annotated"), Some("labelled"), deployment.clone());
+        let cases: Vec<(&[u8], Option<PodMeta>, &str)> = vec![
+            (env, Some(full.clone()), "from-env"),
+            (attrs, Some(full.clone()), "from-attrs"),
+            (b"", Some(full.clone()), "annotated"),
+            (
+                b"",
+                Some(pod(None, Some("labelled"), deployment.clone())),
+                "labelled",
+            ),
+            (
+                b"",
+                Some(pod(Some(""), Some(""), deployment.clone())),
+                "web",
+            ),
+            (
+                b"",
+                Some(pod(None, None, vec![(ReplicaSet, "bare-rs".into())])),
+                "bare-rs",
+            ),
+            (
+                b"",
+                Some(pod(None, None, vec![(StatefulSet, "db".into())])),
+                "db",
+            ),
+            (
+                b"",
+                Some(pod(
+                    None,
+                    None,
+                    vec![(Job, "backup-29012345".into()), (CronJob, "backup".into())],
+                )),
+                "backup",
+            ),
+            (b"", Some(pod(None, None, vec![])), "web-7d9f8c6b5-x2x4z"),
+            (b"", None, "java"),
+        ];
+        for (environ, pod, want) in cases {
+            let process = process_in_pod(environ);
+            let got = service_name(&process, pod.as_ref(), None);
+            assert_eq!(got, want, "{pod:?}");
+        }
+        // The container's name comes before the executable when no pod is known.
+        let process = process_in_pod(b"");
+        assert_eq!(service_name(&process, None, Some("app")), "app");
+    }
+
+    #[test]
+    fn kubernetes_attributes() {
+        use k8s::WorkloadKind::*;
+        let cluster = ClusterInfo {
+            cluster_name: Some("prod-eu".into()),
+            node_name: Some("node-1".into()),
+        };
+        let mut meta = pod(
+            None,
+            None,
+            vec![
+                (ReplicaSet, "web-7d9f8c6b5".into()),
+                (Deployment, "web".into()),
+            ],
+        );
+        meta.labels = vec![("team".into(), "payments".into())];
+        meta.annotations = vec![("owner".into(), "sre".into())];
+        let r = compose(&host(), &cluster, &process_in_pod(b""), Some(&meta));
+        for (key, want) in [
+            ("service.name", "web"),
+            ("service.namespace", "shop"),
+            ("service.instance.id", "shop.web-7d9f8c6b5-x2x4z.app"),
+            ("k8s.namespace.name", "shop"),
+            ("k8s.pod.name", "web-7d9f8c6b5-x2x4z"),
+            ("k8s.pod.uid", UID),
+            ("k8s.container.name", "app"),
+            ("k8s.node.name", "node-1"),
+            ("k8s.cluster.name", "prod-eu"),
+            ("k8s.deployment.name", "web"),
+            ("k8s.replicaset.name", "web-7d9f8c6b5"),
+            ("k8s.pod.label.team", "payments"),
+            ("k8s.pod.annotation.owner", "sre"),
+            ("container.id", CID),
+            ("container.runtime.name", "containerd"),
+            ("process.executable.name", "java"),
+        ] {
+            assert_eq!(str_attr(&r, key), Some(want), "{key}");
+        }
+        assert_eq!(r.attr("k8s.statefulset.name"), None);
+        // The pod not known yet: what the cgroup says, no names.
+        let r = compose(&host(), &cluster, &process_in_pod(b""), None);
+        assert_eq!(str_attr(&r, "k8s.pod.uid"), Some(UID));
+        assert_eq!(str_attr(&r, "container.id"), Some(CID));
+        assert_eq!(str_attr(&r, "k8s.node.name"), Some("node-1"));
+        assert_eq!(r.attr("k8s.pod.name"), None);
+        assert_eq!(r.service_name, "java");
+        // A process outside any pod gets no k8s attributes at all.
+        let mut facts = facts(Some("/usr/sbin/nginx"), Some("nginx"), b"");
+        facts.cgroup = Some("0::/system.slice/nginx.service\n".into());
+        let r = compose(&host(), &cluster, &Process::from_facts(9, &facts), None);
+        assert!(
+            r.attributes
+                .iter()
+                .all(|(k, _)| !k.starts_with("k8s.") && !k.starts_with("container.")),
+            "{r:?}"
+        );
+        assert_eq!(str_attr(&r, "systemd.unit.name"), Some("nginx.service"));
+        // What the environment says never replaces what was observed.
+        let r = compose(
+            &host(),
+            &cluster,
+            &process_in_pod(b"OTEL_RESOURCE_ATTRIBUTES=k8s.pod.name=fake,service.version=1.2\0"),
+            Some(&meta),
+        );
+        assert_eq!(str_attr(&r, "k8s.pod.name"), Some("web-7d9f8c6b5-x2x4z"));
+        assert_eq!(str_attr(&r, "service.version"), Some("1.2"));
+    }
+
+    #[test]
+    fn late_and_deleted_pods() {
+        let proc = FakeProc::new("k8s");
+        proc.process(7, 1, "/usr/bin/java", b"");
+        std::fs::write(
+            proc.0.join("7/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let metadata = Arc::new(Metadata::default());
+        let mut cache =
+            ProcessResources::with_proc_root(host(), &proc.0, 16).with_kubernetes(Kubernetes {
+                metadata: Arc::clone(&metadata),
+                cluster: ClusterInfo::default(),
+            });
+        // Seen before its pod reaches the watch.
+        let early = cache.get(7);
+        assert_eq!(early.service_name, "java");
+        assert_eq!(str_attr(&early, "k8s.pod.uid"), Some(UID));
+        assert!(
+            Arc::ptr_eq(&early, &cache.get(7)),
+            "unchanged metadata: the cached resource"
+        );
+        // The pod arrives: the next span is labelled.
+        let mut pods = HashMap::new();
+        let meta = Arc::new(pod(None, Some("checkout"), vec![]));
+        pods.insert(Arc::from(UID), Arc::clone(&meta));
+        metadata.publish(k8s::Snapshot {
+            pods: pods.clone(),
+            ..Default::default()
+        });
+        let late = cache.get(7);
+        assert_eq!(late.service_name, "checkout");
+        assert_eq!(str_attr(&late, "k8s.container.name"), Some("app"));
+        // Another pod changes: this resource is kept as it is.
+        metadata.publish(k8s::Snapshot {
+            pods: pods.clone(),
+            ..Default::default()
+        });
+        assert!(Arc::ptr_eq(&late, &cache.get(7)));
+        // The pod is deleted and its time is up: the process keeps its labels.
+        metadata.publish(k8s::Snapshot::default());
+        assert_eq!(cache.get(7).service_name, "checkout");
+    }
+
+    #[test]
+    fn cgroup_ids_of_processes_that_are_gone() {
+        let proc = FakeProc::new("cgid");
+        let root = proc.0.join("unified");
+        let dir = root.join(format!("kubepods/burstable/pod{UID}/{CID}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16);
+        cache.cgroups = cgroup::CgroupIds::at(Some(root.clone()));
+        // Gone before /proc was read: the kernel's cgroup id is looked up.
+        cache.name_hint(300, b"curl", id);
+        let r = cache.get(300);
+        assert_eq!(str_attr(&r, "container.id"), Some(CID));
+        assert_eq!(str_attr(&r, "k8s.pod.uid"), Some(UID));
+        // An id that names no directory says nothing.
+        cache.name_hint(301, b"curl", id + 1_000_000);
+        assert_eq!(cache.get(301).attr("container.id"), None);
+    }
+
+    #[test]
+    fn cgroup2_mount_point() {
+        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                      35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup::unified_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup::unified_mount(v2),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(cgroup::unified_mount("garbage\n - \n"), None);
     }
 
     #[test]
