@@ -1,5 +1,6 @@
-//! The servers and clients the integration tests and benches drive, from
-//! Debian packages and PyPI. Installed only when missing; needs root.
+//! The servers and clients the integration tests and benches drive, and the
+//! tools the deployment test runs, from Debian packages and PyPI. Installed
+//! only when missing; needs root.
 
 use std::path::Path;
 use std::process::Command;
@@ -34,12 +35,18 @@ const PACKAGED_SERVICES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
 ];
 
-/// Python packages for test clients, installed with `python3 -m pip`, each
-/// with the module whose import proves it is there.
+/// Python packages for test clients and tools, installed with `python3 -m
+/// pip`, each with the module whose import proves it is there.
 pub const PIP_PACKAGES: &[(&str, &str)] = &[
     ("redis", "redis"),
     ("mysql-connector-python", "mysql.connector"),
     ("grpcio", "grpc"),
+    // tests/tests/deploy.rs: Helm itself (its Go SDK, built into the
+    // wheel: no helm binary, no cluster) renders deploy/helm/sonde, and
+    // kubernetes-validate checks the manifests against the API schemas
+    // it ships, offline.
+    ("helm-python-sdk", "helm_python"),
+    ("kubernetes-validate", "kubernetes_validate"),
 ];
 
 /// Installs whatever is missing from [`APT_PACKAGES`] and [`PIP_PACKAGES`].
@@ -166,6 +173,6 @@ fn install_pip() -> anyhow::Result<()> {
             .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
             .env("PIP_ROOT_USER_ACTION", "ignore")
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
-        "installing python test clients",
+        "installing python test clients and tools",
     )
 }
