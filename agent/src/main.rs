@@ -239,7 +239,7 @@ fn process_resources(config: &KubernetesConfig) -> anyhow::Result<ProcessResourc
     Ok(ProcessResources::new(host).with_kubernetes(Kubernetes {
         metadata,
         cluster: ClusterInfo {
-            cluster_name: config.cluster_name.clone(),
+            cluster_name: config.cluster_name.clone().filter(|n| !n.is_empty()),
             node_name: Some(node_name),
         },
     }))
