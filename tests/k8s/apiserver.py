@@ -18,6 +18,7 @@ import base64
 import bisect
 import collections
 import copy
+import errno
 import json
 import os
 import select
@@ -1399,7 +1400,18 @@ def main(argv=None):
     port = args.port_opt if args.port_opt is not None else (args.port or 0)
 
     store = Store(args.state, rv_wait=args.rv_wait)
-    server = Server(("127.0.0.1", port), Handler)
+    # A restart on the same port may find it still held for a moment (a
+    # client's connection being torn down): retry, as a restarted API
+    # server's supervisor would.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            server = Server(("127.0.0.1", port), Handler)
+            break
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or port == 0 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     server.store = store
     server.stats = Stats()
     server.verbose = args.verbose
