@@ -9,6 +9,9 @@
 //!   receiver ([`received_metrics`] holds the metric data points).
 //! - [`prometheus::Prometheus`]: a real Prometheus server scraping the agent.
 //! - [`agent::Agent`]: starts `target/release/sonde run --config ...`.
+//! - [`apiserver::ApiServer`]: a local Kubernetes API server (list/watch
+//!   over plain HTTP) for the agent's Kubernetes metadata, with builders of
+//!   realistic pods, namespaces, replicasets and jobs.
 //! - [`servers`]: nginx and a Python upstream.
 //! - [`clients`]: curl and inline Python clients.
 //! - [`redis`]: redis-server, redis-cli, redis-benchmark and a Python client.
@@ -22,6 +25,7 @@
 //! ports they created themselves.
 
 pub mod agent;
+pub mod apiserver;
 pub mod clients;
 pub mod db;
 pub mod grpc;
