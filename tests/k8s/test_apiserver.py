@@ -37,7 +37,7 @@ class ServerProc:
 
     def start(self):
         cmd = [sys.executable, SERVER, "--port", str(self.port),
-               "--bookmark-interval", str(BOOKMARK_INTERVAL), "--rv-wait", "0.5"] + self.extra
+               "--bookmark-interval", str(BOOKMARK_INTERVAL), "--rv-wait", "1.0"] + self.extra
         if self.state:
             cmd += ["--state", self.state]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
