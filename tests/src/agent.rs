@@ -137,6 +137,18 @@ impl Agent {
         extra_yaml: &str,
         args: &[&str],
     ) -> anyhow::Result<Agent> {
+        Agent::start_with_env(endpoint, protocol, extra_yaml, args, &[])
+    }
+
+    /// Like [`Agent::start_with_args`], with `env` set for the agent (for
+    /// example `KUBECONFIG`).
+    pub fn start_with_env(
+        endpoint: &str,
+        protocol: &str,
+        extra_yaml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let bin = agent_binary();
         if !bin.is_file() {
             bail!(
@@ -164,6 +176,7 @@ impl Agent {
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
