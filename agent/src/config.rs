@@ -1604,7 +1604,7 @@ mod deploy_tests {
             {
                 let config = super::parse(text).expect("embedded config parses");
                 assert_eq!(config.export.console, Some(false));
-                assert_eq!(config.kubernetes.enabled, KubernetesMode::On);
+                assert_eq!(config.kubernetes.enabled, super::KubernetesMode::On);
                 assert_eq!(config.health.listen.as_deref(), Some("0.0.0.0:9465"));
                 found = true;
             }
