@@ -196,22 +196,25 @@ impl CgroupIds {
         }
     }
 
-    /// What cgroup `id` says, if it can be found.
-    pub fn info(&mut self, id: u64) -> Option<CgroupInfo> {
-        if id == 0 {
-            return None;
-        }
+    /// What cgroup `id` says (nothing, when it cannot be found). An id is
+    /// walked for once: what the walk found, or that it found nothing, is
+    /// remembered, so processes of the root cgroup or of a cgroup gone
+    /// since do not walk the hierarchy again.
+    pub fn info(&mut self, id: u64) -> CgroupInfo {
+        let Some(root) = self.root.as_ref().filter(|_| id != 0) else {
+            return CgroupInfo::default();
+        };
         if let Some(info) = self.known.get(&id) {
-            return Some(info.clone());
+            return info.clone();
         }
-        let root = self.root.as_ref()?;
-        let path = find_inode(root, id)?;
-        let info = parse_path(&path);
+        let info = find_inode(root, id)
+            .map(|path| parse_path(&path))
+            .unwrap_or_default();
         if self.known.len() >= MAX_KNOWN_IDS {
             self.known.clear();
         }
         self.known.insert(id, info.clone());
-        Some(info)
+        info
     }
 }
 
@@ -524,6 +527,25 @@ mod tests {
             };
             assert_eq!(got, want, "{}", c.path);
         }
+    }
+
+    #[test]
+    fn cgroup_ids_are_walked_for_once() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("sonde-cgroup-ids-{}", std::process::id()));
+        let dir = root.join(format!("system.slice/docker-{ID}.scope"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        let mut ids = CgroupIds::at(Some(root.clone()));
+        assert_eq!(ids.info(id).container_id.as_deref(), Some(ID));
+        // Found or not, an id is remembered: no second walk.
+        let missing = id + 1_000_000;
+        assert!(ids.info(missing).is_empty());
+        assert_eq!(ids.known.len(), 2);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(ids.info(id).container_id.as_deref(), Some(ID));
+        assert!(ids.info(0).is_empty());
+        assert!(CgroupIds::at(None).info(id).is_empty());
     }
 
     #[test]

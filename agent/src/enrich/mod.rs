@@ -308,18 +308,17 @@ impl ProcessResources {
 
         let mut facts = ProcFacts::read(&self.proc_root, pid);
         let hint = self.hints.remove(&pid);
-        let mut process = Process::from_facts(pid, &facts);
-        if let Some(hint) = hint {
-            if facts.comm.is_none() && !hint.name.is_empty() {
-                facts.comm = Some(hint.name);
-                process.exe_name = Process::from_facts(pid, &facts).exe_name;
-            }
-            if facts.cgroup.is_none() {
-                process.cgroup = self.cgroups.info(hint.cgroup_id).unwrap_or_default();
-            }
+        if let Some(hint) = &hint
+            && facts.comm.is_none()
+            && !hint.name.is_empty()
+        {
+            facts.comm = Some(hint.name.clone());
         }
-        if let Some(text) = &facts.cgroup {
-            self.cgroups.learn(text, &process.cgroup);
+        let mut process = Process::from_facts(pid, &facts);
+        match (&facts.cgroup, hint) {
+            (Some(text), _) => self.cgroups.learn(text, &process.cgroup),
+            (None, Some(hint)) => process.cgroup = self.cgroups.info(hint.cgroup_id),
+            (None, None) => {}
         }
         let mut entry = Entry {
             resource: Arc::new(Resource::default()),

@@ -270,8 +270,6 @@ pub struct Snapshot {
 pub struct Metadata {
     current: ArcSwap<Snapshot>,
     version: AtomicU64,
-    /// Set once the first full list of pods has arrived.
-    synced: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metadata {
@@ -279,7 +277,6 @@ impl Default for Metadata {
         Metadata {
             current: ArcSwap::from_pointee(Snapshot::default()),
             version: AtomicU64::new(0),
-            synced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -302,15 +299,6 @@ impl Metadata {
         snapshot.version = version;
         self.current.store(Arc::new(snapshot));
         self.version.store(version, Ordering::Release);
-    }
-
-    /// Whether the pods of this node were listed at least once.
-    pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
-    }
-
-    pub fn set_synced(&self) {
-        self.synced.store(true, Ordering::Release);
     }
 }
 

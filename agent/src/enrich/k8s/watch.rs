@@ -133,7 +133,6 @@ struct State {
     /// server answered.
     replicaset_owners: HashMap<(String, String), Option<(String, String)>>,
     dirty: bool,
-    synced: bool,
     /// The API server failed and has not answered since.
     away: bool,
 }
@@ -149,7 +148,6 @@ impl State {
             listing_namespaces: None,
             replicaset_owners: HashMap::new(),
             dirty: false,
-            synced: false,
             away: false,
         }
     }
@@ -193,7 +191,6 @@ impl State {
                     });
                 }
                 self.pods = pods;
-                self.synced = true;
                 self.dirty = true;
             }
             Event::Apply(pod) => {
@@ -326,8 +323,5 @@ impl State {
             pods: self.pods.clone(),
             namespaces: self.namespaces.clone(),
         });
-        if self.synced {
-            metadata.set_synced();
-        }
     }
 }
