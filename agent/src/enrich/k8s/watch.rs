@@ -174,8 +174,11 @@ impl State {
             Event::Init => self.listing = Some(HashMap::new()),
             Event::InitApply(pod) => {
                 if let Some(meta) = self.meta(&pod).await {
-                    let listing = self.listing.get_or_insert_with(HashMap::new);
-                    listing.insert(meta.uid.as_str().into(), Arc::new(meta));
+                    let uid: Arc<str> = meta.uid.as_str().into();
+                    let meta = same_or_new(self.pods.get(&uid), meta);
+                    self.listing
+                        .get_or_insert_with(HashMap::new)
+                        .insert(uid, meta);
                 }
             }
             Event::InitDone => {
@@ -195,8 +198,16 @@ impl State {
             }
             Event::Apply(pod) => {
                 if let Some(meta) = self.meta(&pod).await {
-                    self.pods.insert(meta.uid.as_str().into(), Arc::new(meta));
-                    self.dirty = true;
+                    let uid: Arc<str> = meta.uid.as_str().into();
+                    let meta = same_or_new(self.pods.get(&uid), meta);
+                    if self
+                        .pods
+                        .get(&uid)
+                        .is_none_or(|old| !Arc::ptr_eq(old, &meta))
+                    {
+                        self.pods.insert(uid, meta);
+                        self.dirty = true;
+                    }
                 }
             }
             Event::Delete(pod) => {
@@ -323,5 +334,37 @@ impl State {
             pods: self.pods.clone(),
             namespaces: self.namespaces.clone(),
         });
+    }
+}
+
+/// The pod's published metadata when nothing labels use changed (most pod
+/// updates are status changes), so that its processes keep their cached
+/// resources; else `meta`.
+fn same_or_new(current: Option<&Arc<PodMeta>>, meta: PodMeta) -> Arc<PodMeta> {
+    match current {
+        Some(old) if **old == meta => Arc::clone(old),
+        _ => Arc::new(meta),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_pods_keep_their_metadata() {
+        let meta = PodMeta {
+            uid: "u".into(),
+            name: "p".into(),
+            ..PodMeta::default()
+        };
+        let old = Arc::new(meta.clone());
+        assert!(Arc::ptr_eq(&same_or_new(Some(&old), meta.clone()), &old));
+        let relabelled = PodMeta {
+            app_name: Some("web".into()),
+            ..meta.clone()
+        };
+        assert!(!Arc::ptr_eq(&same_or_new(Some(&old), relabelled), &old));
+        assert_eq!(*same_or_new(None, meta.clone()), meta);
     }
 }
