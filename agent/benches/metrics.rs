@@ -105,11 +105,7 @@ impl SpanSink for CountingSink {
 
 fn pipeline(metrics: Option<Arc<Metrics>>) -> Pipeline<CountingSink> {
     let mut p = Pipeline::new(
-        PipelineOptions {
-            max_connections: 4096,
-            limits: Default::default(),
-            spans: Default::default(),
-        },
+        PipelineOptions::new(4096, Default::default(), Default::default()),
         Clock::with_offset(0),
         ProcessResources::new(HostInfo {
             host_name: "bench".into(),
@@ -479,11 +475,7 @@ fn main() {
             let stats = Arc::new(Stats::default());
             let records = recorded_events();
             let mut p = Pipeline::new(
-                PipelineOptions {
-                    max_connections: 4096,
-                    limits: Default::default(),
-                    spans: Default::default(),
-                },
+                PipelineOptions::new(4096, Default::default(), Default::default()),
                 Clock::with_offset(0),
                 ProcessResources::new(HostInfo {
                     host_name: "bench".into(),

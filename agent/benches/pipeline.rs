@@ -66,11 +66,7 @@ fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
 
 fn pipeline_with<S: SpanSink>(stats: Arc<Stats>, sink: S) -> Pipeline<S> {
     Pipeline::new(
-        PipelineOptions {
-            max_connections: 4096,
-            limits: Default::default(),
-            spans: Default::default(),
-        },
+        PipelineOptions::new(4096, Default::default(), Default::default()),
         Clock::with_offset(0),
         ProcessResources::new(HostInfo {
             host_name: "bench".into(),

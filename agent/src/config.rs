@@ -7,7 +7,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Deserializer};
+
+pub use crate::enrich::select::Selection;
+use crate::protocol::{PROTOCOLS, ProtocolSpec};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -31,6 +36,79 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     #[serde(deserialize_with = "or_default")]
     pub health: HealthConfig,
+    #[serde(deserialize_with = "or_default")]
+    pub select: Selection,
+    #[serde(deserialize_with = "or_default")]
+    pub protocols: ProtocolsConfig,
+}
+
+/// Which protocols are parsed on this node, by their names in
+/// [`PROTOCOLS`]: `protocols: {redis: false}`. A protocol not named is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProtocolsConfig {
+    /// The names of the protocols turned off.
+    off: BTreeSet<String>,
+}
+
+impl<'de> Deserialize<'de> for ProtocolsConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = ProtocolsConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of protocol names to true or false")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ProtocolsConfig::default())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut config = ProtocolsConfig::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    // Refused at its key, so the error points at its line.
+                    if spec(&name).is_none() {
+                        static NAMES: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
+                        let known =
+                            NAMES.get_or_init(|| PROTOCOLS.iter().map(|p| p.name).collect());
+                        return Err(serde::de::Error::unknown_field(&name, known));
+                    }
+                    let on: bool = map.next_value()?;
+                    config.set(&name, on);
+                }
+                Ok(config)
+            }
+        }
+        d.deserialize_any(Names)
+    }
+}
+
+fn spec(name: &str) -> Option<&'static ProtocolSpec> {
+    PROTOCOLS.iter().find(|p| p.name == name)
+}
+
+impl ProtocolsConfig {
+    /// Turns protocol `name` on or off (for code that builds a config).
+    pub fn set(&mut self, name: &str, on: bool) {
+        if on {
+            self.off.remove(name);
+        } else {
+            self.off.insert(name.to_owned());
+        }
+    }
+
+    pub fn is_on(&self, name: &str) -> bool {
+        !self.off.contains(name)
+    }
+
+    /// The protocols on, in detection order.
+    pub fn enabled(&self) -> Vec<&'static ProtocolSpec> {
+        PROTOCOLS.iter().filter(|p| self.is_on(p.name)).collect()
+    }
 }
 
 /// The liveness and readiness endpoint (`/healthz`, `/readyz`).
@@ -43,7 +121,7 @@ pub struct HealthConfig {
 
 /// A section or map written with nothing under it (`capture:` with every
 /// key commented out) is null in YAML; it means the defaults.
-fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -728,6 +806,25 @@ impl Config {
             self.sample.max_per_second.into(),
             2,
         )?;
+        for (key, rules) in [
+            ("select.include", &self.select.include),
+            ("select.exclude", &self.select.exclude),
+        ] {
+            if rules.iter().any(crate::enrich::select::Rule::is_empty) {
+                return Err((
+                    key,
+                    "a rule names none of namespace, pod, labels, namespace_labels, container, \
+                     systemd_unit"
+                        .to_string(),
+                ));
+            }
+        }
+        if self.protocols.enabled().is_empty() {
+            return Err((
+                "protocols",
+                "every protocol is off: nothing would be traced".to_string(),
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err((
                 "log.level",
@@ -782,9 +879,17 @@ fn decode_error(
             at,
             message: format!("YAML syntax: {}", wording(err)),
         },
-        E::SerdeUnknownField { expected, .. } => ConfigError::UnknownKey {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => ConfigError::UnknownKey {
             at,
-            key,
+            // A struct's unknown field is in the path already; a checked
+            // map's key (protocols) is not.
+            key: if key.rsplit('.').next() == Some(field.as_str()) {
+                key
+            } else {
+                format!("{key}.{field}").trim_start_matches('.').to_string()
+            },
             expected: if expected.is_empty() {
                 "no keys here".to_string()
             } else {
@@ -982,6 +1087,7 @@ mod tests {
     #[test]
     fn documented_example_parses() {
         let doc = include_str!("../../docs/CONFIGURATION.md");
+        let doc = &doc[doc.find("## Example").expect("an example section")..];
         let start = doc.find("```yaml\n").expect("a yaml block in the docs") + 8;
         let len = doc[start..].find("```").expect("the end of the yaml block");
         let c = parse(&doc[start..start + len]).unwrap();
@@ -1056,8 +1162,20 @@ kubernetes:
   pod_annotations: [owner]
 health:
   listen: 0.0.0.0:9465
+select:
+  include:
+    - namespace: shop-*
+  exclude:
+    - labels: track=canary
+      container: web
+protocols:
+  redis: false
+  mysql: true
 ";
         let c = parse(text).unwrap();
+        let rule = |yaml: &str| serde_saphyr::from_str(yaml).unwrap();
+        let mut protocols = ProtocolsConfig::default();
+        protocols.set("redis", false);
         let want = Config {
             capture: CaptureConfig {
                 bytes: 4096,
@@ -1143,8 +1261,15 @@ health:
             health: HealthConfig {
                 listen: Some("0.0.0.0:9465".into()),
             },
+            select: Selection {
+                include: vec![rule("namespace: shop-*")],
+                exclude: vec![rule("labels: track=canary\ncontainer: web")],
+            },
+            protocols,
         };
         assert_eq!(c, want);
+        let names: Vec<&str> = c.protocols.enabled().iter().map(|p| p.name).collect();
+        assert_eq!(names, ["http2", "http1", "mysql"]);
         // The mode is written as a boolean or a word.
         for (text, want) in [
             ("kubernetes: {enabled: false}", KubernetesMode::Off),
@@ -1164,6 +1289,41 @@ health:
             .unwrap_err()
             .to_string();
         assert!(err.contains("health.listen"), "{err}");
+    }
+
+    /// A bad rule or protocol names the key, the line and what is wrong.
+    #[test]
+    fn bad_selection_and_protocols() {
+        for (text, line, says) in [
+            (
+                "select:\n  exclude:\n    - namespace: kube-system\n    - labels: app in web\n",
+                4,
+                "parentheses",
+            ),
+            (
+                "select:\n  include:\n    - nmespace: shop\n",
+                3,
+                "unknown key",
+            ),
+            ("select:\n  exclude:\n    - {}\n", 2, "a rule names none"),
+            ("select:\n  include:\n    - pod: ''\n", 3, "empty pattern"),
+            (
+                "protocols:\n  redis: false\n  amqp: false\n",
+                3,
+                "unknown key protocols.amqp (expected one of: http2, http1, redis, mysql)",
+            ),
+            ("protocols:\n  redis: maybe\n", 2, "redis"),
+            (
+                "protocols: {http1: false, http2: false, redis: false, mysql: false}\n",
+                1,
+                "every protocol is off",
+            ),
+        ] {
+            let err = parse(text).expect_err(text);
+            let message = err.to_string();
+            assert!(message.contains(says), "{text:?}: {message}");
+            assert_eq!(err.line(), Some(line), "{text:?}: {message}");
+        }
     }
 
     #[test]

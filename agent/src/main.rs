@@ -11,14 +11,13 @@ use clap::{Parser, Subcommand};
 use sonde::capture::Clock;
 use sonde::capture::attach::Processes;
 use sonde::capture::probes::Probes;
-use sonde::config::KubernetesConfig;
-use sonde::config::{self, Config};
+use sonde::config::{self, Config, KubernetesConfig, Selection};
 use sonde::enrich::k8s::watch::{self, WatchConfig};
 use sonde::enrich::k8s::{Keep, Metadata};
-use sonde::enrich::{ClusterInfo, HostInfo, Kubernetes, ProcessResources};
+use sonde::enrich::{CgroupOrder, ClusterInfo, HostInfo, Kubernetes, ProcessResources};
 use sonde::export;
 use sonde::metrics::{Metrics, agent_resource};
-use sonde::pipeline::{ExportSink, Pipeline, PipelineOptions};
+use sonde::pipeline::{ExportSink, KernelOrder, Pipeline, PipelineOptions};
 use sonde::protocol::{self, Limits};
 use sonde::sample::Sampler;
 use sonde::span::HttpSpanOptions;
@@ -132,7 +131,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
             .with_context(|| format!("health.listen: cannot listen on {addr}"))?;
         runtime.spawn(sonde::health::serve(listener, ready.clone()));
     }
-    let resources = process_resources(&config.kubernetes)?;
+    let resources = process_resources(&config.kubernetes, &config.select)?;
 
     // Before anything is attached, and surely before "ready" is logged: a
     // SIGTERM sent as soon as the agent says it is ready must stop it
@@ -141,7 +140,8 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     for signal in [libc::SIGINT, libc::SIGTERM] {
         register_stop(signal, stop.clone())?;
     }
-    let mut probes = Probes::start(&config.capture, &protocol::prefilter::all())?;
+    let protocols = config.protocols.enabled();
+    let mut probes = Probes::start(&config.capture, &protocol::prefilter::of(&protocols))?;
     // After attaching, so that no process starts unseen in between.
     let mut processes = Processes::new(std::process::id(), "/proc");
     processes.scan();
@@ -168,6 +168,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
                     sanitize_query: config.db.sanitize_query,
                 },
             },
+            protocols,
         },
         Clock::now(),
         resources,
@@ -205,11 +206,20 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
 
 /// The enrich stage's process cache, with pod metadata from the API server
 /// when the agent runs in Kubernetes (or is told to).
-fn process_resources(config: &KubernetesConfig) -> anyhow::Result<ProcessResources> {
+fn process_resources(
+    config: &KubernetesConfig,
+    selection: &Selection,
+) -> anyhow::Result<ProcessResources> {
     let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let mut host = HostInfo::detect();
     if !config.wanted(in_pod) {
-        return Ok(ProcessResources::new(host));
+        if selection.needs_pods() {
+            warn!(
+                "select: rules name namespaces, pods or containers, but kubernetes metadata is \
+                 off (kubernetes.enabled): they match no process"
+            );
+        }
+        return Ok(ProcessResources::new(host).with_selection(selection.clone()));
     }
     let node_name = config
         .node_name
@@ -229,6 +239,7 @@ fn process_resources(config: &KubernetesConfig) -> anyhow::Result<ProcessResourc
             keep: Keep {
                 labels: config.pod_labels.clone(),
                 annotations: config.pod_annotations.clone(),
+                selector_labels: selection.label_keys(),
             },
             deleted_pod_retention: Duration::from_secs(config.deleted_pod_retention_secs),
         },
@@ -236,13 +247,15 @@ fn process_resources(config: &KubernetesConfig) -> anyhow::Result<ProcessResourc
     )
     .context("starting the kubernetes metadata watcher")?;
     info!(node = %node_name, "kubernetes metadata: watching the pods of this node");
-    Ok(ProcessResources::new(host).with_kubernetes(Kubernetes {
-        metadata,
-        cluster: ClusterInfo {
-            cluster_name: config.cluster_name.clone().filter(|n| !n.is_empty()),
-            node_name: Some(node_name),
-        },
-    }))
+    Ok(ProcessResources::new(host)
+        .with_selection(selection.clone())
+        .with_kubernetes(Kubernetes {
+            metadata,
+            cluster: ClusterInfo {
+                cluster_name: config.cluster_name.clone().filter(|n| !n.is_empty()),
+                node_name: Some(node_name),
+            },
+        }))
 }
 
 /// Sets `stop` when `signal` arrives. The handler only stores to an atomic.
@@ -301,8 +314,13 @@ fn read_loop(
         }
         pipeline.flush_spans();
         pipeline.sink_mut().flush();
-        for (key, generation) in pipeline.take_mutes().collect::<Vec<_>>() {
-            probes.mute(key, generation);
+        for order in pipeline.take_kernel_orders() {
+            match order {
+                KernelOrder::Mute(key, generation) => probes.mute(key, generation),
+                KernelOrder::Silence(key, generation) => probes.silence(key, generation),
+                KernelOrder::Cgroup(CgroupOrder::Silence(id)) => probes.silence_cgroup(id, true),
+                KernelOrder::Cgroup(CgroupOrder::Trace(id)) => probes.silence_cgroup(id, false),
+            }
         }
         if last_chores.elapsed() >= Duration::from_secs(1) {
             last_chores = Instant::now();
@@ -321,6 +339,7 @@ fn read_loop(
                 now.saturating_sub(IDLE_CONN.as_nanos() as u64),
                 clock.to_unix_ns(now),
             );
+            pipeline.recheck_excluded();
             // Every 10 s: more often, pages freed and touched again
             // cost the kernel a page fault and a zeroed page each time.
             chores += 1;

@@ -14,7 +14,7 @@ use sonde_common::ConnKey;
 
 use crate::capture::{self, Clock, ConnId, Event, Role};
 use crate::conn::{Conn, ConnTable, Displaced};
-use crate::enrich::{ProcessResources, Resource};
+use crate::enrich::{CgroupOrder, ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
 use crate::protocol::{Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session};
@@ -74,6 +74,21 @@ enum Protocol {
     Known(&'static ProtocolSpec, Box<dyn Session>),
     /// No supported protocol: the kernel was told to ship only message starts.
     Muted,
+    /// Its process is excluded by the `select` rules: the kernel was told
+    /// to ship nothing more.
+    Excluded,
+}
+
+/// What the pipeline asks of the kernel, taken by the capture loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelOrder {
+    /// Ship only message starts of this connection: it carries no
+    /// protocol the agent parses.
+    Mute(ConnKey, u64),
+    /// Ship nothing more of this connection: its process is excluded.
+    Silence(ConnKey, u64),
+    /// Mute, or trace again, the connections a cgroup opens.
+    Cgroup(CgroupOrder),
 }
 
 /// The first chunks of a connection whose protocol is not known yet. Some
@@ -123,10 +138,14 @@ impl Protocol {
         Protocol::Unknown(Box::default())
     }
 
-    /// The protocol these first bytes start, if one is sure.
-    fn detect(data: &[u8], limits: Limits) -> Result<Protocol, Detect> {
+    /// The protocol these first bytes start, if one of `protocols` is sure.
+    fn detect(
+        data: &[u8],
+        limits: Limits,
+        protocols: &[&'static ProtocolSpec],
+    ) -> Result<Protocol, Detect> {
         let mut verdict = Detect::No;
-        for spec in PROTOCOLS {
+        for &spec in protocols {
             match (spec.detect)(data) {
                 Detect::Request | Detect::Response => {
                     return Ok(Protocol::Known(spec, (spec.new_session)(limits)));
@@ -145,6 +164,20 @@ pub struct PipelineOptions {
     pub max_connections: usize,
     pub limits: Limits,
     pub spans: SpanOptions,
+    /// The protocols parsed, in detection order (`protocols` in the config).
+    pub protocols: Vec<&'static ProtocolSpec>,
+}
+
+impl PipelineOptions {
+    /// Every protocol, with these limits.
+    pub fn new(max_connections: usize, limits: Limits, spans: SpanOptions) -> Self {
+        PipelineOptions {
+            max_connections,
+            limits,
+            spans,
+            protocols: PROTOCOLS.iter().collect(),
+        }
+    }
 }
 
 pub struct Pipeline<S: SpanSink> {
@@ -154,8 +187,8 @@ pub struct Pipeline<S: SpanSink> {
     resources: ProcessResources,
     sink: S,
     stats: Arc<Stats>,
-    /// Connections to mute in the kernel, taken by the capture loop.
-    to_mute: Vec<(ConnKey, u64)>,
+    /// What to tell the kernel, taken by the capture loop.
+    kernel_orders: Vec<KernelOrder>,
     /// Spans built and not yet handed on ([`Pipeline::flush_spans`]).
     spans: Vec<Span>,
     metrics: Option<Arc<Metrics>>,
@@ -177,7 +210,7 @@ impl<S: SpanSink> Pipeline<S> {
             resources,
             sink,
             stats,
-            to_mute: Vec::new(),
+            kernel_orders: Vec::new(),
             spans: Vec::new(),
             metrics: None,
             sampler: None,
@@ -216,9 +249,44 @@ impl<S: SpanSink> Pipeline<S> {
         self.conns.len()
     }
 
-    /// Connections found to carry no supported protocol since the last call.
-    pub fn take_mutes(&mut self) -> std::vec::Drain<'_, (ConnKey, u64)> {
-        self.to_mute.drain(..)
+    /// What to tell the kernel since the last call: connections that carry
+    /// no supported protocol, and the connections and cgroups of excluded
+    /// processes.
+    pub fn take_kernel_orders(&mut self) -> std::vec::Drain<'_, KernelOrder> {
+        self.mute_excluded();
+        self.kernel_orders
+            .extend(self.resources.take_cgroup_orders().map(KernelOrder::Cgroup));
+        self.kernel_orders.drain(..)
+    }
+
+    /// Silences the open connections of processes found excluded since the
+    /// last call (the pod they are in became known, or changed).
+    fn mute_excluded(&mut self) {
+        let pids: Vec<u32> = self.resources.take_newly_excluded().collect();
+        if pids.is_empty() {
+            return;
+        }
+        for conn in self.conns.iter_mut() {
+            if !pids.contains(&conn.id.tgid) || matches!(conn.state, Protocol::Excluded) {
+                continue;
+            }
+            conn.state = Protocol::Excluded;
+            if conn.id.source == capture::Source::Syscall {
+                self.kernel_orders.push(KernelOrder::Silence(
+                    ConnKey {
+                        tgid: conn.id.tgid,
+                        fd: conn.id.fd,
+                    },
+                    conn.id.generation,
+                ));
+            }
+        }
+    }
+
+    /// Judges the muted cgroups again when the metadata changed (called by
+    /// the capture loop's periodic chores).
+    pub fn recheck_excluded(&mut self) {
+        self.resources.recheck_silenced();
     }
 
     /// Handles one ring-buffer record and hands on the spans it completed.
@@ -290,10 +358,28 @@ impl<S: SpanSink> Pipeline<S> {
             // short-lived client may be gone by the time its span is done.
             // A new connection is also when a reused pid shows: re-check it.
             self.resources.forget(id.tgid);
-            self.resources.get(id.tgid);
+            let (_, traced) = self.resources.lookup(id.tgid);
+            if !traced {
+                conn.state = Protocol::Excluded;
+                if id.source == capture::Source::Syscall {
+                    self.kernel_orders.push(KernelOrder::Silence(
+                        ConnKey {
+                            tgid: id.tgid,
+                            fd: id.fd,
+                        },
+                        id.generation,
+                    ));
+                }
+            }
         }
         conn.stream_mut(dir)
             .advance(chunk.total_len, chunk.data.len());
+        // What the kernel sent before it learnt the process is excluded.
+        if matches!(conn.state, Protocol::Excluded) {
+            Stats::add(&self.stats.events_excluded, 1);
+            self.finish_displaced(displaced, chunk.start_ns);
+            return;
+        }
 
         // Decide the protocol from the first bytes; a muted connection the
         // kernel still shipped bytes for starts over, as it may be a message start.
@@ -313,7 +399,11 @@ impl<S: SpanSink> Pipeline<S> {
                     start_ns: chunk.start_ns,
                     end_ns: chunk.end_ns,
                 });
-                match Protocol::detect(&detecting.prefix(dir), self.options.limits) {
+                match Protocol::detect(
+                    &detecting.prefix(dir),
+                    self.options.limits,
+                    &self.options.protocols,
+                ) {
                     Ok(protocol) => {
                         replay = std::mem::take(&mut detecting.chunks);
                         conn.state = protocol;
@@ -323,7 +413,7 @@ impl<S: SpanSink> Pipeline<S> {
                         conn.state = Protocol::Muted;
                         // The kernel's filter sees only syscall bytes.
                         if id.source == capture::Source::Syscall {
-                            self.to_mute.push((
+                            self.kernel_orders.push(KernelOrder::Mute(
                                 ConnKey {
                                     tgid: id.tgid,
                                     fd: id.fd,
@@ -371,12 +461,16 @@ impl<S: SpanSink> Pipeline<S> {
             // This connection's spans go before those of a connection it displaced.
             self.emit();
         }
+        self.finish_displaced(displaced, chunk.start_ns);
+    }
+
+    fn finish_displaced(&mut self, displaced: Displaced<Protocol>, end_unix_ns: u64) {
         match displaced {
             Displaced::Nothing => {}
-            Displaced::Replaced(old) => self.finish(old, chunk.start_ns),
+            Displaced::Replaced(old) => self.finish(old, end_unix_ns),
             Displaced::Evicted(old) => {
                 Stats::add(&self.stats.conns_evicted, 1);
-                self.finish(old, chunk.start_ns);
+                self.finish(old, end_unix_ns);
             }
         }
     }
@@ -447,7 +541,11 @@ impl<S: SpanSink> Pipeline<S> {
         let mut recorder = self.metrics.as_ref().map(|m| m.recorder());
         for span in self.spans.drain(..) {
             Stats::add(&self.stats.spans_built, 1);
-            let resource = self.resources.get(span.pid);
+            let (resource, traced) = self.resources.lookup(span.pid);
+            if !traced {
+                Stats::add(&self.stats.spans_excluded, 1);
+                continue;
+            }
             let exported = self
                 .sampler
                 .as_mut()
@@ -502,13 +600,13 @@ mod tests {
 
     fn pipeline() -> Pipeline<Collect> {
         Pipeline::new(
-            PipelineOptions {
-                max_connections: 16,
-                limits: Limits {
+            PipelineOptions::new(
+                16,
+                Limits {
                     max_buffered_bytes: 4096,
                 },
-                spans: SpanOptions::default(),
-            },
+                SpanOptions::default(),
+            ),
             Clock::with_offset(0),
             ProcessResources::new(HostInfo {
                 host_name: "test".into(),
@@ -571,7 +669,7 @@ mod tests {
             spans[0].start_unix_ns, 110,
             "starts when the first piece was read"
         );
-        assert!(p.take_mutes().next().is_none(), "not muted");
+        assert!(p.take_kernel_orders().next().is_none(), "not muted");
     }
 
     /// Bytes of no known protocol mute the connection in the kernel, and a
@@ -584,9 +682,11 @@ mod tests {
             100,
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         ));
-        let mutes: Vec<_> = p.take_mutes().collect();
-        assert_eq!(mutes.len(), 1);
-        assert_eq!(mutes[0].0.fd, 5);
+        let mutes: Vec<_> = p.take_kernel_orders().collect();
+        assert!(
+            matches!(mutes[..], [KernelOrder::Mute(ConnKey { fd: 5, .. }, 1)]),
+            "{mutes:?}"
+        );
         p.handle_record(&record(DIR_INGRESS, 200, b"GET /x HTTP/1.1\r\n\r\n"));
         p.handle_record(&record(DIR_EGRESS, 300, b"HTTP/1.1 204 No Content\r\n\r\n"));
         assert_eq!(p.sink_mut().0.len(), 1);

@@ -30,6 +30,9 @@ counters! {
     events_lost_slot_taken,
     /// Records too short or of an unknown kind.
     events_malformed,
+    /// Records of processes the `select` rules exclude, sent before the
+    /// kernel was told to mute them.
+    events_excluded,
     /// Payload bytes captured by the kernel.
     bytes_captured,
     /// Bytes that moved on streams but were not captured (gaps).
@@ -48,6 +51,9 @@ counters! {
     spans_built,
     /// Spans the sample stage did not export (metrics counted them).
     spans_sampled_out,
+    /// Spans of processes the `select` rules exclude (built before their
+    /// pod was known to be excluded), neither counted nor exported.
+    spans_excluded,
     /// Spans dropped because the export queue was full.
     spans_dropped_queue_full,
     /// Spans handed to an exporter successfully.

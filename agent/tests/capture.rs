@@ -406,3 +406,170 @@ fn process_records_carry_the_cgroup_id() {
         "the process record names the client's cgroup"
     );
 }
+
+/// Every record of `pid` in the ring buffer until `pid` exits (and a
+/// moment more), as (kind, fd) pairs: "process", "data" or "close".
+fn records_of(probes: &mut Probes, child: &mut std::process::Child) -> Vec<(&'static str, u32)> {
+    let pid = child.id();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut exited_at: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_millis(300)) {
+            break;
+        }
+        if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+            exited_at = Some(Instant::now());
+        }
+        while let Some(rec) = probes.events.next() {
+            match capture::decode(&rec) {
+                Ok(Event::Process { tgid, .. }) if tgid == pid => seen.push(("process", 0)),
+                Ok(Event::Data { conn, .. }) if conn.tgid == pid => seen.push(("data", conn.fd)),
+                Ok(Event::Close { conn, .. }) if conn.tgid == pid => seen.push(("close", conn.fd)),
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// A cgroup the agent silenced (the `select` rules exclude it): its
+/// processes' connections leave no record at all, while the same client
+/// in another cgroup is recorded; once the cgroup is traced again, so is
+/// its next client.
+#[test]
+fn silenced_cgroups_send_nothing() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let root = unified_root().expect("a cgroup2 mount (this kernel has one)");
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let base = root.join(format!("sonde-test-silence-{}", std::process::id()));
+    let (muted_dir, other_dir) = (base.join("excluded"), base.join("traced"));
+    for dir in [&muted_dir, &other_dir] {
+        std::fs::create_dir_all(dir).expect("create a cgroup");
+    }
+    let muted_id = std::fs::metadata(&muted_dir).unwrap().ino();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // Two connections, each a request and its response, in cgroup `dir`.
+    let client = |dir: &std::path::Path| {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec python3 -c \"
+import socket
+for _ in range(2):
+    s = socket.create_connection(('127.0.0.1', {port}))
+    s.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')
+    s.recv(100)
+    s.close()
+\"",
+            dir.display()
+        );
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .expect("sh runs")
+    };
+
+    let mut probes =
+        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
+    probes.silence_cgroup(muted_id, true);
+    let muted = records_of(&mut probes, &mut client(&muted_dir));
+    let traced = records_of(&mut probes, &mut client(&other_dir));
+    probes.silence_cgroup(muted_id, false);
+    let again = records_of(&mut probes, &mut client(&muted_dir));
+    for dir in [&muted_dir, &other_dir, &base] {
+        let _ = std::fs::remove_dir(dir);
+    }
+
+    assert_eq!(muted, [], "nothing of a silenced cgroup's connections");
+    for (what, seen) in [("another cgroup", &traced), ("traced again", &again)] {
+        let count = |kind| seen.iter().filter(|(k, _)| *k == kind).count();
+        assert_eq!(count("process"), 2, "{what}: {seen:?}");
+        assert_eq!(count("data"), 4, "{what}: {seen:?}");
+        assert_eq!(count("close"), 2, "{what}: {seen:?}");
+    }
+}
+
+/// A connection silenced while open (its pod turned out excluded) ships
+/// no more data.
+#[test]
+fn silenced_connections_stop() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut probes =
+        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
+    let script = "import socket,time\n\
+                  a,b=socket.socketpair()\n\
+                  a.sendall(b'GET /first HTTP/1.1\\r\\n\\r\\n')\n\
+                  time.sleep(1.5)\n\
+                  a.sendall(b'GET /second HTTP/1.1\\r\\n\\r\\n')\n\
+                  time.sleep(0.5)\n";
+    let mut child = python(script);
+    let pid = child.id();
+    let mut sent = Vec::new();
+    let mut silenced = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut to_silence = None;
+        while let Some(rec) = probes.events.next() {
+            if let Ok(Event::Data {
+                conn,
+                direction: Direction::Egress,
+                payload,
+                ..
+            }) = capture::decode(&rec)
+                && conn.tgid == pid
+            {
+                sent.push(payload.to_vec());
+                if !silenced {
+                    to_silence = Some(conn);
+                    silenced = true;
+                }
+            }
+        }
+        if let Some(conn) = to_silence {
+            let key = sonde_common::ConnKey {
+                tgid: conn.tgid,
+                fd: conn.fd,
+            };
+            probes.silence(key, conn.generation);
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        sent,
+        vec![b"GET /first HTTP/1.1\r\n\r\n".to_vec()],
+        "after silencing, not even a message start"
+    );
+}

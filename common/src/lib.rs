@@ -20,6 +20,13 @@ pub const DEFAULT_CAPTURE: u32 = 4096;
 /// `sendmsg` had more than 32, and the frames in the rest were lost.
 pub const MAX_IOVECS: u32 = 128;
 
+/// Cgroups user space can have the kernel mute at once (the `select`
+/// rules' excluded containers): the size of the `SILENCED_CGROUPS` map.
+pub const MAX_SILENCED_CGROUPS: u32 = 8192;
+/// Set in a `MUTED` map value (the connection's generation otherwise):
+/// ship nothing more of the connection, not even message starts.
+pub const MUTE_SILENT: u64 = 1 << 63;
+
 /// Record kinds (`EventHeader::kind`).
 pub const EVENT_DATA: u32 = 1;
 /// The fd was closed; no payload.

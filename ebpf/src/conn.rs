@@ -3,13 +3,13 @@
 //! syscall entry to exit.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, LruHashMap},
 };
 use sonde_common::{
-    ConnKey, KernelOffsets, MAX_PREFIX_PATTERNS, PENDING_SLOTS, PREFIX_LEN, PrefixPattern,
-    ROLE_UNKNOWN, SockAddrs, lost,
+    ConnKey, KernelOffsets, MAX_PREFIX_PATTERNS, MAX_SILENCED_CGROUPS, MUTE_SILENT, PENDING_SLOTS,
+    PREFIX_LEN, PrefixPattern, ROLE_UNKNOWN, SockAddrs, lost,
 };
 
 use crate::mem::read_kernel;
@@ -36,6 +36,9 @@ pub struct ConnState {
     /// user space at once, so it can read the process's metadata from /proc
     /// while a short-lived client still runs.
     pub announced: u32,
+    /// Not 0 when the connection was opened in a cgroup user space muted:
+    /// nothing of it is shipped, not even its close.
+    pub silenced: u32,
     pub addrs: SockAddrs,
 }
 
@@ -44,9 +47,16 @@ static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(6553
 
 /// Connections user space found uninteresting, with the generation it saw.
 /// For them only bytes that may start a message of a supported protocol are
-/// shipped.
+/// shipped; with [`MUTE_SILENT`] set in the value, nothing is.
 #[map]
 static MUTED: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Cgroups whose processes the `select` rules exclude: the connections
+/// they open are silenced from the start. Looked up once per connection,
+/// when its state is made, not per syscall.
+#[map]
+static SILENCED_CGROUPS: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(MAX_SILENCED_CGROUPS, 0);
 
 /// What may start a message of a protocol user space parses, written by
 /// user space at load time (`CONFIG.prefix_count` of them).
@@ -77,10 +87,27 @@ pub fn may_start_message(first: u64) -> bool {
     false
 }
 
-/// Whether user space muted this generation of the connection.
+/// How user space muted this generation of the connection.
+pub enum Mute {
+    No,
+    /// Ship only message starts.
+    Filter,
+    /// Ship nothing.
+    Silent,
+}
+
 #[inline(always)]
-pub fn is_muted(key: &ConnKey, generation: u64) -> bool {
-    unsafe { MUTED.get(key) }.is_some_and(|muted| *muted == generation)
+pub fn mute_of(key: &ConnKey, generation: u64) -> Mute {
+    match unsafe { MUTED.get(key) } {
+        Some(&muted) if muted & !MUTE_SILENT == generation => {
+            if muted & MUTE_SILENT != 0 {
+                Mute::Silent
+            } else {
+                Mute::Filter
+            }
+        }
+        _ => Mute::No,
+    }
 }
 
 /// Marks the connection's first record as sent.
@@ -269,11 +296,13 @@ pub fn conn_state(key: &ConnKey, refresh: bool) -> Option<*mut ConnState> {
         AF_INET | AF_INET6 | AF_UNIX => {}
         _ => return None,
     }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let state = ConnState {
         file,
         generation: unsafe { bpf_ktime_get_ns() },
         role: ROLE_UNKNOWN,
         announced: 0,
+        silenced: unsafe { SILENCED_CGROUPS.get(&cgroup) }.is_some() as u32,
         addrs,
     };
     CONNS.insert(key, &state, 0).ok()?;

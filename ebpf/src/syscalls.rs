@@ -50,7 +50,7 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
     } else {
         conn_state(&key, false)
     };
-    let Some(state) = state else {
+    let Some(state) = state.filter(|s| unsafe { (**s).silenced } == 0) else {
         // A slot left by a call whose exit never came must not be taken
         // for this one's.
         drop_pending(pid_tgid);
@@ -103,10 +103,14 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
         _ => Bytes::Buffer(call.buf),
     };
 
-    if conn::is_muted(&key, state.generation) {
-        let first_buf = bytes.first_buffer();
-        if first_buf == 0 || !conn::may_start_message(read_user::<u64>(first_buf)) {
-            return 0;
+    match conn::mute_of(&key, state.generation) {
+        conn::Mute::No => {}
+        conn::Mute::Silent => return 0,
+        conn::Mute::Filter => {
+            let first_buf = bytes.first_buffer();
+            if first_buf == 0 || !conn::may_start_message(read_user::<u64>(first_buf)) {
+                return 0;
+            }
         }
     }
 
@@ -315,7 +319,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: arg(&ctx, 0) as u32,
     };
-    let Some(state) = conn::forget(&key) else {
+    let Some(state) = conn::forget(&key).filter(|s| s.silenced == 0) else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };

@@ -11,7 +11,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use sonde_common::{ConnKey, MAX_CAPTURE, MAX_PREFIX_PATTERNS, PrefixPattern, ProbeConfig};
+use sonde_common::{
+    ConnKey, MAX_CAPTURE, MAX_PREFIX_PATTERNS, MUTE_SILENT, PrefixPattern, ProbeConfig,
+};
 
 use super::btf::{Btf, BtfError};
 use crate::config::CaptureConfig;
@@ -84,6 +86,7 @@ pub struct Probes {
     _ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     muted: BpfHashMap<MapData, ConnKey, u64>,
+    silenced_cgroups: BpfHashMap<MapData, u64, u8>,
     lost: PerCpuArray<MapData, u64>,
 }
 
@@ -166,6 +169,13 @@ impl Probes {
                 name: "MUTED",
                 source,
             })?;
+        let silenced_cgroups =
+            BpfHashMap::try_from(take(&mut ebpf, "SILENCED_CGROUPS")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "SILENCED_CGROUPS",
+                    source,
+                }
+            })?;
         let lost =
             PerCpuArray::try_from(take(&mut ebpf, "LOST")?).map_err(|source| ProbeError::Map {
                 name: "LOST",
@@ -175,6 +185,7 @@ impl Probes {
             _ebpf: ebpf,
             events,
             muted,
+            silenced_cgroups,
             lost,
         })
     }
@@ -188,6 +199,23 @@ impl Probes {
     pub fn mute(&mut self, key: ConnKey, generation: u64) {
         // A full map evicts its oldest entry (LRU); nothing to count here.
         let _ = self.muted.insert(key, generation, 0);
+    }
+
+    /// Tells the kernel to ship nothing more of this connection.
+    pub fn silence(&mut self, key: ConnKey, generation: u64) {
+        let _ = self.muted.insert(key, generation | MUTE_SILENT, 0);
+    }
+
+    /// Tells the kernel to ship nothing of the connections cgroup `id`
+    /// opens from now on, or (`silenced` false) to trace them again.
+    pub fn silence_cgroup(&mut self, id: u64, silenced: bool) {
+        // The map is as large as user space's own set of muted cgroups
+        // (MAX_SILENCED_CGROUPS) and LRU besides: nothing to count.
+        let _ = if silenced {
+            self.silenced_cgroups.insert(id, 1, 0)
+        } else {
+            self.silenced_cgroups.remove(&id)
+        };
     }
 
     /// Records the kernel lost for `reason` (`sonde_common::lost`), so far.

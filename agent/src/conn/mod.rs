@@ -134,6 +134,11 @@ impl<T> ConnTable<T> {
         (conn, displaced)
     }
 
+    /// Every connection, in no particular order (their recency is kept).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Conn<T>> {
+        self.conns.iter_mut().map(|(_, c)| c)
+    }
+
     /// Removes the connection if it is generation `id.generation`.
     pub fn remove(&mut self, id: ConnId) -> Option<Conn<T>> {
         let key = key(&id);

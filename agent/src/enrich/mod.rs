@@ -22,6 +22,7 @@
 
 pub mod cgroup;
 pub mod k8s;
+pub mod select;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -30,7 +31,8 @@ use std::sync::Arc;
 
 use crate::span::model::AttrValue;
 use cgroup::CgroupInfo;
-use k8s::{Metadata, PodMeta};
+use k8s::{Metadata, PodMeta, Snapshot};
+use select::{Selection, Subject};
 
 /// Processes whose resource is kept at once by [`ProcessResources::new`].
 pub const DEFAULT_PROCESS_CAPACITY: usize = 4096;
@@ -187,6 +189,10 @@ struct Entry {
     resource: Arc<Resource>,
     identity: Identity,
     process: Process,
+    /// The kernel's id of its cgroup; 0 until a process record said it.
+    cgroup_id: u64,
+    /// Whether the `select` rules trace it.
+    traced: bool,
     /// The pod the resource was built with, and the metadata version it
     /// was last checked against.
     pod: Option<Arc<PodMeta>>,
@@ -210,6 +216,18 @@ pub struct Kubernetes {
     pub cluster: ClusterInfo,
 }
 
+/// What the kernel is to do with the connections a cgroup opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupOrder {
+    /// Ship nothing of them: the `select` rules exclude the cgroup.
+    Silence(u64),
+    /// Trace them again.
+    Trace(u64),
+}
+
+/// Most cgroups muted at once (the kernel's map holds as many).
+pub const MAX_SILENCED_CGROUPS: usize = sonde_common::MAX_SILENCED_CGROUPS as usize;
+
 /// A bounded cache pid → resource.
 ///
 /// A hit costs one hash lookup (and, with Kubernetes metadata, one atomic
@@ -223,6 +241,13 @@ pub struct Kubernetes {
 /// A process in a pod the metadata does not know yet is labelled with what
 /// its cgroup says (`k8s.pod.uid`, `container.id`); once the pod is known
 /// its next span gets the pod's labels.
+///
+/// Each process also has a verdict of the `select` rules. A process found
+/// excluded has its cgroup muted in the kernel ([`CgroupOrder`]) and its
+/// open connections muted by the pipeline
+/// ([`take_newly_excluded`](Self::take_newly_excluded)); muted cgroups are
+/// judged again when the metadata changes
+/// ([`recheck_silenced`](Self::recheck_silenced)).
 pub struct ProcessResources {
     host: HostInfo,
     proc_root: PathBuf,
@@ -234,6 +259,13 @@ pub struct ProcessResources {
     hints: HashMap<u32, Hint>,
     kubernetes: Option<Kubernetes>,
     cgroups: cgroup::CgroupIds,
+    selection: Selection,
+    /// Cgroups muted in the kernel, with what their verdict is taken on.
+    silenced: HashMap<u64, CgroupInfo>,
+    /// The metadata version the muted cgroups were last judged against.
+    silenced_version: u64,
+    orders: Vec<CgroupOrder>,
+    newly_excluded: Vec<u32>,
 }
 
 impl ProcessResources {
@@ -256,6 +288,11 @@ impl ProcessResources {
             hints: HashMap::new(),
             kubernetes: None,
             cgroups: cgroup::CgroupIds::detect(),
+            selection: Selection::all(),
+            silenced: HashMap::new(),
+            silenced_version: u64::MAX,
+            orders: Vec::new(),
+            newly_excluded: Vec::new(),
         }
     }
 
@@ -265,10 +302,29 @@ impl ProcessResources {
         self
     }
 
+    /// Traces only the processes `selection` selects.
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
+        self
+    }
+
     /// Notes what the kernel saw of `pid` (its `comm` and cgroup), for the
     /// case where the process exits before [`get`](Self::get) reads `/proc`.
     pub fn name_hint(&mut self, pid: u32, name: &[u8], cgroup_id: u64) {
-        if self.entries.get(&pid).is_some_and(|e| !e.verify) {
+        if let Some(entry) = self.entries.get_mut(&pid)
+            && !entry.verify
+        {
+            if entry.cgroup_id != cgroup_id && cgroup_id != 0 {
+                entry.cgroup_id = cgroup_id;
+                if !entry.traced {
+                    silence(
+                        &mut self.silenced,
+                        &mut self.orders,
+                        cgroup_id,
+                        &entry.process.cgroup,
+                    );
+                }
+            }
             return;
         }
         // Hints whose data record was lost are never taken: bound them.
@@ -282,6 +338,11 @@ impl ProcessResources {
     /// The resource of process `pid`. Never fails: a process that is gone
     /// gets a resource with what is known (its pid, executable `unknown`).
     pub fn get(&mut self, pid: u32) -> Arc<Resource> {
+        self.lookup(pid).0
+    }
+
+    /// The resource of process `pid` and whether the `select` rules trace it.
+    pub fn lookup(&mut self, pid: u32) -> (Arc<Resource>, bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(entry) = self.entries.get_mut(&pid) {
@@ -300,9 +361,14 @@ impl ProcessResources {
                 entry.seq = seq;
                 self.order.insert(seq, pid);
                 if let Some(k8s) = &self.kubernetes {
-                    refresh(&self.host, k8s, entry);
+                    let was_traced = entry.traced;
+                    refresh(&self.host, k8s, &self.selection, entry);
+                    if was_traced != entry.traced {
+                        self.judged(pid);
+                    }
                 }
-                return Arc::clone(&entry.resource);
+                let entry = &self.entries[&pid];
+                return (Arc::clone(&entry.resource), entry.traced);
             }
         }
 
@@ -315,6 +381,7 @@ impl ProcessResources {
             facts.comm = Some(hint.name.clone());
         }
         let mut process = Process::from_facts(pid, &facts);
+        let cgroup_id = hint.as_ref().map_or(0, |h| h.cgroup_id);
         match (&facts.cgroup, hint) {
             (Some(text), _) => self.cgroups.learn(text, &process.cgroup),
             (None, Some(hint)) => process.cgroup = self.cgroups.info(hint.cgroup_id),
@@ -327,13 +394,15 @@ impl ProcessResources {
                 exe_path: facts.exe_path,
             },
             process,
+            cgroup_id,
+            traced: true,
             pod: None,
             meta_version: u64::MAX,
             seq,
             verify: false,
         };
         match &self.kubernetes {
-            Some(k8s) => refresh(&self.host, k8s, &mut entry),
+            Some(k8s) => refresh(&self.host, k8s, &self.selection, &mut entry),
             None => {
                 entry.resource = Arc::new(compose(
                     &self.host,
@@ -341,11 +410,15 @@ impl ProcessResources {
                     &entry.process,
                     None,
                 ));
+                entry.traced = decide(&self.selection, &entry.process.cgroup, None, None);
             }
         }
-        let resource = Arc::clone(&entry.resource);
+        let found = (Arc::clone(&entry.resource), entry.traced);
         if let Some(old) = self.entries.insert(pid, entry) {
             self.order.remove(&old.seq);
+        }
+        if !found.1 {
+            self.judged(pid);
         }
         self.order.insert(seq, pid);
         while self.entries.len() > self.capacity {
@@ -354,7 +427,29 @@ impl ProcessResources {
             };
             self.entries.remove(&oldest);
         }
-        resource
+        found
+    }
+
+    /// The verdict on `pid` is new: mute or unmute its cgroup.
+    fn judged(&mut self, pid: u32) {
+        let Some(entry) = self.entries.get(&pid) else {
+            return;
+        };
+        if entry.traced {
+            if self.silenced.remove(&entry.cgroup_id).is_some() {
+                self.orders.push(CgroupOrder::Trace(entry.cgroup_id));
+            }
+            return;
+        }
+        self.newly_excluded.push(pid);
+        if entry.cgroup_id != 0 {
+            silence(
+                &mut self.silenced,
+                &mut self.orders,
+                entry.cgroup_id,
+                &entry.process.cgroup,
+            );
+        }
     }
 
     /// Says that `pid` may have exited (and its pid may be reused). The entry
@@ -363,6 +458,48 @@ impl ProcessResources {
         if let Some(entry) = self.entries.get_mut(&pid) {
             entry.verify = true;
         }
+    }
+
+    /// What the kernel is to do for cgroups whose verdict changed.
+    pub fn take_cgroup_orders(&mut self) -> std::vec::Drain<'_, CgroupOrder> {
+        self.orders.drain(..)
+    }
+
+    /// Processes found excluded since the last call: their open
+    /// connections are to be muted too.
+    pub fn take_newly_excluded(&mut self) -> std::vec::Drain<'_, u32> {
+        self.newly_excluded.drain(..)
+    }
+
+    /// Judges the muted cgroups again if the metadata changed (their
+    /// processes send nothing that would make the pipeline ask).
+    pub fn recheck_silenced(&mut self) {
+        let Some(k8s) = &self.kubernetes else {
+            return;
+        };
+        let version = k8s.metadata.version();
+        if version == self.silenced_version || self.silenced.is_empty() {
+            return;
+        }
+        self.silenced_version = version;
+        let snapshot = k8s.metadata.load();
+        let (selection, orders) = (&self.selection, &mut self.orders);
+        self.silenced.retain(|&id, info| {
+            let pod = info
+                .pod_uid
+                .as_deref()
+                .and_then(|uid| snapshot.pods.get(uid));
+            let traced = decide(selection, info, pod.map(|p| &**p), Some(&snapshot));
+            if traced {
+                orders.push(CgroupOrder::Trace(id));
+            }
+            !traced
+        });
+    }
+
+    /// Cgroups muted in the kernel now.
+    pub fn silenced_cgroups(&self) -> usize {
+        self.silenced.len()
     }
 
     /// Processes cached.
@@ -375,21 +512,66 @@ impl ProcessResources {
     }
 }
 
+/// Mutes cgroup `id` in the kernel, remembering what its verdict was taken on.
+fn silence(
+    silenced: &mut HashMap<u64, CgroupInfo>,
+    orders: &mut Vec<CgroupOrder>,
+    id: u64,
+    info: &CgroupInfo,
+) {
+    if silenced.contains_key(&id) || silenced.len() >= MAX_SILENCED_CGROUPS {
+        return;
+    }
+    silenced.insert(id, info.clone());
+    orders.push(CgroupOrder::Silence(id));
+}
+
+/// The `select` verdict on a cgroup: whether its processes are traced.
+fn decide(
+    selection: &Selection,
+    cgroup: &CgroupInfo,
+    pod: Option<&PodMeta>,
+    snapshot: Option<&Snapshot>,
+) -> bool {
+    if selection.traces_everything() {
+        return true;
+    }
+    // A pod not known yet is traced until it is (see select.rs).
+    if pod.is_none() && cgroup.pod_uid.is_some() && selection.needs_pods() {
+        return true;
+    }
+    let container = pod
+        .zip(cgroup.container_id.as_deref())
+        .and_then(|(p, id)| p.container_name(id));
+    let namespace_labels = pod
+        .zip(snapshot)
+        .and_then(|(p, s)| s.namespaces.get(p.namespace.as_str()))
+        .map(|labels| labels.as_slice());
+    selection.traces(&Subject {
+        pod,
+        namespace_labels,
+        container,
+        systemd_unit: cgroup.systemd_unit.as_deref(),
+    })
+}
+
 /// Rebuilds `entry`'s resource if the metadata changed for its pod since
-/// it was built (or it was never built).
-fn refresh(host: &HostInfo, k8s: &Kubernetes, entry: &mut Entry) {
+/// it was built (or it was never built), and takes the `select` verdict
+/// again.
+fn refresh(host: &HostInfo, k8s: &Kubernetes, selection: &Selection, entry: &mut Entry) {
     let version = k8s.metadata.version();
     if version == entry.meta_version {
         return;
     }
     let first = entry.meta_version == u64::MAX;
     entry.meta_version = version;
+    let snapshot = k8s.metadata.load();
     let pod = entry
         .process
         .cgroup
         .pod_uid
         .as_deref()
-        .and_then(|uid| k8s.metadata.load().pods.get(uid).cloned());
+        .and_then(|uid| snapshot.pods.get(uid).cloned());
     // A process never moves to another pod: one that is no longer known
     // (deleted, its time up) keeps the labels it had.
     let same = match (&pod, &entry.pod) {
@@ -397,11 +579,19 @@ fn refresh(host: &HostInfo, k8s: &Kubernetes, entry: &mut Entry) {
         (None, _) => true,
         (Some(_), None) => false,
     };
-    if same && !first {
-        return;
+    if !same || first {
+        entry.resource = Arc::new(compose(host, &k8s.cluster, &entry.process, pod.as_deref()));
+        if pod.is_some() {
+            entry.pod = pod;
+        }
     }
-    entry.resource = Arc::new(compose(host, &k8s.cluster, &entry.process, pod.as_deref()));
-    entry.pod = pod;
+    // Namespace labels may have changed with the pod unchanged.
+    entry.traced = decide(
+        selection,
+        &entry.process.cgroup,
+        entry.pod.as_deref(),
+        Some(&snapshot),
+    );
 }
 
 /// Longest process name the kernel keeps in `comm`.
@@ -1347,6 +1537,106 @@ mod tests {
         // The pod is deleted and its time is up: the process keeps its labels.
         metadata.publish(k8s::Snapshot::default());
         assert_eq!(cache.get(7).service_name, "checkout");
+    }
+
+    fn rule(yaml: &str) -> select::Rule {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    /// A process in an excluded pod: traced until its pod is known, then
+    /// its cgroup is muted; muted cgroups are judged again as the pod's
+    /// labels change.
+    #[test]
+    fn selection_mutes_cgroups_and_follows_the_pod() {
+        let proc = FakeProc::new("select");
+        proc.process(7, 1, "/usr/bin/java", b"");
+        std::fs::write(
+            proc.0.join("7/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let metadata = Arc::new(Metadata::default());
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16)
+            .with_selection(Selection {
+                include: vec![],
+                exclude: vec![rule("labels: sonde.io/trace=off")],
+            })
+            .with_kubernetes(Kubernetes {
+                metadata: Arc::clone(&metadata),
+                cluster: ClusterInfo::default(),
+            });
+        const CGROUP: u64 = 0xc0ffee;
+        cache.name_hint(7, b"java", CGROUP);
+        assert!(cache.lookup(7).1, "its pod is not known yet: traced");
+        assert_eq!(cache.take_cgroup_orders().count(), 0);
+
+        let publish = |trace: &str| {
+            let mut meta = pod(None, Some("checkout"), vec![]);
+            meta.selector_labels = vec![("sonde.io/trace".into(), trace.into())];
+            let mut pods = HashMap::new();
+            pods.insert(Arc::from(UID), Arc::new(meta));
+            metadata.publish(k8s::Snapshot {
+                pods,
+                ..Default::default()
+            });
+        };
+        publish("off");
+        assert!(!cache.lookup(7).1, "its pod is excluded");
+        assert_eq!(
+            cache.take_cgroup_orders().collect::<Vec<_>>(),
+            [CgroupOrder::Silence(CGROUP)]
+        );
+        assert_eq!(cache.take_newly_excluded().collect::<Vec<_>>(), [7]);
+        assert_eq!(cache.silenced_cgroups(), 1);
+        // Judged again only when the metadata changed, and still excluded.
+        cache.recheck_silenced();
+        publish("off");
+        cache.recheck_silenced();
+        assert_eq!(cache.take_cgroup_orders().count(), 0);
+        assert!(!cache.lookup(7).1);
+        assert_eq!(cache.take_newly_excluded().count(), 0, "said once");
+
+        // The label is gone: the cgroup is traced again without a span
+        // from it (a muted cgroup sends none).
+        publish("on");
+        cache.recheck_silenced();
+        assert_eq!(
+            cache.take_cgroup_orders().collect::<Vec<_>>(),
+            [CgroupOrder::Trace(CGROUP)]
+        );
+        assert_eq!(cache.silenced_cgroups(), 0);
+        assert!(cache.lookup(7).1);
+        assert_eq!(cache.take_cgroup_orders().count(), 0, "said once");
+    }
+
+    /// Without Kubernetes, rules on systemd units still apply; a process
+    /// whose cgroup id the kernel has not said is excluded without a
+    /// cgroup to mute.
+    #[test]
+    fn selection_of_host_processes() {
+        let proc = FakeProc::new("select-host");
+        for (pid, unit) in [(8, "sshd.service"), (9, "nginx.service")] {
+            proc.process(pid, 1, "/usr/sbin/x", b"");
+            std::fs::write(
+                proc.0.join(format!("{pid}/cgroup")),
+                format!("0::/system.slice/{unit}\n"),
+            )
+            .unwrap();
+        }
+        let mut cache =
+            ProcessResources::with_proc_root(host(), &proc.0, 16).with_selection(Selection {
+                include: vec![],
+                exclude: vec![rule("systemd_unit: ssh*")],
+            });
+        assert!(cache.lookup(9).1);
+        assert!(!cache.lookup(8).1);
+        assert_eq!(cache.take_newly_excluded().collect::<Vec<_>>(), [8]);
+        assert_eq!(cache.take_cgroup_orders().count(), 0, "no cgroup id yet");
+        cache.name_hint(8, b"sshd", 42);
+        assert_eq!(
+            cache.take_cgroup_orders().collect::<Vec<_>>(),
+            [CgroupOrder::Silence(42)]
+        );
     }
 
     #[test]

@@ -208,6 +208,13 @@ pub static SELF_METRICS: &[SelfMetric] = &[
         None,
     ),
     (
+        "sonde.events.excluded",
+        "{record}",
+        Instrument::Counter,
+        "Records of processes the select rules exclude, sent before the kernel muted them.",
+        None,
+    ),
+    (
         "sonde.events.dropped",
         "{record}",
         Instrument::Counter,
@@ -282,6 +289,13 @@ pub static SELF_METRICS: &[SelfMetric] = &[
         "{span}",
         Instrument::Counter,
         "Spans handed to an exporter successfully.",
+        None,
+    ),
+    (
+        "sonde.spans.excluded",
+        "{span}",
+        Instrument::Counter,
+        "Spans of processes the select rules exclude, built before their pod was known.",
         None,
     ),
     (

@@ -44,6 +44,7 @@ const COUNTERS: &[CounterMetric] = &[
         "sonde.events.dropped",
         Some((Key::Reason, "malformed")),
     ),
+    ("events_excluded", "sonde.events.excluded", None),
     ("bytes_captured", "sonde.captured", None),
     ("bytes_not_captured", "sonde.not_captured", None),
     ("conns_evicted", "sonde.connections.evicted", None),
@@ -53,6 +54,7 @@ const COUNTERS: &[CounterMetric] = &[
     ("spans_built", "sonde.spans.built", None),
     ("spans_exported", "sonde.spans.exported", None),
     ("spans_sampled_out", "sonde.spans.sampled_out", None),
+    ("spans_excluded", "sonde.spans.excluded", None),
     (
         "spans_dropped_queue_full",
         "sonde.spans.dropped",

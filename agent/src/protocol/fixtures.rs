@@ -56,11 +56,7 @@ const SERVER: ([u8; 4], u16) = ([10, 0, 0, 2], 7000);
 fn replay(reads: &[Read], as_client: bool) -> String {
     let stats = Arc::new(Stats::default());
     let mut pipeline = Pipeline::new(
-        PipelineOptions {
-            max_connections: 16,
-            limits: super::Limits::default(),
-            spans: Default::default(),
-        },
+        PipelineOptions::new(16, super::Limits::default(), Default::default()),
         Clock::with_offset(0),
         ProcessResources::new(HostInfo {
             host_name: "fixture".into(),

@@ -37,6 +37,12 @@ pub struct ProtocolSpec {
     pub kernel_prefilter: &'static [PrefixPattern],
 }
 
+impl std::fmt::Debug for ProtocolSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// The supported protocols, in the order detection tries them: HTTP/2
 /// first, as its preface would otherwise look like an HTTP/1.x request
 /// line to a lenient reader.

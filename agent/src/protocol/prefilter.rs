@@ -12,7 +12,13 @@ use sonde_common::PrefixPattern;
 
 /// Every protocol's patterns, as the kernel gets them.
 pub fn all() -> Vec<PrefixPattern> {
-    super::PROTOCOLS
+    of(&super::PROTOCOLS.iter().collect::<Vec<_>>())
+}
+
+/// The patterns of `protocols` (those turned on): a connection muted for
+/// carrying none of them ships nothing of the others.
+pub fn of(protocols: &[&super::ProtocolSpec]) -> Vec<PrefixPattern> {
+    protocols
         .iter()
         .flat_map(|p| p.kernel_prefilter)
         .copied()

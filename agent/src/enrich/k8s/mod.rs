@@ -70,6 +70,8 @@ pub struct PodMeta {
     /// onto its resources.
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
+    /// The labels the `select` rules look at (not copied onto resources).
+    pub selector_labels: Vec<(String, String)>,
     /// Its [`SERVICE_NAME_ANNOTATION`] and [`APP_NAME_LABEL`], which name
     /// its service.
     pub annotated_service_name: Option<String>,
@@ -122,6 +124,8 @@ fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 pub struct Keep {
     pub labels: Vec<String>,
     pub annotations: Vec<String>,
+    /// Label keys the `select` rules look at.
+    pub selector_labels: Vec<String>,
 }
 
 impl Keep {
@@ -131,6 +135,10 @@ impl Keep {
 
     fn annotation(&self, key: &str) -> bool {
         self.annotations.iter().any(|k| k == key)
+    }
+
+    fn selector_label(&self, key: &str) -> bool {
+        self.selector_labels.iter().any(|k| k == key)
     }
 }
 
@@ -173,6 +181,7 @@ pub fn pod_meta(pod: &Pod, keep: &Keep, owners: Owners) -> Option<PodMeta> {
         containers,
         labels: kept(&meta.labels, &|k| keep.label(k)),
         annotations: kept(&meta.annotations, &|k| keep.annotation(k)),
+        selector_labels: kept(&meta.labels, &|k| keep.selector_label(k)),
         annotated_service_name: meta
             .annotations
             .as_ref()
@@ -419,6 +428,7 @@ mod tests {
         let keep = Keep {
             labels: vec!["team".into()],
             annotations: vec![],
+            selector_labels: vec!["app.kubernetes.io/name".into(), "missing".into()],
         };
         let meta = pod_meta(&pod, &keep, Vec::new()).expect("meta");
         assert_eq!(meta.name, "web-7d9f8c6b5-x2x4z");
@@ -428,6 +438,11 @@ mod tests {
         assert_eq!(meta.containers.len(), 2);
         assert_eq!(meta.label("team"), Some("a"));
         assert_eq!(meta.labels.len(), 1, "only the listed labels");
+        assert_eq!(
+            meta.selector_labels,
+            [("app.kubernetes.io/name".to_owned(), "web".to_owned())],
+            "the labels the select rules look at, kept apart"
+        );
         assert_eq!(meta.app_name.as_deref(), Some("web"));
         assert_eq!(meta.annotations, vec![]);
         assert_eq!(meta.declared_service_name(), Some("storefront"));
