@@ -14,6 +14,7 @@
 //!   realistic pods, namespaces, replicasets and jobs.
 //! - [`servers`]: nginx and a Python upstream.
 //! - [`clients`]: curl and inline Python clients.
+//! - [`runc`]: nginx in a runc container, in a pod's kubelet-shaped cgroup.
 //! - [`redis`]: redis-server, redis-cli, redis-benchmark and a Python client.
 //! - [`mariadb`]: MariaDB with a fresh data directory, the `mariadb` client
 //!   and mysql-connector-python scripts.
@@ -34,6 +35,7 @@ pub mod prometheus;
 pub mod received_metrics;
 pub mod receiver;
 pub mod redis;
+pub mod runc;
 pub mod servers;
 pub mod util;
 

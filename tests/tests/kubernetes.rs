@@ -1,22 +1,35 @@
 //! Kubernetes metadata end to end: real servers run in kubelet-shaped
-//! cgroups, a local API server (tests/k8s/apiserver.py) serves their pods
-//! with the real list/watch protocol, and the real agent must label their
-//! spans with the pod, namespace, workload and container, by the
-//! `service.name` rules. Needs root (skips otherwise) and a release build
-//! of the agent.
+//! cgroups (Python servers in cgroups made here, nginx in a runc
+//! container), a local API server (tests/k8s/apiserver.py) serves their
+//! pods with the real list/watch protocol, and the real agent must label
+//! their spans and metrics with the pod, namespace, workload and
+//! container, by the `service.name` rules. Needs root (skips otherwise)
+//! and a release build of the agent.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sonde_tests::apiserver::{ApiServer, container_id, namespace, pod, replicaset, uid_for};
 use sonde_tests::clients::curl;
+use sonde_tests::runc::{KUBELET_CGROUP_DEPTH, RuncNginx, kubelet_cgroup};
 use sonde_tests::util::python_bin;
-use sonde_tests::{Agent, Kind, ReceivedSpan, Receiver, require_root};
+use sonde_tests::{Agent, Kind, ReceivedPoint, ReceivedSpan, Receiver, Value, require_root};
 
 const NODE: &str = "node-test";
 const WAIT: Duration = Duration::from_secs(30);
+
+/// One agent at a time: each traces the whole host.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn must<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
@@ -34,6 +47,15 @@ fn unified_root() -> PathBuf {
         .expect("a cgroup2 mount")
 }
 
+/// A server in a pod's container that the tests request and whose SERVER
+/// spans they pick.
+trait PodProcess {
+    /// One request.
+    fn get(&self);
+    /// The host pids whose SERVER spans are its.
+    fn pids(&self) -> Vec<u32>;
+}
+
 /// A Python HTTP server in a pod's container cgroup, as the kubelet and
 /// containerd (systemd driver) name them.
 struct PodServer {
@@ -44,20 +66,12 @@ struct PodServer {
 
 impl PodServer {
     fn start(uid: &str, container: &str) -> PodServer {
-        let root = unified_root();
-        let pod_slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
-        let parts = [
-            "kubepods.slice".to_owned(),
-            "kubepods-burstable.slice".to_owned(),
-            pod_slice,
-            format!("cri-containerd-{container}.scope"),
-        ];
-        let mut dirs = Vec::new();
-        let mut dir = root;
-        for p in &parts {
-            dir = dir.join(p);
-            dirs.push(dir.clone());
-        }
+        let dir = unified_root().join(kubelet_cgroup(uid, container));
+        let dirs = dir
+            .ancestors()
+            .take(KUBELET_CGROUP_DEPTH)
+            .map(PathBuf::from)
+            .collect();
         std::fs::create_dir_all(&dir).expect("create the container's cgroup");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -82,13 +96,15 @@ impl PodServer {
         }
         PodServer { child, dirs, port }
     }
+}
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
+impl PodProcess for PodServer {
     fn get(&self) {
         must(curl(&[format!("http://127.0.0.1:{}/", self.port)]));
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
     }
 }
 
@@ -96,10 +112,22 @@ impl Drop for PodServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Shared parents stay while another pod's cgroup is in them.
-        for dir in self.dirs.iter().rev() {
+        // Innermost first; shared parents stay while another pod's cgroup
+        // is in them.
+        for dir in &self.dirs {
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+impl PodProcess for RuncNginx {
+    /// A curl of its own, so a new connection: either worker may take it.
+    fn get(&self) {
+        must(curl(&[self.url("/index.html")]));
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        RuncNginx::pids(self).to_vec()
     }
 }
 
@@ -115,9 +143,10 @@ fn kubeconfig(api: &ApiServer, dir: &std::path::Path) -> PathBuf {
     path
 }
 
-/// SERVER spans of `pid`.
-fn served_by(pid: u32) -> impl Fn(&ReceivedSpan) -> bool {
-    move |s| s.kind == Kind::Server && s.pid() == Some(pid)
+/// SERVER spans of `server`.
+fn served_by(server: &impl PodProcess) -> impl Fn(&ReceivedSpan) -> bool {
+    let pids = server.pids();
+    move |s| s.kind == Kind::Server && s.pid().is_some_and(|p| pids.contains(&p))
 }
 
 fn now_ns() -> u64 {
@@ -130,31 +159,29 @@ fn now_ns() -> u64 {
 /// `since_ns` satisfies `ok`; returns it.
 fn span_where(
     rx: &Receiver,
-    server: &PodServer,
+    server: &impl PodProcess,
     what: &str,
     since_ns: u64,
     ok: impl Fn(&ReceivedSpan) -> bool,
 ) -> ReceivedSpan {
     let deadline = Instant::now() + WAIT;
+    let mine = served_by(server);
     loop {
         server.get();
         std::thread::sleep(Duration::from_millis(300));
         let spans = rx.spans();
         if let Some(s) = spans
             .iter()
-            .find(|s| served_by(server.pid())(s) && s.start_ns > since_ns && ok(s))
+            .find(|s| mine(s) && s.start_ns > since_ns && ok(s))
         {
             return s.clone();
         }
         if Instant::now() > deadline {
-            let mine: Vec<_> = spans
-                .iter()
-                .filter(|s| served_by(server.pid())(s))
-                .collect();
+            let mine: Vec<_> = spans.iter().filter(|s| mine(s)).collect();
             panic!(
-                "no span {what} after {WAIT:?}; last of {} from pid {}:\n{}",
+                "no span {what} after {WAIT:?}; last of {} from pids {:?}:\n{}",
                 mine.len(),
-                server.pid(),
+                server.pids(),
                 mine.last().map(|s| s.full()).unwrap_or_default()
             );
         }
@@ -172,6 +199,7 @@ fn check_resource(s: &ReceivedSpan, want: &[(&str, &str)]) {
 
 #[test]
 fn pods_label_spans_through_api_restarts() {
+    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -343,6 +371,284 @@ fn pods_label_spans_through_api_restarts() {
             ("k8s.pod.name", "web-7d9f8c6b5-x2x4z"),
             ("service.name", "web"),
         ],
+    );
+    must(agent.stop());
+}
+
+/// The `service.*`, `k8s.*` and `container.*` attributes of a resource:
+/// what the tests compare whole, so that a missing or extra key fails.
+fn pod_attributes(resource: &HashMap<String, Value>) -> BTreeMap<String, String> {
+    resource
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("service.") || k.starts_with("k8s.") || k.starts_with("container.")
+        })
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            )
+        })
+        .collect()
+}
+
+fn attribute_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The newest point of each series of `metric` per process: the workers
+/// of one container share `service.instance.id`, which is all
+/// [`ReceivedPoint::series_key`] knows of the resource.
+fn latest_per_process(points: &[ReceivedPoint], metric: &str) -> Vec<ReceivedPoint> {
+    let mut by: HashMap<(Option<u32>, String), ReceivedPoint> = HashMap::new();
+    for p in points.iter().filter(|p| p.name == metric) {
+        let key = (p.pid(), p.series_key());
+        if by.get(&key).is_none_or(|old| old.time_ns <= p.time_ns) {
+            by.insert(key, p.clone());
+        }
+    }
+    by.into_values().collect()
+}
+
+/// nginx as runc runs it for a Deployment's pod: its own pid namespace, the
+/// kubelet's cgroup, two workers. Whichever worker serves, its spans and
+/// its `http.server.request.duration` series carry exactly the pod's
+/// attributes.
+#[test]
+fn runc_nginx_of_a_deployment_is_labelled_on_spans_and_metrics() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let api = must(ApiServer::start());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig(&api, tmp.path());
+    let (uid, cid) = (uid_for("frontend"), container_id("frontend"));
+    let rs_uid = uid_for("frontend-rs");
+    must(api.apply(&namespace("storefront", &[])));
+    must(api.apply(&replicaset(
+        "storefront",
+        "frontend-6c8d7f9b4",
+        &rs_uid,
+        Some("frontend"),
+    )));
+    must(api.apply(&pod(
+        "storefront",
+        "frontend-6c8d7f9b4-q7w2m",
+        &uid,
+        NODE,
+        &[("app", "frontend"), ("pod-template-hash", "6c8d7f9b4")],
+        &[],
+        Some(("ReplicaSet", "frontend-6c8d7f9b4", &rs_uid)),
+        &[("nginx", &cid)],
+    )));
+
+    let nginx = must(RuncNginx::start(&uid, &cid));
+    let pid_ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("pid ns");
+    assert_ne!(
+        pid_ns(&nginx.master_pid().to_string()),
+        pid_ns("self"),
+        "nginx runs in a pid namespace of its own"
+    );
+
+    let rx = must(Receiver::start());
+    let agent = must(Agent::start_with_env(
+        &rx.grpc_endpoint(),
+        "grpc",
+        "kubernetes:\n  enabled: true\n  node_name: node-test\n  cluster_name: test-cluster\n\
+         metrics:\n  otlp:\n    interval_ms: 500\n",
+        &[],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
+    ));
+
+    // Synced once one span has its pod's name; from then on every span
+    // must be labelled, whichever worker serves it.
+    let first = span_where(&rx, &nginx, "with its pod's name", 0, |s| {
+        s.res_str("k8s.pod.name").is_some()
+    });
+    let since = first.start_ns;
+    let want = attribute_map(&[
+        ("service.name", "frontend"),
+        ("service.namespace", "storefront"),
+        (
+            "service.instance.id",
+            "storefront.frontend-6c8d7f9b4-q7w2m.nginx",
+        ),
+        ("k8s.namespace.name", "storefront"),
+        ("k8s.pod.name", "frontend-6c8d7f9b4-q7w2m"),
+        ("k8s.pod.uid", &uid),
+        ("k8s.container.name", "nginx"),
+        ("k8s.node.name", NODE),
+        ("k8s.cluster.name", "test-cluster"),
+        ("k8s.deployment.name", "frontend"),
+        ("k8s.replicaset.name", "frontend-6c8d7f9b4"),
+        ("container.id", &cid),
+        ("container.runtime.name", "containerd"),
+    ]);
+    let mine = served_by(&nginx);
+    let labelled_spans = || -> Vec<ReceivedSpan> {
+        rx.spans()
+            .into_iter()
+            .filter(|s| mine(s) && s.start_ns >= since)
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        nginx.get();
+        let spans = labelled_spans();
+        let served = |w: &u32| spans.iter().any(|s| s.pid() == Some(*w));
+        if spans.len() >= 10 && nginx.worker_pids().iter().all(served) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both workers {:?} did not serve within {WAIT:?}; {} spans since the first labelled",
+            nginx.worker_pids(),
+            spans.len()
+        );
+    }
+    // The last spans' batch.
+    std::thread::sleep(Duration::from_secs(1));
+    let spans = labelled_spans();
+    for s in &spans {
+        assert_eq!(pod_attributes(&s.resource), want, "{}", s.full());
+        assert_eq!(
+            s.res_str("process.executable.name"),
+            Some("nginx"),
+            "{}",
+            s.full()
+        );
+        assert!(
+            s.pid().is_some_and(|p| nginx.worker_pids().contains(&p)),
+            "served by a worker: {}",
+            s.full()
+        );
+    }
+
+    // The metric series of the labelled processes count exactly those
+    // spans: what had no labels yet went to other series.
+    let metric = "http.server.request.duration";
+    let labelled_points = |points: &[ReceivedPoint]| -> Vec<ReceivedPoint> {
+        latest_per_process(points, metric)
+            .into_iter()
+            .filter(|p| p.pid().is_some_and(|pid| nginx.pids().contains(&pid)))
+            .filter(|p| p.resource.contains_key("k8s.pod.name"))
+            .collect()
+    };
+    let counted = |points: &[ReceivedPoint]| -> u64 {
+        labelled_points(points)
+            .iter()
+            .filter_map(ReceivedPoint::count)
+            .sum()
+    };
+    let all_spans = spans.len() as u64;
+    assert!(
+        rx.wait_points(WAIT, |points| counted(points) >= all_spans),
+        "{metric} of labelled nginx processes did not count {all_spans} requests:{}",
+        rx.points_report(|p| p.name == metric, 50)
+    );
+    let points = rx.points();
+    assert_eq!(counted(&points), all_spans, "one count per labelled span");
+    for p in labelled_points(&points) {
+        assert_eq!(pod_attributes(&p.resource), want, "{}", p.compact());
+    }
+    must(agent.stop());
+}
+
+/// The query parameter `key` of a request logged by the API server.
+fn query_param<'a>(entry: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    entry["query"]
+        .as_str()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// While the API server is away, the pod's `app.kubernetes.io/name`
+/// changes and history is compacted. When it returns, the agent's pod
+/// watch from its old resourceVersion gets 410 Gone; only a new list can
+/// bring the change, and the spans must show it.
+#[test]
+fn relist_after_410_gone_brings_a_label_changed_meanwhile() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let mut api = must(ApiServer::start());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig(&api, tmp.path());
+    let (uid, cid) = (uid_for("catalog"), container_id("catalog"));
+    let catalog_pod = |app: &str| {
+        pod(
+            "shop",
+            "catalog-0",
+            &uid,
+            NODE,
+            &[("app.kubernetes.io/name", app)],
+            &[],
+            None,
+            &[("app", &cid)],
+        )
+    };
+    must(api.apply(&namespace("shop", &[])));
+    must(api.apply(&catalog_pod("catalog")));
+    let server = PodServer::start(&uid, &cid);
+
+    let rx = must(Receiver::start());
+    let agent = must(Agent::start_with_env(
+        &rx.grpc_endpoint(),
+        "grpc",
+        "kubernetes:\n  enabled: true\n  node_name: node-test\n",
+        &[],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
+    ));
+    span_where(&rx, &server, "named by its label", 0, |s| {
+        s.service() == Some("catalog")
+    });
+
+    // The change must reach no open watch (a live watch would deliver it
+    // and no 410 would follow), so it is made while the agent's watches
+    // are down: another API server on the same store (as in a cluster with
+    // several) takes it and compacts.
+    api.stop();
+    let state = api.state_file().to_path_buf();
+    let compacted = {
+        let other = must(ApiServer::start_on(0, &state));
+        must(other.apply(&catalog_pod("catalog-v2")));
+        must(other.compact())
+    };
+    must(api.restart());
+
+    let s = span_where(&rx, &server, "named by the new label", now_ns(), |s| {
+        s.service() == Some("catalog-v2")
+    });
+    check_resource(
+        &s,
+        &[("k8s.pod.name", "catalog-0"), ("k8s.container.name", "app")],
+    );
+
+    // It came by a 410 and a new list: a pod watch from before the
+    // compaction, then a pod list.
+    let stats = must(api.stats());
+    let log = stats["log"].as_array().cloned().unwrap_or_default();
+    let is_pods = |e: &serde_json::Value, verb: &str| e["verb"] == verb && e["resource"] == "pods";
+    let expired = log.iter().position(|e| {
+        is_pods(e, "watch")
+            && query_param(e, "resourceVersion")
+                .and_then(|rv| rv.parse::<u64>().ok())
+                .is_some_and(|rv| rv < compacted)
+    });
+    let relisted = expired.is_some_and(|i| log[i..].iter().any(|e| is_pods(e, "list")));
+    assert!(
+        relisted,
+        "no pod watch from before resourceVersion {compacted} followed by a pod list; \
+         requests since the restart:\n{}",
+        log.iter()
+            .map(|e| format!("  {} {} ?{}", e["verb"], e["path"], e["query"]))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     must(agent.stop());
 }

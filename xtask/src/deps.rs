@@ -23,6 +23,8 @@ pub const APT_PACKAGES: &[&[&str]] = &[
     &["mariadb-server"],
     &["mariadb-client"],
     &["prometheus"],
+    // tests/tests/kubernetes.rs: nginx in a container of its own.
+    &["runc"],
 ];
 
 /// Packaged services that Debian may start (and enable) when it installs
