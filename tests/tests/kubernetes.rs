@@ -652,3 +652,143 @@ fn relist_after_410_gone_brings_a_label_changed_meanwhile() {
     );
     must(agent.stop());
 }
+
+/// The last value the agent exported of its own counter `name`.
+fn agent_counter(points: &[ReceivedPoint], name: &str) -> Option<f64> {
+    points
+        .iter()
+        .filter(|p| p.name == name && p.service() == Some("sonde"))
+        .max_by_key(|p| p.time_ns)
+        .and_then(ReceivedPoint::value)
+}
+
+/// `select` rules exclude a namespace and a labelled pod: their servers
+/// make no spans and no metric series, and the kernel mutes their
+/// containers after the first connection, while a pod beside them is
+/// traced as usual.
+#[test]
+fn excluded_namespaces_and_pods_are_not_traced() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let api = must(ApiServer::start());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig(&api, tmp.path());
+    let (web_uid, web_cid) = (uid_for("sel-web"), container_id("sel-web"));
+    let (job_uid, job_cid) = (uid_for("sel-job"), container_id("sel-job"));
+    let (canary_uid, canary_cid) = (uid_for("sel-canary"), container_id("sel-canary"));
+    must(api.apply(&namespace("shop", &[])));
+    must(api.apply(&namespace("batch", &[("team", "data")])));
+    for (ns, name, uid, labels, cid) in [
+        ("shop", "web-0", &web_uid, &[("app", "web")][..], &web_cid),
+        (
+            "batch",
+            "report-0",
+            &job_uid,
+            &[("app", "report")][..],
+            &job_cid,
+        ),
+        (
+            "shop",
+            "web-canary-0",
+            &canary_uid,
+            &[("app", "web"), ("track", "canary")][..],
+            &canary_cid,
+        ),
+    ] {
+        must(api.apply(&pod(
+            ns,
+            name,
+            uid,
+            NODE,
+            labels,
+            &[],
+            None,
+            &[("main", cid)],
+        )));
+    }
+    let web = PodServer::start(&web_uid, &web_cid);
+    let job = PodServer::start(&job_uid, &job_cid);
+    let canary = PodServer::start(&canary_uid, &canary_cid);
+
+    let rx = must(Receiver::start());
+    let agent = must(Agent::start_with_env(
+        &rx.grpc_endpoint(),
+        "grpc",
+        "kubernetes:\n  enabled: true\n  node_name: node-test\n\
+         select:\n  exclude:\n    - namespace: bat*\n    - labels: track in (canary)\n\
+         metrics:\n  otlp:\n    interval_ms: 500\n",
+        &[],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
+    ));
+    // Synced: the traced pod's spans carry its name (every pod was in the
+    // first list).
+    span_where(&rx, &web, "with its pod's name", 0, |s| {
+        s.res_str("k8s.pod.name") == Some("web-0")
+    });
+    const REQUESTS: usize = 12;
+    for _ in 0..REQUESTS {
+        job.get();
+        canary.get();
+        web.get();
+    }
+    // curl, in no pod, is traced: its client spans say the requests were seen.
+    let client_spans = |port: u16| {
+        rx.spans()
+            .iter()
+            .filter(|s| s.kind == Kind::Client && s.attr_int("server.port") == Some(port.into()))
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while client_spans(job.port) < REQUESTS || client_spans(canary.port) < REQUESTS {
+        assert!(
+            Instant::now() < deadline,
+            "curl's client spans: {} to the excluded namespace, {} to the canary",
+            client_spans(job.port),
+            client_spans(canary.port)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let served = |server: &PodServer| rx.spans().iter().filter(|s| served_by(server)(s)).count();
+    assert!(served(&web) > REQUESTS, "the traced pod's spans");
+    assert_eq!(
+        served(&job),
+        0,
+        "no span of the excluded namespace's server"
+    );
+    assert_eq!(served(&canary), 0, "no span of the excluded pod's server");
+
+    // At most the first connection of each excluded container reached
+    // user space (its records dropped there); without the kernel's mute
+    // each request would send some.
+    assert!(
+        rx.wait_points(WAIT, |points| {
+            agent_counter(points, "sonde.events.excluded").is_some()
+        }),
+        "the agent's counters"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let points = rx.points();
+    let excluded = agent_counter(&points, "sonde.events.excluded").unwrap_or_default();
+    assert!(
+        excluded <= 2.0 * 3.0,
+        "{excluded} records of excluded processes for {} requests: the kernel did not mute them",
+        2 * REQUESTS
+    );
+    let server_series: Vec<_> = points
+        .iter()
+        .filter(|p| p.name == "http.server.request.duration")
+        .filter(|p| {
+            p.pid()
+                .is_some_and(|pid| pid == job.child.id() || pid == canary.child.id())
+        })
+        .map(ReceivedPoint::compact)
+        .collect();
+    assert_eq!(
+        server_series,
+        Vec::<String>::new(),
+        "no series of excluded servers"
+    );
+    must(agent.stop());
+}
