@@ -13,6 +13,7 @@ use sonde::capture::attach::Processes;
 use sonde::capture::probes::Probes;
 use sonde::config::KubernetesConfig;
 use sonde::config::{self, Config};
+use sonde::enrich::containers::ContainerStores;
 use sonde::enrich::k8s::watch::{self, WatchConfig};
 use sonde::enrich::k8s::{Keep, Metadata};
 use sonde::enrich::{ClusterInfo, HostInfo, Kubernetes, ProcessResources};
@@ -132,7 +133,11 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
             .with_context(|| format!("health.listen: cannot listen on {addr}"))?;
         runtime.spawn(sonde::health::serve(listener, ready.clone()));
     }
-    let resources = process_resources(&config.kubernetes)?;
+    let resources =
+        process_resources(&config.kubernetes)?.with_container_stores(ContainerStores::new(
+            &config.containers.docker_root,
+            &config.containers.podman_root,
+        ));
 
     // Before anything is attached, and surely before "ready" is logged: a
     // SIGTERM sent as soon as the agent says it is ready must stop it

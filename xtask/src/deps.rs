@@ -23,6 +23,11 @@ pub const APT_PACKAGES: &[&[&str]] = &[
     &["mariadb-server"],
     &["mariadb-client"],
     &["prometheus"],
+    // agent/tests/containers.rs: a real Podman container (on runc: crun
+    // refuses hosts with both cgroup versions), from a static busybox.
+    &["podman"],
+    &["runc"],
+    &["busybox-static"],
 ];
 
 /// Packaged services that Debian may start (and enable) when it installs

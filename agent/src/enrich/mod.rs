@@ -20,6 +20,7 @@
 //! functions over bytes so that garbage from `/proc` can be tested without a
 //! live process.
 
+pub mod containers;
 pub mod proc;
 use proc::{Identity, read_identity, strip_deleted};
 pub use proc::{ProcFacts, environ_var};
@@ -33,6 +34,7 @@ use std::sync::Arc;
 
 use crate::span::model::AttrValue;
 use cgroup::CgroupInfo;
+use containers::{ContainerMeta, ContainerStores};
 use k8s::{Metadata, PodMeta};
 
 /// Processes whose resource is kept at once by [`ProcessResources::new`].
@@ -143,6 +145,7 @@ pub struct ProcessResources {
     hints: HashMap<u32, Hint>,
     kubernetes: Option<Kubernetes>,
     cgroups: cgroup::CgroupIds,
+    containers: ContainerStores,
 }
 
 impl ProcessResources {
@@ -165,7 +168,15 @@ impl ProcessResources {
             hints: HashMap::new(),
             kubernetes: None,
             cgroups: cgroup::CgroupIds::detect(),
+            containers: ContainerStores::default(),
         }
+    }
+
+    /// Reads Docker's and Podman's container names from `stores` instead
+    /// of the runtimes' default folders.
+    pub fn with_container_stores(mut self, stores: ContainerStores) -> Self {
+        self.containers = stores;
+        self
     }
 
     /// Labels resources with the pods in `kubernetes.metadata`.
@@ -229,6 +240,7 @@ impl ProcessResources {
             (None, Some(hint)) => process.cgroup = self.cgroups.info(hint.cgroup_id),
             (None, None) => {}
         }
+        process.container = self.containers.lookup(&process.cgroup);
         let mut entry = Entry {
             resource: Arc::new(Resource::default()),
             identity: Identity {
@@ -330,6 +342,8 @@ pub struct Process {
     pub env_attributes: Vec<(String, String)>,
     /// Its container, pod and systemd unit.
     pub cgroup: CgroupInfo,
+    /// What Docker or Podman says of its container, outside Kubernetes.
+    pub container: Option<Arc<ContainerMeta>>,
 }
 
 impl Process {
@@ -381,6 +395,7 @@ impl Process {
                 .as_deref()
                 .map(cgroup::parse_proc_cgroup)
                 .unwrap_or_default(),
+            container: None,
         }
     }
 
@@ -418,7 +433,8 @@ pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource 
 /// `OTEL_RESOURCE_ATTRIBUTES`), its pod's annotation
 /// `resource.opentelemetry.io/service.name`, the pod's label
 /// `app.kubernetes.io/name`, the workload that owns the pod, the pod's
-/// name, the container's name, the executable.
+/// name, the container's name (outside Kubernetes, what
+/// [`ContainerMeta::service_name`] says), the executable.
 pub fn service_name(process: &Process, pod: Option<&PodMeta>, container: Option<&str>) -> String {
     process
         .env_service_name
@@ -447,7 +463,12 @@ pub fn compose(
     let container_name = pod
         .zip(container_id)
         .and_then(|(p, id)| p.container_name(id));
-    let service_name = service_name(process, pod, container_name);
+    let runtime_container = process.container.as_deref();
+    let service_name = service_name(
+        process,
+        pod,
+        container_name.or(runtime_container.map(ContainerMeta::service_name)),
+    );
     let pid = process.pid;
     let instance_id =
         process
@@ -474,6 +495,9 @@ pub fn compose(
     }
     if let Some(id) = container_id {
         add("container.id", id);
+    }
+    if let Some(container) = runtime_container {
+        add("container.name", &container.name);
     }
     if let Some(runtime) = process.cgroup.runtime {
         add("container.runtime.name", runtime.name());
