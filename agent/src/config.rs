@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(deserialize_with = "or_default")]
     pub kubernetes: KubernetesConfig,
     #[serde(deserialize_with = "or_default")]
+    pub containers: ContainersConfig,
+    #[serde(deserialize_with = "or_default")]
     pub health: HealthConfig,
     #[serde(deserialize_with = "or_default")]
     pub select: Selection,
@@ -613,6 +615,26 @@ impl KubernetesConfig {
     }
 }
 
+/// Where Docker and Podman keep what they know of their containers, read
+/// for the names of containers outside Kubernetes.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainersConfig {
+    /// Docker's data root (`data-root` in its daemon.json).
+    pub docker_root: PathBuf,
+    /// Rootful Podman's storage root (`graphroot` in storage.conf).
+    pub podman_root: PathBuf,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        ContainersConfig {
+            docker_root: crate::enrich::containers::DEFAULT_DOCKER_ROOT.into(),
+            podman_root: crate::enrich::containers::DEFAULT_PODMAN_ROOT.into(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Loading and checking
 // ---------------------------------------------------------------------------
@@ -1160,6 +1182,9 @@ kubernetes:
   deleted_pod_retention_secs: 30
   pod_labels: [team]
   pod_annotations: [owner]
+containers:
+  docker_root: /host/var/lib/docker
+  podman_root: /host/var/lib/containers/storage
 health:
   listen: 0.0.0.0:9465
 select:
@@ -1257,6 +1282,10 @@ protocols:
                 deleted_pod_retention_secs: 30,
                 pod_labels: vec!["team".into()],
                 pod_annotations: vec!["owner".into()],
+            },
+            containers: ContainersConfig {
+                docker_root: "/host/var/lib/docker".into(),
+                podman_root: "/host/var/lib/containers/storage".into(),
             },
             health: HealthConfig {
                 listen: Some("0.0.0.0:9465".into()),

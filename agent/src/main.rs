@@ -12,6 +12,7 @@ use sonde::capture::Clock;
 use sonde::capture::attach::Processes;
 use sonde::capture::probes::Probes;
 use sonde::config::{self, Config, KubernetesConfig, Selection};
+use sonde::enrich::containers::ContainerStores;
 use sonde::enrich::k8s::watch::{self, WatchConfig};
 use sonde::enrich::k8s::{Keep, Metadata};
 use sonde::enrich::{CgroupOrder, ClusterInfo, HostInfo, Kubernetes, ProcessResources};
@@ -131,7 +132,12 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
             .with_context(|| format!("health.listen: cannot listen on {addr}"))?;
         runtime.spawn(sonde::health::serve(listener, ready.clone()));
     }
-    let resources = process_resources(&config.kubernetes, &config.select)?;
+    let resources = process_resources(&config.kubernetes, &config.select)?.with_container_stores(
+        ContainerStores::new(
+            &config.containers.docker_root,
+            &config.containers.podman_root,
+        ),
+    );
 
     // Before anything is attached, and surely before "ready" is logged: a
     // SIGTERM sent as soon as the agent says it is ready must stop it

@@ -23,8 +23,11 @@ pub const APT_PACKAGES: &[&[&str]] = &[
     &["mariadb-server"],
     &["mariadb-client"],
     &["prometheus"],
-    // tests/tests/kubernetes.rs: nginx in a container of its own.
+    // agent/tests/containers.rs: a real Podman container (on runc: crun
+    // refuses hosts with both cgroup versions), from a static busybox.
+    &["podman"],
     &["runc"],
+    &["busybox-static"],
 ];
 
 /// Packaged services that Debian may start (and enable) when it installs

@@ -16,33 +16,31 @@
 //! The command line is deliberately not recorded: it often carries passwords
 //! and tokens.
 //!
-//! Parsing (`environ`, `stat`, the `key=value,...` list) is written as pure
+//! Parsing (`environ`, the `key=value,...` list) is written as pure
 //! functions over bytes so that garbage from `/proc` can be tested without a
 //! live process.
 
 pub mod cgroup;
+pub mod containers;
 pub mod k8s;
+pub mod proc;
 pub mod select;
 
+use proc::{Identity, read_identity, strip_deleted};
+pub use proc::{ProcFacts, environ_var};
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::span::model::AttrValue;
 use cgroup::CgroupInfo;
+use containers::{ContainerMeta, ContainerStores};
 use k8s::{Metadata, PodMeta, Snapshot};
 use select::{Selection, Subject};
 
 /// Processes whose resource is kept at once by [`ProcessResources::new`].
 pub const DEFAULT_PROCESS_CAPACITY: usize = 4096;
-
-/// Most bytes read from `/proc/PID/environ` (larger environments are cut;
-/// the variables sonde looks for are usually set early).
-const MAX_ENVIRON_BYTES: u64 = 1 << 20;
-
-/// Most bytes read from `/proc/PID/cgroup` (one line per hierarchy).
-const MAX_CGROUP_BYTES: u64 = 64 << 10;
 
 /// `service.name` when nothing at all is known about the process.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -96,93 +94,6 @@ fn read_trimmed(path: &Path) -> Option<String> {
     let text = std::fs::read(path).ok()?;
     let text = String::from_utf8_lossy(&text).trim().to_owned();
     (!text.is_empty()).then_some(text)
-}
-
-/// What identifies one run of a process: a pid whose start time or
-/// executable changed belongs to another process (or ran `exec`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Identity {
-    start_time: Option<u64>,
-    exe_path: Option<String>,
-}
-
-/// Everything read from `/proc/PID` to build a resource. Any part may be
-/// missing: the process may have exited or may not be readable.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcFacts {
-    /// Field 22 of `/proc/PID/stat`: start time in clock ticks after boot.
-    pub start_time: Option<u64>,
-    /// Target of the `/proc/PID/exe` link, without a ` (deleted)` suffix.
-    pub exe_path: Option<String>,
-    /// `/proc/PID/comm`, without the trailing newline.
-    pub comm: Option<String>,
-    /// Raw `/proc/PID/environ`.
-    pub environ: Option<Vec<u8>>,
-    /// `/proc/PID/cgroup`.
-    pub cgroup: Option<String>,
-}
-
-impl ProcFacts {
-    /// Reads the facts of `pid` under `proc_root` (normally `/proc`).
-    pub fn read(proc_root: &Path, pid: u32) -> Self {
-        let dir = proc_root.join(pid.to_string());
-        let identity = read_identity(&dir);
-        let comm = std::fs::read(dir.join("comm")).ok().and_then(|b| {
-            let text = String::from_utf8_lossy(&b)
-                .trim_end_matches('\n')
-                .to_owned();
-            (!text.is_empty()).then_some(text)
-        });
-        let environ = std::fs::File::open(dir.join("environ"))
-            .and_then(|f| {
-                let mut buf = Vec::new();
-                f.take(MAX_ENVIRON_BYTES).read_to_end(&mut buf)?;
-                Ok(buf)
-            })
-            .ok();
-        let cgroup = std::fs::File::open(dir.join("cgroup"))
-            .and_then(|f| {
-                let mut text = String::new();
-                f.take(MAX_CGROUP_BYTES).read_to_string(&mut text)?;
-                Ok(text)
-            })
-            .ok();
-        ProcFacts {
-            start_time: identity.start_time,
-            exe_path: identity.exe_path,
-            comm,
-            environ,
-            cgroup,
-        }
-    }
-}
-
-impl Identity {
-    /// Whether `now`, read later from the same pid, is still this process.
-    /// A new start time is another process; another executable is an exec.
-    /// An exe link that cannot be read says nothing: an exited process
-    /// that is not yet reaped (a zombie) has none.
-    fn same_process(&self, now: &Identity) -> bool {
-        self.start_time == now.start_time
-            && match (&self.exe_path, &now.exe_path) {
-                (Some(was), Some(is)) => was == is,
-                _ => true,
-            }
-    }
-}
-
-fn read_identity(dir: &Path) -> Identity {
-    let start_time = std::fs::read(dir.join("stat"))
-        .ok()
-        .and_then(|b| parse_stat_start_time(&b));
-    let exe_path = std::fs::read_link(dir.join("exe"))
-        .ok()
-        .map(|p| strip_deleted(&p.to_string_lossy()).to_owned())
-        .filter(|p| !p.is_empty());
-    Identity {
-        start_time,
-        exe_path,
-    }
 }
 
 struct Entry {
@@ -266,6 +177,7 @@ pub struct ProcessResources {
     silenced_version: u64,
     orders: Vec<CgroupOrder>,
     newly_excluded: Vec<u32>,
+    containers: ContainerStores,
 }
 
 impl ProcessResources {
@@ -293,7 +205,15 @@ impl ProcessResources {
             silenced_version: u64::MAX,
             orders: Vec::new(),
             newly_excluded: Vec::new(),
+            containers: ContainerStores::default(),
         }
+    }
+
+    /// Reads Docker's and Podman's container names from `stores` instead
+    /// of the runtimes' default folders.
+    pub fn with_container_stores(mut self, stores: ContainerStores) -> Self {
+        self.containers = stores;
+        self
     }
 
     /// Labels resources with the pods in `kubernetes.metadata`.
@@ -387,6 +307,7 @@ impl ProcessResources {
             (None, Some(hint)) => process.cgroup = self.cgroups.info(hint.cgroup_id),
             (None, None) => {}
         }
+        process.container = self.containers.lookup(&process.cgroup);
         let mut entry = Entry {
             resource: Arc::new(Resource::default()),
             identity: Identity {
@@ -611,6 +532,8 @@ pub struct Process {
     pub env_attributes: Vec<(String, String)>,
     /// Its container, pod and systemd unit.
     pub cgroup: CgroupInfo,
+    /// What Docker or Podman says of its container, outside Kubernetes.
+    pub container: Option<Arc<ContainerMeta>>,
 }
 
 impl Process {
@@ -662,6 +585,7 @@ impl Process {
                 .as_deref()
                 .map(cgroup::parse_proc_cgroup)
                 .unwrap_or_default(),
+            container: None,
         }
     }
 
@@ -699,7 +623,8 @@ pub fn build_resource(host: &HostInfo, pid: u32, facts: &ProcFacts) -> Resource 
 /// `OTEL_RESOURCE_ATTRIBUTES`), its pod's annotation
 /// `resource.opentelemetry.io/service.name`, the pod's label
 /// `app.kubernetes.io/name`, the workload that owns the pod, the pod's
-/// name, the container's name, the executable.
+/// name, the container's name (outside Kubernetes, what
+/// [`ContainerMeta::service_name`] says), the executable.
 pub fn service_name(process: &Process, pod: Option<&PodMeta>, container: Option<&str>) -> String {
     process
         .env_service_name
@@ -728,7 +653,12 @@ pub fn compose(
     let container_name = pod
         .zip(container_id)
         .and_then(|(p, id)| p.container_name(id));
-    let service_name = service_name(process, pod, container_name);
+    let runtime_container = process.container.as_deref();
+    let service_name = service_name(
+        process,
+        pod,
+        container_name.or(runtime_container.map(ContainerMeta::service_name)),
+    );
     let pid = process.pid;
     let instance_id =
         process
@@ -755,6 +685,9 @@ pub fn compose(
     }
     if let Some(id) = container_id {
         add("container.id", id);
+    }
+    if let Some(container) = runtime_container {
+        add("container.name", &container.name);
     }
     if let Some(runtime) = process.cgroup.runtime {
         add("container.runtime.name", runtime.name());
@@ -884,32 +817,6 @@ pub fn instance_uuid(host_key: &str, pid: u32, start_time: u64) -> String {
     )
 }
 
-/// The value of variable `name` in a raw environment block (`NAME=value`
-/// entries separated by NUL bytes), as the C library's `getenv` would find
-/// it: the first entry wins.
-pub fn environ_var<'a>(environ: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    environ.split(|&b| b == 0).find_map(|entry| {
-        let rest = entry.strip_prefix(name.as_bytes())?;
-        rest.strip_prefix(b"=")
-    })
-}
-
-/// Field 22 (`starttime`) of a `/proc/PID/stat` line. The second field is
-/// the command name in parentheses, which may itself hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-pub fn parse_stat_start_time(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After the `)` come fields 3 (state) onwards: field 22 is the 20th.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
-}
-
-/// Strips the ` (deleted)` the kernel appends to the `exe` link of a process
-/// whose binary was removed or replaced.
-fn strip_deleted(path: &str) -> &str {
-    path.strip_suffix(" (deleted)").unwrap_or(path)
-}
-
 /// The file name of an executable path (`/usr/sbin/nginx` → `nginx`).
 pub fn executable_name(path: &str) -> &str {
     let path = strip_deleted(path).trim_end_matches('/');
@@ -1009,22 +916,6 @@ mod tests {
     }
 
     #[test]
-    fn environ_lookup() {
-        let env = b"PATH=/bin\0OTEL_SERVICE_NAME_X=no\0OTEL_SERVICE_NAME=shop\0OTEL_SERVICE_NAME=second\0";
-        assert_eq!(environ_var(env, "OTEL_SERVICE_NAME"), Some(&b"shop"[..]));
-        assert_eq!(environ_var(env, "PATH"), Some(&b"/bin"[..]));
-        assert_eq!(environ_var(env, "HOME"), None);
-        assert_eq!(environ_var(b"", "PATH"), None);
-        assert_eq!(environ_var(b"\0\0\0", "PATH"), None);
-        // An entry without `=` is not a match, even with the right name.
-        assert_eq!(environ_var(b"PATH\0PATH=x", "PATH"), Some(&b"x"[..]));
-        // No trailing NUL, empty value, value holding `=`, invalid UTF-8.
-        assert_eq!(environ_var(b"A=", "A"), Some(&b""[..]));
-        assert_eq!(environ_var(b"A=b=c", "A"), Some(&b"b=c"[..]));
-        assert_eq!(environ_var(b"\xff\xfe\0A=\xff", "A"), Some(&b"\xff"[..]));
-    }
-
-    #[test]
     fn key_value_lists() {
         assert_eq!(
             parse_key_value_list(" service.name = shop , deployment.environment.name=prod,")
@@ -1070,26 +961,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!msg.contains("secret"), "{msg}");
-    }
-
-    #[test]
-    fn stat_start_time() {
-        let line = b"1234 (nginx) S 1 1234 1234 0 -1 4194560 1300 0 0 0 4 2 0 0 20 0 1 0 987654 12345678 456 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 3 0 0 0 0 0\n";
-        assert_eq!(parse_stat_start_time(line), Some(987654));
-        let tricky = b"77 (a) b (c) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0\n";
-        assert_eq!(parse_stat_start_time(tricky), Some(555));
-        assert_eq!(parse_stat_start_time(b""), None);
-        assert_eq!(parse_stat_start_time(b"1234 (nginx S 1 2 3"), None);
-        assert_eq!(parse_stat_start_time(b"1 (x) S 1 2 3 4 5"), None);
-        assert_eq!(
-            parse_stat_start_time(b"1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 0"),
-            None
-        );
-        assert_eq!(parse_stat_start_time(b"\xff\xff)\xff\xff"), None);
-        // Every prefix of a valid line is handled without panicking.
-        for end in 0..line.len() {
-            let _ = parse_stat_start_time(&line[..end]);
-        }
     }
 
     #[test]
@@ -1247,9 +1118,7 @@ mod tests {
             let dir = self.0.join(pid.to_string());
             std::fs::create_dir_all(&dir).unwrap();
             let name = executable_name(exe);
-            let stat = format!(
-                "{pid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 100 10\n"
-            );
+            let stat = proc::fake_stat_line(pid, name, start);
             std::fs::write(dir.join("stat"), stat).unwrap();
             std::fs::write(dir.join("comm"), format!("{name}\n")).unwrap();
             std::fs::write(dir.join("environ"), environ).unwrap();

@@ -12,6 +12,7 @@ use super::catalog::{Instrument, SELF_METRICS};
 use super::hist::RawUnit;
 use super::store::{MetricSnap, Point, PointValue, Temporality};
 use crate::enrich::{HostInfo, ProcFacts, Resource, build_resource};
+use procfs::process::Stat;
 
 /// The agent's own resource (`service.name` is its executable name): its
 /// health metrics and the service graph are reported under it.
@@ -89,37 +90,26 @@ pub struct ProcessUsage {
 }
 
 impl ProcessUsage {
-    /// Reads `/proc/self`.
+    /// Reads `/proc/self/stat`.
     pub fn read() -> Option<ProcessUsage> {
-        let stat = std::fs::read("/proc/self/stat").ok()?;
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        parse_usage(&stat, &status, if ticks > 0 { ticks as u64 } else { 100 })
+        let me = procfs::process::Process::myself().ok()?;
+        let stat = crate::enrich::proc::read_stat(&me)?;
+        Some(ProcessUsage::from_stat(
+            &stat,
+            procfs::ticks_per_second(),
+            procfs::page_size(),
+        ))
     }
-}
 
-/// CPU time from `/proc/PID/stat` (fields 14 and 15, in clock ticks) and
-/// resident memory from the `VmRSS:` line of `/proc/PID/status`.
-pub fn parse_usage(stat: &[u8], status: &str, ticks_per_sec: u64) -> Option<ProcessUsage> {
-    let text = String::from_utf8_lossy(stat);
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(ProcessUsage {
-        cpu_seconds: (utime + stime) as f64 / ticks_per_sec.max(1) as f64,
-        rss_bytes: rss_kib * 1024,
-    })
+    /// CPU time from `utime` and `stime` (clock ticks) and resident memory
+    /// from `rss` (pages: the count `VmRSS` in `/proc/PID/status` shows in
+    /// KiB).
+    pub fn from_stat(stat: &Stat, ticks_per_sec: u64, page_size: u64) -> ProcessUsage {
+        ProcessUsage {
+            cpu_seconds: stat.utime.saturating_add(stat.stime) as f64 / ticks_per_sec.max(1) as f64,
+            rss_bytes: stat.rss.saturating_mul(page_size),
+        }
+    }
 }
 
 /// Remembers the last exported counter values, for delta export.
@@ -317,15 +307,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_proc_self() {
-        let stat = b"4242 (sonde (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 3 0 1234 100000 2000";
-        let status = "Name:\tsonde\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
-        let u = parse_usage(stat, status, 100).unwrap();
+    fn usage_from_stat() {
+        use procfs::FromRead as _;
+        let line = b"4242 (sonde (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 3 0 1234 100000 2000 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 3 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+        let stat = Stat::from_read(&line[..]).unwrap();
+        let u = ProcessUsage::from_stat(&stat, 100, 4096);
         assert_eq!(u.cpu_seconds, 3.0);
-        assert_eq!(u.rss_bytes, 12345 * 1024);
-        assert!(parse_usage(b"garbage", status, 100).is_none());
-        assert!(parse_usage(stat, "Name: x\n", 100).is_none());
-        assert!(ProcessUsage::read().is_some_and(|u| u.rss_bytes > 0));
+        assert_eq!(u.rss_bytes, 2000 * 4096);
+        assert_eq!(ProcessUsage::from_stat(&stat, 250, 16384).cpu_seconds, 1.2);
+    }
+
+    #[test]
+    fn reads_own_usage() {
+        let vm_rss_kib = || -> f64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap()
+        };
+        // The same count as VmRSS in status; other tests allocate in
+        // between, so it is bracketed by a reading before and after.
+        let before = vm_rss_kib();
+        let u = ProcessUsage::read().unwrap();
+        let after = vm_rss_kib();
+        let rss_kib = u.rss_bytes as f64 / 1024.0;
+        assert!(
+            rss_kib >= before.min(after) * 0.95 && rss_kib <= before.max(after) * 1.05,
+            "{rss_kib} KiB, VmRSS {before} then {after}"
+        );
+        // CPU time grows while this thread spins.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let later = ProcessUsage::read().unwrap();
+            if later.cpu_seconds > u.cpu_seconds {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{u:?} {later:?}");
+            std::hint::black_box((0..100_000u64).sum::<u64>());
+        }
     }
 
     fn value(ms: &[MetricSnap], name: &str, attr: Option<&str>) -> Option<f64> {
