@@ -124,6 +124,7 @@ fn agent() -> Arc<Resource> {
     Arc::new(Resource {
         service_name: "sonde".into(),
         attributes: vec![("service.name".into(), "sonde".into())],
+        ..Default::default()
     })
 }
 
@@ -241,6 +242,7 @@ fn time_per_span() {
     let shop = Arc::new(Resource {
         service_name: "shop".into(),
         attributes: vec![("service.name".into(), "shop".into())],
+        ..Default::default()
     });
     // 64 connections, as in the pipeline: clients on another host (their
     // spans are counted at once) or on loopback (they wait for the client
@@ -326,6 +328,7 @@ fn memory(routes: usize, sizes: bool) {
                     ("service.instance.id".into(), format!("instance-{i}").into()),
                     ("host.name".into(), "bench".into()),
                 ],
+                ..Default::default()
             })
         })
         .collect();
@@ -451,6 +454,7 @@ fn main() {
             let shop = Arc::new(Resource {
                 service_name: "shop".into(),
                 attributes: vec![("service.name".into(), "shop".into())],
+                ..Default::default()
             });
             let loopback: Vec<Endpoints> = (0..64u16)
                 .map(|c| Endpoints {

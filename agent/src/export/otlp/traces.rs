@@ -228,6 +228,7 @@ mod tests {
                 ("service.name".into(), "shop".into()),
                 ("process.pid".into(), AttrValue::Int(12)),
             ],
+            ..Default::default()
         };
         let req = request(&r, vec![PSpan::default()]);
         let rs = &req.resource_spans[0];

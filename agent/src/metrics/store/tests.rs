@@ -14,6 +14,7 @@ fn resource(service: &str, instance: &str) -> Arc<Resource> {
             ("service.name".into(), service.into()),
             ("service.instance.id".into(), instance.into()),
         ],
+        ..Default::default()
     })
 }
 
