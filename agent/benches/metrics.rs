@@ -170,6 +170,7 @@ fn span(route: &str, end_ns: u64, ms: u64) -> Span {
         status: SpanStatus::Unset,
         pid: 1,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
+        tenant: None,
     }
 }
 

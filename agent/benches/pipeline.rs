@@ -295,6 +295,7 @@ fn server_span(i: u64) -> Span {
         status: SpanStatus::Unset,
         pid: 1000,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
+        tenant: None,
     }
 }
 

@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::Resource;
 use super::k8s::PodMeta;
 use super::select::Glob;
+use crate::span::model::Span;
 
 /// The attribute that carries the tenant id, unless configured.
 pub const DEFAULT_ATTRIBUTE: &str = "tenant.id";
@@ -173,6 +175,13 @@ impl TenantConfig {
         }
         Ok(())
     }
+}
+
+/// The tenant of `span`, a span of the process `resource` describes: the
+/// one a header rule gave the request, else the process's. What metrics,
+/// routing and budgets go by.
+pub fn tenant_of<'a>(resource: &'a Resource, span: &'a Span) -> Option<&'a str> {
+    span.tenant.as_deref().or(resource.tenant.tenant.as_deref())
 }
 
 /// What the process rules see of one process.

@@ -171,6 +171,7 @@ mod tests {
             },
             pid: 7,
             endpoints: crate::capture::Endpoints::UNKNOWN,
+            tenant: None,
         };
         let p = to_proto(span);
         assert_eq!(p.trace_id, vec![0x11; 16]);

@@ -82,6 +82,7 @@ fn http(s: SpanSpec<'_>) -> Span {
         },
         pid: 1,
         endpoints: crate::capture::Endpoints::UNKNOWN,
+        tenant: None,
     }
 }
 
