@@ -124,6 +124,7 @@ fn agent() -> Arc<Resource> {
     Arc::new(Resource {
         service_name: "sonde".into(),
         attributes: vec![("service.name".into(), "sonde".into())],
+        ..Default::default()
     })
 }
 
@@ -169,6 +170,7 @@ fn span(route: &str, end_ns: u64, ms: u64) -> Span {
         status: SpanStatus::Unset,
         pid: 1,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
+        tenant: None,
     }
 }
 
@@ -241,6 +243,7 @@ fn time_per_span() {
     let shop = Arc::new(Resource {
         service_name: "shop".into(),
         attributes: vec![("service.name".into(), "shop".into())],
+        ..Default::default()
     });
     // 64 connections, as in the pipeline: clients on another host (their
     // spans are counted at once) or on loopback (they wait for the client
@@ -326,6 +329,7 @@ fn memory(routes: usize, sizes: bool) {
                     ("service.instance.id".into(), format!("instance-{i}").into()),
                     ("host.name".into(), "bench".into()),
                 ],
+                ..Default::default()
             })
         })
         .collect();
@@ -451,6 +455,7 @@ fn main() {
             let shop = Arc::new(Resource {
                 service_name: "shop".into(),
                 attributes: vec![("service.name".into(), "shop".into())],
+                ..Default::default()
             });
             let loopback: Vec<Endpoints> = (0..64u16)
                 .map(|c| Endpoints {

@@ -242,6 +242,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 Arc::new(Resource {
                     service_name: "sonde".into(),
                     attributes: Vec::new(),
+                    ..Default::default()
                 }),
                 stats,
             );
@@ -294,6 +295,7 @@ fn server_span(i: u64) -> Span {
         status: SpanStatus::Unset,
         pid: 1000,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
+        tenant: None,
     }
 }
 
@@ -302,10 +304,12 @@ fn bench_metrics(c: &mut Criterion) {
     let resource = Arc::new(Resource {
         service_name: "shop".into(),
         attributes: vec![("service.name".into(), "shop".into())],
+        ..Default::default()
     });
     let agent = Arc::new(Resource {
         service_name: "sonde".into(),
         attributes: Vec::new(),
+        ..Default::default()
     });
     let endpoints = Endpoints {
         local: Endpoint::Ip([127, 0, 0, 1].into(), 8080),

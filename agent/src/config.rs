@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Deserializer};
 
 pub use crate::enrich::select::Selection;
+pub use crate::enrich::tenant::TenantConfig;
 use crate::protocol::{PROTOCOLS, ProtocolSpec};
 
 /// The whole configuration file.
@@ -42,6 +43,8 @@ pub struct Config {
     pub select: Selection,
     #[serde(deserialize_with = "or_default")]
     pub protocols: ProtocolsConfig,
+    #[serde(deserialize_with = "or_default")]
+    pub tenants: TenantConfig,
 }
 
 /// Which protocols are parsed on this node, by their names in
@@ -841,6 +844,7 @@ impl Config {
                 ));
             }
         }
+        self.tenants.check()?;
         if self.protocols.enabled().is_empty() {
             return Err((
                 "protocols",
@@ -1196,6 +1200,12 @@ select:
 protocols:
   redis: false
   mysql: true
+tenants:
+  attribute: org.id
+  rules:
+    - header: x-org
+    - pod_label: tenant
+  default: shared
 ";
         let c = parse(text).unwrap();
         let rule = |yaml: &str| serde_saphyr::from_str(yaml).unwrap();
@@ -1295,6 +1305,14 @@ protocols:
                 exclude: vec![rule("labels: track=canary\ncontainer: web")],
             },
             protocols,
+            tenants: TenantConfig {
+                attribute: "org.id".into(),
+                rules: vec![
+                    serde_saphyr::from_str("header: x-org").unwrap(),
+                    serde_saphyr::from_str("pod_label: tenant").unwrap(),
+                ],
+                default: Some("shared".into()),
+            },
         };
         assert_eq!(c, want);
         let names: Vec<&str> = c.protocols.enabled().iter().map(|p| p.name).collect();
@@ -1347,6 +1365,17 @@ protocols:
                 1,
                 "every protocol is off",
             ),
+            (
+                "tenants:\n  rules:\n    - env: A\n      header: b\n",
+                2,
+                "more than one matcher",
+            ),
+            (
+                "tenants:\n  rules:\n    - cgroup: '(unclosed'\n",
+                3,
+                "not a regular expression",
+            ),
+            ("tenants:\n  rules:\n    - label: x\n", 3, "unknown key"),
         ] {
             let err = parse(text).expect_err(text);
             let message = err.to_string();

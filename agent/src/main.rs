@@ -11,10 +11,11 @@ use clap::{Parser, Subcommand};
 use sonde::capture::Clock;
 use sonde::capture::attach::Processes;
 use sonde::capture::probes::Probes;
-use sonde::config::{self, Config, KubernetesConfig, Selection};
+use sonde::config::{self, Config, KubernetesConfig, Selection, TenantConfig};
 use sonde::enrich::containers::ContainerStores;
 use sonde::enrich::k8s::watch::{self, WatchConfig};
 use sonde::enrich::k8s::{Keep, Metadata};
+use sonde::enrich::tenant::Tenants;
 use sonde::enrich::{CgroupOrder, ClusterInfo, HostInfo, Kubernetes, ProcessResources};
 use sonde::export;
 use sonde::metrics::{Metrics, agent_resource};
@@ -132,12 +133,11 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
             .with_context(|| format!("health.listen: cannot listen on {addr}"))?;
         runtime.spawn(sonde::health::serve(listener, ready.clone()));
     }
-    let resources = process_resources(&config.kubernetes, &config.select)?.with_container_stores(
-        ContainerStores::new(
+    let resources = process_resources(&config.kubernetes, &config.select, &config.tenants)?
+        .with_container_stores(ContainerStores::new(
             &config.containers.docker_root,
             &config.containers.podman_root,
-        ),
-    );
+        ));
 
     // Before anything is attached, and surely before "ready" is logged: a
     // SIGTERM sent as soon as the agent says it is ready must stop it
@@ -215,7 +215,9 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
 fn process_resources(
     config: &KubernetesConfig,
     selection: &Selection,
+    tenants: &TenantConfig,
 ) -> anyhow::Result<ProcessResources> {
+    let tenants = Tenants::new(tenants.clone());
     let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let mut host = HostInfo::detect();
     if !config.wanted(in_pod) {
@@ -225,7 +227,9 @@ fn process_resources(
                  off (kubernetes.enabled): they match no process"
             );
         }
-        return Ok(ProcessResources::new(host).with_selection(selection.clone()));
+        return Ok(ProcessResources::new(host)
+            .with_selection(selection.clone())
+            .with_tenants(tenants));
     }
     let node_name = config
         .node_name
@@ -245,7 +249,12 @@ fn process_resources(
             keep: Keep {
                 labels: config.pod_labels.clone(),
                 annotations: config.pod_annotations.clone(),
-                selector_labels: selection.label_keys(),
+                rule_labels: selection
+                    .label_keys()
+                    .into_iter()
+                    .chain(tenants.label_keys().map(str::to_owned))
+                    .collect(),
+                rule_annotations: tenants.annotation_keys().map(str::to_owned).collect(),
             },
             deleted_pod_retention: Duration::from_secs(config.deleted_pod_retention_secs),
         },
@@ -255,6 +264,7 @@ fn process_resources(
     info!(node = %node_name, "kubernetes metadata: watching the pods of this node");
     Ok(ProcessResources::new(host)
         .with_selection(selection.clone())
+        .with_tenants(tenants)
         .with_kubernetes(Kubernetes {
             metadata,
             cluster: ClusterInfo {

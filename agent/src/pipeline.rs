@@ -715,6 +715,7 @@ mod tests {
             Arc::new(Resource {
                 service_name: "sonde".into(),
                 attributes: Vec::new(),
+                ..Default::default()
             }),
             Arc::new(Stats::default()),
         );

@@ -25,6 +25,7 @@ pub mod containers;
 pub mod k8s;
 pub mod proc;
 pub mod select;
+pub mod tenant;
 
 use proc::{Identity, read_identity, strip_deleted};
 pub use proc::{ProcFacts, environ_var};
@@ -38,6 +39,7 @@ use cgroup::CgroupInfo;
 use containers::{ContainerMeta, ContainerStores};
 use k8s::{Metadata, PodMeta, Snapshot};
 use select::{Selection, Subject};
+use tenant::{ProcessTenant, ProcessView, Tenants};
 
 /// Processes whose resource is kept at once by [`ProcessResources::new`].
 pub const DEFAULT_PROCESS_CAPACITY: usize = 4096;
@@ -56,6 +58,9 @@ pub struct Resource {
     pub service_name: String,
     /// All resource attributes, `service.name` included.
     pub attributes: Vec<(String, AttrValue)>,
+    /// The process's tenant by the `tenants` rules (also in `attributes`
+    /// under the configured name), and where header rules stop.
+    pub tenant: ProcessTenant,
 }
 
 impl Resource {
@@ -112,6 +117,8 @@ struct Entry {
     seq: u64,
     /// Check the identity on the next `get` before trusting the entry.
     verify: bool,
+    /// The labels of its pod's namespace the resource was built with.
+    namespace_labels: Option<Arc<Vec<(String, String)>>>,
 }
 
 /// What the kernel said of a process not cached yet, used when `/proc/PID`
@@ -178,6 +185,7 @@ pub struct ProcessResources {
     orders: Vec<CgroupOrder>,
     newly_excluded: Vec<u32>,
     containers: ContainerStores,
+    tenants: Tenants,
 }
 
 impl ProcessResources {
@@ -206,6 +214,7 @@ impl ProcessResources {
             orders: Vec::new(),
             newly_excluded: Vec::new(),
             containers: ContainerStores::default(),
+            tenants: Tenants::default(),
         }
     }
 
@@ -220,6 +229,17 @@ impl ProcessResources {
     pub fn with_kubernetes(mut self, kubernetes: Kubernetes) -> Self {
         self.kubernetes = Some(kubernetes);
         self
+    }
+
+    /// Gives each resource its tenant by `tenants`' rules.
+    pub fn with_tenants(mut self, tenants: Tenants) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// The tenant rules resources are built with.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
     }
 
     /// Traces only the processes `selection` selects.
@@ -282,7 +302,7 @@ impl ProcessResources {
                 self.order.insert(seq, pid);
                 if let Some(k8s) = &self.kubernetes {
                     let was_traced = entry.traced;
-                    refresh(&self.host, k8s, &self.selection, entry);
+                    refresh(&self.host, k8s, &self.selection, &self.tenants, entry);
                     if was_traced != entry.traced {
                         self.judged(pid);
                     }
@@ -308,6 +328,16 @@ impl ProcessResources {
             (None, None) => {}
         }
         process.container = self.containers.lookup(&process.cgroup);
+        if let Some(environ) = &facts.environ {
+            process.tenant_env = self
+                .tenants
+                .env_names()
+                .filter_map(|name| {
+                    let value = environ_var(environ, name)?;
+                    Some((name.to_owned(), String::from_utf8_lossy(value).into_owned()))
+                })
+                .collect();
+        }
         let mut entry = Entry {
             resource: Arc::new(Resource::default()),
             identity: Identity {
@@ -321,14 +351,17 @@ impl ProcessResources {
             meta_version: u64::MAX,
             seq,
             verify: false,
+            namespace_labels: None,
         };
         match &self.kubernetes {
-            Some(k8s) => refresh(&self.host, k8s, &self.selection, &mut entry),
+            Some(k8s) => refresh(&self.host, k8s, &self.selection, &self.tenants, &mut entry),
             None => {
-                entry.resource = Arc::new(compose(
+                entry.resource = Arc::new(build(
                     &self.host,
                     &ClusterInfo::default(),
+                    &self.tenants,
                     &entry.process,
+                    None,
                     None,
                 ));
                 entry.traced = decide(&self.selection, &entry.process.cgroup, None, None);
@@ -479,7 +512,13 @@ fn decide(
 /// Rebuilds `entry`'s resource if the metadata changed for its pod since
 /// it was built (or it was never built), and takes the `select` verdict
 /// again.
-fn refresh(host: &HostInfo, k8s: &Kubernetes, selection: &Selection, entry: &mut Entry) {
+fn refresh(
+    host: &HostInfo,
+    k8s: &Kubernetes,
+    selection: &Selection,
+    tenants: &Tenants,
+    entry: &mut Entry,
+) {
     let version = k8s.metadata.version();
     if version == entry.meta_version {
         return;
@@ -500,11 +539,32 @@ fn refresh(host: &HostInfo, k8s: &Kubernetes, selection: &Selection, entry: &mut
         (None, _) => true,
         (Some(_), None) => false,
     };
-    if !same || first {
-        entry.resource = Arc::new(compose(host, &k8s.cluster, &entry.process, pod.as_deref()));
+    // A tenant rule may read the namespace's labels, which change apart
+    // from the pod.
+    let namespace_labels = entry
+        .pod
+        .as_ref()
+        .or(pod.as_ref())
+        .and_then(|p| snapshot.namespaces.get(p.namespace.as_str()))
+        .cloned();
+    let labels_changed = tenants.is_active()
+        && match (&namespace_labels, &entry.namespace_labels) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (a, b) => a.is_some() != b.is_some(),
+        };
+    if !same || first || labels_changed {
         if pod.is_some() {
             entry.pod = pod;
         }
+        entry.resource = Arc::new(build(
+            host,
+            &k8s.cluster,
+            tenants,
+            &entry.process,
+            entry.pod.as_deref(),
+            namespace_labels.as_deref().map(Vec::as_slice),
+        ));
+        entry.namespace_labels = namespace_labels;
     }
     // Namespace labels may have changed with the pod unchanged.
     entry.traced = decide(
@@ -534,6 +594,10 @@ pub struct Process {
     pub cgroup: CgroupInfo,
     /// What Docker or Podman says of its container, outside Kubernetes.
     pub container: Option<Arc<ContainerMeta>>,
+    /// Its unified-hierarchy cgroup path (for tenant rules).
+    pub cgroup_path: Option<String>,
+    /// The environment variables tenant rules read, with their values.
+    pub tenant_env: Vec<(String, String)>,
 }
 
 impl Process {
@@ -586,6 +650,12 @@ impl Process {
                 .map(cgroup::parse_proc_cgroup)
                 .unwrap_or_default(),
             container: None,
+            cgroup_path: facts
+                .cgroup
+                .as_deref()
+                .and_then(cgroup::unified_path)
+                .map(str::to_owned),
+            tenant_env: Vec::new(),
         }
     }
 
@@ -640,6 +710,34 @@ pub fn service_name(process: &Process, pod: Option<&PodMeta>, container: Option<
         .or_else(|| container.map(str::to_owned))
         .or_else(|| process.exe_name.clone())
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned())
+}
+
+/// [`compose`], with the process's tenant when tenant rules are written.
+fn build(
+    host: &HostInfo,
+    cluster: &ClusterInfo,
+    tenants: &Tenants,
+    process: &Process,
+    pod: Option<&PodMeta>,
+    namespace_labels: Option<&[(String, String)]>,
+) -> Resource {
+    let mut resource = compose(host, cluster, process, pod);
+    if tenants.is_active() {
+        let tenant = tenants.of_process(&ProcessView {
+            pod,
+            namespace_labels,
+            env: &process.tenant_env,
+            cgroup_path: process.cgroup_path.as_deref(),
+            executable: process.exe_name.as_deref(),
+        });
+        if let Some(id) = &tenant.tenant {
+            resource
+                .attributes
+                .push((tenants.attribute().to_owned(), AttrValue::from(&**id)));
+        }
+        resource.tenant = tenant;
+    }
+    resource
 }
 
 /// Builds a resource from a process and, when known, its pod.
@@ -765,6 +863,7 @@ pub fn compose(
     Resource {
         service_name,
         attributes,
+        tenant: ProcessTenant::default(),
     }
 }
 
@@ -1441,7 +1540,7 @@ mod tests {
 
         let publish = |trace: &str| {
             let mut meta = pod(None, Some("checkout"), vec![]);
-            meta.selector_labels = vec![("sonde.io/trace".into(), trace.into())];
+            meta.rule_labels = vec![("sonde.io/trace".into(), trace.into())];
             let mut pods = HashMap::new();
             pods.insert(Arc::from(UID), Arc::new(meta));
             metadata.publish(k8s::Snapshot {
@@ -1506,6 +1605,99 @@ mod tests {
             cache.take_cgroup_orders().collect::<Vec<_>>(),
             [CgroupOrder::Silence(42)]
         );
+    }
+
+    /// Tenant rules label resources: by the pod's label once the pod is
+    /// known, by a namespace label that changes while the pod does not,
+    /// and by an environment variable outside Kubernetes.
+    #[test]
+    fn resources_carry_their_tenant() {
+        let tenants = || {
+            Tenants::new(
+                serde_saphyr::from_str(
+                    "attribute: org.id\nrules:\n  - pod_label: tenant\n  - namespace_label: tenant\n  - env: TENANT_ID\ndefault: shared\n",
+                )
+                .unwrap(),
+            )
+        };
+        let proc = FakeProc::new("tenant");
+        proc.process(7, 1, "/usr/bin/java", b"TENANT_ID=from-env\0");
+        std::fs::write(
+            proc.0.join("7/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        proc.process(8, 1, "/usr/bin/python3", b"PATH=/bin\0TENANT_ID=umbrella\0");
+        let metadata = Arc::new(Metadata::default());
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16)
+            .with_tenants(tenants())
+            .with_kubernetes(Kubernetes {
+                metadata: Arc::clone(&metadata),
+                cluster: ClusterInfo::default(),
+            });
+        let tenant_of = |r: &Resource| {
+            (
+                r.tenant.tenant.as_deref().map(str::to_owned),
+                str_attr(r, "org.id").map(str::to_owned),
+            )
+        };
+        let both = |t: &str| (Some(t.to_owned()), Some(t.to_owned()));
+        assert_eq!(
+            tenant_of(&cache.get(7)),
+            both("from-env"),
+            "no pod yet: env"
+        );
+        assert_eq!(tenant_of(&cache.get(8)), both("umbrella"));
+
+        let publish = |pod_tenant: Option<&str>, ns_tenant: &str| {
+            let mut meta = pod(None, None, vec![]);
+            meta.rule_labels = pod_tenant
+                .map(|t| vec![("tenant".to_owned(), t.to_owned())])
+                .unwrap_or_default();
+            let mut pods = HashMap::new();
+            pods.insert(Arc::from(UID), Arc::new(meta));
+            let mut namespaces = HashMap::new();
+            namespaces.insert(
+                Arc::from("shop"),
+                Arc::new(vec![("tenant".to_owned(), ns_tenant.to_owned())]),
+            );
+            metadata.publish(k8s::Snapshot {
+                pods,
+                namespaces,
+                ..Default::default()
+            });
+        };
+        publish(Some("acme"), "initech");
+        assert_eq!(tenant_of(&cache.get(7)), both("acme"), "the pod's label");
+        publish(None, "initech");
+        // The same pod object is kept only when unchanged: a new one (no
+        // label) is a change of pod, so the namespace label applies.
+        assert_eq!(tenant_of(&cache.get(7)), both("initech"));
+        let kept = cache.get(7);
+        let pods = metadata.load().pods.clone();
+        let mut namespaces = HashMap::new();
+        namespaces.insert(
+            Arc::from("shop"),
+            Arc::new(vec![("tenant".to_owned(), "globex".to_owned())]),
+        );
+        metadata.publish(k8s::Snapshot {
+            pods,
+            namespaces,
+            ..Default::default()
+        });
+        let relabelled = cache.get(7);
+        assert!(!Arc::ptr_eq(&kept, &relabelled));
+        assert_eq!(
+            tenant_of(&relabelled),
+            both("globex"),
+            "the namespace's new label"
+        );
+
+        // Without rules, no tenant attribute at all.
+        let mut plain = ProcessResources::with_proc_root(host(), &proc.0, 16);
+        let r = plain.get(8);
+        assert_eq!(r.tenant, ProcessTenant::default());
+        assert!(r.attr("tenant.id").is_none());
     }
 
     #[test]

@@ -305,7 +305,7 @@ impl Rule {
             && self
                 .labels
                 .as_ref()
-                .is_none_or(|s| pod.is_some_and(|p| s.matches(&p.selector_labels)))
+                .is_none_or(|s| pod.is_some_and(|p| s.matches(&p.rule_labels)))
             && self
                 .namespace_labels
                 .as_ref()
@@ -487,7 +487,7 @@ mod tests {
             uid: "u".into(),
             name: name.into(),
             namespace: namespace.into(),
-            selector_labels: labels(pod_labels),
+            rule_labels: labels(pod_labels),
             ..PodMeta::default()
         }
     }

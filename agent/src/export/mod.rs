@@ -434,6 +434,7 @@ pub(crate) mod testing {
             status: SpanStatus::Unset,
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
+            tenant: None,
         }
     }
 }

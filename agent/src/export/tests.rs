@@ -225,6 +225,7 @@ fn resource(service: &str) -> Arc<Resource> {
             ("service.name".into(), service.into()),
             ("process.pid".into(), AttrValue::Int(4321)),
         ],
+        ..Default::default()
     })
 }
 

@@ -534,6 +534,7 @@ mod tests {
             status: SpanStatus::Unset,
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
+            tenant: None,
         }
     }
 

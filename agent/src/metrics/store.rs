@@ -615,6 +615,7 @@ impl Store {
             Arc::new(Resource {
                 service_name: "sonde".into(),
                 attributes: Vec::new(),
+                ..Default::default()
             })
         })
     }

@@ -148,6 +148,7 @@ mod tests {
             },
             pid,
             endpoints: crate::capture::Endpoints::UNKNOWN,
+            tenant: None,
         }
     }
 

@@ -110,6 +110,7 @@ pub fn new_span(
         status: model::SpanStatus::Unset,
         pid: ctx.pid,
         endpoints: ctx.endpoints,
+        tenant: None,
     }
 }
 

@@ -178,6 +178,9 @@ pub struct Span {
     pub pid: u32,
     /// The connection it was observed on (for the service graph).
     pub endpoints: Endpoints,
+    /// The tenant a header rule gave this request; none: its process's
+    /// (see `enrich::tenant`).
+    pub tenant: Option<Text>,
 }
 
 impl Span {

@@ -70,8 +70,10 @@ pub struct PodMeta {
     /// onto its resources.
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
-    /// The labels the `select` rules look at (not copied onto resources).
-    pub selector_labels: Vec<(String, String)>,
+    /// The labels and annotations the `select` and `tenants` rules look
+    /// at (not copied onto resources).
+    pub rule_labels: Vec<(String, String)>,
+    pub rule_annotations: Vec<(String, String)>,
     /// Its [`SERVICE_NAME_ANNOTATION`] and [`APP_NAME_LABEL`], which name
     /// its service.
     pub annotated_service_name: Option<String>,
@@ -124,8 +126,9 @@ fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 pub struct Keep {
     pub labels: Vec<String>,
     pub annotations: Vec<String>,
-    /// Label keys the `select` rules look at.
-    pub selector_labels: Vec<String>,
+    /// Label and annotation keys the `select` and `tenants` rules look at.
+    pub rule_labels: Vec<String>,
+    pub rule_annotations: Vec<String>,
 }
 
 impl Keep {
@@ -137,8 +140,12 @@ impl Keep {
         self.annotations.iter().any(|k| k == key)
     }
 
-    fn selector_label(&self, key: &str) -> bool {
-        self.selector_labels.iter().any(|k| k == key)
+    fn rule_label(&self, key: &str) -> bool {
+        self.rule_labels.iter().any(|k| k == key)
+    }
+
+    fn rule_annotation(&self, key: &str) -> bool {
+        self.rule_annotations.iter().any(|k| k == key)
     }
 }
 
@@ -181,7 +188,8 @@ pub fn pod_meta(pod: &Pod, keep: &Keep, owners: Owners) -> Option<PodMeta> {
         containers,
         labels: kept(&meta.labels, &|k| keep.label(k)),
         annotations: kept(&meta.annotations, &|k| keep.annotation(k)),
-        selector_labels: kept(&meta.labels, &|k| keep.selector_label(k)),
+        rule_labels: kept(&meta.labels, &|k| keep.rule_label(k)),
+        rule_annotations: kept(&meta.annotations, &|k| keep.rule_annotation(k)),
         annotated_service_name: meta
             .annotations
             .as_ref()
@@ -428,7 +436,8 @@ mod tests {
         let keep = Keep {
             labels: vec!["team".into()],
             annotations: vec![],
-            selector_labels: vec!["app.kubernetes.io/name".into(), "missing".into()],
+            rule_labels: vec!["app.kubernetes.io/name".into(), "missing".into()],
+            rule_annotations: vec![],
         };
         let meta = pod_meta(&pod, &keep, Vec::new()).expect("meta");
         assert_eq!(meta.name, "web-7d9f8c6b5-x2x4z");
@@ -439,7 +448,7 @@ mod tests {
         assert_eq!(meta.label("team"), Some("a"));
         assert_eq!(meta.labels.len(), 1, "only the listed labels");
         assert_eq!(
-            meta.selector_labels,
+            meta.rule_labels,
             [("app.kubernetes.io/name".to_owned(), "web".to_owned())],
             "the labels the select rules look at, kept apart"
         );

@@ -198,6 +198,7 @@ mod tests {
         Resource {
             service_name: service.into(),
             attributes: vec![("service.name".into(), service.into())],
+            ..Default::default()
         }
     }
 

@@ -308,11 +308,13 @@ mod tests {
         let agent = Arc::new(Resource {
             service_name: "sonde".into(),
             attributes: vec![],
+            ..Default::default()
         });
         let mut store = Store::new(store_options(&config), agent);
         let shop = Arc::new(Resource {
             service_name: "shop".into(),
             attributes: vec![("service.name".into(), "shop".into())],
+            ..Default::default()
         });
         let e = Endpoints {
             local: Endpoint::Unknown,

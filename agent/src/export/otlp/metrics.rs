@@ -501,6 +501,7 @@ mod tests {
                 resource: Arc::new(Resource {
                     service_name: "shop".into(),
                     attributes: vec![("service.name".into(), "shop".into())],
+                    ..Default::default()
                 }),
                 metrics: vec![MetricSnap {
                     name: "http.server.request.duration".into(),

@@ -171,6 +171,7 @@ mod tests {
             },
             pid: 7,
             endpoints: crate::capture::Endpoints::UNKNOWN,
+            tenant: None,
         };
         let p = to_proto(span);
         assert_eq!(p.trace_id, vec![0x11; 16]);
@@ -228,6 +229,7 @@ mod tests {
                 ("service.name".into(), "shop".into()),
                 ("process.pid".into(), AttrValue::Int(12)),
             ],
+            ..Default::default()
         };
         let req = request(&r, vec![PSpan::default()]);
         let rs = &req.resource_spans[0];

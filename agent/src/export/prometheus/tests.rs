@@ -22,6 +22,7 @@ fn resource(service: &str) -> Arc<Resource> {
             ("process.pid".into(), AttrValue::Int(42)),
             ("host.name".into(), "node \"a\"".into()),
         ],
+        ..Default::default()
     })
 }
 

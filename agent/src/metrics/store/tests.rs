@@ -14,6 +14,7 @@ fn resource(service: &str, instance: &str) -> Arc<Resource> {
             ("service.name".into(), service.into()),
             ("service.instance.id".into(), instance.into()),
         ],
+        ..Default::default()
     })
 }
 
@@ -81,6 +82,7 @@ fn http(s: SpanSpec<'_>) -> Span {
         },
         pid: 1,
         endpoints: crate::capture::Endpoints::UNKNOWN,
+        tenant: None,
     }
 }
 

@@ -1,0 +1,554 @@
+//! Which tenant a span belongs to: the `tenants` section of the
+//! configuration.
+//!
+//! Rules are tried in the order written and the first that matches gives
+//! the tenant id: a literal (`tenant:`), or else the value the rule found
+//! (the header's or label's value, the namespace's name, the variable's
+//! value, the cgroup pattern's capture, the executable's name). No rule
+//! matching gives `default`, and no default gives no tenant.
+//!
+//! Most rules are facts of a process (its pod, environment, cgroup,
+//! executable): they are judged once per process, with its resource
+//! ([`Tenants::of_process`]). A header rule is a fact of one request: a
+//! multi-tenant gateway's spans split by the header each request carried.
+//! The two kinds keep their written order: a header rule after a process
+//! rule that matched is never looked at ([`Tenants::of_span`]).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::Resource;
+use super::k8s::PodMeta;
+use super::select::Glob;
+use crate::span::model::Span;
+
+/// The attribute that carries the tenant id, unless configured.
+pub const DEFAULT_ATTRIBUTE: &str = "tenant.id";
+
+/// The header a header rule names unless it says one.
+pub const DEFAULT_HEADER: &str = "x-tenant-id";
+
+/// A regular expression over a process's cgroup path (the unified
+/// hierarchy's, as `/proc/PID/cgroup` shows it). Its capture group named
+/// `tenant`, else its first group, else the whole match is the value.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CgroupPattern(regex::Regex);
+
+impl TryFrom<String> for CgroupPattern {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        regex::Regex::new(&text)
+            .map(CgroupPattern)
+            .map_err(|e| format!("not a regular expression: {e}"))
+    }
+}
+
+impl PartialEq for CgroupPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for CgroupPattern {}
+
+impl CgroupPattern {
+    fn capture<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let caps = self.0.captures(path)?;
+        caps.name("tenant")
+            .or_else(|| caps.get(1))
+            .or_else(|| caps.get(0))
+            .map(|m| m.as_str())
+    }
+}
+
+/// One rule of `tenants.rules`: one matcher, and optionally the tenant it
+/// gives (else the value the matcher found).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantRule {
+    /// An HTTP request header (HTTP/1.x, HTTP/2, gRPC metadata); any case.
+    pub header: Option<String>,
+    pub pod_label: Option<String>,
+    pub namespace_label: Option<String>,
+    pub pod_annotation: Option<String>,
+    /// The pod's namespace name (pattern).
+    pub namespace: Option<Glob>,
+    /// An environment variable of the process.
+    pub env: Option<String>,
+    pub cgroup: Option<CgroupPattern>,
+    /// The executable's name (pattern).
+    pub executable: Option<Glob>,
+    /// The tenant id the rule gives; else the value it matched.
+    pub tenant: Option<String>,
+}
+
+impl TenantRule {
+    /// How many matchers it writes: a valid rule writes exactly one.
+    pub fn matchers(&self) -> usize {
+        [
+            self.header.is_some(),
+            self.pod_label.is_some(),
+            self.namespace_label.is_some(),
+            self.pod_annotation.is_some(),
+            self.namespace.is_some(),
+            self.env.is_some(),
+            self.cgroup.is_some(),
+            self.executable.is_some(),
+        ]
+        .into_iter()
+        .filter(|&set| set)
+        .count()
+    }
+
+    fn give<'a>(&'a self, found: Option<&'a str>) -> Option<&'a str> {
+        let found = found.filter(|v| !v.trim().is_empty())?;
+        Some(self.tenant.as_deref().unwrap_or(found))
+    }
+}
+
+/// The `tenants` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The attribute name of the tenant id on spans, resources and series.
+    pub attribute: String,
+    #[serde(deserialize_with = "crate::config::or_default")]
+    pub rules: Vec<TenantRule>,
+    /// The tenant when no rule matches; none: no tenant attribute.
+    pub default: Option<String>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            attribute: DEFAULT_ATTRIBUTE.to_owned(),
+            rules: Vec::new(),
+            default: None,
+        }
+    }
+}
+
+impl TenantConfig {
+    /// The first problem the types alone do not catch, as (key, message).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.attribute.trim().is_empty() {
+            return Err((
+                "tenants.attribute",
+                "must not be empty (for example tenant.id)".into(),
+            ));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            match rule.matchers() {
+                1 => {}
+                0 => {
+                    return Err((
+                        "tenants.rules",
+                        format!(
+                            "rule {} names no matcher (one of header, pod_label, namespace_label, \
+                             pod_annotation, namespace, env, cgroup, executable)",
+                            i + 1
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err((
+                        "tenants.rules",
+                        format!(
+                            "rule {} names more than one matcher; write one per rule",
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+            if rule.tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(("tenants.rules", format!("rule {}: tenant is empty", i + 1)));
+            }
+        }
+        if self.default.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err((
+                "tenants.default",
+                "must not be empty (or leave it out)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The tenant of `span`, a span of the process `resource` describes: the
+/// one a header rule gave the request, else the process's. What metrics,
+/// routing and budgets go by.
+pub fn tenant_of<'a>(resource: &'a Resource, span: &'a Span) -> Option<&'a str> {
+    span.tenant.as_deref().or(resource.tenant.tenant.as_deref())
+}
+
+/// What the process rules see of one process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessView<'a> {
+    pub pod: Option<&'a PodMeta>,
+    pub namespace_labels: Option<&'a [(String, String)]>,
+    /// The values of the variables the rules name (see [`Tenants::env_names`]).
+    pub env: &'a [(String, String)],
+    pub cgroup_path: Option<&'a str>,
+    pub executable: Option<&'a str>,
+}
+
+/// A process's tenant: the rank of the rule that gave it (rules before it
+/// are the only header rules a span of it tries), and the id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessTenant {
+    pub rank: usize,
+    pub tenant: Option<Arc<str>>,
+}
+
+/// The tenant rules, ready to match.
+#[derive(Clone, Debug, Default)]
+pub struct Tenants {
+    config: TenantConfig,
+    /// Lowercased header names of the header rules, in rule order,
+    /// without repeats: what the HTTP parsers keep of each request.
+    headers: Vec<String>,
+}
+
+impl Tenants {
+    pub fn new(config: TenantConfig) -> Self {
+        let mut headers: Vec<String> = Vec::new();
+        for rule in &config.rules {
+            if let Some(h) = &rule.header {
+                let h = h.trim().to_ascii_lowercase();
+                if !headers.contains(&h) {
+                    headers.push(h);
+                }
+            }
+        }
+        Tenants { config, headers }
+    }
+
+    /// Whether any rule or a default is written.
+    pub fn is_active(&self) -> bool {
+        !self.config.rules.is_empty() || self.config.default.is_some()
+    }
+
+    pub fn attribute(&self) -> &str {
+        &self.config.attribute
+    }
+
+    /// The request headers the parsers must keep (lowercase).
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// The environment variables the rules read.
+    pub fn env_names(&self) -> impl Iterator<Item = &str> {
+        self.config.rules.iter().filter_map(|r| r.env.as_deref())
+    }
+
+    /// The pod label keys the rules read.
+    pub fn label_keys(&self) -> impl Iterator<Item = &str> {
+        self.config
+            .rules
+            .iter()
+            .filter_map(|r| r.pod_label.as_deref())
+    }
+
+    /// The pod annotation keys the rules read.
+    pub fn annotation_keys(&self) -> impl Iterator<Item = &str> {
+        self.config
+            .rules
+            .iter()
+            .filter_map(|r| r.pod_annotation.as_deref())
+    }
+
+    /// The tenant of a process by the rules that are facts of processes.
+    /// Header rules are skipped here; their place is kept in `rank`.
+    pub fn of_process(&self, view: &ProcessView<'_>) -> ProcessTenant {
+        let pod = view.pod;
+        let lookup = |pairs: &'_ [(String, String)], key: &str| -> Option<String> {
+            pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        };
+        for (rank, rule) in self.config.rules.iter().enumerate() {
+            let found: Option<String> = if rule.header.is_some() {
+                continue;
+            } else if let Some(key) = &rule.pod_label {
+                pod.and_then(|p| lookup(&p.rule_labels, key))
+            } else if let Some(key) = &rule.namespace_label {
+                view.namespace_labels.and_then(|l| lookup(l, key))
+            } else if let Some(key) = &rule.pod_annotation {
+                pod.and_then(|p| lookup(&p.rule_annotations, key))
+            } else if let Some(glob) = &rule.namespace {
+                pod.map(|p| p.namespace.clone())
+                    .filter(|ns| glob.matches(ns))
+            } else if let Some(name) = &rule.env {
+                lookup(view.env, name)
+            } else if let Some(pattern) = &rule.cgroup {
+                view.cgroup_path
+                    .and_then(|p| pattern.capture(p))
+                    .map(str::to_owned)
+            } else if let Some(glob) = &rule.executable {
+                view.executable
+                    .filter(|e| glob.matches(e))
+                    .map(str::to_owned)
+            } else {
+                None
+            };
+            if let Some(tenant) = rule.give(found.as_deref()) {
+                return ProcessTenant {
+                    rank,
+                    tenant: Some(Arc::from(tenant)),
+                };
+            }
+        }
+        ProcessTenant {
+            rank: self.config.rules.len(),
+            tenant: self.config.default.as_deref().map(Arc::from),
+        }
+    }
+
+    /// The tenant of one request of a process whose tenant is `process`:
+    /// the first header rule written before the process's own rule whose
+    /// header the request carried (`header` gives a kept header's value by
+    /// its index in [`headers`](Self::headers)), else the process's tenant.
+    pub fn of_span<'a>(
+        &'a self,
+        process: &'a ProcessTenant,
+        header: impl Fn(usize) -> Option<&'a str>,
+    ) -> Option<&'a str> {
+        if !self.headers.is_empty() {
+            for rule in &self.config.rules[..process.rank.min(self.config.rules.len())] {
+                let Some(name) = &rule.header else {
+                    continue;
+                };
+                let name = name.trim();
+                let Some(index) = self
+                    .headers
+                    .iter()
+                    .position(|h| h.eq_ignore_ascii_case(name))
+                else {
+                    continue;
+                };
+                if let Some(tenant) = rule.give(header(index).map(str::trim)) {
+                    return Some(tenant);
+                }
+            }
+        }
+        process.tenant.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> TenantConfig {
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn pod(namespace: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> PodMeta {
+        PodMeta {
+            uid: "u".into(),
+            name: "p".into(),
+            namespace: namespace.into(),
+            rule_labels: pairs(labels),
+            rule_annotations: pairs(annotations),
+            ..PodMeta::default()
+        }
+    }
+
+    const RULES: &str = "
+rules:
+  - header: X-Tenant-ID
+  - pod_label: tenant-id
+  - namespace_label: tenant
+  - pod_annotation: example.com/tenant
+  - namespace: team-a-*
+    tenant: team-a
+  - env: TENANT_ID
+  - cgroup: '^/system\\.slice/(?P<tenant>[a-z]+)-api\\.service$'
+  - executable: billing-*
+    tenant: billing
+  - header: x-org
+default: shared
+";
+
+    #[test]
+    fn rules_in_order_first_match_wins() {
+        let t = Tenants::new(config(RULES));
+        assert_eq!(t.headers(), ["x-tenant-id", "x-org"]);
+        let of = |view: ProcessView<'_>| t.of_process(&view).tenant.map(|s| s.to_string());
+        let labelled = pod("team-a-prod", &[("tenant-id", "acme")], &[]);
+        let annotated = pod("team-a-prod", &[], &[("example.com/tenant", "globex")]);
+        let in_team_ns = pod("team-a-prod", &[], &[]);
+        let other_ns = pod("misc", &[], &[]);
+        let ns_labels = pairs(&[("tenant", "initech")]);
+        let env = pairs(&[("TENANT_ID", "umbrella")]);
+        let none: &[(String, String)] = &[];
+        for (what, view, want) in [
+            (
+                "pod label first",
+                ProcessView {
+                    pod: Some(&labelled),
+                    namespace_labels: Some(&ns_labels),
+                    env: &env,
+                    ..Default::default()
+                },
+                Some("acme"),
+            ),
+            (
+                "namespace label before annotation",
+                ProcessView {
+                    pod: Some(&annotated),
+                    namespace_labels: Some(&ns_labels),
+                    ..Default::default()
+                },
+                Some("initech"),
+            ),
+            (
+                "annotation",
+                ProcessView {
+                    pod: Some(&annotated),
+                    ..Default::default()
+                },
+                Some("globex"),
+            ),
+            (
+                "namespace glob gives its literal",
+                ProcessView {
+                    pod: Some(&in_team_ns),
+                    env: &env,
+                    ..Default::default()
+                },
+                Some("team-a"),
+            ),
+            (
+                "env after a namespace that does not match",
+                ProcessView {
+                    pod: Some(&other_ns),
+                    env: &env,
+                    ..Default::default()
+                },
+                Some("umbrella"),
+            ),
+            (
+                "cgroup capture",
+                ProcessView {
+                    env: none,
+                    cgroup_path: Some("/system.slice/orders-api.service"),
+                    executable: Some("billing-worker"),
+                    ..Default::default()
+                },
+                Some("orders"),
+            ),
+            (
+                "executable glob",
+                ProcessView {
+                    cgroup_path: Some("/system.slice/orders.service"),
+                    executable: Some("billing-worker"),
+                    ..Default::default()
+                },
+                Some("billing"),
+            ),
+            (
+                "default",
+                ProcessView {
+                    executable: Some("nginx"),
+                    ..Default::default()
+                },
+                Some("shared"),
+            ),
+        ] {
+            assert_eq!(of(view).as_deref(), want, "{what}");
+        }
+        // An empty value is no match.
+        let blank = pod("misc", &[("tenant-id", " ")], &[]);
+        assert_eq!(
+            of(ProcessView {
+                pod: Some(&blank),
+                ..Default::default()
+            })
+            .as_deref(),
+            Some("shared")
+        );
+        // No default: no tenant.
+        let bare = Tenants::new(config("rules: [{env: T}]"));
+        assert_eq!(bare.of_process(&ProcessView::default()).tenant, None);
+        assert!(!Tenants::new(TenantConfig::default()).is_active());
+    }
+
+    #[test]
+    fn header_rules_keep_their_place() {
+        let t = Tenants::new(config(RULES));
+        let gateway = t.of_process(&ProcessView {
+            executable: Some("envoy"),
+            ..Default::default()
+        });
+        assert_eq!(gateway.rank, 9, "no process rule matched");
+        let labelled_pod = pod("misc", &[("tenant-id", "acme")], &[]);
+        let labelled = t.of_process(&ProcessView {
+            pod: Some(&labelled_pod),
+            ..Default::default()
+        });
+        assert_eq!(labelled.rank, 1);
+
+        let headers = |values: &'static [Option<&'static str>]| {
+            move |i: usize| values.get(i).copied().flatten()
+        };
+        // The first header rule comes before every process rule.
+        assert_eq!(
+            t.of_span(&gateway, headers(&[Some("acme"), None])),
+            Some("acme")
+        );
+        assert_eq!(
+            t.of_span(&labelled, headers(&[Some("globex"), None])),
+            Some("globex"),
+            "the header rule is written first"
+        );
+        // The last header rule comes after the pod label: a labelled pod's
+        // spans never look at it.
+        assert_eq!(
+            t.of_span(&labelled, headers(&[None, Some("initech")])),
+            Some("acme")
+        );
+        assert_eq!(
+            t.of_span(&gateway, headers(&[None, Some("initech")])),
+            Some("initech")
+        );
+        assert_eq!(t.of_span(&gateway, headers(&[None, None])), Some("shared"));
+        assert_eq!(
+            t.of_span(&gateway, headers(&[Some("  "), None])),
+            Some("shared"),
+            "a blank header is no match"
+        );
+        // A header rule with a literal.
+        let literal = Tenants::new(config("rules: [{header: x-internal, tenant: ops}]"));
+        let p = literal.of_process(&ProcessView::default());
+        assert_eq!(literal.of_span(&p, |_| Some("yes")), Some("ops"));
+        assert_eq!(literal.of_span(&p, |_| None), None);
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        for (yaml, says) in [
+            ("rules: [{tenant: x}]", "names no matcher"),
+            ("rules: [{env: A, header: b}]", "more than one matcher"),
+            ("rules: [{env: A, tenant: ''}]", "tenant is empty"),
+            ("attribute: ''", "must not be empty"),
+            ("default: ' '", "must not be empty"),
+        ] {
+            let err = config(yaml).check().expect_err(yaml);
+            assert!(err.1.contains(says), "{yaml}: {err:?}");
+        }
+        assert!(
+            serde_saphyr::from_str::<TenantConfig>("rules: [{cgroup: '('}]").is_err(),
+            "a bad regular expression"
+        );
+        config(RULES).check().unwrap();
+    }
+}
