@@ -509,6 +509,9 @@ pub struct SampleConfig {
     pub max_per_second: u32,
     /// Spans at least this long are kept like errors.
     pub slow_ms: u32,
+    /// All spans kept per second of one tenant; none: its fair part of
+    /// `max_per_second` only.
+    pub per_tenant_max_per_second: Option<u32>,
 }
 
 impl Default for SampleConfig {
@@ -518,6 +521,7 @@ impl Default for SampleConfig {
             per_operation_per_second: 100,
             max_per_second: 5000,
             slow_ms: 1000,
+            per_tenant_max_per_second: None,
         }
     }
 }
@@ -1176,6 +1180,7 @@ sample:
   per_operation_per_second: 7
   max_per_second: 90
   slow_ms: 250
+  per_tenant_max_per_second: 30
 log:
   level: debug
   stats_interval_secs: 0
@@ -1280,6 +1285,7 @@ tenants:
                 per_operation_per_second: 7,
                 max_per_second: 90,
                 slow_ms: 250,
+                per_tenant_max_per_second: Some(30),
             },
             log: LogConfig {
                 level: "debug".into(),

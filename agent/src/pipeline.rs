@@ -14,6 +14,7 @@ use sonde_common::ConnKey;
 
 use crate::capture::{self, Clock, ConnId, Event, Role};
 use crate::conn::{Conn, ConnTable, Displaced};
+use crate::enrich::tenant::tenant_of;
 use crate::enrich::{CgroupOrder, ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
@@ -549,7 +550,7 @@ impl<S: SpanSink> Pipeline<S> {
             let exported = self
                 .sampler
                 .as_mut()
-                .is_none_or(|sampler| sampler.decide(&span).kept());
+                .is_none_or(|sampler| sampler.decide(&span, tenant_of(&resource, &span)).kept());
             if let Some(store) = recorder.as_mut() {
                 store.record_sampled(&resource, &span, &span.endpoints, exported);
             }
