@@ -647,6 +647,101 @@ mod tests {
         encode_data(&header, bytes)
     }
 
+    /// A pipeline over a fake /proc where process 4,000,000 runs in
+    /// `unit` (a systemd service), with `select` rules `yaml`.
+    fn pipeline_selecting(tag: &str, unit: &str, yaml: &str) -> Pipeline<Collect> {
+        let proc =
+            std::env::temp_dir().join(format!("sonde-pipeline-{tag}-{}", std::process::id()));
+        let dir = proc.join("4000000");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup"), format!("0::/system.slice/{unit}\n")).unwrap();
+        let selection = serde_saphyr::from_str(yaml).unwrap();
+        let resources = ProcessResources::with_proc_root(
+            HostInfo {
+                host_name: "test".into(),
+                host_id: None,
+            },
+            &proc,
+            16,
+        )
+        .with_selection(selection);
+        let mut p = pipeline();
+        p.resources = resources;
+        p
+    }
+
+    fn process_record(cgroup_id: u64) -> Vec<u8> {
+        let header = EventHeader {
+            tgid: 4_000_000,
+            ..Default::default()
+        };
+        crate::capture::encode_process(&header, b"worker", cgroup_id)
+    }
+
+    /// An excluded process's request makes no span: its connection and its
+    /// cgroup are silenced in the kernel, and its records are counted.
+    /// The same traffic from a process the rules keep makes its span.
+    #[test]
+    fn excluded_processes_are_silenced() {
+        let rules = "exclude: [{systemd_unit: 'batch-*'}]";
+        let mut p = pipeline_selecting("excluded", "batch-report.service", rules);
+        p.handle_record(&process_record(77));
+        p.handle_record(&record(DIR_INGRESS, 100, b"GET /x HTTP/1.1\r\n\r\n"));
+        p.handle_record(&record(DIR_EGRESS, 200, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(p.sink_mut().0.len(), 0, "no span");
+        assert_eq!(
+            p.stats
+                .events_excluded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        let orders: Vec<_> = p.take_kernel_orders().collect();
+        assert_eq!(
+            orders,
+            [
+                KernelOrder::Silence(
+                    ConnKey {
+                        tgid: 4_000_000,
+                        fd: 5
+                    },
+                    1
+                ),
+                KernelOrder::Cgroup(CgroupOrder::Silence(77)),
+            ]
+        );
+
+        let mut kept = pipeline_selecting("kept", "web.service", rules);
+        kept.handle_record(&process_record(78));
+        kept.handle_record(&record(DIR_INGRESS, 100, b"GET /x HTTP/1.1\r\n\r\n"));
+        kept.handle_record(&record(DIR_EGRESS, 200, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(kept.sink_mut().0.len(), 1);
+        assert_eq!(kept.take_kernel_orders().count(), 0);
+    }
+
+    /// A protocol turned off is not detected: its connection is muted
+    /// like one of no known protocol.
+    #[test]
+    fn protocols_turned_off_are_muted() {
+        let mut p = pipeline();
+        let mut config = crate::config::ProtocolsConfig::default();
+        config.set("http1", false);
+        p.options.protocols = config.enabled();
+        p.handle_record(&record(DIR_INGRESS, 100, b"GET /x HTTP/1.1\r\n\r\n"));
+        p.handle_record(&record(DIR_EGRESS, 200, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(p.sink_mut().0.len(), 0);
+        let orders: Vec<_> = p.take_kernel_orders().collect();
+        assert_eq!(
+            orders,
+            [KernelOrder::Mute(
+                ConnKey {
+                    tgid: 4_000_000,
+                    fd: 5
+                },
+                1
+            )]
+        );
+    }
+
     /// A request read in pieces too small to recognise alone is still
     /// recognised, and none of its bytes are lost to detection.
     #[test]
