@@ -17,7 +17,10 @@ use crate::conn::{Conn, ConnTable, Displaced};
 use crate::enrich::{CgroupOrder, ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
-use crate::protocol::{Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session};
+use crate::protocol::headers::header_names;
+use crate::protocol::{
+    Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session, SessionOptions,
+};
 use crate::sample::Sampler;
 use crate::span::model::Span;
 use crate::span::{PairingOut, SpanContext, SpanOptions};
@@ -141,14 +144,14 @@ impl Protocol {
     /// The protocol these first bytes start, if one of `protocols` is sure.
     fn detect(
         data: &[u8],
-        limits: Limits,
+        session: &SessionOptions,
         protocols: &[&'static ProtocolSpec],
     ) -> Result<Protocol, Detect> {
         let mut verdict = Detect::No;
         for &spec in protocols {
             match (spec.detect)(data) {
                 Detect::Request | Detect::Response => {
-                    return Ok(Protocol::Known(spec, (spec.new_session)(limits)));
+                    return Ok(Protocol::Known(spec, (spec.new_session)(session)));
                 }
                 Detect::NeedMore => verdict = Detect::NeedMore,
                 Detect::No => {}
@@ -184,6 +187,10 @@ pub struct Pipeline<S: SpanSink> {
     conns: ConnTable<Protocol>,
     clock: Clock,
     options: PipelineOptions,
+    /// What each new session gets: the limits, and the headers the
+    /// tenant rules of `resources` name (read once, in `new`: rules
+    /// replaced later must replace these too).
+    session: SessionOptions,
     resources: ProcessResources,
     sink: S,
     stats: Arc<Stats>,
@@ -203,10 +210,15 @@ impl<S: SpanSink> Pipeline<S> {
         sink: S,
         stats: Arc<Stats>,
     ) -> Self {
+        let session = SessionOptions {
+            limits: options.limits,
+            kept_headers: header_names(resources.tenants().headers()),
+        };
         Pipeline {
             conns: ConnTable::new(options.max_connections),
             clock,
             options,
+            session,
             resources,
             sink,
             stats,
@@ -401,7 +413,7 @@ impl<S: SpanSink> Pipeline<S> {
                 });
                 match Protocol::detect(
                     &detecting.prefix(dir),
-                    self.options.limits,
+                    &self.session,
                     &self.options.protocols,
                 ) {
                     Ok(protocol) => {
