@@ -163,6 +163,9 @@ impl TenantConfig {
                     ));
                 }
             }
+            if rule.header.as_deref().is_some_and(|h| h.trim().is_empty()) {
+                return Err(("tenants.rules", format!("rule {}: header is empty", i + 1)));
+            }
             if rule.tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 return Err(("tenants.rules", format!("rule {}: tenant is empty", i + 1)));
             }
@@ -539,6 +542,7 @@ default: shared
             ("rules: [{tenant: x}]", "names no matcher"),
             ("rules: [{env: A, header: b}]", "more than one matcher"),
             ("rules: [{env: A, tenant: ''}]", "tenant is empty"),
+            ("rules: [{header: ' '}]", "header is empty"),
             ("attribute: ''", "must not be empty"),
             ("default: ' '", "must not be empty"),
         ] {

@@ -172,6 +172,7 @@ mod tests {
             pid: 7,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         };
         let p = to_proto(span);
         assert_eq!(p.trace_id, vec![0x11; 16]);
