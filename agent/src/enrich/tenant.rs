@@ -204,15 +204,27 @@ pub struct ProcessView<'a> {
 pub struct ProcessTenant {
     pub rank: usize,
     pub tenant: Option<Arc<str>>,
+    /// The attribute name of tenant ids (`tenants.attribute`), with the
+    /// resource so that exporters name a span's own tenant as the rules
+    /// that judged its process do.
+    pub attribute: Arc<str>,
 }
 
 /// The tenant rules, ready to match.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Tenants {
     config: TenantConfig,
+    /// `config.attribute`, shared by every process's tenant.
+    attribute: Arc<str>,
     /// Lowercased header names of the header rules, in rule order,
     /// without repeats: what the HTTP parsers keep of each request.
     headers: Vec<String>,
+}
+
+impl Default for Tenants {
+    fn default() -> Self {
+        Tenants::new(TenantConfig::default())
+    }
 }
 
 impl Tenants {
@@ -226,7 +238,12 @@ impl Tenants {
                 }
             }
         }
-        Tenants { config, headers }
+        let attribute = Arc::from(config.attribute.as_str());
+        Tenants {
+            config,
+            attribute,
+            headers,
+        }
     }
 
     /// Whether any rule or a default is written.
@@ -300,12 +317,14 @@ impl Tenants {
                 return ProcessTenant {
                     rank,
                     tenant: Some(Arc::from(tenant)),
+                    attribute: Arc::clone(&self.attribute),
                 };
             }
         }
         ProcessTenant {
             rank: self.config.rules.len(),
             tenant: self.config.default.as_deref().map(Arc::from),
+            attribute: Arc::clone(&self.attribute),
         }
     }
 
