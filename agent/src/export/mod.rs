@@ -435,6 +435,7 @@ pub(crate) mod testing {
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         }
     }
 }

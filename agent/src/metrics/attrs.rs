@@ -535,6 +535,7 @@ mod tests {
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         }
     }
 

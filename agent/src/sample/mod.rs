@@ -280,6 +280,7 @@ mod tests {
             pid,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         }
     }
 
