@@ -39,7 +39,8 @@ fn console_only_by_default() {
         resolve(&ExportConfig::default(), &[]).unwrap(),
         Destinations {
             console: true,
-            otlp: None
+            otlp: None,
+            tenants: Vec::new(),
         }
     );
     // Empty variables count as unset.
@@ -265,6 +266,7 @@ async fn full_queue_drops_and_counts() {
     let destinations = Destinations {
         console: true,
         otlp: None,
+        tenants: Vec::new(),
     };
     let console = console::ConsoleSink::new(Box::new(out.clone()));
     let handle = start_with(&config, destinations, Some(console), Arc::clone(&stats)).unwrap();
@@ -297,6 +299,7 @@ fn start_needs_a_runtime() {
     let destinations = Destinations {
         console: true,
         otlp: None,
+        tenants: Vec::new(),
     };
     let console = console::ConsoleSink::new(Box::new(SharedBuf::default()));
     let err = start_with(&ExportConfig::default(), destinations, Some(console), stats).unwrap_err();

@@ -30,7 +30,7 @@ use crate::enrich::Resource;
 use crate::stats::Stats;
 
 pub use selfstats::agent_resource;
-pub use store::{Snapshot, Store, StoreOptions, Temporality};
+pub use store::{SeriesFilter, Snapshot, Store, StoreOptions, Temporality};
 
 use catalog::CATALOG;
 use graph::GraphOptions;
@@ -125,6 +125,11 @@ impl Metrics {
             .then(|| Metrics::new(store_options(c), agent, stats))
     }
 
+    /// The agent's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     /// The store, locked, to record spans into. Hold it for a batch of
     /// spans, not longer: exporters wait for it.
     pub fn recorder(&self) -> MutexGuard<'_, Store> {
@@ -166,6 +171,12 @@ impl Metrics {
     /// [`Collection::next_part`], so that the pipeline is never held up for
     /// long and a copy of everything never sits in memory at once.
     pub fn collect(&self, temporality: Temporality) -> Collection<'_> {
+        self.collect_of(temporality, SeriesFilter::All)
+    }
+
+    /// [`Metrics::collect`] of the series `filter` keeps; the agent's
+    /// health metrics are of no tenant.
+    pub fn collect_of(&self, temporality: Temporality, filter: SeriesFilter) -> Collection<'_> {
         let now = unix_now_ns();
         {
             let mut store = lock(&self.store);
@@ -181,7 +192,8 @@ impl Metrics {
             now,
             metric: 0,
             from: 0,
-            own_done: false,
+            own_done: !filter.keeps(None),
+            filter,
         }
     }
 
@@ -215,6 +227,7 @@ impl Metrics {
             parse_errors: lock(&self.parse_errors).clone(),
             series,
             metric_export_failures: self.export_failures.load(Ordering::Relaxed),
+            routes: self.stats.routes.snapshot(),
             graph: graph.map(|(dropped, client, server, _)| (dropped, client, server)),
             process: selfstats::ProcessUsage::read(),
         };
@@ -232,6 +245,7 @@ pub struct Collection<'m> {
     metric: usize,
     from: usize,
     own_done: bool,
+    filter: SeriesFilter,
 }
 
 impl Collection<'_> {
@@ -241,8 +255,14 @@ impl Collection<'_> {
         loop {
             let mut store = lock(&self.metrics.store);
             if self.metric < store.metric_count() {
-                let (resources, next) =
-                    store.collect_part(self.metric, self.from, max, self.now, self.temporality);
+                let (resources, next) = store.collect_part_of(
+                    &self.filter,
+                    self.metric,
+                    self.from,
+                    max,
+                    self.now,
+                    self.temporality,
+                );
                 match next {
                     Some(n) => self.from = n,
                     None => {
@@ -277,9 +297,9 @@ impl Collection<'_> {
         }
     }
 
-    /// The processes that have series now (the agent first).
+    /// The processes that have series this reading takes now (the agent first).
     pub fn resources(&self) -> Vec<Arc<Resource>> {
-        lock(&self.metrics.store).resources()
+        lock(&self.metrics.store).resources_of(&self.filter)
     }
 }
 
