@@ -280,7 +280,10 @@ impl ExportConfig {
                 path
             };
             if id.trim().is_empty() {
-                return Err((at(""), "the tenant id is empty".into()));
+                return Err((
+                    vec!["export".to_owned(), "tenants".to_owned()],
+                    "a tenant id is empty".into(),
+                ));
             }
             if id.trim() != id {
                 return Err((
@@ -1872,6 +1875,121 @@ tenants:
             assert_eq!(err.key(), Some(key));
             assert_eq!(err.line(), Some(2));
         }
+    }
+
+    #[test]
+    fn tenant_routes() {
+        // One route written once and shared by YAML alias: `${tenant}`
+        // gives each tenant its own header value.
+        let text = "\
+export:
+  otlp:
+    endpoint: http://default:4317
+  tenants:
+    acme: &gateway
+      endpoint: http://gateway:4318
+      protocol: http/protobuf
+      headers:
+        X-Scope-OrgID: ${tenant}
+    globex: *gateway
+    \"team.a\":
+      metrics_endpoint: http://team-a:4318/v1/metrics
+";
+        let c = parse(text).unwrap();
+        let ids: Vec<&str> = c.export.tenants.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["acme", "globex", "team.a"]);
+        assert_eq!(c.export.tenants["acme"], c.export.tenants["globex"]);
+        assert_eq!(
+            c.export.tenants["globex"].headers_for("globex"),
+            [("X-Scope-OrgID".to_string(), "globex".to_string())]
+        );
+        assert_eq!(
+            c.export.tenants["team.a"].protocol, None,
+            "left to export.otlp.protocol"
+        );
+
+        for (what, text, key, line, words) in [
+            (
+                "not a URL",
+                "export:\n  tenants:\n    acme:\n      endpoint: acme:4318\n",
+                "export.tenants.acme.endpoint",
+                4,
+                "http://",
+            ),
+            (
+                "https",
+                "export:\n  tenants:\n    acme:\n      traces_endpoint: https://acme\n",
+                "export.tenants.acme.traces_endpoint",
+                4,
+                "TLS",
+            ),
+            (
+                "no endpoint",
+                "export:\n  tenants:\n    acme:\n      headers: {a: b}\n",
+                "export.tenants.acme",
+                3,
+                "names no endpoint",
+            ),
+            (
+                "empty id",
+                "export:\n  tenants:\n    \"\": {endpoint: http://a:1}\n",
+                "export.tenants",
+                2,
+                "a tenant id is empty",
+            ),
+            (
+                "the default route's name",
+                "export:\n  tenants:\n    default:\n      endpoint: http://a:1\n",
+                "export.tenants.default",
+                3,
+                "export.otlp",
+            ),
+            (
+                "a dotted id finds its line",
+                "export:\n  tenants:\n    a.b:\n      endpoint: http://a:1\n      \
+                 metrics_endpoint: nope\n",
+                "export.tenants.a.b.metrics_endpoint",
+                5,
+                "http://",
+            ),
+            (
+                "bad header name",
+                "export:\n  tenants:\n    acme:\n      endpoint: http://a:1\n      \
+                 headers:\n        \"bad name\": x\n",
+                "export.tenants.acme.headers",
+                5,
+                "not a valid header name",
+            ),
+            (
+                "zero queue",
+                "export:\n  tenants:\n    acme:\n      endpoint: http://a:1\n      \
+                 queue_size: 0\n",
+                "export.tenants.acme.queue_size",
+                5,
+                "at least 1",
+            ),
+            (
+                "unknown key",
+                "export:\n  tenants:\n    acme:\n      endpiont: http://a:1\n",
+                "export.tenants.acme.endpiont",
+                4,
+                "metrics_endpoint",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{what}: {err}");
+            assert_eq!(err.line(), Some(line), "{what}: {err}");
+            assert!(err.to_string().contains(words), "{what}: {err}");
+        }
+
+        // Built in code, without lines.
+        let mut c = Config::default();
+        c.export
+            .tenants
+            .insert("acme".into(), TenantRoute::default());
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key(), Some("export.tenants.acme"));
+        assert!(err.to_string().contains("names no endpoint"), "{err}");
     }
 
     #[test]

@@ -411,6 +411,64 @@ mod tests {
     }
 
     #[test]
+    fn export_counters_per_route() {
+        let route = |name: &str, dropped, exported| RouteCounts {
+            route: name.into(),
+            spans_dropped_queue_full: dropped,
+            spans_exported: exported,
+            spans_export_failed: 0,
+            metric_export_failed: 1,
+        };
+        let mut inputs = Inputs {
+            stats: vec![
+                ("spans_dropped_queue_full", 7),
+                ("spans_exported", 30),
+                ("spans_built", 40),
+            ],
+            routes: vec![route("default", 0, 10), route("acme", 7, 20)],
+            ..Inputs::default()
+        };
+        let point = |ms: &[MetricSnap], name: &str, route: &str| -> Option<(f64, usize)> {
+            let m = ms.iter().find(|m| m.name == name)?;
+            m.points.iter().find_map(|p| {
+                let on_route = p
+                    .attrs
+                    .iter()
+                    .any(|(k, v)| *k == Key::ExportRoute && v.as_str() == Some(route));
+                match p.value {
+                    PointValue::Sum(v) if on_route => Some((v, p.attrs.len())),
+                    _ => None,
+                }
+            })
+        };
+        let mut delta = DeltaState::default();
+        let ms = build(&inputs, Temporality::Delta, 1, 2, &mut delta);
+        // Per route instead of the totals: the routes add up to them.
+        assert_eq!(point(&ms, "sonde.spans.dropped", "acme"), Some((7.0, 2)));
+        assert_eq!(point(&ms, "sonde.spans.dropped", "default"), Some((0.0, 2)));
+        assert_eq!(point(&ms, "sonde.spans.exported", "acme"), Some((20.0, 1)));
+        assert_eq!(
+            point(&ms, "sonde.metrics.export_failed", "acme"),
+            Some((1.0, 1))
+        );
+        let exported = ms
+            .iter()
+            .find(|m| m.name == "sonde.spans.exported")
+            .unwrap();
+        assert_eq!(exported.points.len(), 2);
+        assert_eq!(value(&ms, "sonde.spans.built", None), Some(40.0));
+        // Each route's delta is its own.
+        inputs.routes = vec![route("default", 0, 15), route("acme", 9, 20)];
+        let ms = build(&inputs, Temporality::Delta, 1, 3, &mut delta);
+        assert_eq!(
+            point(&ms, "sonde.spans.exported", "default"),
+            Some((5.0, 1))
+        );
+        assert_eq!(point(&ms, "sonde.spans.exported", "acme"), Some((0.0, 1)));
+        assert_eq!(point(&ms, "sonde.spans.dropped", "acme"), Some((2.0, 2)));
+    }
+
+    #[test]
     fn maps_counters_and_reports_deltas() {
         let inputs = Inputs {
             stats: vec![

@@ -1091,11 +1091,11 @@ impl Store {
         self.resources_of(&SeriesFilter::All)
     }
 
-    /// The resources that have series `filter` keeps (the agent's first,
-    /// when it keeps series of no tenant).
+    /// The resources that have series `filter` keeps (the agent's first:
+    /// of no tenant, it has series whenever the filter keeps those).
     pub fn resources_of(&self, filter: &SeriesFilter) -> Vec<Arc<Resource>> {
         let mut used = vec![false; self.slots.list.len()];
-        used[0] = filter.keeps(None);
+        used[0] = true;
         for state in &self.metrics {
             for s in &state.series {
                 if let Some(u) = used.get_mut(s.slot as usize) {
@@ -1105,9 +1105,7 @@ impl Store {
         }
         used.iter()
             .enumerate()
-            .filter(|(slot, u)| {
-                **u && (*slot == 0 || filter.keeps(self.slots.tenant(*slot as u32)))
-            })
+            .filter(|(slot, u)| **u && filter.keeps(self.slots.tenant(*slot as u32)))
             .filter_map(|(slot, _)| self.slots.resource(slot as u32).cloned())
             .collect()
     }

@@ -718,6 +718,76 @@ mod tests {
     }
 
     #[test]
+    fn tenant_metric_routes() {
+        use crate::config::TenantRoute;
+        let mut export = ExportConfig::default();
+        export.otlp.protocol = Some(Protocol::HttpProtobuf);
+        export.otlp.timeout_ms = 1234;
+        export.tenants = [
+            (
+                "acme",
+                TenantRoute {
+                    endpoint: Some("http://acme:4318".into()),
+                    headers: [("X-Scope-OrgID".to_string(), "${tenant}".to_string())].into(),
+                    ..TenantRoute::default()
+                },
+            ),
+            (
+                "globex",
+                TenantRoute {
+                    endpoint: Some("http://globex:4318".into()),
+                    metrics_endpoint: Some("http://globex:9090/otlp/v1/metrics".into()),
+                    protocol: Some(Protocol::Grpc),
+                    ..TenantRoute::default()
+                },
+            ),
+            (
+                "initech",
+                TenantRoute {
+                    traces_endpoint: Some("http://initech:4318/v1/traces".into()),
+                    ..TenantRoute::default()
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(id, r)| (id.to_string(), r))
+        .collect();
+        let mut metrics = MetricsConfig::default();
+        metrics.otlp.interval_ms = Some(500);
+        let routes = resolve_tenant_metrics_targets(&export, &metrics, &env(&[])).unwrap();
+        let ids: Vec<&str> = routes.iter().map(|(t, _)| t.as_str()).collect();
+        // initech routes spans only.
+        assert_eq!(ids, ["acme", "globex"]);
+        let acme = &routes[0].1;
+        assert_eq!(acme.otlp.endpoint, "http://acme:4318/v1/metrics");
+        assert_eq!(acme.otlp.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            acme.otlp.headers,
+            [("x-scope-orgid".to_string(), "acme".to_string())]
+        );
+        assert_eq!(acme.otlp.timeout, Duration::from_millis(1234));
+        assert_eq!(acme.interval, Duration::from_millis(500));
+        let globex = &routes[1].1;
+        assert_eq!(globex.otlp.endpoint, "http://globex:9090/otlp/v1/metrics");
+        assert_eq!(globex.otlp.protocol, Protocol::Grpc);
+        // No default endpoint: the tenants' routes still go.
+        assert_eq!(resolve(&export, &metrics, &[]).unwrap(), None);
+        // Off is off for every route.
+        let none = env(&[("OTEL_METRICS_EXPORTER", "none")]);
+        assert!(
+            resolve_tenant_metrics_targets(&export, &metrics, &none)
+                .unwrap()
+                .is_empty()
+        );
+        metrics.otlp.enabled = false;
+        assert!(
+            resolve_tenant_metrics_targets(&export, &metrics, &env(&[]))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn turned_off() {
         let shared = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317")];
         let mut metrics = MetricsConfig::default();
