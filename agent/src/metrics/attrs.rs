@@ -233,6 +233,7 @@ keys! {
     Protocol = "protocol",
     Metric = "metric",
     Side = "side",
+    ExportRoute = "route",
 }
 
 /// Keys there are.

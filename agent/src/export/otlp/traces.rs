@@ -19,9 +19,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::client::SendError;
 use super::{OtlpClient, OtlpTarget, attr_value, kv};
 use crate::enrich::Resource;
-use crate::export::{ExportError, ExportItem};
+use crate::export::{ExportError, ExportItem, RouteCounters};
 use crate::span::model::{Span, SpanKind, SpanStatus};
-use crate::stats::Stats;
 
 /// A sonde span in the OTLP data model.
 ///
@@ -104,7 +103,7 @@ impl TraceSink {
     pub(crate) fn flush(
         &mut self,
         batch: Vec<ExportItem>,
-        stats: Arc<Stats>,
+        counters: RouteCounters,
         counted: Arc<AtomicU64>,
     ) -> JoinHandle<Vec<String>> {
         let mut groups: Vec<(Arc<Resource>, Vec<PSpan>)> = Vec::new();
@@ -138,8 +137,8 @@ impl TraceSink {
                     Err(SendError::Rejected { count, .. }) => (*count).min(n),
                     Err(_) => n,
                 };
-                Stats::add(&stats.spans_exported, n - failed);
-                Stats::add(&stats.spans_export_failed, failed);
+                counters.exported(n - failed);
+                counters.failed(failed);
                 if let Err(e) = result {
                     errors.push(e.to_string());
                 }
