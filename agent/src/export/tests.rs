@@ -519,6 +519,7 @@ fn tenant_resource(service: &str, tenant: Option<&str>) -> Arc<Resource> {
         tenant: ProcessTenant {
             rank: 0,
             tenant: tenant.map(Arc::from),
+            ..ProcessTenant::default()
         },
     })
 }

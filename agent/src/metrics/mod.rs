@@ -324,6 +324,7 @@ mod tests {
             tenant: ProcessTenant {
                 rank: 0,
                 tenant: tenant.map(Arc::from),
+                ..ProcessTenant::default()
             },
         })
     }
