@@ -171,6 +171,7 @@ fn span(route: &str, end_ns: u64, ms: u64) -> Span {
         pid: 1,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
         tenant: None,
+        tenant_headers: Vec::new(),
     }
 }
 

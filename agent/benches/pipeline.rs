@@ -296,6 +296,7 @@ fn server_span(i: u64) -> Span {
         pid: 1000,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
         tenant: None,
+        tenant_headers: Vec::new(),
     }
 }
 

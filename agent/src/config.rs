@@ -206,6 +206,9 @@ pub struct ExportConfig {
     pub otlp: OtlpConfig,
     /// Spans waiting for export; when full, new spans are dropped and counted.
     pub queue_size: u32,
+    /// Tenants' own routes, by tenant id; `otlp` is the route of the rest.
+    #[serde(deserialize_with = "or_default")]
+    pub tenants: std::collections::BTreeMap<String, TenantRoute>,
 }
 
 impl Default for ExportConfig {
@@ -214,7 +217,127 @@ impl Default for ExportConfig {
             console: None,
             otlp: OtlpConfig::default(),
             queue_size: 8192,
+            tenants: Default::default(),
         }
+    }
+}
+
+/// One tenant's route (`export.tenants.<id>`): its own OTLP destination,
+/// queue and retries. Unset numbers and the protocol are those of
+/// `export` and `export.otlp`; headers are not inherited (they often carry
+/// the default collector's credentials). No environment variable is read.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantRoute {
+    /// Base URL, as `export.otlp.endpoint`.
+    pub endpoint: Option<String>,
+    /// Full traces URL; wins over `endpoint`.
+    pub traces_endpoint: Option<String>,
+    /// Full metrics URL; wins over `endpoint`.
+    pub metrics_endpoint: Option<String>,
+    pub protocol: Option<OtlpProtocol>,
+    /// Request headers; `${tenant}` in a value is the tenant id.
+    #[serde(deserialize_with = "or_default")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub queue_size: Option<u32>,
+    pub batch_size: Option<u32>,
+    pub batch_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// The name of the default route in counters (`route="default"`); no
+/// tenant route may take it.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// What `${tenant}` in a route's header value stands for.
+pub const TENANT_PLACEHOLDER: &str = "${tenant}";
+
+impl TenantRoute {
+    /// The route's header values with `${tenant}` replaced by `tenant`.
+    pub fn headers_for(&self, tenant: &str) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.trim().to_owned(),
+                    v.trim().replace(TENANT_PLACEHOLDER, tenant),
+                )
+            })
+            .collect()
+    }
+}
+
+impl ExportConfig {
+    /// The first problem of `export.tenants`, as (key path, message): the
+    /// path's parts are kept apart because a tenant id may hold dots.
+    pub fn check_tenants(&self) -> Result<(), (Vec<String>, String)> {
+        for (id, route) in &self.tenants {
+            let at = |key: &str| {
+                let mut path = vec!["export".to_owned(), "tenants".to_owned(), id.clone()];
+                if !key.is_empty() {
+                    path.push(key.to_owned());
+                }
+                path
+            };
+            if id.trim().is_empty() {
+                return Err((
+                    vec!["export".to_owned(), "tenants".to_owned()],
+                    "a tenant id is empty".into(),
+                ));
+            }
+            if id.trim() != id {
+                return Err((
+                    at(""),
+                    "the tenant id has spaces around it; tenant ids are matched as written \
+                     without them"
+                        .into(),
+                ));
+            }
+            if id == DEFAULT_ROUTE {
+                return Err((
+                    at(""),
+                    "`default` names the default route (export.otlp), where spans of tenants \
+                     without a route go; give this route the tenant's own id"
+                        .into(),
+                ));
+            }
+            let endpoints = [
+                ("endpoint", &route.endpoint),
+                ("traces_endpoint", &route.traces_endpoint),
+                ("metrics_endpoint", &route.metrics_endpoint),
+            ];
+            if endpoints
+                .iter()
+                .all(|(_, v)| v.as_deref().is_none_or(|v| v.trim().is_empty()))
+            {
+                return Err((
+                    at(""),
+                    "names no endpoint: set endpoint (or traces_endpoint, metrics_endpoint)".into(),
+                ));
+            }
+            for (key, value) in endpoints {
+                if let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                    crate::export::otlp::endpoint_problem(value).map_err(|m| (at(key), m))?;
+                }
+            }
+            let protocol = route
+                .protocol
+                .or(self.otlp.protocol)
+                .unwrap_or(OtlpProtocol::Grpc);
+            for (name, value) in route.headers_for(id) {
+                crate::export::otlp::header_problem(&name, &value, protocol)
+                    .map_err(|m| (at("headers"), m))?;
+            }
+            for (key, value) in [
+                ("queue_size", route.queue_size),
+                ("batch_size", route.batch_size),
+            ] {
+                if value == Some(0) {
+                    return Err((at(key), "0 is out of range (at least 1)".into()));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -509,6 +632,9 @@ pub struct SampleConfig {
     pub max_per_second: u32,
     /// Spans at least this long are kept like errors.
     pub slow_ms: u32,
+    /// All spans kept per second of one tenant; none: its fair part of
+    /// `max_per_second` only.
+    pub per_tenant_max_per_second: Option<u32>,
 }
 
 impl Default for SampleConfig {
@@ -518,6 +644,7 @@ impl Default for SampleConfig {
             per_operation_per_second: 100,
             max_per_second: 5000,
             slow_ms: 1000,
+            per_tenant_max_per_second: None,
         }
     }
 }
@@ -765,6 +892,17 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             message,
         });
     }
+    if let Err((path, message)) = config.export.check_tenants() {
+        let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+        return Err(ConfigError::Invalid {
+            at: Place {
+                file: None,
+                line: nth_line_of_path(text, &parts, 0),
+            },
+            key: path.join("."),
+            message,
+        });
+    }
     Ok(config)
 }
 
@@ -772,11 +910,18 @@ impl Config {
     /// Checks the ranges that the types alone do not enforce. The error has
     /// no line: use [`parse`] or [`load`] to get one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().map_err(|(key, message)| ConfigError::Invalid {
-            at: Place::default(),
-            key: key.to_string(),
-            message,
-        })
+        self.check()
+            .map_err(|(key, message)| (key.to_string(), message))
+            .and_then(|()| {
+                self.export
+                    .check_tenants()
+                    .map_err(|(path, message)| (path.join("."), message))
+            })
+            .map_err(|(key, message)| ConfigError::Invalid {
+                at: Place::default(),
+                key,
+                message,
+            })
     }
 
     /// The first value out of range, as (dotted key, what is wrong).
@@ -1008,6 +1153,11 @@ pub fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
 /// Like [`line_of_key`], for the `nth` (0-based) time the key is written.
 fn nth_line_of_key(text: &str, dotted: &str, nth: usize) -> Option<usize> {
     let wanted: Vec<&str> = dotted.split('.').collect();
+    nth_line_of_path(text, &wanted, nth)
+}
+
+/// Like [`nth_line_of_key`], for a key given as its parts (a part may hold dots).
+fn nth_line_of_path(text: &str, wanted: &[&str], nth: usize) -> Option<usize> {
     // Keys open at the current position, with their indentation.
     let mut open: Vec<(usize, String)> = Vec::new();
     let mut nearest: Option<(usize, usize)> = None; // (matched depth, line)
@@ -1029,7 +1179,7 @@ fn nth_line_of_key(text: &str, dotted: &str, nth: usize) -> Option<usize> {
         let matches = depth <= wanted.len()
             && open
                 .iter()
-                .zip(&wanted)
+                .zip(wanted)
                 .all(|((_, have), want)| have == want);
         if !matches {
             continue;
@@ -1148,6 +1298,18 @@ export:
     batch_size: 64
     batch_timeout_ms: 250
     timeout_ms: 3000
+  tenants:
+    acme:
+      endpoint: http://acme-collector:4318
+      traces_endpoint: http://acme-collector:4318/t
+      metrics_endpoint: http://acme-collector:4318/m
+      protocol: grpc
+      headers:
+        X-Scope-OrgID: acme
+      queue_size: 10
+      batch_size: 5
+      batch_timeout_ms: 50
+      timeout_ms: 500
 metrics:
   enabled: true
   max_series_per_metric: 500
@@ -1176,6 +1338,7 @@ sample:
   per_operation_per_second: 7
   max_per_second: 90
   slow_ms: 250
+  per_tenant_max_per_second: 30
 log:
   level: debug
   stats_interval_secs: 0
@@ -1243,6 +1406,24 @@ tenants:
                     batch_timeout_ms: 250,
                     timeout_ms: 3000,
                 },
+                tenants: [(
+                    "acme".to_string(),
+                    TenantRoute {
+                        endpoint: Some("http://acme-collector:4318".into()),
+                        traces_endpoint: Some("http://acme-collector:4318/t".into()),
+                        metrics_endpoint: Some("http://acme-collector:4318/m".into()),
+                        protocol: Some(OtlpProtocol::Grpc),
+                        headers: [("X-Scope-OrgID".to_string(), "acme".to_string())]
+                            .into_iter()
+                            .collect(),
+                        queue_size: Some(10),
+                        batch_size: Some(5),
+                        batch_timeout_ms: Some(50),
+                        timeout_ms: Some(500),
+                    },
+                )]
+                .into_iter()
+                .collect(),
             },
             metrics: MetricsConfig {
                 enabled: true,
@@ -1280,6 +1461,7 @@ tenants:
                 per_operation_per_second: 7,
                 max_per_second: 90,
                 slow_ms: 250,
+                per_tenant_max_per_second: Some(30),
             },
             log: LogConfig {
                 level: "debug".into(),
@@ -1699,6 +1881,121 @@ tenants:
             assert_eq!(err.key(), Some(key));
             assert_eq!(err.line(), Some(2));
         }
+    }
+
+    #[test]
+    fn tenant_routes() {
+        // One route written once and shared by YAML alias: `${tenant}`
+        // gives each tenant its own header value.
+        let text = "\
+export:
+  otlp:
+    endpoint: http://default:4317
+  tenants:
+    acme: &gateway
+      endpoint: http://gateway:4318
+      protocol: http/protobuf
+      headers:
+        X-Scope-OrgID: ${tenant}
+    globex: *gateway
+    \"team.a\":
+      metrics_endpoint: http://team-a:4318/v1/metrics
+";
+        let c = parse(text).unwrap();
+        let ids: Vec<&str> = c.export.tenants.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["acme", "globex", "team.a"]);
+        assert_eq!(c.export.tenants["acme"], c.export.tenants["globex"]);
+        assert_eq!(
+            c.export.tenants["globex"].headers_for("globex"),
+            [("X-Scope-OrgID".to_string(), "globex".to_string())]
+        );
+        assert_eq!(
+            c.export.tenants["team.a"].protocol, None,
+            "left to export.otlp.protocol"
+        );
+
+        for (what, text, key, line, words) in [
+            (
+                "not a URL",
+                "export:\n  tenants:\n    acme:\n      endpoint: acme:4318\n",
+                "export.tenants.acme.endpoint",
+                4,
+                "http://",
+            ),
+            (
+                "https",
+                "export:\n  tenants:\n    acme:\n      traces_endpoint: https://acme\n",
+                "export.tenants.acme.traces_endpoint",
+                4,
+                "TLS",
+            ),
+            (
+                "no endpoint",
+                "export:\n  tenants:\n    acme:\n      headers: {a: b}\n",
+                "export.tenants.acme",
+                3,
+                "names no endpoint",
+            ),
+            (
+                "empty id",
+                "export:\n  tenants:\n    \"\": {endpoint: http://a:1}\n",
+                "export.tenants",
+                2,
+                "a tenant id is empty",
+            ),
+            (
+                "the default route's name",
+                "export:\n  tenants:\n    default:\n      endpoint: http://a:1\n",
+                "export.tenants.default",
+                3,
+                "export.otlp",
+            ),
+            (
+                "a dotted id finds its line",
+                "export:\n  tenants:\n    a.b:\n      endpoint: http://a:1\n      \
+                 metrics_endpoint: nope\n",
+                "export.tenants.a.b.metrics_endpoint",
+                5,
+                "http://",
+            ),
+            (
+                "bad header name",
+                "export:\n  tenants:\n    acme:\n      endpoint: http://a:1\n      \
+                 headers:\n        \"bad name\": x\n",
+                "export.tenants.acme.headers",
+                5,
+                "not a valid header name",
+            ),
+            (
+                "zero queue",
+                "export:\n  tenants:\n    acme:\n      endpoint: http://a:1\n      \
+                 queue_size: 0\n",
+                "export.tenants.acme.queue_size",
+                5,
+                "at least 1",
+            ),
+            (
+                "unknown key",
+                "export:\n  tenants:\n    acme:\n      endpiont: http://a:1\n",
+                "export.tenants.acme.endpiont",
+                4,
+                "metrics_endpoint",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{what}: {err}");
+            assert_eq!(err.line(), Some(line), "{what}: {err}");
+            assert!(err.to_string().contains(words), "{what}: {err}");
+        }
+
+        // Built in code, without lines.
+        let mut c = Config::default();
+        c.export
+            .tenants
+            .insert("acme".into(), TenantRoute::default());
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key(), Some("export.tenants.acme"));
+        assert!(err.to_string().contains("names no endpoint"), "{err}");
     }
 
     #[test]

@@ -14,12 +14,16 @@ use sonde_common::ConnKey;
 
 use crate::capture::{self, Clock, ConnId, Event, Role};
 use crate::conn::{Conn, ConnTable, Displaced};
+use crate::enrich::tenant::tenant_of;
 use crate::enrich::{CgroupOrder, ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
-use crate::protocol::{Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session};
+use crate::protocol::headers::{self, header_names};
+use crate::protocol::{
+    Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session, SessionOptions,
+};
 use crate::sample::Sampler;
-use crate::span::model::Span;
+use crate::span::model::{Span, Text};
 use crate::span::{PairingOut, SpanContext, SpanOptions};
 use crate::stats::Stats;
 
@@ -141,14 +145,14 @@ impl Protocol {
     /// The protocol these first bytes start, if one of `protocols` is sure.
     fn detect(
         data: &[u8],
-        limits: Limits,
+        session: &SessionOptions,
         protocols: &[&'static ProtocolSpec],
     ) -> Result<Protocol, Detect> {
         let mut verdict = Detect::No;
         for &spec in protocols {
             match (spec.detect)(data) {
                 Detect::Request | Detect::Response => {
-                    return Ok(Protocol::Known(spec, (spec.new_session)(limits)));
+                    return Ok(Protocol::Known(spec, (spec.new_session)(session)));
                 }
                 Detect::NeedMore => verdict = Detect::NeedMore,
                 Detect::No => {}
@@ -184,6 +188,10 @@ pub struct Pipeline<S: SpanSink> {
     conns: ConnTable<Protocol>,
     clock: Clock,
     options: PipelineOptions,
+    /// What each new session gets: the limits, and the headers the
+    /// tenant rules of `resources` name (read once, in `new`: rules
+    /// replaced later must replace these too).
+    session: SessionOptions,
     resources: ProcessResources,
     sink: S,
     stats: Arc<Stats>,
@@ -203,10 +211,15 @@ impl<S: SpanSink> Pipeline<S> {
         sink: S,
         stats: Arc<Stats>,
     ) -> Self {
+        let session = SessionOptions {
+            limits: options.limits,
+            kept_headers: header_names(resources.tenants().headers()),
+        };
         Pipeline {
             conns: ConnTable::new(options.max_connections),
             clock,
             options,
+            session,
             resources,
             sink,
             stats,
@@ -401,7 +414,7 @@ impl<S: SpanSink> Pipeline<S> {
                 });
                 match Protocol::detect(
                     &detecting.prefix(dir),
-                    self.options.limits,
+                    &self.session,
                     &self.options.protocols,
                 ) {
                     Ok(protocol) => {
@@ -539,17 +552,29 @@ impl<S: SpanSink> Pipeline<S> {
             return;
         }
         let mut recorder = self.metrics.as_ref().map(|m| m.recorder());
-        for span in self.spans.drain(..) {
+        for mut span in self.spans.drain(..) {
             Stats::add(&self.stats.spans_built, 1);
             let (resource, traced) = self.resources.lookup(span.pid);
             if !traced {
                 Stats::add(&self.stats.spans_excluded, 1);
                 continue;
             }
+            // Only a request that carried a header the rules name can
+            // differ from its process.
+            if !span.tenant_headers.is_empty() {
+                let kept = std::mem::take(&mut span.tenant_headers);
+                let process = &resource.tenant;
+                span.tenant = self
+                    .resources
+                    .tenants()
+                    .of_span(process, |i| headers::value_of(&kept, i))
+                    .filter(|&t| Some(t) != process.tenant.as_deref())
+                    .map(Text::from);
+            }
             let exported = self
                 .sampler
                 .as_mut()
-                .is_none_or(|sampler| sampler.decide(&span).kept());
+                .is_none_or(|sampler| sampler.decide(&span, tenant_of(&resource, &span)).kept());
             if let Some(store) = recorder.as_mut() {
                 store.record_sampled(&resource, &span, &span.endpoints, exported);
             }
@@ -644,6 +669,233 @@ mod tests {
             ..Default::default()
         };
         encode_data(&header, bytes)
+    }
+
+    /// A pipeline over a fake /proc where process 4,000,000 runs in
+    /// `unit` (a systemd service), with `select` rules `yaml`.
+    fn pipeline_selecting(tag: &str, unit: &str, yaml: &str) -> Pipeline<Collect> {
+        let proc =
+            std::env::temp_dir().join(format!("sonde-pipeline-{tag}-{}", std::process::id()));
+        let dir = proc.join("4000000");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup"), format!("0::/system.slice/{unit}\n")).unwrap();
+        let selection = serde_saphyr::from_str(yaml).unwrap();
+        let resources = ProcessResources::with_proc_root(
+            HostInfo {
+                host_name: "test".into(),
+                host_id: None,
+            },
+            &proc,
+            16,
+        )
+        .with_selection(selection);
+        let mut p = pipeline();
+        p.resources = resources;
+        p
+    }
+
+    fn process_record(cgroup_id: u64) -> Vec<u8> {
+        let header = EventHeader {
+            tgid: 4_000_000,
+            ..Default::default()
+        };
+        crate::capture::encode_process(&header, b"worker", cgroup_id)
+    }
+
+    /// An excluded process's request makes no span: its connection and its
+    /// cgroup are silenced in the kernel, and its records are counted.
+    /// The same traffic from a process the rules keep makes its span.
+    #[test]
+    fn excluded_processes_are_silenced() {
+        let rules = "exclude: [{systemd_unit: 'batch-*'}]";
+        let mut p = pipeline_selecting("excluded", "batch-report.service", rules);
+        p.handle_record(&process_record(77));
+        p.handle_record(&record(DIR_INGRESS, 100, b"GET /x HTTP/1.1\r\n\r\n"));
+        p.handle_record(&record(DIR_EGRESS, 200, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(p.sink_mut().0.len(), 0, "no span");
+        assert_eq!(
+            p.stats
+                .events_excluded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        let orders: Vec<_> = p.take_kernel_orders().collect();
+        assert_eq!(
+            orders,
+            [
+                KernelOrder::Silence(
+                    ConnKey {
+                        tgid: 4_000_000,
+                        fd: 5
+                    },
+                    1
+                ),
+                KernelOrder::Cgroup(CgroupOrder::Silence(77)),
+            ]
+        );
+
+        let mut kept = pipeline_selecting("kept", "web.service", rules);
+        kept.handle_record(&process_record(78));
+        kept.handle_record(&record(DIR_INGRESS, 100, b"GET /x HTTP/1.1\r\n\r\n"));
+        kept.handle_record(&record(DIR_EGRESS, 200, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(kept.sink_mut().0.len(), 1);
+        assert_eq!(kept.take_kernel_orders().count(), 0);
+    }
+
+    /// A protocol turned off is not detected: its connection is muted
+    /// like one of no known protocol.
+    #[test]
+    fn protocols_turned_off_are_muted() {
+        let mut p = pipeline();
+        let mut config = crate::config::ProtocolsConfig::default();
+        config.set("http1", false);
+        p.options.protocols = config.enabled();
+        p.handle_record(&record(DIR_INGRESS, 100, b"GET /x HTTP/1.1\r\n\r\n"));
+        p.handle_record(&record(DIR_EGRESS, 200, b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(p.sink_mut().0.len(), 0);
+        // Each record is judged anew (a muted connection the kernel still
+        // ships bytes of may start a message); each is muted again.
+        let orders: Vec<_> = p.take_kernel_orders().collect();
+        let muted = KernelOrder::Mute(
+            ConnKey {
+                tgid: 4_000_000,
+                fd: 5,
+            },
+            1,
+        );
+        assert_eq!(orders, [muted, muted]);
+    }
+
+    /// What a sink saw of each span: the tenant a header gave it, and the
+    /// tenant it goes by.
+    struct Tenanted(Vec<(Option<String>, Option<String>)>);
+    impl SpanSink for Tenanted {
+        fn send(&mut self, resource: Arc<Resource>, span: Span) {
+            let own = span.tenant.as_deref().map(str::to_owned);
+            let by = crate::enrich::tenant::tenant_of(&resource, &span).map(str::to_owned);
+            self.0.push((own, by));
+        }
+    }
+
+    /// A server process named `gateway` under tenant rules `yaml` reads
+    /// HTTP/1.1 requests on one connection and a gRPC-style HTTP/2 request
+    /// on another: what tenants its spans get.
+    fn gateway_tenants(yaml: &str) -> Vec<(Option<String>, Option<String>)> {
+        use crate::capture::encode_process;
+        use crate::enrich::tenant::Tenants;
+        use crate::protocol::http2::{FrameHeader, PREFACE, flag, kind};
+
+        let config = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let resources = ProcessResources::new(HostInfo {
+            host_name: "test".into(),
+            host_id: None,
+        })
+        .with_tenants(Tenants::new(config));
+        let mut p = Pipeline::new(
+            PipelineOptions::new(16, Limits::default(), SpanOptions::default()),
+            Clock::with_offset(0),
+            resources,
+            Tenanted(Vec::new()),
+            Arc::new(Stats::default()),
+        );
+        // The process is gone from /proc: its name comes from the kernel.
+        let process = EventHeader {
+            tgid: 4_000_000,
+            ..Default::default()
+        };
+        p.handle_record(&encode_process(&process, b"gateway", 0));
+
+        let requests: [&[u8]; 4] = [
+            b"GET /a HTTP/1.1\r\nX-Tenant-Id: acme\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nx-tenant-id: globex\r\nx-tenant-id: acme\r\n\r\n",
+            b"GET /c HTTP/1.1\r\nHost: gw\r\n\r\n",
+            b"GET /d HTTP/1.1\r\nx-tenant-id: edge\r\n\r\n",
+        ];
+        let mut ts = 100;
+        for request in requests {
+            p.handle_record(&record(DIR_INGRESS, ts, request));
+            p.handle_record(&record(
+                DIR_EGRESS,
+                ts + 50,
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ));
+            ts += 100;
+        }
+
+        let frame = |frame_type: u8, flags: u8, payload: &[u8]| {
+            let header = FrameHeader {
+                length: payload.len() as u32,
+                kind: frame_type,
+                flags,
+                stream_id: if frame_type == kind::SETTINGS { 0 } else { 1 },
+                reserved: false,
+            };
+            [&header.to_bytes()[..], payload].concat()
+        };
+        // POST, http, /, then `x-tenant-id: initech` as a literal.
+        let mut fields = vec![0x83, 0x86, 0x84, 0x00, 11];
+        fields.extend_from_slice(b"x-tenant-id");
+        fields.push(7);
+        fields.extend_from_slice(b"initech");
+        let done = flag::END_HEADERS | flag::END_STREAM;
+        let request = [
+            &PREFACE[..],
+            &frame(kind::SETTINGS, 0, &[]),
+            &frame(kind::HEADERS, done, &fields),
+        ]
+        .concat();
+        let response = [
+            frame(kind::SETTINGS, 0, &[]),
+            frame(kind::HEADERS, done, &[0x88]),
+        ]
+        .concat();
+        let peer = [10, 0, 0, 2];
+        p.handle_record(&record_on(6, peer, DIR_INGRESS, ts, &request));
+        p.handle_record(&record_on(6, peer, DIR_EGRESS, ts + 50, &response));
+        std::mem::take(&mut p.sink_mut().0)
+    }
+
+    fn tenants(pairs: &[(Option<&str>, Option<&str>)]) -> Vec<(Option<String>, Option<String>)> {
+        pairs
+            .iter()
+            .map(|(own, by)| (own.map(str::to_owned), by.map(str::to_owned)))
+            .collect()
+    }
+
+    /// A gateway's requests split by the header each carried; one without
+    /// it (or naming the process's own tenant) goes by the process's.
+    #[test]
+    fn a_header_rule_gives_each_request_its_tenant() {
+        let got = gateway_tenants(
+            "rules:\n  - header: X-Tenant-ID\n  - executable: gateway\n    tenant: edge\n",
+        );
+        assert_eq!(
+            got,
+            tenants(&[
+                (Some("acme"), Some("acme")),
+                (Some("globex"), Some("globex")),
+                (None, Some("edge")),
+                (None, Some("edge")),
+                (Some("initech"), Some("initech")),
+            ])
+        );
+        // No process rule matching and no default: no tenant without the header.
+        let got = gateway_tenants("rules: [{header: x-tenant-id}]");
+        assert_eq!(got[2], (None, None));
+        assert_eq!(got[0], (Some("acme".into()), Some("acme".into())));
+    }
+
+    /// Rules keep their written order: a process rule before the header
+    /// rule wins for every request of its processes.
+    #[test]
+    fn a_process_rule_written_first_wins_over_the_header() {
+        let got = gateway_tenants(
+            "rules:\n  - executable: gateway\n    tenant: edge\n  - header: x-tenant-id\n",
+        );
+        assert_eq!(got, tenants(&[(None, Some("edge")); 5]));
+        // Without tenant rules nothing is kept or judged.
+        let got = gateway_tenants("{}");
+        assert_eq!(got, tenants(&[(None, None); 5]));
     }
 
     /// A request read in pieces too small to recognise alone is still

@@ -7,16 +7,20 @@
 
 use libfuzzer_sys::fuzz_target;
 use sonde::protocol::http1::{self, Http1Conn, Message};
-use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
+use sonde::protocol::{Chunk, Direction, Limits, StreamParser, headers};
 
 fuzz_target!(|data: &[u8]| {
     // The head parser alone: never panics, and never consumes more than it got.
-    if let Ok(Some((_, used))) = http1::parse_head(data) {
+    if let Ok(Some((head, used))) = http1::parse_head(data, &["x-tenant-id".to_owned()]) {
         assert!(used <= data.len());
+        for (_, value) in &head.kept_headers {
+            assert!(value.len() <= headers::MAX_KEPT_VALUE);
+        }
     }
     let _ = http1::detect(data);
 
-    let mut conn = Http1Conn::new(Limits { max_buffered_bytes: 512 });
+    let mut conn = Http1Conn::new(Limits { max_buffered_bytes: 512 })
+        .keeping_headers(headers::header_names(["x-tenant-id", "host"]));
     let mut out = Vec::new();
     let mut rest = data;
     let mut ts = 0u64;

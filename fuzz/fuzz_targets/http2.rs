@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use sonde::capture::{Endpoint, Endpoints};
 use sonde::protocol::http2::hpack::{self, Decoder};
 use sonde::protocol::http2::{self, FrameHeader, Http2Conn, Message};
-use sonde::protocol::{Chunk, Direction, Limits, StreamParser};
+use sonde::protocol::{Chunk, Direction, Limits, StreamParser, headers};
 use sonde::protocol::http2::span::Http2Pairing;
 use sonde::span::{Pairing, PairingOut, SpanContext, SpanOptions};
 
@@ -40,7 +40,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut conn = Http2Conn::new(Limits {
         max_buffered_bytes: 512,
-    });
+    })
+    .keeping_headers(headers::header_names(["x-tenant-id"]));
     let mut out = Vec::new();
     let mut ts = 0u64;
     if mode & 1 == 1 {
@@ -98,6 +99,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(s.first_ns <= s.last_ns);
             assert!(s.status.is_none_or(|st| (200..=599).contains(&st)));
             assert!(!s.stream_id.is_multiple_of(2));
+        }
+        if let Message::Stream(s) = &msg {
+            for (_, value) in &s.request.kept_headers {
+                assert!(value.len() <= headers::MAX_KEPT_VALUE);
+            }
         }
         pairing.push(msg, &mut pairing_out);
     }

@@ -163,6 +163,9 @@ impl TenantConfig {
                     ));
                 }
             }
+            if rule.header.as_deref().is_some_and(|h| h.trim().is_empty()) {
+                return Err(("tenants.rules", format!("rule {}: header is empty", i + 1)));
+            }
             if rule.tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 return Err(("tenants.rules", format!("rule {}: tenant is empty", i + 1)));
             }
@@ -201,15 +204,27 @@ pub struct ProcessView<'a> {
 pub struct ProcessTenant {
     pub rank: usize,
     pub tenant: Option<Arc<str>>,
+    /// The attribute name of tenant ids (`tenants.attribute`), with the
+    /// resource so that exporters name a span's own tenant as the rules
+    /// that judged its process do.
+    pub attribute: Arc<str>,
 }
 
 /// The tenant rules, ready to match.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Tenants {
     config: TenantConfig,
+    /// `config.attribute`, shared by every process's tenant.
+    attribute: Arc<str>,
     /// Lowercased header names of the header rules, in rule order,
     /// without repeats: what the HTTP parsers keep of each request.
     headers: Vec<String>,
+}
+
+impl Default for Tenants {
+    fn default() -> Self {
+        Tenants::new(TenantConfig::default())
+    }
 }
 
 impl Tenants {
@@ -223,7 +238,12 @@ impl Tenants {
                 }
             }
         }
-        Tenants { config, headers }
+        let attribute = Arc::from(config.attribute.as_str());
+        Tenants {
+            config,
+            attribute,
+            headers,
+        }
     }
 
     /// Whether any rule or a default is written.
@@ -297,12 +317,14 @@ impl Tenants {
                 return ProcessTenant {
                     rank,
                     tenant: Some(Arc::from(tenant)),
+                    attribute: Arc::clone(&self.attribute),
                 };
             }
         }
         ProcessTenant {
             rank: self.config.rules.len(),
             tenant: self.config.default.as_deref().map(Arc::from),
+            attribute: Arc::clone(&self.attribute),
         }
     }
 
@@ -539,6 +561,7 @@ default: shared
             ("rules: [{tenant: x}]", "names no matcher"),
             ("rules: [{env: A, header: b}]", "more than one matcher"),
             ("rules: [{env: A, tenant: ''}]", "tenant is empty"),
+            ("rules: [{header: ' '}]", "header is empty"),
             ("attribute: ''", "must not be empty"),
             ("default: ' '", "must not be empty"),
         ] {

@@ -8,11 +8,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::otlp::metrics::{export_loop, resolve_metrics_target};
+use super::otlp::metrics::{
+    MetricRoute, export_loop, resolve_metrics_target, resolve_tenant_metrics_targets,
+};
 use super::otlp::{OtlpClient, process_env, redact_userinfo};
 use super::{ExportError, console, prometheus, resolve_destinations};
-use crate::config::{Config, parse_listen};
-use crate::metrics::Metrics;
+use crate::config::{Config, DEFAULT_ROUTE, parse_listen};
+use crate::metrics::{Metrics, SeriesFilter};
 
 /// Why the metric tasks could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,24 +37,27 @@ pub enum StartError {
 /// The running metric tasks.
 pub struct MetricTasks {
     stop: watch::Sender<bool>,
-    otlp: Option<JoinHandle<()>>,
+    /// One OTLP export loop per route.
+    otlp: Vec<JoinHandle<()>>,
     others: Vec<JoinHandle<()>>,
     /// Where the Prometheus endpoint listens, when it does.
     pub prometheus: Option<SocketAddr>,
 }
 
 impl MetricTasks {
-    /// Stops the tasks; the OTLP task sends one last export first, within `budget`.
+    /// Stops the tasks; the OTLP tasks send one last export first, all at
+    /// once, within `budget`.
     pub async fn shutdown(self, budget: Duration) {
         let _ = self.stop.send(true);
         for t in &self.others {
             t.abort();
         }
-        if let Some(mut t) = self.otlp
-            && tokio::time::timeout(budget, &mut t).await.is_err()
-        {
-            t.abort();
-            tracing::warn!("the last metric export did not finish in time");
+        let deadline = tokio::time::Instant::now() + budget;
+        for mut t in self.otlp {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                tracing::warn!("the last metric export did not finish in time");
+            }
         }
     }
 }
@@ -70,25 +75,47 @@ pub async fn start(
     let (stop, stop_rx) = watch::channel(false);
     let mut others = Vec::new();
 
-    let otlp = match resolve_metrics_target(&config.export, &config.metrics, &env)? {
-        Some(target) => {
-            let client = OtlpClient::new(&target.otlp)?;
-            tracing::info!(
-                endpoint = %redact_userinfo(&target.otlp.endpoint),
-                protocol = ?target.otlp.protocol,
-                interval_ms = target.interval.as_millis() as u64,
-                temporality = ?target.temporality,
-                "exporting metrics over OTLP"
-            );
-            Some(tokio::spawn(export_loop(
-                Arc::clone(&metrics),
-                client,
-                target,
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
+    let mut otlp = Vec::new();
+    let tenants = resolve_tenant_metrics_targets(&config.export, &config.metrics, &env)?;
+    let default = resolve_metrics_target(&config.export, &config.metrics, &env)?;
+    // A tenant with a metric route of its own is left out of the default one.
+    let default_filter = if tenants.is_empty() {
+        SeriesFilter::All
+    } else {
+        SeriesFilter::Except(Arc::new(tenants.iter().map(|(t, _)| t.clone()).collect()))
     };
+    let routes = default
+        .map(|target| (DEFAULT_ROUTE.to_owned(), target, default_filter))
+        .into_iter()
+        .chain(tenants.into_iter().map(|(tenant, target)| {
+            let filter = SeriesFilter::Tenant(Arc::from(tenant.as_str()));
+            (tenant, target, filter)
+        }));
+    for (route, target, filter) in routes {
+        let client = OtlpClient::new(&target.otlp)?;
+        tracing::info!(
+            route,
+            endpoint = %redact_userinfo(&target.otlp.endpoint),
+            protocol = ?target.otlp.protocol,
+            interval_ms = target.interval.as_millis() as u64,
+            temporality = ?target.temporality,
+            "exporting metrics over OTLP"
+        );
+        let warning = if route == DEFAULT_ROUTE {
+            "metric export failed".to_owned()
+        } else {
+            format!("metric export of tenant {route} failed")
+        };
+        let counters = metrics.stats().routes.get(&route);
+        otlp.push(tokio::spawn(export_loop(
+            Arc::clone(&metrics),
+            client,
+            target,
+            MetricRoute { filter, counters },
+            warning,
+            stop_rx.clone(),
+        )));
+    }
 
     let listen = match prometheus_flag {
         Some(text) => Some(("--prometheus", text.to_string())),
@@ -109,7 +136,10 @@ pub async fn start(
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!(address = %bound, "serving Prometheus metrics at /metrics");
+        tracing::info!(
+            address = %bound,
+            "serving Prometheus metrics at /metrics (a tenant's own at /metrics/TENANT)"
+        );
         prometheus_addr = Some(bound);
         others.push(tokio::spawn(prometheus::server::serve(
             listener,

@@ -10,10 +10,15 @@
 //!
 //! Spans are pushed: the pipeline hands each finished span, with the
 //! resource of its process, to [`ExportHandle::try_send`], which never
-//! blocks: a bounded queue sits in front of one worker task, and when the
-//! queue is full the span is dropped and counted
-//! (`spans_dropped_queue_full`). The worker prints spans on the console and
-//! batches them for OTLP. Metrics are pulled from the store by their tasks.
+//! blocks. Each route has its own bounded queue in front of its own worker
+//! task: the default route (`export.otlp` and the console) and one per
+//! tenant of `export.tenants`. A span takes its tenant's route
+//! ([`tenant_of`]), else the default one. When a route's queue is full the
+//! span is dropped and counted (`spans_dropped_queue_full`, in total and
+//! for the route), so a tenant whose collector is dead or slow fills and
+//! drops only its own queue. A worker prints spans on the console (every
+//! route's, when it is on) and batches them for OTLP. Metrics are pulled
+//! from the store by their tasks.
 //!
 //! Where spans go is decided once, at [`start`], from the configuration and
 //! the standard `OTEL_EXPORTER_OTLP_*` environment variables
@@ -21,31 +26,39 @@
 //! endpoint is set, by the rules of [`otlp`] with
 //! `export.otlp.traces_endpoint` as the signal's own key; the console when
 //! `export.console` is true, or unset while OTLP is off. Both can be on.
+//! Tenant routes are OTLP only, from the file alone
+//! ([`otlp::resolve_route_target`]).
 //!
 //! Counters: `spans_exported` and `spans_export_failed` count what OTLP
-//! delivered or lost; when the console is the only destination they count
-//! lines written and lines that could not be written.
+//! delivered or lost; when the console is the default route's only
+//! destination they count lines written and lines that could not be
+//! written. Each route counts the same in [`Stats::routes`].
 
 pub mod console;
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::ExportConfig;
+use crate::config::{DEFAULT_ROUTE, ExportConfig};
 use crate::enrich::Resource;
+use crate::enrich::tenant::tenant_of;
 use crate::span::model::Span;
-use crate::stats::Stats;
+use crate::stats::{RouteStats, Stats};
 
 pub use console::format_span;
-pub use otlp::{Env, OtlpTarget, Protocol, Signal, redact_userinfo, resolve_target};
+pub use otlp::{
+    Env, OtlpTarget, Protocol, Signal, redact_userinfo, resolve_route_target, resolve_target,
+};
 
 /// One span on its way out, with the resource of the process it came from.
 #[derive(Clone, Debug)]
@@ -80,8 +93,51 @@ pub enum ExportError {
 /// The destinations spans go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destinations {
+    /// The default route's: the console, and OTLP by `export.otlp`.
     pub console: bool,
     pub otlp: Option<OtlpTarget>,
+    /// The tenants whose spans take a route of their own, by tenant id.
+    pub tenants: Vec<TenantTraces>,
+}
+
+/// One tenant's span route (`export.tenants.<id>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantTraces {
+    pub tenant: String,
+    pub otlp: OtlpTarget,
+    pub batching: Batching,
+}
+
+/// A route's queue and batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Spans waiting; beyond, new spans are dropped.
+    pub queue_size: usize,
+    /// Spans per flush.
+    pub batch_size: usize,
+    /// Longest a span waits for its batch to fill.
+    pub batch_timeout: Duration,
+}
+
+impl Batching {
+    fn of(queue_size: u32, batch_size: u32, batch_timeout_ms: u64) -> Batching {
+        Batching {
+            queue_size: usize::try_from(queue_size).unwrap_or(usize::MAX).max(1),
+            batch_size: usize::try_from(batch_size)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 1 << 20),
+            batch_timeout: Duration::from_millis(batch_timeout_ms),
+        }
+    }
+
+    /// The default route's: `export.queue_size` and `export.otlp`'s.
+    fn default_route(config: &ExportConfig) -> Batching {
+        Batching::of(
+            config.queue_size,
+            config.otlp.batch_size,
+            config.otlp.batch_timeout_ms,
+        )
+    }
 }
 
 /// Decides where spans go from the configuration and the environment
@@ -100,12 +156,35 @@ pub fn resolve_destinations(config: &ExportConfig, env: &Env) -> Result<Destinat
     if !console && otlp.is_none() {
         return Err(ExportError::NoDestination);
     }
-    Ok(Destinations { console, otlp })
+    let mut tenants = Vec::new();
+    for (tenant, route) in &config.tenants {
+        // A route for metrics only leaves the tenant's spans on the default route.
+        let Some(target) = resolve_route_target(Signal::Traces, tenant, route, &config.otlp)?
+        else {
+            continue;
+        };
+        tenants.push(TenantTraces {
+            tenant: tenant.clone(),
+            otlp: target,
+            batching: Batching::of(
+                route.queue_size.unwrap_or(config.queue_size),
+                route.batch_size.unwrap_or(config.otlp.batch_size),
+                route
+                    .batch_timeout_ms
+                    .unwrap_or(config.otlp.batch_timeout_ms),
+            ),
+        });
+    }
+    Ok(Destinations {
+        console,
+        otlp,
+        tenants,
+    })
 }
 
 /// Starts the export stage: resolves the destinations from `config` and the
-/// process environment and spawns the worker task. Must be called inside a
-/// tokio runtime (multi-threaded in the agent).
+/// process environment and spawns one worker task per route. Must be
+/// called inside a tokio runtime (multi-threaded in the agent).
 pub fn start(config: &ExportConfig, stats: Arc<Stats>) -> Result<ExportHandle, ExportError> {
     let destinations = resolve_destinations(config, &otlp::process_env())?;
     let console = destinations.console.then(console::ConsoleSink::stdout);
@@ -122,73 +201,174 @@ fn start_with(
 ) -> Result<ExportHandle, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let _entered = runtime.enter();
-    let otlp = match &destinations.otlp {
+    // Every client first: a route that cannot be set up starts nothing.
+    let default_otlp = match &destinations.otlp {
         Some(target) => Some(otlp::traces::TraceSink::new(target)?),
         None => None,
     };
-    if let Some(target) = &destinations.otlp {
-        tracing::info!(
-            endpoint = %redact_userinfo(&target.endpoint),
-            protocol = ?target.protocol,
-            headers = target.headers.len(),
-            "exporting spans over OTLP"
-        );
+    let mut tenant_otlp = Vec::with_capacity(destinations.tenants.len());
+    for t in &destinations.tenants {
+        tenant_otlp.push(otlp::traces::TraceSink::new(&t.otlp)?);
     }
 
-    let queue_size = usize::try_from(config.queue_size)
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let (tx, rx) = mpsc::channel(queue_size);
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let worker = Worker {
-        rx,
-        console,
-        otlp,
-        stats: Arc::clone(&stats),
-        batch_size: usize::try_from(config.otlp.batch_size)
-            .unwrap_or(usize::MAX)
-            .clamp(1, 1 << 20),
-        batch_timeout: Duration::from_millis(config.otlp.batch_timeout_ms),
-        warn: WarnLimiter::new("span export failed", Duration::from_secs(10)),
+    let console = console.map(|c| Arc::new(Mutex::new(c)));
+    let mut workers = Vec::new();
+    let mut spawn = |route: &str,
+                     target: Option<&OtlpTarget>,
+                     sink: Option<otlp::traces::TraceSink>,
+                     batching: Batching| {
+        if let Some(target) = target {
+            tracing::info!(
+                route,
+                endpoint = %redact_userinfo(&target.endpoint),
+                protocol = ?target.protocol,
+                headers = target.headers.len(),
+                "exporting spans over OTLP"
+            );
+        }
+        let counters = RouteCounters {
+            stats: Arc::clone(&stats),
+            route: stats.routes.get(route),
+        };
+        let (tx, rx) = mpsc::channel(batching.queue_size);
+        let (stop, stop_rx) = oneshot::channel();
+        let warning = if route == DEFAULT_ROUTE {
+            Cow::Borrowed("span export failed")
+        } else {
+            Cow::Owned(format!("span export of tenant {route} failed"))
+        };
+        let worker = Worker {
+            rx,
+            console: console.clone(),
+            otlp: sink,
+            counters: counters.clone(),
+            batch_size: batching.batch_size,
+            batch_timeout: batching.batch_timeout,
+            warn: WarnLimiter::new(warning, Duration::from_secs(10)),
+        };
+        workers.push(RouteWorker {
+            stop,
+            task: runtime.spawn(worker.run(stop_rx)),
+        });
+        RouteQueue { tx, counters }
     };
-    let task = runtime.spawn(worker.run(stop_rx));
+    let default = spawn(
+        DEFAULT_ROUTE,
+        destinations.otlp.as_ref(),
+        default_otlp,
+        Batching::default_route(config),
+    );
+    let mut tenants = HashMap::with_capacity(destinations.tenants.len());
+    for (t, sink) in destinations.tenants.iter().zip(tenant_otlp) {
+        let queue = spawn(&t.tenant, Some(&t.otlp), Some(sink), t.batching);
+        tenants.insert(Box::<str>::from(t.tenant.as_str()), queue);
+    }
     Ok(ExportHandle {
-        sender: ExportSender { tx, stats },
-        stop: stop_tx,
-        task,
+        sender: ExportSender {
+            routes: Arc::new(Routes { default, tenants }),
+        },
+        workers,
     })
 }
 
-/// The way into the export queue; cheap to clone, usable from any thread.
+/// A route's counters: its own, and the totals in [`Stats`].
+#[derive(Clone, Debug)]
+pub(crate) struct RouteCounters {
+    stats: Arc<Stats>,
+    route: Arc<RouteStats>,
+}
+
+impl RouteCounters {
+    pub(crate) fn dropped_queue_full(&self, n: u64) {
+        Stats::add(&self.stats.spans_dropped_queue_full, n);
+        Stats::add(&self.route.spans_dropped_queue_full, n);
+    }
+
+    pub(crate) fn exported(&self, n: u64) {
+        Stats::add(&self.stats.spans_exported, n);
+        Stats::add(&self.route.spans_exported, n);
+    }
+
+    pub(crate) fn failed(&self, n: u64) {
+        Stats::add(&self.stats.spans_export_failed, n);
+        Stats::add(&self.route.spans_export_failed, n);
+    }
+}
+
+/// One route's queue.
+#[derive(Clone, Debug)]
+struct RouteQueue {
+    tx: mpsc::Sender<ExportItem>,
+    counters: RouteCounters,
+}
+
+/// Every route's queue.
+#[derive(Debug)]
+struct Routes {
+    default: RouteQueue,
+    /// By tenant id; empty when no tenant has a route.
+    tenants: HashMap<Box<str>, RouteQueue>,
+}
+
+impl Routes {
+    /// The queue of `item`'s route: its tenant's, else the default one.
+    fn of(&self, item: &ExportItem) -> &RouteQueue {
+        if self.tenants.is_empty() {
+            return &self.default;
+        }
+        tenant_of(&item.resource, &item.span)
+            .and_then(|t| self.tenants.get(t))
+            .unwrap_or(&self.default)
+    }
+}
+
+/// The way into the export queues; cheap to clone, usable from any thread.
 #[derive(Clone, Debug)]
 pub struct ExportSender {
-    tx: mpsc::Sender<ExportItem>,
-    stats: Arc<Stats>,
+    routes: Arc<Routes>,
 }
 
 impl ExportSender {
-    /// Queues `item` without blocking. When the queue is full (or the stage
-    /// has shut down) the span is dropped and counted in
+    /// Queues `item` on its route without blocking. When that queue is full
+    /// (or the stage has shut down) the span is dropped and counted in
     /// `spans_dropped_queue_full`; returns whether it was queued.
     pub fn try_send(&self, item: ExportItem) -> bool {
-        match self.tx.try_send(item) {
+        let queue = self.routes.of(&item);
+        match queue.tx.try_send(item) {
             Ok(()) => true,
             Err(_) => {
-                Stats::add(&self.stats.spans_dropped_queue_full, 1);
+                queue.counters.dropped_queue_full(1);
                 false
             }
         }
     }
+
+    /// The route `item` takes: [`DEFAULT_ROUTE`] or a tenant id.
+    #[cfg(test)]
+    fn route_of(&self, item: &ExportItem) -> &str {
+        let queue = self.routes.of(item);
+        self.routes
+            .tenants
+            .iter()
+            .find(|(_, q)| std::ptr::eq(*q, queue))
+            .map_or(DEFAULT_ROUTE, |(tenant, _)| tenant)
+    }
+}
+
+/// One route's worker.
+#[derive(Debug)]
+struct RouteWorker {
+    stop: oneshot::Sender<Instant>,
+    task: JoinHandle<()>,
 }
 
 /// The running export stage. Dropping it without [`shutdown`](Self::shutdown)
-/// still lets the worker send what is queued, in the background, for a
+/// still lets the workers send what is queued, in the background, for a
 /// few seconds.
 #[derive(Debug)]
 pub struct ExportHandle {
     sender: ExportSender,
-    stop: oneshot::Sender<Instant>,
-    task: JoinHandle<()>,
+    workers: Vec<RouteWorker>,
 }
 
 /// How long a worker whose handle was dropped keeps trying to send.
@@ -200,24 +380,31 @@ impl ExportHandle {
         self.sender.try_send(item)
     }
 
-    /// Another way into the same queue, for other threads.
+    /// Another way into the same queues, for other threads.
     pub fn sender(&self) -> ExportSender {
         self.sender.clone()
     }
 
-    /// Stops taking spans, sends everything already queued, and returns when
-    /// that is done or when `timeout` has passed, whichever comes first.
-    /// Spans that could not be sent in time are counted in
-    /// `spans_export_failed`.
+    /// Stops taking spans, sends everything already queued on every route,
+    /// and returns when that is done or when `timeout` has passed,
+    /// whichever comes first. Spans that could not be sent in time are
+    /// counted in `spans_export_failed`.
     pub async fn shutdown(self, timeout: Duration) {
-        let ExportHandle { sender, stop, task } = self;
+        let ExportHandle { sender, workers } = self;
         drop(sender);
         let deadline = Instant::now() + timeout;
-        // The worker gives up a little earlier, to count what it leaves.
-        let _ = stop.send(Instant::now() + timeout.mul_f64(0.9));
-        let mut task = task;
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            task.abort();
+        // The workers give up a little earlier, to count what they leave.
+        let give_up = Instant::now() + timeout.mul_f64(0.9);
+        let mut tasks = Vec::with_capacity(workers.len());
+        for w in workers {
+            let _ = w.stop.send(give_up);
+            tasks.push(w.task);
+        }
+        // They run at once; waiting for each in turn ends by the deadline.
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
     }
 }
@@ -225,7 +412,7 @@ impl ExportHandle {
 /// Logs at most one warning per interval; counts the others.
 #[derive(Debug)]
 pub(crate) struct WarnLimiter {
-    what: &'static str,
+    what: Cow<'static, str>,
     interval: Duration,
     last: Option<Instant>,
     suppressed: u64,
@@ -233,9 +420,9 @@ pub(crate) struct WarnLimiter {
 
 impl WarnLimiter {
     /// `what` starts each warning (`span export failed`).
-    pub(crate) fn new(what: &'static str, interval: Duration) -> Self {
+    pub(crate) fn new(what: impl Into<Cow<'static, str>>, interval: Duration) -> Self {
         WarnLimiter {
-            what,
+            what: what.into(),
             interval,
             last: None,
             suppressed: 0,
@@ -281,9 +468,10 @@ async fn land(flight: &mut Option<Flight>) -> Vec<String> {
 
 struct Worker {
     rx: mpsc::Receiver<ExportItem>,
-    console: Option<console::ConsoleSink>,
+    /// Shared by every route's worker.
+    console: Option<Arc<Mutex<console::ConsoleSink>>>,
     otlp: Option<otlp::traces::TraceSink>,
-    stats: Arc<Stats>,
+    counters: RouteCounters,
     batch_size: usize,
     batch_timeout: Duration,
     warn: WarnLimiter,
@@ -351,14 +539,17 @@ impl Worker {
         pending: &mut Vec<ExportItem>,
         batch_deadline: &mut Option<Instant>,
     ) {
-        if let Some(console) = &mut self.console {
-            let result = console.write(received);
+        if let Some(console) = &self.console {
+            let result = console
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .write(received);
             if self.otlp.is_none() {
                 let n = received.len() as u64;
                 match result {
-                    Ok(()) => Stats::add(&self.stats.spans_exported, n),
+                    Ok(()) => self.counters.exported(n),
                     Err(e) => {
-                        Stats::add(&self.stats.spans_export_failed, n);
+                        self.counters.failed(n);
                         self.warn.warn(&format!("cannot write to stdout: {e}"));
                     }
                 }
@@ -380,7 +571,7 @@ impl Worker {
         let otlp = self.otlp.as_mut()?;
         let total = batch.len() as u64;
         let counted = Arc::new(AtomicU64::new(0));
-        let task = otlp.flush(batch, Arc::clone(&self.stats), Arc::clone(&counted));
+        let task = otlp.flush(batch, self.counters.clone(), Arc::clone(&counted));
         Some(Flight {
             task,
             total,
@@ -401,8 +592,12 @@ impl Worker {
             lost += 1;
         }
         if lost > 0 {
-            Stats::add(&self.stats.spans_export_failed, lost);
-            tracing::warn!(lost, "span export shut down before everything was sent");
+            self.counters.failed(lost);
+            tracing::warn!(
+                lost,
+                "{}: shut down before everything was sent",
+                self.warn.what
+            );
         }
     }
 }
@@ -435,6 +630,7 @@ pub(crate) mod testing {
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         }
     }
 }

@@ -233,6 +233,7 @@ keys! {
     Protocol = "protocol",
     Metric = "metric",
     Side = "side",
+    ExportRoute = "route",
 }
 
 /// Keys there are.
@@ -535,6 +536,7 @@ mod tests {
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         }
     }
 

@@ -30,7 +30,7 @@ use crate::enrich::Resource;
 use crate::stats::Stats;
 
 pub use selfstats::agent_resource;
-pub use store::{Snapshot, Store, StoreOptions, Temporality};
+pub use store::{SeriesFilter, Snapshot, Store, StoreOptions, Temporality};
 
 use catalog::CATALOG;
 use graph::GraphOptions;
@@ -125,6 +125,11 @@ impl Metrics {
             .then(|| Metrics::new(store_options(c), agent, stats))
     }
 
+    /// The agent's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     /// The store, locked, to record spans into. Hold it for a batch of
     /// spans, not longer: exporters wait for it.
     pub fn recorder(&self) -> MutexGuard<'_, Store> {
@@ -166,6 +171,12 @@ impl Metrics {
     /// [`Collection::next_part`], so that the pipeline is never held up for
     /// long and a copy of everything never sits in memory at once.
     pub fn collect(&self, temporality: Temporality) -> Collection<'_> {
+        self.collect_of(temporality, SeriesFilter::All)
+    }
+
+    /// [`Metrics::collect`] of the series `filter` keeps; the agent's
+    /// health metrics are of no tenant.
+    pub fn collect_of(&self, temporality: Temporality, filter: SeriesFilter) -> Collection<'_> {
         let now = unix_now_ns();
         {
             let mut store = lock(&self.store);
@@ -181,7 +192,8 @@ impl Metrics {
             now,
             metric: 0,
             from: 0,
-            own_done: false,
+            own_done: !filter.keeps(None),
+            filter,
         }
     }
 
@@ -215,6 +227,7 @@ impl Metrics {
             parse_errors: lock(&self.parse_errors).clone(),
             series,
             metric_export_failures: self.export_failures.load(Ordering::Relaxed),
+            routes: self.stats.routes.snapshot(),
             graph: graph.map(|(dropped, client, server, _)| (dropped, client, server)),
             process: selfstats::ProcessUsage::read(),
         };
@@ -232,6 +245,7 @@ pub struct Collection<'m> {
     metric: usize,
     from: usize,
     own_done: bool,
+    filter: SeriesFilter,
 }
 
 impl Collection<'_> {
@@ -241,8 +255,14 @@ impl Collection<'_> {
         loop {
             let mut store = lock(&self.metrics.store);
             if self.metric < store.metric_count() {
-                let (resources, next) =
-                    store.collect_part(self.metric, self.from, max, self.now, self.temporality);
+                let (resources, next) = store.collect_part_of(
+                    &self.filter,
+                    self.metric,
+                    self.from,
+                    max,
+                    self.now,
+                    self.temporality,
+                );
                 match next {
                     Some(n) => self.from = n,
                     None => {
@@ -277,9 +297,9 @@ impl Collection<'_> {
         }
     }
 
-    /// The processes that have series now (the agent first).
+    /// The processes that have series this reading takes now (the agent first).
     pub fn resources(&self) -> Vec<Arc<Resource>> {
-        lock(&self.metrics.store).resources()
+        lock(&self.metrics.store).resources_of(&self.filter)
     }
 }
 
@@ -294,6 +314,107 @@ impl Drop for Collection<'_> {
 mod tests {
     use super::*;
     use crate::config::MetricsConfig;
+    use crate::enrich::tenant::ProcessTenant;
+    use crate::span::model::AttrValue;
+
+    fn resource(service: &str, tenant: Option<&str>) -> Arc<Resource> {
+        Arc::new(Resource {
+            service_name: service.into(),
+            attributes: vec![("service.name".into(), service.into())],
+            tenant: ProcessTenant {
+                rank: 0,
+                tenant: tenant.map(Arc::from),
+                ..ProcessTenant::default()
+            },
+        })
+    }
+
+    /// Records one server span of `r`, ending now.
+    fn record(metrics: &Metrics, r: &Arc<Resource>) {
+        let end = unix_now_ns();
+        let span = crate::export::testing::span(
+            "GET /",
+            1,
+            (end - 1_000_000, end),
+            vec![
+                ("http.request.method", "GET".into()),
+                ("http.response.status_code", AttrValue::Int(200)),
+            ],
+        );
+        metrics
+            .recorder()
+            .record(r, &span, &crate::capture::Endpoints::UNKNOWN);
+    }
+
+    /// (services with series, whether the agent's own series are in: its
+    /// health and the service graph) of a reading.
+    fn read(metrics: &Metrics, t: Temporality, filter: SeriesFilter) -> (Vec<String>, bool) {
+        let mut c = metrics.collect_of(t, filter);
+        let mut services = Vec::new();
+        let mut own = false;
+        while let Some(part) = c.next_part(100) {
+            for r in part.resources {
+                if r.resource.service_name == "sonde" {
+                    own = true;
+                } else if !services.contains(&r.resource.service_name) {
+                    services.push(r.resource.service_name.clone());
+                }
+            }
+        }
+        (services, own)
+    }
+
+    #[test]
+    fn readings_by_tenant() {
+        let metrics = Metrics::new(
+            store_options(&MetricsConfig::default()),
+            resource("sonde", None),
+            Arc::new(Stats::default()),
+        );
+        let acme = resource("shop-acme", Some("acme"));
+        let globex = resource("shop-globex", Some("globex"));
+        let nobody = resource("shop-none", None);
+        for r in [&acme, &globex, &nobody] {
+            record(&metrics, r);
+        }
+        let acme_only = || SeriesFilter::Tenant(Arc::from("acme"));
+        let rest = || SeriesFilter::Except(Arc::new(["acme".to_string()].into()));
+        let cumulative = Temporality::Cumulative;
+        assert_eq!(
+            read(&metrics, cumulative, acme_only()),
+            (vec!["shop-acme".to_string()], false)
+        );
+        assert_eq!(
+            read(&metrics, cumulative, rest()),
+            (
+                vec!["shop-globex".to_string(), "shop-none".to_string()],
+                true
+            )
+        );
+        assert_eq!(read(&metrics, cumulative, SeriesFilter::All).0.len(), 3);
+        let names = |filter| {
+            metrics
+                .collect_of(cumulative, filter)
+                .resources()
+                .iter()
+                .map(|r| r.service_name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(acme_only()), ["shop-acme"]);
+        assert_eq!(names(rest()), ["sonde", "shop-globex", "shop-none"]);
+
+        // A delta reading of one route leaves the others' deltas alone.
+        let delta = Temporality::Delta;
+        assert_eq!(read(&metrics, delta, acme_only()).0, ["shop-acme"]);
+        assert!(read(&metrics, delta, acme_only()).0.is_empty());
+        assert_eq!(
+            read(&metrics, delta, rest()).0,
+            ["shop-globex", "shop-none"]
+        );
+        record(&metrics, &acme);
+        assert_eq!(read(&metrics, delta, acme_only()).0, ["shop-acme"]);
+        assert!(read(&metrics, delta, rest()).0.is_empty());
+    }
 
     #[test]
     fn options_follow_the_config() {

@@ -12,6 +12,7 @@ use super::catalog::{Instrument, SELF_METRICS};
 use super::hist::RawUnit;
 use super::store::{MetricSnap, Point, PointValue, Temporality};
 use crate::enrich::{HostInfo, ProcFacts, Resource, build_resource};
+use crate::stats::RouteCounts;
 use procfs::process::Stat;
 
 /// The agent's own resource (`service.name` is its executable name): its
@@ -64,6 +65,14 @@ const COUNTERS: &[CounterMetric] = &[
     ("spans_export_failed", "sonde.spans.export_failed", None),
 ];
 
+/// The [`crate::stats::Stats`] counters that are reported per route when
+/// routes are known (each route's counts add up to the total).
+const ROUTE_COUNTERS: &[&str] = &[
+    "spans_dropped_queue_full",
+    "spans_exported",
+    "spans_export_failed",
+];
+
 /// What the self-metrics are made of, gathered by [`super::Metrics`].
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
@@ -75,6 +84,9 @@ pub struct Inputs {
     /// (metric, series, folded measurements).
     pub series: Vec<(&'static str, usize, u64)>,
     pub metric_export_failures: u64,
+    /// The export counters of each route; when there are any, the span
+    /// export counters and metric export failures are reported per route.
+    pub routes: Vec<RouteCounts>,
     /// (pushed out early, client-only edges, server-only edges).
     pub graph: Option<(u64, u64, u64)>,
     pub process: Option<ProcessUsage>,
@@ -115,7 +127,8 @@ impl ProcessUsage {
 /// Remembers the last exported counter values, for delta export.
 #[derive(Debug, Default)]
 pub struct DeltaState {
-    last: HashMap<(String, Option<String>), f64>,
+    /// By (metric, attribute values).
+    last: HashMap<(String, Vec<String>), f64>,
     at_ns: Option<u64>,
 }
 
@@ -131,6 +144,16 @@ impl Builder<'_> {
         &mut self,
         name: Cow<'static, str>,
         attr: Option<(Key, String)>,
+        value: f64,
+        gauge: bool,
+    ) {
+        self.add_with(name, attr.into_iter().collect(), value, gauge);
+    }
+
+    fn add_with(
+        &mut self,
+        name: Cow<'static, str>,
+        attrs: Vec<(Key, String)>,
         value: f64,
         gauge: bool,
     ) {
@@ -150,16 +173,20 @@ impl Builder<'_> {
         let mut value = value;
         let mut start = self.start_ns;
         if instrument == Instrument::Counter && self.temporality == Temporality::Delta {
-            let key = (name.to_string(), attr.as_ref().map(|(_, v)| v.clone()));
+            let key = (
+                name.to_string(),
+                attrs.iter().map(|(_, v)| v.clone()).collect(),
+            );
             let before = self.delta.last.insert(key, value).unwrap_or(0.0);
             value = (value - before).max(0.0);
             if let Some(at) = self.delta.at_ns {
                 start = at;
             }
         }
-        let attrs: OwnedAttrs = attr
-            .map(|(k, v)| vec![(k, OwnedVal::Str(v.into()))])
-            .unwrap_or_default()
+        let attrs: OwnedAttrs = attrs
+            .into_iter()
+            .map(|(k, v)| (k, OwnedVal::Str(v.into())))
+            .collect::<Vec<_>>()
             .into();
         let point = Point {
             attrs,
@@ -205,6 +232,9 @@ pub fn build(
     for &(counter, value) in &inputs.stats {
         if counter == "parser_resyncs" {
             resyncs = value;
+            continue;
+        }
+        if !inputs.routes.is_empty() && ROUTE_COUNTERS.contains(&counter) {
             continue;
         }
         match COUNTERS.iter().find(|c| c.0 == counter) {
@@ -260,12 +290,30 @@ pub fn build(
             false,
         );
     }
-    b.add(
-        Cow::Borrowed("sonde.metrics.export_failed"),
-        None,
-        inputs.metric_export_failures as f64,
-        false,
-    );
+    if inputs.routes.is_empty() {
+        b.add(
+            Cow::Borrowed("sonde.metrics.export_failed"),
+            None,
+            inputs.metric_export_failures as f64,
+            false,
+        );
+    }
+    for r in &inputs.routes {
+        let route = (Key::ExportRoute, r.route.clone());
+        b.add_with(
+            Cow::Borrowed("sonde.spans.dropped"),
+            vec![(Key::Reason, "queue_full".into()), route.clone()],
+            r.spans_dropped_queue_full as f64,
+            false,
+        );
+        for (metric, n) in [
+            ("sonde.spans.exported", r.spans_exported),
+            ("sonde.spans.export_failed", r.spans_export_failed),
+            ("sonde.metrics.export_failed", r.metric_export_failed),
+        ] {
+            b.add_with(Cow::Borrowed(metric), vec![route.clone()], n as f64, false);
+        }
+    }
     if let Some((dropped, client, server)) = inputs.graph {
         for (side, n) in [("client", client), ("server", server)] {
             b.add(
@@ -363,6 +411,64 @@ mod tests {
     }
 
     #[test]
+    fn export_counters_per_route() {
+        let route = |name: &str, dropped, exported| RouteCounts {
+            route: name.into(),
+            spans_dropped_queue_full: dropped,
+            spans_exported: exported,
+            spans_export_failed: 0,
+            metric_export_failed: 1,
+        };
+        let mut inputs = Inputs {
+            stats: vec![
+                ("spans_dropped_queue_full", 7),
+                ("spans_exported", 30),
+                ("spans_built", 40),
+            ],
+            routes: vec![route("default", 0, 10), route("acme", 7, 20)],
+            ..Inputs::default()
+        };
+        let point = |ms: &[MetricSnap], name: &str, route: &str| -> Option<(f64, usize)> {
+            let m = ms.iter().find(|m| m.name == name)?;
+            m.points.iter().find_map(|p| {
+                let on_route = p
+                    .attrs
+                    .iter()
+                    .any(|(k, v)| *k == Key::ExportRoute && v.as_str() == Some(route));
+                match p.value {
+                    PointValue::Sum(v) if on_route => Some((v, p.attrs.len())),
+                    _ => None,
+                }
+            })
+        };
+        let mut delta = DeltaState::default();
+        let ms = build(&inputs, Temporality::Delta, 1, 2, &mut delta);
+        // Per route instead of the totals: the routes add up to them.
+        assert_eq!(point(&ms, "sonde.spans.dropped", "acme"), Some((7.0, 2)));
+        assert_eq!(point(&ms, "sonde.spans.dropped", "default"), Some((0.0, 2)));
+        assert_eq!(point(&ms, "sonde.spans.exported", "acme"), Some((20.0, 1)));
+        assert_eq!(
+            point(&ms, "sonde.metrics.export_failed", "acme"),
+            Some((1.0, 1))
+        );
+        let exported = ms
+            .iter()
+            .find(|m| m.name == "sonde.spans.exported")
+            .unwrap();
+        assert_eq!(exported.points.len(), 2);
+        assert_eq!(value(&ms, "sonde.spans.built", None), Some(40.0));
+        // Each route's delta is its own.
+        inputs.routes = vec![route("default", 0, 15), route("acme", 9, 20)];
+        let ms = build(&inputs, Temporality::Delta, 1, 3, &mut delta);
+        assert_eq!(
+            point(&ms, "sonde.spans.exported", "default"),
+            Some((5.0, 1))
+        );
+        assert_eq!(point(&ms, "sonde.spans.exported", "acme"), Some((0.0, 1)));
+        assert_eq!(point(&ms, "sonde.spans.dropped", "acme"), Some((2.0, 2)));
+    }
+
+    #[test]
     fn maps_counters_and_reports_deltas() {
         let inputs = Inputs {
             stats: vec![
@@ -376,6 +482,7 @@ mod tests {
             parse_errors: vec![("http1", 4)],
             series: vec![("http.server.request.duration", 12, 0)],
             metric_export_failures: 0,
+            routes: Vec::new(),
             graph: Some((0, 1, 2)),
             process: Some(ProcessUsage {
                 cpu_seconds: 1.5,

@@ -397,6 +397,12 @@ impl Slots {
         self.list.get(id as usize).and_then(Option::as_ref)
     }
 
+    /// The tenant of the series of slot `id`: its process's, for now; a
+    /// series that comes to carry its own tenant will be routed by that.
+    fn tenant(&self, id: u32) -> Option<&str> {
+        self.resource(id)?.tenant.tenant.as_deref()
+    }
+
     /// Forgets the slots no series uses (never the agent's); says whether
     /// it forgot any.
     fn retain(&mut self, used: &[bool]) -> bool {
@@ -469,6 +475,35 @@ impl Class {
             sizes: c.2,
             family: c.3,
         })
+    }
+}
+
+/// Which series one reading takes, by their tenant: what routes metrics
+/// to their tenant's route ([`crate::export`]) and serves a tenant's own
+/// Prometheus page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SeriesFilter {
+    #[default]
+    All,
+    /// The series of this tenant.
+    Tenant(Arc<str>),
+    /// The series of no tenant (the agent's own among them) or of a tenant
+    /// not in the set: the default route's.
+    Except(Arc<std::collections::BTreeSet<String>>),
+}
+
+impl SeriesFilter {
+    pub fn is_all(&self) -> bool {
+        matches!(self, SeriesFilter::All)
+    }
+
+    /// Whether a series of `tenant` is taken.
+    pub fn keeps(&self, tenant: Option<&str>) -> bool {
+        match self {
+            SeriesFilter::All => true,
+            SeriesFilter::Tenant(t) => tenant == Some(&**t),
+            SeriesFilter::Except(routed) => tenant.is_none_or(|t| !routed.contains(t)),
+        }
     }
 }
 
@@ -966,6 +1001,21 @@ impl Store {
         now_ns: u64,
         temporality: Temporality,
     ) -> (Vec<ResourceSnap>, Option<usize>) {
+        self.collect_part_of(&SeriesFilter::All, metric, from, max, now_ns, temporality)
+    }
+
+    /// [`Store::collect_part`] for the series `filter` keeps: `max` counts
+    /// the series looked at. A delta reading moves on only the series it
+    /// takes, so each route may read its own.
+    pub fn collect_part_of(
+        &mut self,
+        filter: &SeriesFilter,
+        metric: usize,
+        from: usize,
+        max: usize,
+        now_ns: u64,
+        temporality: Temporality,
+    ) -> (Vec<ResourceSnap>, Option<usize>) {
         let Some(state) = self.metrics.get_mut(metric) else {
             return (Vec::new(), None);
         };
@@ -974,6 +1024,9 @@ impl Store {
         // (slot, points), in the order slots first appear.
         let mut per_slot: Vec<(u32, Vec<Point>)> = Vec::new();
         for s in state.series.get_mut(from..end).unwrap_or_default() {
+            if !filter.is_all() && !filter.keeps(self.slots.tenant(s.slot)) {
+                continue;
+            }
             let (agg, start) = match temporality {
                 Temporality::Cumulative => (s.agg.clone(), s.start_ns),
                 Temporality::Delta => {
@@ -1035,6 +1088,12 @@ impl Store {
 
     /// The resources that have series now (the agent's first).
     pub fn resources(&self) -> Vec<Arc<Resource>> {
+        self.resources_of(&SeriesFilter::All)
+    }
+
+    /// The resources that have series `filter` keeps (the agent's first:
+    /// of no tenant, it has series whenever the filter keeps those).
+    pub fn resources_of(&self, filter: &SeriesFilter) -> Vec<Arc<Resource>> {
         let mut used = vec![false; self.slots.list.len()];
         used[0] = true;
         for state in &self.metrics {
@@ -1046,7 +1105,7 @@ impl Store {
         }
         used.iter()
             .enumerate()
-            .filter(|(_, u)| **u)
+            .filter(|(slot, u)| **u && filter.keeps(self.slots.tenant(*slot as u32)))
             .filter_map(|(slot, _)| self.slots.resource(slot as u32).cloned())
             .collect()
     }

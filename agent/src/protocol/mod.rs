@@ -7,6 +7,7 @@
 //! Adding a protocol is one folder here and one line in [`PROTOCOLS`]
 //! (docs/DESIGN.md walks through it).
 
+pub mod headers;
 pub mod http1;
 pub mod http2;
 pub mod mysql;
@@ -30,7 +31,7 @@ pub struct ProtocolSpec {
     /// Tells from a direction's first bytes whether it carries this protocol.
     pub detect: fn(&[u8]) -> Detect,
     /// A parser and pairing for one new connection.
-    pub new_session: fn(Limits) -> Box<dyn Session>,
+    pub new_session: fn(&SessionOptions) -> Box<dyn Session>,
     /// First bytes that may start one of its messages: on a connection
     /// found to carry no known protocol, the kernel ships only syscalls
     /// whose bytes match one of the table's patterns.
@@ -68,6 +69,16 @@ impl Default for Limits {
             max_buffered_bytes: 16384,
         }
     }
+}
+
+/// What every new session is made with: the parsers get it instead of
+/// reading settings from anywhere else, so they stay pure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub limits: Limits,
+    /// Request headers whose values each request keeps (HTTP/1.x and
+    /// HTTP/2 only); empty: none, at no cost.
+    pub kept_headers: headers::HeaderNames,
 }
 
 /// Bytes a parser skipped while resynchronising and times it lost sync,

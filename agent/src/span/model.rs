@@ -1,6 +1,7 @@
 //! The span record every later stage (enrich, metrics, sample, export) sees.
 
 use crate::capture::Endpoints;
+use crate::protocol::headers::KeptHeaders;
 
 /// OpenTelemetry span kind; sonde only produces these two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -181,6 +182,10 @@ pub struct Span {
     /// The tenant a header rule gave this request; none: its process's
     /// (see `enrich::tenant`).
     pub tenant: Option<Text>,
+    /// The request's values of the headers the tenant rules name, by
+    /// index in `Tenants::headers()`: what the pipeline judges `tenant`
+    /// by. Empty (and unallocated) when none is configured or carried.
+    pub tenant_headers: KeptHeaders,
 }
 
 impl Span {

@@ -8,7 +8,8 @@
 //! Fields, two spaces apart: start time (UTC, RFC 3339 with milliseconds),
 //! service, kind, what was done (`METHOD path` for HTTP, the span name
 //! otherwise), the HTTP status code when there is one, the duration, the
-//! peer when known, and `error=...` when the span failed. Text that came off
+//! peer when known, `tenant=...` when a request header gave the request
+//! its tenant, and `error=...` when the span failed. Text that came off
 //! the wire is escaped so that one span is always one line and cannot steer
 //! the terminal.
 
@@ -93,6 +94,10 @@ pub fn format_span(resource: &Resource, span: &Span) -> String {
             }
             None => line.push_str(&address),
         }
+    }
+    if let Some(tenant) = &span.tenant {
+        line.push_str("  tenant=");
+        line.push_str(&clean(tenant));
     }
     if let SpanStatus::Error { description } = &span.status {
         line.push_str("  error");
@@ -239,6 +244,12 @@ mod tests {
         assert_eq!(
             format_span(&resource("shop"), &s),
             "2026-11-26T16:45:55.123Z  shop  CLIENT  POST /api/orders  503  2.500s  peer=[::1]:8080  error=503"
+        );
+        s.tenant = Some("acme\n".into());
+        assert!(
+            format_span(&resource("shop"), &s)
+                .ends_with("peer=[::1]:8080  tenant=acme\\n  error=503"),
+            "a request's tenant, escaped"
         );
     }
 

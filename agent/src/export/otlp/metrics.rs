@@ -1,7 +1,8 @@
 //! Metrics over OTLP: where they go ([`resolve_metrics_target`]), snapshots
 //! in the OTLP metrics data model ([`Requests`]: one `ResourceMetrics` per
 //! process, split into requests of bounded size), and the task that reads
-//! the store every interval and sends it ([`export_loop`]).
+//! the store every interval and sends it ([`export_loop`], one per route:
+//! the default one, and each tenant's of `export.tenants`).
 //!
 //! The endpoint, protocol and headers follow the rules of every signal
 //! (see [`super`]), with `metrics.otlp.endpoint` as the signal's own key.
@@ -29,7 +30,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use tokio::sync::watch;
 
-use super::{Env, OtlpClient, OtlpTarget, Signal, kv, resolve_target, var};
+use super::{Env, OtlpClient, OtlpTarget, Signal, kv, resolve_route_target, resolve_target, var};
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::enrich::Resource;
 use crate::export::{ExportError, WarnLimiter};
@@ -39,7 +40,8 @@ use crate::metrics::hist::RawUnit;
 use crate::metrics::store::{
     Exemplar, MetricSnap, Point, PointValue, ResourceSnap, Snapshot, Temporality, merge_resources,
 };
-use crate::metrics::{Collection, Metrics};
+use crate::metrics::{Collection, Metrics, SeriesFilter};
+use crate::stats::{RouteStats, Stats};
 
 const INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 const TEMPORALITY: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
@@ -71,14 +73,7 @@ pub fn resolve_metrics_target(
     metrics: &MetricsConfig,
     env: &Env,
 ) -> Result<Option<MetricsTarget>, ExportError> {
-    if !metrics.enabled || !metrics.otlp.enabled {
-        return Ok(None);
-    }
-    if let Some((_, list)) = var(env, EXPORTER)
-        && !list
-            .split(',')
-            .any(|e| e.trim().eq_ignore_ascii_case("otlp"))
-    {
+    if !otlp_metrics_on(metrics, env) {
         return Ok(None);
     }
     let Some(otlp) = resolve_target(
@@ -90,7 +85,56 @@ pub fn resolve_metrics_target(
     else {
         return Ok(None);
     };
+    let (interval, temporality) = schedule(metrics, env)?;
+    Ok(Some(MetricsTarget {
+        otlp,
+        interval,
+        temporality,
+    }))
+}
 
+/// Where the metrics of each tenant with a route of its own go
+/// (`export.tenants.<id>`: `metrics_endpoint`, else `endpoint`), by
+/// tenant id. The interval and temporality are the default route's.
+pub fn resolve_tenant_metrics_targets(
+    export: &ExportConfig,
+    metrics: &MetricsConfig,
+    env: &Env,
+) -> Result<Vec<(String, MetricsTarget)>, ExportError> {
+    let mut out = Vec::new();
+    if !otlp_metrics_on(metrics, env) {
+        return Ok(out);
+    }
+    for (tenant, route) in &export.tenants {
+        let Some(otlp) = resolve_route_target(Signal::Metrics, tenant, route, &export.otlp)? else {
+            continue;
+        };
+        let (interval, temporality) = schedule(metrics, env)?;
+        out.push((
+            tenant.clone(),
+            MetricsTarget {
+                otlp,
+                interval,
+                temporality,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether metrics may go out over OTLP at all.
+fn otlp_metrics_on(metrics: &MetricsConfig, env: &Env) -> bool {
+    if !metrics.enabled || !metrics.otlp.enabled {
+        return false;
+    }
+    var(env, EXPORTER).is_none_or(|(_, list)| {
+        list.split(',')
+            .any(|e| e.trim().eq_ignore_ascii_case("otlp"))
+    })
+}
+
+/// The export interval and temporality.
+fn schedule(metrics: &MetricsConfig, env: &Env) -> Result<(Duration, Temporality), ExportError> {
     let interval = match metrics.otlp.interval_ms {
         Some(ms) => Duration::from_millis(ms),
         None => match var(env, INTERVAL) {
@@ -121,12 +165,7 @@ pub fn resolve_metrics_target(
             })?,
         },
     };
-
-    Ok(Some(MetricsTarget {
-        otlp,
-        interval,
-        temporality,
-    }))
+    Ok((interval, temporality))
 }
 
 fn attributes(attrs: &[(Key, OwnedVal)]) -> Vec<KeyValue> {
@@ -368,9 +407,6 @@ fn push_resource(req: &mut ExportMetricsServiceRequest, r: &Resource, metrics: V
     ));
 }
 
-/// One export: the store read a part at a time, parts gathered into
-/// requests of up to [`MAX_POINTS_PER_REQUEST`] points, each sent before
-/// the next is built.
 /// One export's series as snapshots of about [`MAX_POINTS_PER_REQUEST`]
 /// points each, read from the store in parts of [`SERIES_PER_PART`] series
 /// so that the whole store is never copied at once.
@@ -382,8 +418,13 @@ pub struct Batches<'m> {
 
 impl<'m> Batches<'m> {
     pub fn new(metrics: &'m Metrics, temporality: Temporality) -> Self {
+        Self::of(metrics, temporality, SeriesFilter::All)
+    }
+
+    /// The batches of the series `filter` keeps.
+    pub fn of(metrics: &'m Metrics, temporality: Temporality, filter: SeriesFilter) -> Self {
         Batches {
-            collection: metrics.collect(temporality),
+            collection: metrics.collect_of(temporality, filter),
             temporality,
             done: false,
         }
@@ -420,16 +461,27 @@ impl Iterator for Batches<'_> {
     }
 }
 
+/// One route's metric export: which series it takes, and its counters.
+pub struct MetricRoute {
+    pub filter: SeriesFilter,
+    pub counters: Arc<RouteStats>,
+}
+
+/// One export: the store read a part at a time, parts gathered into
+/// requests of up to [`MAX_POINTS_PER_REQUEST`] points, each sent before
+/// the next is built.
 async fn export_once(
     metrics: &Metrics,
     client: &OtlpClient,
     temporality: Temporality,
+    route: &MetricRoute,
     warnings: &mut WarnLimiter,
 ) {
-    for snap in Batches::new(metrics, temporality) {
+    for snap in Batches::of(metrics, temporality, route.filter.clone()) {
         for request in Requests::new(&snap, MAX_POINTS_PER_REQUEST) {
             if let Err(e) = client.export(&request).await {
                 metrics.count_export_failure();
+                Stats::add(&route.counters.metric_export_failed, 1);
                 warnings.warn(&e.to_string());
             }
         }
@@ -437,21 +489,25 @@ async fn export_once(
     crate::memory::release(false);
 }
 
-/// Exports every `target.interval` until `stop` says so, then once more.
+/// Exports the series of `route` every `target.interval` until `stop`
+/// says so, then once more. Each route has its own loop, so a collector
+/// that hangs delays only its own route's exports.
 pub async fn export_loop(
     metrics: Arc<Metrics>,
     client: OtlpClient,
     target: MetricsTarget,
+    route: MetricRoute,
+    warning: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut warnings = WarnLimiter::new("metric export failed", Duration::from_secs(60));
+    let mut warnings = WarnLimiter::new(warning, Duration::from_secs(60));
     let start = tokio::time::Instant::now() + target.interval;
     let mut ticker = tokio::time::interval_at(start, target.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                export_once(&metrics, &client, target.temporality, &mut warnings).await;
+                export_once(&metrics, &client, target.temporality, &route, &mut warnings).await;
             }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
@@ -462,7 +518,7 @@ pub async fn export_loop(
     }
     // The last export: what waited in the service graph goes too.
     metrics.finish();
-    export_once(&metrics, &client, target.temporality, &mut warnings).await;
+    export_once(&metrics, &client, target.temporality, &route, &mut warnings).await;
 }
 
 #[cfg(test)]
@@ -659,6 +715,76 @@ mod tests {
         metrics.otlp.endpoint = Some("http://full:4317".into());
         let t = resolve(&export, &metrics, &[]).unwrap().unwrap();
         assert_eq!(t.otlp.endpoint, "http://full:4317");
+    }
+
+    #[test]
+    fn tenant_metric_routes() {
+        use crate::config::TenantRoute;
+        let mut export = ExportConfig::default();
+        export.otlp.protocol = Some(Protocol::HttpProtobuf);
+        export.otlp.timeout_ms = 1234;
+        export.tenants = [
+            (
+                "acme",
+                TenantRoute {
+                    endpoint: Some("http://acme:4318".into()),
+                    headers: [("X-Scope-OrgID".to_string(), "${tenant}".to_string())].into(),
+                    ..TenantRoute::default()
+                },
+            ),
+            (
+                "globex",
+                TenantRoute {
+                    endpoint: Some("http://globex:4318".into()),
+                    metrics_endpoint: Some("http://globex:9090/otlp/v1/metrics".into()),
+                    protocol: Some(Protocol::Grpc),
+                    ..TenantRoute::default()
+                },
+            ),
+            (
+                "initech",
+                TenantRoute {
+                    traces_endpoint: Some("http://initech:4318/v1/traces".into()),
+                    ..TenantRoute::default()
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(id, r)| (id.to_string(), r))
+        .collect();
+        let mut metrics = MetricsConfig::default();
+        metrics.otlp.interval_ms = Some(500);
+        let routes = resolve_tenant_metrics_targets(&export, &metrics, &env(&[])).unwrap();
+        let ids: Vec<&str> = routes.iter().map(|(t, _)| t.as_str()).collect();
+        // initech routes spans only.
+        assert_eq!(ids, ["acme", "globex"]);
+        let acme = &routes[0].1;
+        assert_eq!(acme.otlp.endpoint, "http://acme:4318/v1/metrics");
+        assert_eq!(acme.otlp.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            acme.otlp.headers,
+            [("x-scope-orgid".to_string(), "acme".to_string())]
+        );
+        assert_eq!(acme.otlp.timeout, Duration::from_millis(1234));
+        assert_eq!(acme.interval, Duration::from_millis(500));
+        let globex = &routes[1].1;
+        assert_eq!(globex.otlp.endpoint, "http://globex:9090/otlp/v1/metrics");
+        assert_eq!(globex.otlp.protocol, Protocol::Grpc);
+        // No default endpoint: the tenants' routes still go.
+        assert_eq!(resolve(&export, &metrics, &[]).unwrap(), None);
+        // Off is off for every route.
+        let none = env(&[("OTEL_METRICS_EXPORTER", "none")]);
+        assert!(
+            resolve_tenant_metrics_targets(&export, &metrics, &none)
+                .unwrap()
+                .is_empty()
+        );
+        metrics.otlp.enabled = false;
+        assert!(
+            resolve_tenant_metrics_targets(&export, &metrics, &env(&[]))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

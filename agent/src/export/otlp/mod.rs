@@ -54,7 +54,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
 
 use super::ExportError;
-use crate::config::OtlpConfig;
+use crate::config::{OtlpConfig, TenantRoute};
 use crate::enrich::{Resource, parse_key_value_list};
 use crate::span::model::AttrValue;
 
@@ -201,35 +201,82 @@ pub fn resolve_target(
     }))
 }
 
+/// Whether and where `signal` of tenant `tenant`'s route goes: the
+/// signal's own key (`traces_endpoint`, `metrics_endpoint`: a full URL),
+/// else `endpoint` (a base URL). Neither: `None`, and the tenant's
+/// `signal` takes the default route. The protocol and timeout left unset
+/// are `default`'s (`export.otlp`); no environment variable is read.
+pub fn resolve_route_target(
+    signal: Signal,
+    tenant: &str,
+    route: &TenantRoute,
+    default: &OtlpConfig,
+) -> Result<Option<OtlpTarget>, ExportError> {
+    let setting = |key: &str| format!("export.tenants.{tenant}.{key}");
+    let own = match signal {
+        Signal::Traces => ("traces_endpoint", &route.traces_endpoint),
+        Signal::Metrics => ("metrics_endpoint", &route.metrics_endpoint),
+    };
+    let protocol = route
+        .protocol
+        .or(default.protocol)
+        .unwrap_or(Protocol::Grpc);
+    let endpoint = key(&setting(own.0), own.1)
+        .map(|(s, v)| (s, v, false))
+        .or_else(|| key(&setting("endpoint"), &route.endpoint).map(|(s, v)| (s, v, true)));
+    let Some((endpoint_setting, value, is_base)) = endpoint else {
+        return Ok(None);
+    };
+    let endpoint = if is_base && protocol == Protocol::HttpProtobuf {
+        format!("{}{}", value.trim_end_matches('/'), signal.http_path())
+    } else {
+        value
+    };
+    check_endpoint(&endpoint_setting, &endpoint)?;
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in route.headers_for(tenant) {
+        check_header(&setting("headers"), &k, &v, protocol)?;
+        headers.insert(k.to_ascii_lowercase(), v);
+    }
+    Ok(Some(OtlpTarget {
+        signal,
+        protocol,
+        endpoint,
+        headers: headers.into_iter().collect(),
+        timeout: Duration::from_millis(route.timeout_ms.unwrap_or(default.timeout_ms).max(1)),
+    }))
+}
+
 /// Checks that `endpoint` is an `http://` URL with a host; errors name `setting`.
 fn check_endpoint(setting: &str, endpoint: &str) -> Result<(), ExportError> {
-    let err = |reason: String| ExportError::Endpoint {
+    endpoint_problem(endpoint).map_err(|reason| ExportError::Endpoint {
         setting: setting.to_owned(),
         reason,
-    };
-    let url = reqwest::Url::parse(endpoint).map_err(|e| {
-        err(format!(
-            "{endpoint:?} is not a URL ({e}); write it as http://HOST:PORT"
-        ))
-    })?;
+    })
+}
+
+/// What is wrong with `endpoint`, unless it is an `http://` URL with a host.
+pub(crate) fn endpoint_problem(endpoint: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); write it as http://HOST:PORT"))?;
     match url.scheme() {
         "http" => {}
         "https" => {
-            return Err(err(format!(
+            return Err(format!(
                 "{endpoint:?} uses https, but this build of sonde has no TLS support; \
                  send to an http:// endpoint (for example a collector on the node)"
-            )));
+            ));
         }
         _ => {
-            return Err(err(format!(
+            return Err(format!(
                 "{endpoint:?} does not start with http://; write it as http://HOST:PORT"
-            )));
+            ));
         }
     }
     if url.host().is_none() {
-        return Err(err(format!(
+        return Err(format!(
             "{endpoint:?} has no host; write it as http://HOST:PORT"
-        )));
+        ));
     }
     Ok(())
 }
@@ -271,26 +318,30 @@ fn check_header(
     value: &str,
     protocol: Protocol,
 ) -> Result<(), ExportError> {
-    let err = |reason: String| ExportError::Headers {
+    header_problem(name, value, protocol).map_err(|reason| ExportError::Headers {
         setting: setting.to_owned(),
         reason,
-    };
+    })
+}
+
+/// What is wrong with header `name: value` for `protocol`, if anything.
+/// The message never holds the value: it is often a credential.
+pub(crate) fn header_problem(name: &str, value: &str, protocol: Protocol) -> Result<(), String> {
     let lower = name.to_ascii_lowercase();
     let name_ok = match protocol {
         Protocol::Grpc => tonic::metadata::AsciiMetadataKey::from_bytes(lower.as_bytes()).is_ok(),
         Protocol::HttpProtobuf => http::HeaderName::from_bytes(lower.as_bytes()).is_ok(),
     };
     if !name_ok {
-        return Err(err(format!(
+        return Err(format!(
             "{name:?} is not a valid header name (letters, digits and -_. only)"
-        )));
+        ));
     }
-    // The value is never printed: it is often a credential.
     if http::HeaderValue::from_str(value).is_err() || !value.is_ascii() {
-        return Err(err(format!(
+        return Err(format!(
             "the value of header {name:?} holds characters a header cannot carry \
              (control characters or non-ASCII); percent-encode them"
-        )));
+        ));
     }
     Ok(())
 }

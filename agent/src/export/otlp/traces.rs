@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span as PSpan, SpanFlags, Status, span, status,
 };
@@ -18,15 +19,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::client::SendError;
 use super::{OtlpClient, OtlpTarget, attr_value, kv};
 use crate::enrich::Resource;
-use crate::export::{ExportError, ExportItem};
+use crate::export::{ExportError, ExportItem, RouteCounters};
 use crate::span::model::{Span, SpanKind, SpanStatus};
-use crate::stats::Stats;
 
 /// A sonde span in the OTLP data model.
 ///
 /// A parent span id comes from a W3C `traceparent` seen on the wire, so it
-/// belongs to another process: the parent is marked remote.
-pub fn to_proto(span: Span) -> PSpan {
+/// belongs to another process: the parent is marked remote. A tenant a
+/// header rule gave the request goes in attribute `tenant_attribute`
+/// (`tenants.attribute`); the process's own is on the resource.
+pub fn to_proto(span: Span, tenant_attribute: &str) -> PSpan {
     let mut flags = 1 | SpanFlags::ContextHasIsRemoteMask as u32; // sampled
     let parent_span_id = match span.parent_span_id {
         Some(id) => {
@@ -55,6 +57,13 @@ pub fn to_proto(span: Span) -> PSpan {
             .attributes
             .iter()
             .map(|(k, v)| kv(k, attr_value(v)))
+            .chain(span.tenant.map(|t| {
+                let name = match tenant_attribute {
+                    "" => crate::enrich::tenant::DEFAULT_ATTRIBUTE,
+                    name => name,
+                };
+                kv(name, Value::StringValue(t.to_string()))
+            }))
             .collect(),
         status: Some(Status {
             code: code as i32,
@@ -94,7 +103,7 @@ impl TraceSink {
     pub(crate) fn flush(
         &mut self,
         batch: Vec<ExportItem>,
-        stats: Arc<Stats>,
+        counters: RouteCounters,
         counted: Arc<AtomicU64>,
     ) -> JoinHandle<Vec<String>> {
         let mut groups: Vec<(Arc<Resource>, Vec<PSpan>)> = Vec::new();
@@ -105,7 +114,9 @@ impl TraceSink {
                 groups.push((Arc::clone(&item.resource), Vec::new()));
                 groups.len() - 1
             });
-            groups[i].1.push(to_proto(item.span));
+            groups[i]
+                .1
+                .push(to_proto(item.span, &item.resource.tenant.attribute));
         }
         let client = Arc::clone(&self.client);
         tokio::spawn(async move {
@@ -126,8 +137,8 @@ impl TraceSink {
                     Err(SendError::Rejected { count, .. }) => (*count).min(n),
                     Err(_) => n,
                 };
-                Stats::add(&stats.spans_exported, n - failed);
-                Stats::add(&stats.spans_export_failed, failed);
+                counters.exported(n - failed);
+                counters.failed(failed);
                 if let Err(e) = result {
                     errors.push(e.to_string());
                 }
@@ -142,7 +153,6 @@ impl TraceSink {
 mod tests {
     use super::*;
     use crate::span::model::AttrValue;
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
     fn value(s: &PSpan, key: &str) -> Option<Value> {
         s.attributes
@@ -172,8 +182,9 @@ mod tests {
             pid: 7,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
+            tenant_headers: Vec::new(),
         };
-        let p = to_proto(span);
+        let p = to_proto(span, "tenant.id");
         assert_eq!(p.trace_id, vec![0x11; 16]);
         assert_eq!(p.span_id, vec![0x22; 8]);
         assert_eq!(p.parent_span_id, vec![0x33; 8]);
@@ -214,11 +225,25 @@ mod tests {
     fn root_client_span_conversion() {
         let mut span = crate::export::testing::span("SET", 0xab, (5, 9), vec![]);
         span.kind = SpanKind::Client;
-        let p = to_proto(span);
+        let p = to_proto(span, "tenant.id");
         assert!(p.parent_span_id.is_empty());
         assert_eq!(p.flags, 0x101);
         assert_eq!(p.kind, span::SpanKind::Client as i32);
         assert_eq!(p.status.map(|s| s.code), Some(0));
+    }
+
+    /// A header rule's tenant is a span attribute under the configured
+    /// name; a span without one carries none (its resource does).
+    #[test]
+    fn a_requests_tenant_is_a_span_attribute() {
+        let mut span = crate::export::testing::span("GET /", 1, (5, 9), vec![]);
+        span.tenant = Some("acme".into());
+        let p = to_proto(span.clone(), "org.id");
+        assert_eq!(value(&p, "org.id"), Some(Value::StringValue("acme".into())));
+        assert_eq!(value(&p, "tenant.id"), None);
+        span.tenant = None;
+        let p = to_proto(span, "org.id");
+        assert!(p.attributes.is_empty(), "{:?}", p.attributes);
     }
 
     #[test]

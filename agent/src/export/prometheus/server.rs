@@ -1,6 +1,8 @@
 //! The scrape endpoint, on hyper's HTTP/1.1 server: `GET /metrics` (and
-//! `HEAD`) in the format the `Accept` header asks for, `/` says where the
-//! metrics are, other paths are 404 and other methods 405.
+//! `HEAD`) in the format the `Accept` header asks for, `/metrics/TENANT`
+//! the same with only that tenant's series (the id percent-encoded where
+//! needed; a tenant with no series yet gets an empty page), `/` says where
+//! the metrics are, other paths are 404 and other methods 405.
 //!
 //! The page is streamed: a task reads and renders one part of the store at
 //! a time and hands it to the response body through a channel of one
@@ -24,7 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::{Format, Renderer, SERIES_PER_PART};
-use crate::metrics::{Metrics, Temporality};
+use crate::enrich::percent_decode;
+use crate::metrics::{Metrics, SeriesFilter, Temporality};
 
 /// Most bytes of a request head (a larger one is answered 431).
 const MAX_HEAD: usize = 16 * 1024;
@@ -79,8 +82,18 @@ fn answer<B>(request: &Request<B>, metrics: &Arc<Metrics>) -> Response<Page> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    match request.uri().path() {
-        "/metrics" => {
+    let path = request.uri().path();
+    let filter = match path.strip_prefix("/metrics") {
+        Some("") => Some(SeriesFilter::All),
+        Some(rest) => rest
+            .strip_prefix('/')
+            .filter(|t| !t.is_empty())
+            .and_then(percent_decode)
+            .map(|tenant| SeriesFilter::Tenant(Arc::from(tenant))),
+        None => None,
+    };
+    match (path, filter) {
+        (_, Some(filter)) => {
             let accept = request
                 .headers()
                 .get_all(header::ACCEPT)
@@ -92,7 +105,7 @@ fn answer<B>(request: &Request<B>, metrics: &Arc<Metrics>) -> Response<Page> {
             let body = if head_only {
                 Page::headers_only()
             } else {
-                Page::stream(Arc::clone(metrics), format)
+                Page::stream(Arc::clone(metrics), format, filter)
             };
             let mut response = Response::new(body);
             response.headers_mut().insert(
@@ -101,7 +114,10 @@ fn answer<B>(request: &Request<B>, metrics: &Arc<Metrics>) -> Response<Page> {
             );
             response
         }
-        "/" => text(StatusCode::OK, "sonde: metrics are at /metrics\n"),
+        ("/", _) => text(
+            StatusCode::OK,
+            "sonde: metrics are at /metrics, a tenant's own at /metrics/TENANT\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
     }
 }
@@ -142,11 +158,11 @@ impl Page {
 
     /// Starts the task that renders the page; it stops early when the
     /// scraper goes away (the channel closes).
-    fn stream(metrics: Arc<Metrics>, format: Format) -> Page {
+    fn stream(metrics: Arc<Metrics>, format: Format, filter: SeriesFilter) -> Page {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             {
-                let mut collection = metrics.collect(Temporality::Cumulative);
+                let mut collection = metrics.collect_of(Temporality::Cumulative, filter);
                 let mut renderer = Renderer::new(format);
                 loop {
                     let mut buf = String::new();

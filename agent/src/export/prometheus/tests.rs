@@ -406,3 +406,101 @@ fn parts_render_the_same_lines_as_the_whole() {
         }
     }
 }
+
+#[test]
+fn serves_a_tenants_own_page() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Metrics::new(
+        store_options(&MetricsConfig::default()),
+        resource("sonde"),
+        Arc::new(Stats::default()),
+    );
+    let of_tenant = |service: &str, tenant: Option<&str>| {
+        let mut r = (*resource(service)).clone();
+        r.tenant.tenant = tenant.map(Arc::from);
+        Arc::new(r)
+    };
+    {
+        let mut store = metrics.recorder();
+        for (i, (service, tenant)) in [
+            ("shop-acme", Some("acme")),
+            ("shop-team", Some("team a/b")),
+            ("shop-none", None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut s = span("/a", 200, 5, SpanKind::Server, i as u8 + 1);
+            s.end_unix_ns = crate::metrics::unix_now_ns();
+            s.start_unix_ns = s.end_unix_ns - 5 * MS;
+            let e = Endpoints {
+                local: Endpoint::Unknown,
+                peer: Endpoint::Unknown,
+            };
+            store.record(&of_tenant(service, tenant), &s, &e);
+        }
+    }
+    let listener = runtime
+        .block_on(bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(serve(listener, metrics));
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut get = |path: &str| {
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut conn)
+    };
+    let services = |page: &str| {
+        let mut found: Vec<String> = page
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .filter_map(|l| l.split("service_name=\"").nth(1)?.split('"').next())
+            .map(str::to_owned)
+            .collect();
+        found.sort();
+        found
+    };
+    let targets = |page: &str| {
+        page.lines()
+            .filter(|l| l.starts_with("target_info{"))
+            .count()
+    };
+
+    let (head, all) = get("/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(services(&all), ["shop-acme", "shop-none", "shop-team"]);
+    assert!(all.contains("sonde_events_read_total"));
+
+    let (head, acme) = get("/metrics/acme");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(services(&acme), ["shop-acme"]);
+    // The agent's own series are of no tenant.
+    assert!(!acme.contains("sonde_"), "{acme}");
+    assert_eq!(targets(&acme), 1, "{acme}");
+    assert!(
+        acme.contains("target_info{service_name=\"shop-acme\""),
+        "{acme}"
+    );
+
+    let (_, team) = get("/metrics/team%20a%2Fb");
+    assert_eq!(services(&team), ["shop-team"]);
+
+    // A tenant with no series yet: an empty page, not an error.
+    let (head, nobody) = get("/metrics/initech");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        services(&nobody).is_empty() && targets(&nobody) == 0,
+        "{nobody}"
+    );
+
+    let (head, _) = get("/metrics/");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = get("/metricsx");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    runtime.shutdown_background();
+}

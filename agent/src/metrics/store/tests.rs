@@ -83,6 +83,7 @@ fn http(s: SpanSpec<'_>) -> Span {
         pid: 1,
         endpoints: crate::capture::Endpoints::UNKNOWN,
         tenant: None,
+        tenant_headers: Vec::new(),
     }
 }
 

@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 
 use sonde_common::PrefixPattern;
 
+use super::headers::{self, HeaderNames, KeptHeaders};
 use super::{Chunk, Direction, GapEnd, Limits, Resync, StreamParser, SyncLoss, skip_gap};
 
 /// HTTP/1.x in the protocol table.
@@ -30,8 +31,10 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     kernel_prefilter: KERNEL_PREFILTER,
 };
 
-fn new_session(limits: Limits) -> Box<dyn super::Session> {
-    super::session::Parsed::<Http1Conn, span::HttpPairing>::boxed(Http1Conn::new(limits))
+fn new_session(options: &super::SessionOptions) -> Box<dyn super::Session> {
+    super::session::Parsed::<Http1Conn, span::HttpPairing>::boxed(
+        Http1Conn::new(options.limits).keeping_headers(options.kept_headers.clone()),
+    )
 }
 
 /// HTTP/1.x: a request line's method (its first four bytes) or a status line.
@@ -120,6 +123,8 @@ pub struct Request {
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub traceparent: Option<String>,
+    /// The headers the parser was told to keep (see [`headers`]).
+    pub kept_headers: KeptHeaders,
     pub content_length: Option<u64>,
     /// Body bytes that moved on the wire, captured or not (for a chunked
     /// body this includes the chunk framing).
@@ -164,6 +169,8 @@ pub struct Head {
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub traceparent: Option<String>,
+    /// The headers the parser was told to keep.
+    pub kept_headers: KeptHeaders,
     pub content_length: Option<u64>,
     /// A Transfer-Encoding field was present.
     pub transfer_encoding: bool,
@@ -238,13 +245,14 @@ fn detect_incomplete(prefix: &[u8]) -> Detect {
 }
 
 /// Parses one message head (start line and header fields up to the empty
-/// line) from the start of `buf`.
+/// line) from the start of `buf`, keeping the values of the request
+/// headers named in `kept`.
 ///
 /// Returns `Ok(None)` while `buf` is a strict prefix of a valid head, and
 /// `Ok(Some((head, consumed)))` once the head is complete; `consumed` counts
 /// the head's bytes including the final CRLF.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ParseError> {
-    match parse_inner(buf)? {
+pub fn parse_head(buf: &[u8], kept: &[String]) -> Result<Option<(Head, usize)>, ParseError> {
+    match parse_inner(buf, kept)? {
         Parsed::Complete(head, n) => Ok(Some((head, n))),
         Parsed::Partial(_) => Ok(None),
     }
@@ -257,7 +265,7 @@ enum Parsed {
     Partial(Option<Head>),
 }
 
-fn parse_inner(buf: &[u8]) -> Result<Parsed, ParseError> {
+fn parse_inner(buf: &[u8], kept: &[String]) -> Result<Parsed, ParseError> {
     let Some((start, version_minor, mut pos)) = start_line(buf)? else {
         return Ok(Parsed::Partial(None));
     };
@@ -267,6 +275,7 @@ fn parse_inner(buf: &[u8]) -> Result<Parsed, ParseError> {
         host: None,
         user_agent: None,
         traceparent: None,
+        kept_headers: KeptHeaders::new(),
         content_length: None,
         transfer_encoding: false,
         chunked: false,
@@ -290,7 +299,7 @@ fn parse_inner(buf: &[u8]) -> Result<Parsed, ParseError> {
         let Some(field) = header_line(rest)? else {
             return Ok(Parsed::Partial(Some(head)));
         };
-        apply_header(&mut head, field.name, field.value)?;
+        apply_header(&mut head, field.name, field.value, kept)?;
         pos += field.len;
     }
 }
@@ -516,7 +525,18 @@ fn keep_first(slot: &mut Option<String>, value: &[u8]) {
     }
 }
 
-fn apply_header(head: &mut Head, name: &[u8], value: &[u8]) -> Result<(), ParseError> {
+fn apply_header(
+    head: &mut Head,
+    name: &[u8],
+    value: &[u8],
+    kept: &[String],
+) -> Result<(), ParseError> {
+    // Before the others: a rule may name any header, even `host`.
+    if matches!(head.start, StartLine::Request { .. })
+        && let Some(index) = headers::index_of(kept, name)
+    {
+        headers::keep(&mut head.kept_headers, index, value);
+    }
     if name.eq_ignore_ascii_case(b"content-length") {
         let n = content_length(value)?;
         match head.content_length {
@@ -663,6 +683,7 @@ enum BodyEvent {
 struct Ctx<'a> {
     dir: Direction,
     max_head: usize,
+    kept: &'a [String],
     other_role: Option<Role>,
     methods: &'a mut VecDeque<ReqKind>,
     resync: &'a mut Resync,
@@ -714,7 +735,7 @@ impl Side {
 
     /// `parse_inner` plus the check that the head fits this direction.
     fn parse(&self, buf: &[u8], cx: &Ctx<'_>) -> Result<Parsed, ParseError> {
-        let parsed = parse_inner(buf)?;
+        let parsed = parse_inner(buf, cx.kept)?;
         let head = match &parsed {
             Parsed::Complete(head, _) | Parsed::Partial(Some(head)) => head,
             Parsed::Partial(None) => return Ok(parsed),
@@ -894,6 +915,7 @@ impl Side {
                     host: head.host,
                     user_agent: head.user_agent,
                     traceparent: head.traceparent,
+                    kept_headers: head.kept_headers,
                     content_length: head.content_length,
                     body_len: 0,
                     head_truncated: truncated,
@@ -1163,6 +1185,7 @@ fn chunked_step(
 #[derive(Debug)]
 pub struct Http1Conn {
     limits: Limits,
+    kept_headers: HeaderNames,
     egress: Side,
     ingress: Side,
     /// Methods of requests whose final response has not been parsed yet.
@@ -1177,12 +1200,19 @@ impl Http1Conn {
     pub fn new(limits: Limits) -> Self {
         Http1Conn {
             limits,
+            kept_headers: HeaderNames::default(),
             egress: Side::new(),
             ingress: Side::new(),
             methods: VecDeque::new(),
             resync: Resync::default(),
             opaque: false,
         }
+    }
+
+    /// Keeps the values of these request headers on each request.
+    pub fn keeping_headers(mut self, names: HeaderNames) -> Self {
+        self.kept_headers = names;
+        self
     }
 
     /// Feeds one syscall's bytes; complete messages are pushed to `out`.
@@ -1197,6 +1227,7 @@ impl Http1Conn {
         let mut cx = Ctx {
             dir,
             max_head: self.limits.max_buffered_bytes,
+            kept: &self.kept_headers,
             other_role: other.role,
             methods: &mut self.methods,
             resync: &mut self.resync,

@@ -161,6 +161,7 @@ pub fn build_span(
     Span {
         attributes: attrs,
         status,
+        tenant_headers: req.kept_headers,
         ..new_span(ctx, parent, span_name, kind, req.first_ns, resp.last_ns)
     }
 }

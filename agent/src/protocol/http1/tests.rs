@@ -404,7 +404,7 @@ fn every_strict_prefix_is_incomplete() {
                 .unwrap_or_else(|| panic!("{}: test message without head end", case.name));
             for p in 0..head_len {
                 assert_eq!(
-                    parse_head(&msg[..p]),
+                    parse_head(&msg[..p], &[]),
                     Ok(None),
                     "{}: prefix of {p} bytes of {:?}",
                     case.name,
@@ -412,7 +412,7 @@ fn every_strict_prefix_is_incomplete() {
                 );
             }
             for p in head_len..=msg.len() {
-                let parsed = parse_head(&msg[..p]);
+                let parsed = parse_head(&msg[..p], &[]);
                 assert!(
                     matches!(parsed, Ok(Some((_, n))) if n == head_len),
                     "{}: {p} bytes: {parsed:?}",
@@ -427,6 +427,7 @@ fn every_strict_prefix_is_incomplete() {
 fn parse_head_fields() {
     let (head, n) = parse_head(
         b"GET /x?y=1 HTTP/1.1\r\nhOsT: a.example\r\nUSER-AGENT:  ua/1 \r\nTraceParent: tp\r\nHost: second\r\nX-Empty:\r\n\r\nrest",
+        &[],
     )
     .unwrap()
     .unwrap();
@@ -442,19 +443,23 @@ fn parse_head_fields() {
             host: Some("a.example".into()),
             user_agent: Some("ua/1".into()),
             traceparent: Some("tp".into()),
+            kept_headers: Vec::new(),
             content_length: None,
             transfer_encoding: false,
             chunked: false,
         }
     );
-    let (head, _) = parse_head(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 7, 7\r\n\r\n")
-        .unwrap()
-        .unwrap();
+    let (head, _) = parse_head(
+        b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 7, 7\r\n\r\n",
+        &[],
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(head.start, StartLine::Response { status: 503 });
     assert_eq!(head.version_minor, 0);
     assert_eq!(head.content_length, Some(7));
     // A response may use a coding other than chunked: body until close.
-    let (head, _) = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
+    let (head, _) = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &[])
         .unwrap()
         .unwrap();
     assert!(head.transfer_encoding && !head.chunked);
@@ -493,7 +498,7 @@ fn parse_head_errors() {
     ];
     for (input, want) in table {
         assert_eq!(
-            parse_head(input),
+            parse_head(input, &[]),
             Err(*want),
             "{:?}",
             String::from_utf8_lossy(input)
@@ -1117,4 +1122,102 @@ fn request_direction_from_content() {
         &mut out,
     );
     assert_eq!(conn.request_direction(), Some(Direction::Ingress));
+}
+
+/// The kept headers of each request `stream` carries, read by a server
+/// keeping `names`, fed whole and split at every byte.
+fn kept_of(names: &[&str], stream: &[u8]) -> Vec<crate::protocol::headers::KeptHeaders> {
+    let names = crate::protocol::headers::header_names(names);
+    let read = |cut: usize| {
+        let mut conn = Http1Conn::new(Limits::default()).keeping_headers(names.clone());
+        let mut out = Vec::new();
+        conn.feed(Direction::Ingress, &whole(&stream[..cut], 0), &mut out);
+        conn.feed(Direction::Ingress, &whole(&stream[cut..], 10), &mut out);
+        out.into_iter()
+            .filter_map(|m| match m {
+                Message::Request(r) => Some(r.kept_headers),
+                Message::Response(_) => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let kept = read(stream.len());
+    for cut in 1..stream.len() {
+        assert_eq!(read(cut), kept, "split at {cut}");
+    }
+    kept
+}
+
+fn kept(pairs: &[(u8, &str)]) -> crate::protocol::headers::KeptHeaders {
+    pairs.iter().map(|&(i, v)| (i, v.to_owned())).collect()
+}
+
+#[test]
+fn kept_headers_in_any_case() {
+    let stream = b"GET /a HTTP/1.1\r\nX-Tenant-Id: acme\r\n\r\n\
+        GET /b HTTP/1.1\r\nx-tenant-id:globex \r\n\r\n\
+        GET /c HTTP/1.1\r\nX-TENANT-ID: \t initech\r\nX-Org: ops\r\n\r\n";
+    assert_eq!(
+        kept_of(&["X-Tenant-ID", "x-org"], stream),
+        [
+            kept(&[(0, "acme")]),
+            kept(&[(0, "globex")]),
+            kept(&[(0, "initech"), (1, "ops")]),
+        ]
+    );
+}
+
+#[test]
+fn a_repeated_header_keeps_its_first_non_empty_value() {
+    let stream = b"POST /a HTTP/1.1\r\nx-tenant-id:\r\nX-Tenant-Id:  \r\n\
+        x-tenant-id: acme\r\nX-Tenant-Id: globex\r\nContent-Length: 2\r\n\r\nhi\
+        GET /b HTTP/1.1\r\nx-tenant-id: initech\r\nx-tenant-id: acme\r\n\r\n";
+    assert_eq!(
+        kept_of(&["x-tenant-id"], stream),
+        [kept(&[(0, "acme")]), kept(&[(0, "initech")])]
+    );
+}
+
+#[test]
+fn absent_or_unasked_headers_are_not_kept() {
+    let stream = b"GET /a HTTP/1.1\r\nHost: h\r\nX-Tenant: acme\r\n\r\n";
+    assert_eq!(kept_of(&["x-tenant-id"], stream), [kept(&[])]);
+    let asked = b"GET /a HTTP/1.1\r\nx-tenant-id: acme\r\n\r\n";
+    assert_eq!(kept_of(&[], asked), [kept(&[])], "no names, nothing kept");
+    // A rule may name a header the parser reads for itself too.
+    assert_eq!(
+        kept_of(&["host"], b"GET /a HTTP/1.1\r\nHost: shop\r\n\r\n"),
+        [kept(&[(0, "shop")])]
+    );
+    // Responses keep nothing.
+    let mut conn = Http1Conn::new(Limits::default())
+        .keeping_headers(crate::protocol::headers::header_names(["x-tenant-id"]));
+    let mut out = Vec::new();
+    feed_whole(
+        &mut conn,
+        &[
+            (Direction::Ingress, asked),
+            (
+                Direction::Egress,
+                b"HTTP/1.1 204 No Content\r\nx-tenant-id: acme\r\n\r\n",
+            ),
+        ],
+        &mut out,
+    );
+    assert_eq!(out.len(), 2);
+    assert!(matches!(&out[0], Message::Request(r) if r.kept_headers == kept(&[(0, "acme")])));
+}
+
+#[test]
+fn a_kept_value_is_bounded_text() {
+    use crate::protocol::headers::MAX_KEPT_VALUE;
+    let long = "t".repeat(MAX_KEPT_VALUE - 1) + "éé";
+    let stream = format!("GET /a HTTP/1.1\r\nx-tenant-id: {long}\r\n\r\n");
+    let got = kept_of(&["x-tenant-id"], stream.as_bytes());
+    assert_eq!(got, [kept(&[(0, &long[..MAX_KEPT_VALUE - 1])])]);
+    // Bytes that are not UTF-8 do not break the request.
+    let got = kept_of(
+        &["x-tenant-id"],
+        b"GET /a HTTP/1.1\r\nx-tenant-id: t\xff\xfe1\r\n\r\n",
+    );
+    assert_eq!(got, [kept(&[(0, "t\u{fffd}\u{fffd}1")])]);
 }

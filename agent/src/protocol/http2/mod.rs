@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use sonde_common::PrefixPattern;
 
+use super::headers::{self, HeaderNames, KeptHeaders};
 use super::{Chunk, Detect, Direction, GapEnd, Limits, Resync, StreamParser, skip_gap};
 use hpack::{Decoder, Field};
 
@@ -42,8 +43,10 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     kernel_prefilter: KERNEL_PREFILTER,
 };
 
-fn new_session(limits: Limits) -> Box<dyn super::Session> {
-    super::session::Parsed::<Http2Conn, span::Http2Pairing>::boxed(Http2Conn::new(limits))
+fn new_session(options: &super::SessionOptions) -> Box<dyn super::Session> {
+    super::session::Parsed::<Http2Conn, span::Http2Pairing>::boxed(
+        Http2Conn::new(options.limits).keeping_headers(options.kept_headers.clone()),
+    )
 }
 
 /// HTTP/2: the client connection preface.
@@ -442,6 +445,8 @@ pub struct RequestHead {
     pub traceparent: Option<String>,
     pub user_agent: Option<String>,
     pub content_length: Option<u64>,
+    /// The headers the parser was told to keep (gRPC metadata included).
+    pub kept_headers: KeptHeaders,
 }
 
 /// A stream reset (RST_STREAM).
@@ -635,6 +640,9 @@ struct Fields {
     status: Option<u16>,
     grpc_status: Option<u32>,
     grpc_message: Option<String>,
+    /// Values of the headers the parser was told to keep, apart from the
+    /// budget: each is bounded ([`headers::MAX_KEPT_VALUE`]).
+    kept: KeptHeaders,
     /// Bytes of values kept.
     bytes: usize,
     /// A wanted field was left out for [`MAX_STREAM_HEADER_BYTES`].
@@ -655,11 +663,14 @@ impl Fields {
         *slot = Some(String::from_utf8_lossy(value).into_owned());
     }
 
-    /// Takes one decoded field of a block.
-    fn take(&mut self, f: Field<'_>) {
+    /// Takes one decoded field of a block, keeping it if `kept` names it.
+    fn take(&mut self, f: Field<'_>, kept: &[String]) {
         let (Some(name), Some(value)) = (f.name, f.value) else {
             return;
         };
+        if let Some(index) = headers::index_of(kept, name) {
+            headers::keep(&mut self.kept, index, value);
+        }
         // An empty pseudo-header makes a malformed message: not kept.
         if value.is_empty() && name.starts_with(b":") {
             return;
@@ -721,6 +732,11 @@ impl Fields {
         fill(&mut self.traceparent, later.traceparent);
         fill(&mut self.user_agent, later.user_agent);
         self.content_length = self.content_length.or(later.content_length);
+        for (index, value) in later.kept {
+            if headers::value_of(&self.kept, usize::from(index)).is_none() {
+                self.kept.push((index, value));
+            }
+        }
         if self.status.is_none() {
             self.status = later.status;
         }
@@ -807,6 +823,7 @@ struct Stream {
 #[derive(Debug)]
 pub struct Http2Conn {
     limits: Limits,
+    kept_headers: HeaderNames,
     halves: [Half; 2],
     streams: BTreeMap<u32, Stream>,
     /// Highest stream id a stream was opened for; frames for lower ids not
@@ -821,12 +838,19 @@ impl Http2Conn {
     pub fn new(limits: Limits) -> Self {
         Http2Conn {
             limits,
+            kept_headers: HeaderNames::default(),
             halves: [Half::new(), Half::new()],
             streams: BTreeMap::new(),
             max_stream_id: 0,
             client_dir: None,
             resync: Resync::default(),
         }
+    }
+
+    /// Keeps the values of these request headers on each request.
+    pub fn keeping_headers(mut self, names: HeaderNames) -> Self {
+        self.kept_headers = names;
+        self
     }
 
     /// Which direction carries requests, once known.
@@ -1214,6 +1238,11 @@ impl Http2Conn {
     /// apply it to its stream.
     fn end_block(&mut self, dir: Direction, block: Block, end_ns: u64, out: &mut Vec<Message>) {
         let d = idx(dir);
+        // Responses keep none: only a request's headers are wanted.
+        let kept: &[String] = match self.client_dir {
+            Some(c) if c != dir => &[],
+            _ => &self.kept_headers,
+        };
         let half = &mut self.halves[d];
         half.blocks += 1;
         let mut fields = Fields::default();
@@ -1222,7 +1251,7 @@ impl Http2Conn {
             self.resync.events += 1;
             true
         } else {
-            match half.hpack.decode(&block.buf, |f| fields.take(f)) {
+            match half.hpack.decode(&block.buf, |f| fields.take(f, kept)) {
                 Ok(summary) => {
                     if summary.mismatch {
                         self.resync.events += 1;
@@ -1482,6 +1511,7 @@ impl Http2Conn {
                 traceparent: f.traceparent.clone(),
                 user_agent: f.user_agent.clone(),
                 content_length: f.content_length,
+                kept_headers: f.kept.clone(),
             },
             status: resp.fields.status,
             response_content_type: resp.fields.content_type.clone(),

@@ -222,6 +222,8 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
     Span {
         attributes: attrs,
         status,
+        // Copying an empty list allocates nothing.
+        tenant_headers: req.kept_headers.clone(),
         ..new_span(ctx, parent, name, kind, s.first_ns, s.last_ns)
     }
 }

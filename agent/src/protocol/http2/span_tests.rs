@@ -440,3 +440,87 @@ fn pairing_counts_losses() {
         }
     );
 }
+
+/// gRPC metadata are request headers: the session keeps the ones it was
+/// told to, and the span carries them to the pipeline.
+#[test]
+fn grpc_metadata_kept_for_the_tenant_rules() {
+    use crate::protocol::headers::header_names;
+    use crate::protocol::http2::{PREFACE, flag, kind};
+    use crate::protocol::{Chunk, SessionOptions};
+
+    let call = |stream: u32, metadata: &[(u32, &str, &str)]| {
+        let mut fields = vec![
+            (2, "", "POST"),
+            (6, "", "http"),
+            (4, "", "/shop.Cart/Get"),
+            (31, "", "application/grpc"),
+            (0, "te", "trailers"),
+        ];
+        fields.extend_from_slice(metadata);
+        let request = [
+            frame(kind::HEADERS, flag::END_HEADERS, stream, &block(&fields)),
+            frame(kind::DATA, flag::END_STREAM, stream, &[0, 0, 0, 0, 0]),
+        ]
+        .concat();
+        let response = [
+            frame(
+                kind::HEADERS,
+                flag::END_HEADERS,
+                stream,
+                &block(&[(8, "", "200"), (31, "", "application/grpc")]),
+            ),
+            frame(
+                kind::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                stream,
+                // Trailers naming the header are not the request's.
+                &block(&[(0, "grpc-status", "0"), (0, "x-tenant-id", "trailer")]),
+            ),
+        ]
+        .concat();
+        (request, response)
+    };
+    let calls = [
+        call(1, &[(0, "x-tenant-id", "acme"), (0, "x-org", "ops")]),
+        call(3, &[(0, "x-org", "ops")]),
+    ];
+    let options = SessionOptions {
+        kept_headers: header_names(["x-tenant-id", "x-org"]),
+        ..SessionOptions::default()
+    };
+    let mut session = (super::super::PROTOCOL.new_session)(&options);
+    let ctx = ctx();
+    let mut spans = Vec::new();
+    let mut out = PairingOut::new(&ctx, &mut spans);
+    let mut t = 0;
+    let mut send = |dir: Direction, bytes: &[u8], out: &mut PairingOut<'_>| {
+        t += 100;
+        let chunk = Chunk {
+            data: bytes,
+            total_len: bytes.len() as u64,
+            start_ns: t,
+            end_ns: t + 10,
+        };
+        session.run(Some((dir, &chunk)), t + 10, out);
+    };
+    send(Direction::Ingress, PREFACE, &mut out);
+    for (request, response) in &calls {
+        send(Direction::Ingress, request, &mut out);
+        send(Direction::Egress, response, &mut out);
+    }
+    let kept: Vec<_> = spans
+        .iter()
+        .map(|s| (s.name.as_str(), s.tenant_headers.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (
+                "shop.Cart/Get",
+                vec![(0, "acme".to_owned()), (1, "ops".to_owned())]
+            ),
+            ("shop.Cart/Get", vec![(1, "ops".to_owned())]),
+        ]
+    );
+}

@@ -18,6 +18,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Header field representations for building blocks.
+#[derive(Clone, Copy)]
 enum H<'a> {
     /// Indexed field.
     Idx(u32),
@@ -217,6 +218,7 @@ pub(super) fn expected_get(request_dir: Direction, first_ns: u64, last_ns: u64) 
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             user_agent: Some("curl/8.5.0".into()),
             content_length: None,
+            kept_headers: Vec::new(),
         },
         status: Some(200),
         response_content_type: Some("text/plain".into()),
@@ -1214,4 +1216,136 @@ fn garbage_never_panics() {
             }
         }
     }
+}
+
+/// A server connection that keeps the `names` headers of each request.
+fn keeping(names: &[&str]) -> Run {
+    let mut r = Run::new();
+    r.conn = Http2Conn::new(Limits::default())
+        .keeping_headers(crate::protocol::headers::header_names(names));
+    r
+}
+
+fn kept(pairs: &[(u8, &str)]) -> KeptHeaders {
+    pairs.iter().map(|&(i, v)| (i, v.to_owned())).collect()
+}
+
+/// `GET /` on `stream` with `more` fields after the pseudo-headers, and
+/// its answer.
+fn get_with(r: &mut Run, stream: u32, more: &[H<'_>]) {
+    let mut fields = vec![H::Idx(2), H::Idx(6), H::Idx(4)];
+    fields.extend_from_slice(more);
+    r.send(I, &headers(stream, true, &fields));
+    r.send(E, &headers(stream, true, &[H::Idx(8)]));
+}
+
+fn kept_by_stream(r: &Run) -> Vec<(u32, KeptHeaders)> {
+    r.streams()
+        .into_iter()
+        .map(|s| (s.stream_id, s.request.kept_headers))
+        .collect()
+}
+
+#[test]
+fn kept_headers_literal_indexed_and_huffman() {
+    let mut r = keeping(&["x-tenant-id"]);
+    r.send(I, PREFACE);
+    // A literal the encoder adds to its table (dynamic index 62)...
+    get_with(&mut r, 1, &[H::Inc("x-tenant-id", "acme")]);
+    // ...then sends again by that index alone,
+    get_with(&mut r, 3, &[H::Idx(62)]);
+    // or by its name's index with a new value.
+    get_with(&mut r, 5, &[H::NameLit(62, "globex")]);
+    // Huffman-coded, and in a case HTTP/2 forbids but a peer may send.
+    get_with(&mut r, 7, &[H::Huff("X-Tenant-Id", "initech")]);
+    // Not indexed, among other fields.
+    get_with(
+        &mut r,
+        9,
+        &[H::Lit("x-org", "ops"), H::Lit("x-tenant-id", "umbrella")],
+    );
+    get_with(&mut r, 11, &[H::Lit("x-tenant", "nope")]);
+    assert_eq!(
+        kept_by_stream(&r),
+        [
+            (1, kept(&[(0, "acme")])),
+            (3, kept(&[(0, "acme")])),
+            (5, kept(&[(0, "globex")])),
+            (7, kept(&[(0, "initech")])),
+            (9, kept(&[(0, "umbrella")])),
+            (11, kept(&[])),
+        ]
+    );
+    assert_eq!(r.conn.take_resync(), (0, 0));
+}
+
+#[test]
+fn a_repeated_kept_header_keeps_its_first_non_empty_value() {
+    let mut r = keeping(&["x-org", "x-tenant-id"]);
+    r.send(I, PREFACE);
+    get_with(
+        &mut r,
+        1,
+        &[
+            H::Lit("x-tenant-id", ""),
+            H::Lit("x-tenant-id", "acme"),
+            H::Lit("x-tenant-id", "globex"),
+            H::Lit("x-org", "ops"),
+        ],
+    );
+    // Request headers, then request trailers naming it again: the first
+    // block's value stays.
+    r.send(
+        I,
+        &cat(&[
+            &headers(
+                3,
+                false,
+                &[
+                    H::Idx(3),
+                    H::Idx(6),
+                    H::Idx(4),
+                    H::Lit("x-tenant-id", "initech"),
+                ],
+            ),
+            &data(3, false, b"x"),
+            &headers(
+                3,
+                true,
+                &[H::Lit("x-tenant-id", "late"), H::Lit("x-org", "dev")],
+            ),
+        ]),
+    );
+    r.send(E, &headers(3, true, &[H::Idx(8)]));
+    assert_eq!(
+        kept_by_stream(&r),
+        [
+            (1, kept(&[(1, "acme"), (0, "ops")])),
+            (3, kept(&[(1, "initech"), (0, "dev")])),
+        ]
+    );
+}
+
+#[test]
+fn kept_headers_only_of_requests_and_bounded() {
+    use crate::protocol::headers::MAX_KEPT_VALUE;
+    let mut r = keeping(&["x-tenant-id"]);
+    r.send(I, PREFACE);
+    // A response's header of that name is not the request's.
+    r.send(I, &headers(1, true, &[H::Idx(2), H::Idx(6), H::Idx(4)]));
+    r.send(
+        E,
+        &headers(1, true, &[H::Idx(8), H::Lit("x-tenant-id", "acme")]),
+    );
+    let long = "v".repeat(MAX_KEPT_VALUE + 50);
+    get_with(&mut r, 3, &[H::Lit("x-tenant-id", &long)]);
+    assert_eq!(
+        kept_by_stream(&r),
+        [(1, kept(&[])), (3, kept(&[(0, &long[..MAX_KEPT_VALUE])])),]
+    );
+    // Without names nothing is kept.
+    let mut r = Run::new();
+    r.send(I, PREFACE);
+    get_with(&mut r, 1, &[H::Lit("x-tenant-id", "acme")]);
+    assert_eq!(kept_by_stream(&r), [(1, kept(&[]))]);
 }

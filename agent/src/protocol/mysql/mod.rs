@@ -57,8 +57,8 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     kernel_prefilter: KERNEL_PREFILTER,
 };
 
-fn new_session(limits: Limits) -> Box<dyn super::Session> {
-    super::session::Parsed::<MysqlConn, span::MysqlPairing>::boxed(MysqlConn::new(limits))
+fn new_session(options: &super::SessionOptions) -> Box<dyn super::Session> {
+    super::session::Parsed::<MysqlConn, span::MysqlPairing>::boxed(MysqlConn::new(options.limits))
 }
 
 /// A MySQL command packet: the 3-byte length, sequence id 0, then `command`.

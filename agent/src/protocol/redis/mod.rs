@@ -40,8 +40,8 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     kernel_prefilter: KERNEL_PREFILTER,
 };
 
-fn new_session(limits: Limits) -> Box<dyn super::Session> {
-    super::session::Parsed::<RedisConn, span::RedisPairing>::boxed(RedisConn::new(limits))
+fn new_session(options: &super::SessionOptions) -> Box<dyn super::Session> {
+    super::session::Parsed::<RedisConn, span::RedisPairing>::boxed(RedisConn::new(options.limits))
 }
 
 /// Redis: a command array, `*` and its first count digit.
