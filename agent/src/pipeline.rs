@@ -95,6 +95,26 @@ pub enum KernelOrder {
     Cgroup(CgroupOrder),
 }
 
+impl KernelOrder {
+    fn mute((key, generation): (ConnKey, u64)) -> Self {
+        KernelOrder::Mute(key, generation)
+    }
+
+    fn silence((key, generation): (ConnKey, u64)) -> Self {
+        KernelOrder::Silence(key, generation)
+    }
+}
+
+/// The kernel's key and generation of a connection, for those the kernel's
+/// socket programs track (bytes a TLS library hands over are not theirs).
+fn kernel_key(id: &ConnId) -> Option<(ConnKey, u64)> {
+    let key = ConnKey {
+        tgid: id.tgid,
+        fd: id.fd,
+    };
+    (id.source == capture::Source::Syscall).then_some((key, id.generation))
+}
+
 /// The first chunks of a connection whose protocol is not known yet. Some
 /// programs read a message in pieces (MySQL clients read the 4-byte packet
 /// header, then the payload), so detection looks at each direction's bytes
@@ -284,15 +304,8 @@ impl<S: SpanSink> Pipeline<S> {
                 continue;
             }
             conn.state = Protocol::Excluded;
-            if conn.id.source == capture::Source::Syscall {
-                self.kernel_orders.push(KernelOrder::Silence(
-                    ConnKey {
-                        tgid: conn.id.tgid,
-                        fd: conn.id.fd,
-                    },
-                    conn.id.generation,
-                ));
-            }
+            self.kernel_orders
+                .extend(kernel_key(&conn.id).map(KernelOrder::silence));
         }
     }
 
@@ -374,15 +387,8 @@ impl<S: SpanSink> Pipeline<S> {
             let (_, traced) = self.resources.lookup(id.tgid);
             if !traced {
                 conn.state = Protocol::Excluded;
-                if id.source == capture::Source::Syscall {
-                    self.kernel_orders.push(KernelOrder::Silence(
-                        ConnKey {
-                            tgid: id.tgid,
-                            fd: id.fd,
-                        },
-                        id.generation,
-                    ));
-                }
+                self.kernel_orders
+                    .extend(kernel_key(&id).map(KernelOrder::silence));
             }
         }
         conn.stream_mut(dir)
@@ -424,16 +430,8 @@ impl<S: SpanSink> Pipeline<S> {
                     Err(Detect::NeedMore) if detecting.chunks.len() < DETECT_CHUNKS => break 'parse,
                     Err(_) => {
                         conn.state = Protocol::Muted;
-                        // The kernel's filter sees only syscall bytes.
-                        if id.source == capture::Source::Syscall {
-                            self.kernel_orders.push(KernelOrder::Mute(
-                                ConnKey {
-                                    tgid: id.tgid,
-                                    fd: id.fd,
-                                },
-                                id.generation,
-                            ));
-                        }
+                        self.kernel_orders
+                            .extend(kernel_key(&id).map(KernelOrder::mute));
                         break 'parse;
                     }
                 }
