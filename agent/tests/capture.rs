@@ -335,7 +335,7 @@ fn muted_connections_ship_only_message_starts() {
                   a.sendall(b'\\x17\\x03\\x03binary again')\n\
                   time.sleep(0.5)\n";
     let sent = sent_after(script, |probes, key, generation| {
-        probes.mute(key, generation)
+        probes.mute(key, generation);
     });
     assert_eq!(
         sent,
@@ -538,7 +538,7 @@ fn silenced_connections_stop() {
                   a.sendall(b'GET /second HTTP/1.1\\r\\n\\r\\n')\n\
                   time.sleep(0.5)\n";
     let sent = sent_after(script, |probes, key, generation| {
-        probes.silence(key, generation)
+        probes.silence(key, generation);
     });
     assert_eq!(
         sent,
