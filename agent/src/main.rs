@@ -21,7 +21,7 @@ use sonde::export;
 use sonde::metrics::{Metrics, agent_resource};
 use sonde::pipeline::{ExportSink, KernelOrder, Pipeline, PipelineOptions};
 use sonde::protocol::{self, Limits};
-use sonde::reload::{self, Reloader, WatchedKeys};
+use sonde::reload::{self, ConfigFile, Reloader, WatchedKeys};
 use sonde::sample::Sampler;
 use sonde::span::HttpSpanOptions;
 use sonde::span::{DbSpanOptions, SpanOptions};
@@ -92,6 +92,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Result<()> {
+    let config_file = config_path.as_deref().map(ConfigFile::new);
     let config = match &config_path {
         Some(path) => config::load(path)?,
         None => Config::default(),
@@ -190,7 +191,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         pipeline.set_metrics(m.clone());
     }
     pipeline.set_sampler(Sampler::new(config.sample.clone()));
-    let mut reloader = Reloader::new(config_path.as_deref(), config, watched);
+    let mut reloader = Reloader::new(config_file, config, watched);
     read_loop(
         &mut probes,
         &mut processes,

@@ -488,7 +488,8 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// The file at `path`, as it is now taken to be read.
+    /// The file at `path`, taken as read as it is now: made just before
+    /// the agent reads it at start, so that a change after is seen.
     pub fn new(path: &Path) -> ConfigFile {
         ConfigFile {
             path: path.to_path_buf(),
@@ -553,11 +554,15 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// `running` was read from `path` (none: no file, nothing to reload);
+    /// `running` was read from `file` (none: no file, nothing to reload);
     /// `watched` is what the Kubernetes metadata watcher keeps, when it runs.
-    pub fn new(path: Option<&Path>, running: Config, watched: Option<WatchedKeys>) -> Reloader {
+    pub fn new(
+        file: Option<ConfigFile>,
+        running: Config,
+        watched: Option<WatchedKeys>,
+    ) -> Reloader {
         Reloader {
-            file: path.map(ConfigFile::new),
+            file,
             running,
             watched,
         }
@@ -894,7 +899,7 @@ tenants:
     fn a_broken_file_changes_nothing() {
         let text = "protocols:\n  redis: false\n";
         let file = File::new("broken", text);
-        let mut reloader = Reloader::new(Some(&file.path()), config(text), None);
+        let mut reloader = Reloader::new(Some(ConfigFile::new(&file.path())), config(text), None);
         let mut p = pipeline(reloader.running());
         let protocols_before = p.options().protocols.len();
 
@@ -932,7 +937,7 @@ tenants:
     fn a_good_file_applies_live_and_keeps_the_rest() {
         let text = "capture:\n  bytes: 1024\n";
         let file = File::new("good", text);
-        let mut reloader = Reloader::new(Some(&file.path()), config(text), None);
+        let mut reloader = Reloader::new(Some(ConfigFile::new(&file.path())), config(text), None);
         let mut p = pipeline(reloader.running());
         assert!(matches!(reloader.reload(&mut p), Outcome::Unchanged));
 
