@@ -18,6 +18,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
+pub mod reload;
 pub mod sample;
 pub mod span;
 pub mod stats;

@@ -21,6 +21,7 @@ use sonde::export;
 use sonde::metrics::{Metrics, agent_resource};
 use sonde::pipeline::{ExportSink, KernelOrder, Pipeline, PipelineOptions};
 use sonde::protocol::{self, Limits};
+use sonde::reload::{self, ConfigFile, Reloader, WatchedKeys};
 use sonde::sample::Sampler;
 use sonde::span::HttpSpanOptions;
 use sonde::span::{DbSpanOptions, SpanOptions};
@@ -91,6 +92,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Result<()> {
+    let config_file = config_path.as_deref().map(ConfigFile::new);
     let config = match &config_path {
         Some(path) => config::load(path)?,
         None => Config::default(),
@@ -133,11 +135,12 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
             .with_context(|| format!("health.listen: cannot listen on {addr}"))?;
         runtime.spawn(sonde::health::serve(listener, ready.clone()));
     }
-    let resources = process_resources(&config.kubernetes, &config.select, &config.tenants)?
-        .with_container_stores(ContainerStores::new(
-            &config.containers.docker_root,
-            &config.containers.podman_root,
-        ));
+    let (resources, watched) =
+        process_resources(&config.kubernetes, &config.select, &config.tenants)?;
+    let resources = resources.with_container_stores(ContainerStores::new(
+        &config.containers.docker_root,
+        &config.containers.podman_root,
+    ));
 
     // Before anything is attached, and surely before "ready" is logged: a
     // SIGTERM sent as soon as the agent says it is ready must stop it
@@ -146,8 +149,11 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     for signal in [libc::SIGINT, libc::SIGTERM] {
         register_stop(signal, stop.clone())?;
     }
+    // Installed before "ready" too: SIGHUP's default action ends the process.
+    register_reload()?;
     let protocols = config.protocols.enabled();
-    let mut probes = Probes::start(&config.capture, &protocol::prefilter::of(&protocols))?;
+    // A slot for every protocol's patterns: a reload may turn one on.
+    let mut probes = Probes::start(&config.capture, &protocol::prefilter::slots(&protocols))?;
     // After attaching, so that no process starts unseen in between.
     let mut processes = Processes::new(std::process::id(), "/proc");
     processes.scan();
@@ -185,13 +191,14 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         pipeline.set_metrics(m.clone());
     }
     pipeline.set_sampler(Sampler::new(config.sample.clone()));
+    let mut reloader = Reloader::new(config_file, config, watched);
     read_loop(
         &mut probes,
         &mut processes,
         &mut pipeline,
         &stats,
         &stop,
-        &config,
+        &mut reloader,
     );
 
     info!("stopping: flushing spans");
@@ -211,12 +218,13 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
 }
 
 /// The enrich stage's process cache, with pod metadata from the API server
-/// when the agent runs in Kubernetes (or is told to).
+/// when the agent runs in Kubernetes (or is told to), and then what the
+/// metadata watcher keeps for the rules.
 fn process_resources(
     config: &KubernetesConfig,
     selection: &Selection,
     tenants: &TenantConfig,
-) -> anyhow::Result<ProcessResources> {
+) -> anyhow::Result<(ProcessResources, Option<WatchedKeys>)> {
     let tenants = Tenants::new(tenants.clone());
     let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let mut host = HostInfo::detect();
@@ -227,9 +235,10 @@ fn process_resources(
                  off (kubernetes.enabled): they match no process"
             );
         }
-        return Ok(ProcessResources::new(host)
+        let resources = ProcessResources::new(host)
             .with_selection(selection.clone())
-            .with_tenants(tenants));
+            .with_tenants(tenants);
+        return Ok((resources, None));
     }
     let node_name = config
         .node_name
@@ -243,18 +252,15 @@ fn process_resources(
         host.host_name.clone_from(&node_name);
     }
     let metadata = Arc::new(Metadata::default());
+    let watched = WatchedKeys::of(selection, &tenants);
     watch::spawn(
         WatchConfig {
             node_name: node_name.clone(),
             keep: Keep {
                 labels: config.pod_labels.clone(),
                 annotations: config.pod_annotations.clone(),
-                rule_labels: selection
-                    .label_keys()
-                    .into_iter()
-                    .chain(tenants.label_keys().map(str::to_owned))
-                    .collect(),
-                rule_annotations: tenants.annotation_keys().map(str::to_owned).collect(),
+                rule_labels: watched.labels.iter().cloned().collect(),
+                rule_annotations: watched.annotations.iter().cloned().collect(),
             },
             deleted_pod_retention: Duration::from_secs(config.deleted_pod_retention_secs),
         },
@@ -262,7 +268,7 @@ fn process_resources(
     )
     .context("starting the kubernetes metadata watcher")?;
     info!(node = %node_name, "kubernetes metadata: watching the pods of this node");
-    Ok(ProcessResources::new(host)
+    let resources = ProcessResources::new(host)
         .with_selection(selection.clone())
         .with_tenants(tenants)
         .with_kubernetes(Kubernetes {
@@ -271,7 +277,8 @@ fn process_resources(
                 cluster_name: config.cluster_name.clone().filter(|n| !n.is_empty()),
                 node_name: Some(node_name),
             },
-        }))
+        });
+    Ok((resources, Some(watched)))
 }
 
 /// Sets `stop` when `signal` arrives. The handler only stores to an atomic.
@@ -291,6 +298,43 @@ fn register_stop(signal: libc::c_int, stop: Arc<AtomicBool>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Set by SIGHUP: read the config file again.
+static RELOAD_ASKED: AtomicBool = AtomicBool::new(false);
+
+/// Sets [`RELOAD_ASKED`] when SIGHUP arrives. The handler only stores to
+/// an atomic; the capture loop does the reload.
+fn register_reload() -> anyhow::Result<()> {
+    extern "C" fn on_hangup(_: libc::c_int) {
+        RELOAD_ASKED.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler is async-signal-safe (one atomic store).
+    let previous =
+        unsafe { libc::signal(libc::SIGHUP, on_hangup as *const () as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        anyhow::bail!("cannot install the handler for SIGHUP");
+    }
+    Ok(())
+}
+
+/// Reads the config file again and makes its live changes; the kernel's
+/// message-start patterns are rewritten when protocols changed.
+fn reload_config(
+    reloader: &mut Reloader,
+    pipeline: &mut Pipeline<ExportSink>,
+    probes: &mut Probes,
+) {
+    let outcome = reloader.reload(pipeline);
+    reload::log(&outcome, reloader.path());
+    if let reload::Outcome::Applied {
+        kernel_prefixes: Some(prefixes),
+        ..
+    } = &outcome
+        && let Err(e) = probes.set_prefixes(prefixes)
+    {
+        warn!("config reload: the kernel's message-start filter was not updated: {e}");
+    }
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -308,15 +352,16 @@ fn read_loop(
     pipeline: &mut Pipeline<ExportSink>,
     stats: &Stats,
     stop: &AtomicBool,
-    config: &Config,
+    reloader: &mut Reloader,
 ) {
-    let stats_interval_secs = config.log.stats_interval_secs;
-    let poll_ms = config.capture.poll_interval_ms as libc::c_int;
     let fd = probes.events_fd();
     let mut last_chores = Instant::now();
     let mut chores: u64 = 0;
     let mut last_summary = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        // Read each time: a reload may change them.
+        let poll_ms = reloader.running().capture.poll_interval_ms as libc::c_int;
+        let stats_interval_secs = reloader.running().log.stats_interval_secs;
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -330,6 +375,20 @@ fn read_loop(
         }
         pipeline.flush_spans();
         pipeline.sink_mut().flush();
+        // Between batches of records: every span read so far was built
+        // under the old config, every later one is under the new.
+        let file_due = last_chores.elapsed() >= Duration::from_secs(1);
+        if RELOAD_ASKED.swap(false, Ordering::SeqCst) {
+            if reloader.path().is_some() {
+                info!("SIGHUP: reading the config file again");
+                reload_config(reloader, pipeline, probes);
+            } else {
+                warn!("SIGHUP: no config file to read again (sonde run --config PATH)");
+            }
+        } else if file_due && reloader.file_changed() {
+            info!("the config file changed: reading it again");
+            reload_config(reloader, pipeline, probes);
+        }
         for order in pipeline.take_kernel_orders() {
             match order {
                 KernelOrder::Mute(key, generation) => probes.mute(key, generation),

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use sonde_common::ConnKey;
 
 use crate::capture::{self, Clock, ConnId, Event, Role};
+use crate::config::SampleConfig;
 use crate::conn::{Conn, ConnTable, Displaced};
-use crate::enrich::tenant::tenant_of;
+use crate::enrich::tenant::{Tenants, tenant_of};
 use crate::enrich::{CgroupOrder, ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
@@ -93,6 +94,26 @@ pub enum KernelOrder {
     Silence(ConnKey, u64),
     /// Mute, or trace again, the connections a cgroup opens.
     Cgroup(CgroupOrder),
+}
+
+impl KernelOrder {
+    fn mute((key, generation): (ConnKey, u64)) -> Self {
+        KernelOrder::Mute(key, generation)
+    }
+
+    fn silence((key, generation): (ConnKey, u64)) -> Self {
+        KernelOrder::Silence(key, generation)
+    }
+}
+
+/// The kernel's key and generation of a connection, for those the kernel's
+/// socket programs track (bytes a TLS library hands over are not theirs).
+fn kernel_key(id: &ConnId) -> Option<(ConnKey, u64)> {
+    let key = ConnKey {
+        tgid: id.tgid,
+        fd: id.fd,
+    };
+    (id.source == capture::Source::Syscall).then_some((key, id.generation))
 }
 
 /// The first chunks of a connection whose protocol is not known yet. Some
@@ -236,6 +257,64 @@ impl<S: SpanSink> Pipeline<S> {
         self.sampler = Some(sampler);
     }
 
+    /// Samples by `config` from now on (a config reload).
+    pub fn set_sample_config(&mut self, config: SampleConfig) {
+        match &mut self.sampler {
+            Some(sampler) => sampler.set_config(config),
+            None => self.sampler = Some(Sampler::new(config)),
+        }
+    }
+
+    /// Parses only `protocols` from now on (a config reload). Connections
+    /// not yet recognised are judged by the new list; those of a protocol
+    /// turned off drop their session (a request waiting for its answer
+    /// makes no span) and are muted in the kernel like a connection of an
+    /// unknown protocol.
+    pub fn set_protocols(&mut self, protocols: Vec<&'static ProtocolSpec>) {
+        for conn in self.conns.iter_mut() {
+            let Protocol::Known(spec, _) = &conn.state else {
+                continue;
+            };
+            if protocols.iter().any(|p| p.name == spec.name) {
+                continue;
+            }
+            conn.state = Protocol::Muted;
+            self.kernel_orders
+                .extend(kernel_key(&conn.id).map(KernelOrder::mute));
+        }
+        self.options.protocols = protocols;
+    }
+
+    /// The settings in force.
+    pub fn options(&self) -> &PipelineOptions {
+        &self.options
+    }
+
+    /// Builds spans with `spans` from now on (a config reload).
+    pub fn set_span_options(&mut self, spans: SpanOptions) {
+        self.options.spans = spans;
+    }
+
+    /// Gives sessions started from now on `limits` (a config reload);
+    /// running sessions keep theirs.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.options.limits = limits;
+        self.session.limits = limits;
+    }
+
+    /// Judges tenants by `tenants` from now on (a config reload): each
+    /// process's resource is rebuilt on its next span, and connections
+    /// recognised from now on keep the headers the new rules read.
+    pub fn set_tenants(&mut self, tenants: Tenants) {
+        self.session.kept_headers = header_names(tenants.headers());
+        self.resources.set_tenants(tenants);
+    }
+
+    /// The process cache, to change its rules (a config reload).
+    pub fn resources_mut(&mut self) -> &mut ProcessResources {
+        &mut self.resources
+    }
+
     /// Aggregates every span into `metrics` from now on.
     pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
         self.metrics = Some(metrics);
@@ -284,15 +363,8 @@ impl<S: SpanSink> Pipeline<S> {
                 continue;
             }
             conn.state = Protocol::Excluded;
-            if conn.id.source == capture::Source::Syscall {
-                self.kernel_orders.push(KernelOrder::Silence(
-                    ConnKey {
-                        tgid: conn.id.tgid,
-                        fd: conn.id.fd,
-                    },
-                    conn.id.generation,
-                ));
-            }
+            self.kernel_orders
+                .extend(kernel_key(&conn.id).map(KernelOrder::silence));
         }
     }
 
@@ -374,15 +446,8 @@ impl<S: SpanSink> Pipeline<S> {
             let (_, traced) = self.resources.lookup(id.tgid);
             if !traced {
                 conn.state = Protocol::Excluded;
-                if id.source == capture::Source::Syscall {
-                    self.kernel_orders.push(KernelOrder::Silence(
-                        ConnKey {
-                            tgid: id.tgid,
-                            fd: id.fd,
-                        },
-                        id.generation,
-                    ));
-                }
+                self.kernel_orders
+                    .extend(kernel_key(&id).map(KernelOrder::silence));
             }
         }
         conn.stream_mut(dir)
@@ -424,16 +489,8 @@ impl<S: SpanSink> Pipeline<S> {
                     Err(Detect::NeedMore) if detecting.chunks.len() < DETECT_CHUNKS => break 'parse,
                     Err(_) => {
                         conn.state = Protocol::Muted;
-                        // The kernel's filter sees only syscall bytes.
-                        if id.source == capture::Source::Syscall {
-                            self.kernel_orders.push(KernelOrder::Mute(
-                                ConnKey {
-                                    tgid: id.tgid,
-                                    fd: id.fd,
-                                },
-                                id.generation,
-                            ));
-                        }
+                        self.kernel_orders
+                            .extend(kernel_key(&id).map(KernelOrder::mute));
                         break 'parse;
                     }
                 }
@@ -614,6 +671,7 @@ mod tests {
     use super::*;
     use crate::capture::{encode_close, encode_data};
     use crate::enrich::HostInfo;
+    use crate::span::model::AttrValue;
     use sonde_common::{AF_INET, DIR_EGRESS, DIR_INGRESS, EventHeader, SockAddrs};
 
     struct Collect(Vec<Span>);
@@ -953,6 +1011,66 @@ mod tests {
         close.direction = 0;
         p.handle_record(&encode_close(&close));
         assert_eq!(p.connections(), 0);
+    }
+
+    /// Turning a protocol off drops its connections' sessions and mutes
+    /// them, leaves the others alone, and new connections of it are not
+    /// recognised; turned on again, new connections are.
+    #[test]
+    fn protocols_turned_off_and_on() {
+        let mut p = pipeline();
+        let request = b"GET /x HTTP/1.1\r\n\r\n";
+        let response = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let exchange = |p: &mut Pipeline<Collect>, fd: u32, ts: u64| {
+            p.handle_record(&record_on(fd, [10, 0, 0, 1], DIR_INGRESS, ts, request));
+            p.handle_record(&record_on(fd, [10, 0, 0, 1], DIR_EGRESS, ts + 50, response));
+        };
+        exchange(&mut p, 5, 100);
+        p.handle_record(&record_on(
+            6,
+            [10, 0, 0, 2],
+            DIR_INGRESS,
+            150,
+            b"*1\r\n$4\r\nPING\r\n",
+        ));
+        assert_eq!(p.sink_mut().0.len(), 1);
+        // A request on fd 5 waits for its answer across the switch.
+        p.handle_record(&record_on(5, [10, 0, 0, 1], DIR_INGRESS, 200, request));
+        assert!(p.take_kernel_orders().next().is_none());
+
+        let without_http1: Vec<_> = PROTOCOLS.iter().filter(|p| p.name != "http1").collect();
+        p.set_protocols(without_http1);
+        assert_eq!(
+            p.take_kernel_orders().collect::<Vec<_>>(),
+            [KernelOrder::Mute(
+                ConnKey {
+                    tgid: 4_000_000,
+                    fd: 5
+                },
+                1
+            )],
+            "the HTTP connection only"
+        );
+        p.handle_record(&record_on(5, [10, 0, 0, 1], DIR_EGRESS, 250, response));
+        exchange(&mut p, 5, 300);
+        exchange(&mut p, 7, 400);
+        assert_eq!(p.sink_mut().0.len(), 1, "no HTTP span after the switch");
+        // Redis is still parsed on its connection.
+        p.handle_record(&record_on(6, [10, 0, 0, 2], DIR_EGRESS, 450, b"+PONG\r\n"));
+        assert_eq!(p.sink_mut().0.len(), 2);
+        assert!(
+            matches!(
+                p.sink_mut().0[1].attr("db.system.name"),
+                Some(AttrValue::Str(name)) if name.as_str() == "redis"
+            ),
+            "{:?}",
+            p.sink_mut().0[1]
+        );
+
+        p.set_protocols(PROTOCOLS.iter().collect());
+        assert_eq!(p.options().protocols.len(), PROTOCOLS.len());
+        exchange(&mut p, 8, 500);
+        assert_eq!(p.sink_mut().0.len(), 3, "a new HTTP connection is traced");
     }
 
     /// Spans read in one batch wait for `flush_spans`, and each reaches

@@ -270,34 +270,18 @@ fn capture_limit_is_honoured_without_recompiling() {
     assert!(sent.payload[12000..].iter().all(|&c| c == b'c'));
 }
 
-#[test]
-fn muted_connections_ship_only_message_starts() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Runs `script` in python and collects what its process sends; at the
+/// first record, `act` is told the connection (to mute or silence it).
+fn sent_after(script: &str, act: impl Fn(&mut Probes, sonde_common::ConnKey, u64)) -> Vec<Vec<u8>> {
     let mut probes =
         Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
-    // First a TLS-looking record, then (after the test muted the connection)
-    // more binary bytes, an HTTP request, and binary bytes again.
-    let script = "import socket,time,sys\n\
-                  a,b=socket.socketpair()\n\
-                  a.sendall(b'\\x16\\x03\\x01\\x00\\x05hello')\n\
-                  time.sleep(1.5)\n\
-                  a.sendall(b'\\x17\\x03\\x03binary')\n\
-                  a.sendall(b'GET /after HTTP/1.1\\r\\n\\r\\n')\n\
-                  a.sendall(b'\\x17\\x03\\x03binary again')\n\
-                  time.sleep(0.5)\n";
     let mut child = python(script);
     let pid = child.id();
     let mut sent = Vec::new();
-    let mut muted = false;
+    let mut acted = false;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let mut to_mute = None;
+        let mut first = None;
         while let Some(rec) = probes.events.next() {
             if let Ok(Event::Data {
                 conn,
@@ -308,18 +292,18 @@ fn muted_connections_ship_only_message_starts() {
                 && conn.tgid == pid
             {
                 sent.push(payload.to_vec());
-                if !muted {
-                    to_mute = Some(conn);
-                    muted = true;
+                if !acted {
+                    first = Some(conn);
+                    acted = true;
                 }
             }
         }
-        if let Some(conn) = to_mute {
+        if let Some(conn) = first {
             let key = sonde_common::ConnKey {
                 tgid: conn.tgid,
                 fd: conn.fd,
             };
-            probes.mute(key, conn.generation);
+            act(&mut probes, key, conn.generation);
         }
         if matches!(child.try_wait(), Ok(Some(_))) {
             break;
@@ -328,6 +312,31 @@ fn muted_connections_ship_only_message_starts() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    sent
+}
+
+#[test]
+fn muted_connections_ship_only_message_starts() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // First a TLS-looking record, then (after the test muted the connection)
+    // more binary bytes, an HTTP request, and binary bytes again.
+    let script = "import socket,time,sys\n\
+                  a,b=socket.socketpair()\n\
+                  a.sendall(b'\\x16\\x03\\x01\\x00\\x05hello')\n\
+                  time.sleep(1.5)\n\
+                  a.sendall(b'\\x17\\x03\\x03binary')\n\
+                  a.sendall(b'GET /after HTTP/1.1\\r\\n\\r\\n')\n\
+                  a.sendall(b'\\x17\\x03\\x03binary again')\n\
+                  time.sleep(0.5)\n";
+    let sent = sent_after(script, |probes, key, generation| {
+        probes.mute(key, generation);
+    });
     assert_eq!(
         sent,
         vec![
@@ -522,51 +531,15 @@ fn silenced_connections_stop() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut probes =
-        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
     let script = "import socket,time\n\
                   a,b=socket.socketpair()\n\
                   a.sendall(b'GET /first HTTP/1.1\\r\\n\\r\\n')\n\
                   time.sleep(1.5)\n\
                   a.sendall(b'GET /second HTTP/1.1\\r\\n\\r\\n')\n\
                   time.sleep(0.5)\n";
-    let mut child = python(script);
-    let pid = child.id();
-    let mut sent = Vec::new();
-    let mut silenced = false;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let mut to_silence = None;
-        while let Some(rec) = probes.events.next() {
-            if let Ok(Event::Data {
-                conn,
-                direction: Direction::Egress,
-                payload,
-                ..
-            }) = capture::decode(&rec)
-                && conn.tgid == pid
-            {
-                sent.push(payload.to_vec());
-                if !silenced {
-                    to_silence = Some(conn);
-                    silenced = true;
-                }
-            }
-        }
-        if let Some(conn) = to_silence {
-            let key = sonde_common::ConnKey {
-                tgid: conn.tgid,
-                fd: conn.fd,
-            };
-            probes.silence(key, conn.generation);
-        }
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let sent = sent_after(script, |probes, key, generation| {
+        probes.silence(key, generation);
+    });
     assert_eq!(
         sent,
         vec![b"GET /first HTTP/1.1\r\n\r\n".to_vec()],

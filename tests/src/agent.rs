@@ -96,6 +96,7 @@ pub struct Agent {
     child: Option<Child>,
     pid: u32,
     log: Arc<Mutex<Vec<String>>>,
+    config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -197,6 +198,7 @@ impl Agent {
             child: Some(child),
             pid,
             log,
+            config_path,
             _dir: dir,
         };
         let started = Instant::now();
@@ -233,6 +235,12 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The config file the agent was started with (`--config`), in a
+    /// directory of its own that lives as long as the agent.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
     }
 
     /// Every line the agent wrote so far (stderr; stdout lines are prefixed).

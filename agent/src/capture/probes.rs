@@ -76,6 +76,10 @@ pub enum ProbeError {
     },
     #[error("{0} message-start patterns, more than the kernel's {MAX_PREFIX_PATTERNS}")]
     Prefixes(usize),
+    #[error(
+        "{given} message-start patterns for a kernel loaded with {loaded}: the count is fixed at load"
+    )]
+    PrefixCount { given: usize, loaded: usize },
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
 }
@@ -88,13 +92,17 @@ pub struct Probes {
     muted: BpfHashMap<MapData, ConnKey, u64>,
     silenced_cgroups: BpfHashMap<MapData, u64, u8>,
     lost: PerCpuArray<MapData, u64>,
+    prefixes: Array<MapData, PrefixPattern>,
+    /// How many patterns the kernel tries: fixed at load (`CONFIG`).
+    prefix_count: usize,
 }
 
 impl Probes {
     /// Loads the programs with this run's settings and attaches them all.
     /// `prefixes` are the first bytes that may start a message, as the
     /// protocol table gives them: the kernel's pre-filter for streams it
-    /// has not yet seen start one.
+    /// has not yet seen start one. Their number is fixed from then on
+    /// ([`set_prefixes`](Self::set_prefixes) rewrites them).
     pub fn start(config: &CaptureConfig, prefixes: &[PrefixPattern]) -> Result<Probes, ProbeError> {
         crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
@@ -181,13 +189,44 @@ impl Probes {
                 name: "LOST",
                 source,
             })?;
+        let prefix_table =
+            Array::try_from(take(&mut ebpf, "PREFIXES")?).map_err(|source| ProbeError::Map {
+                name: "PREFIXES",
+                source,
+            })?;
         Ok(Probes {
             _ebpf: ebpf,
             events,
             muted,
             silenced_cgroups,
             lost,
+            prefixes: prefix_table,
+            prefix_count: prefixes.len(),
         })
+    }
+
+    /// Rewrites the kernel's message-start patterns (a config reload
+    /// turned protocols on or off): as many as at load, the slots of a
+    /// protocol off filled with a pattern that matches nothing
+    /// (`protocol::prefilter::slots`). A syscall that reads the table
+    /// while it changes sees old and new slots mixed, which only lets one
+    /// buffer through or holds it back.
+    pub fn set_prefixes(&mut self, prefixes: &[PrefixPattern]) -> Result<(), ProbeError> {
+        if prefixes.len() != self.prefix_count {
+            return Err(ProbeError::PrefixCount {
+                given: prefixes.len(),
+                loaded: self.prefix_count,
+            });
+        }
+        for (i, pattern) in prefixes.iter().enumerate() {
+            self.prefixes
+                .set(i as u32, pattern, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "PREFIXES",
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The ring buffer's fd, to wait on.

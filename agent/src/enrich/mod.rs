@@ -119,6 +119,9 @@ struct Entry {
     verify: bool,
     /// The labels of its pod's namespace the resource was built with.
     namespace_labels: Option<Arc<Vec<(String, String)>>>,
+    /// The [`ProcessResources::set_tenants`] generation its resource was
+    /// built with; an older one is rebuilt on the next hit.
+    tenants_generation: u64,
 }
 
 /// What the kernel said of a process not cached yet, used when `/proc/PID`
@@ -186,6 +189,8 @@ pub struct ProcessResources {
     newly_excluded: Vec<u32>,
     containers: ContainerStores,
     tenants: Tenants,
+    /// Bumped by each [`set_tenants`](Self::set_tenants).
+    tenants_generation: u64,
 }
 
 impl ProcessResources {
@@ -215,6 +220,7 @@ impl ProcessResources {
             newly_excluded: Vec::new(),
             containers: ContainerStores::default(),
             tenants: Tenants::default(),
+            tenants_generation: 0,
         }
     }
 
@@ -246,6 +252,54 @@ impl ProcessResources {
     pub fn with_selection(mut self, selection: Selection) -> Self {
         self.selection = selection;
         self
+    }
+
+    /// Gives resources their tenant by `tenants` from now on (a config
+    /// reload). Each cached resource is rebuilt on its next hit rather
+    /// than all at once: most processes of a busy node are hit within a
+    /// second, and those that are not cost nothing.
+    pub fn set_tenants(&mut self, tenants: Tenants) {
+        self.tenants = tenants;
+        self.tenants_generation += 1;
+    }
+
+    /// Traces only what `selection` selects from now on (a config
+    /// reload). Every muted cgroup and every cached process is judged
+    /// again at once, with what it was last judged on: the newly excluded
+    /// are muted like any process found excluded
+    /// ([`take_newly_excluded`](Self::take_newly_excluded),
+    /// [`take_cgroup_orders`](Self::take_cgroup_orders)), and the cgroups
+    /// of the newly included are traced again.
+    pub fn set_selection(&mut self, selection: Selection) {
+        self.selection = selection;
+        // Cgroups first: a cached process then mutes its cgroup again if
+        // its own verdict says so.
+        self.rejudge_silenced();
+        let snapshot = self.kubernetes.as_ref().map(|k| k.metadata.load());
+        let changed: Vec<u32> = self
+            .entries
+            .iter_mut()
+            .filter_map(|(&pid, entry)| {
+                let traced = decide(
+                    &self.selection,
+                    &entry.process.cgroup,
+                    entry.pod.as_deref(),
+                    snapshot.as_deref(),
+                );
+                (traced != entry.traced).then(|| {
+                    entry.traced = traced;
+                    pid
+                })
+            })
+            .collect();
+        for pid in changed {
+            self.judged(pid);
+        }
+    }
+
+    /// The selection processes are judged by.
+    pub fn selection(&self) -> &Selection {
+        &self.selection
     }
 
     /// Notes what the kernel saw of `pid` (its `comm` and cgroup), for the
@@ -300,6 +354,16 @@ impl ProcessResources {
                 self.order.remove(&entry.seq);
                 entry.seq = seq;
                 self.order.insert(seq, pid);
+                if entry.tenants_generation != self.tenants_generation {
+                    entry.tenants_generation = self.tenants_generation;
+                    retenant(
+                        &self.host,
+                        &self.proc_root,
+                        &self.tenants,
+                        self.kubernetes.is_some(),
+                        entry,
+                    );
+                }
                 if let Some(k8s) = &self.kubernetes {
                     let was_traced = entry.traced;
                     refresh(&self.host, k8s, &self.selection, &self.tenants, entry);
@@ -329,14 +393,7 @@ impl ProcessResources {
         }
         process.container = self.containers.lookup(&process.cgroup);
         if let Some(environ) = &facts.environ {
-            process.tenant_env = self
-                .tenants
-                .env_names()
-                .filter_map(|name| {
-                    let value = environ_var(environ, name)?;
-                    Some((name.to_owned(), String::from_utf8_lossy(value).into_owned()))
-                })
-                .collect();
+            process.tenant_env = tenant_env(&self.tenants, environ);
         }
         let mut entry = Entry {
             resource: Arc::new(Resource::default()),
@@ -352,6 +409,7 @@ impl ProcessResources {
             seq,
             verify: false,
             namespace_labels: None,
+            tenants_generation: self.tenants_generation,
         };
         match &self.kubernetes {
             Some(k8s) => refresh(&self.host, k8s, &self.selection, &self.tenants, &mut entry),
@@ -436,14 +494,19 @@ impl ProcessResources {
             return;
         }
         self.silenced_version = version;
-        let snapshot = k8s.metadata.load();
+        self.rejudge_silenced();
+    }
+
+    /// Judges every muted cgroup again; those now traced are unmuted.
+    fn rejudge_silenced(&mut self) {
+        let snapshot = self.kubernetes.as_ref().map(|k| k.metadata.load());
         let (selection, orders) = (&self.selection, &mut self.orders);
         self.silenced.retain(|&id, info| {
-            let pod = info
-                .pod_uid
-                .as_deref()
-                .and_then(|uid| snapshot.pods.get(uid));
-            let traced = decide(selection, info, pod.map(|p| &**p), Some(&snapshot));
+            let pod = snapshot
+                .as_ref()
+                .zip(info.pod_uid.as_deref())
+                .and_then(|(s, uid)| s.pods.get(uid));
+            let traced = decide(selection, info, pod.map(|p| &**p), snapshot.as_deref());
             if traced {
                 orders.push(CgroupOrder::Trace(id));
             }
@@ -463,6 +526,52 @@ impl ProcessResources {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The values of the environment variables `tenants` reads, from a
+/// process's `environ`.
+fn tenant_env(tenants: &Tenants, environ: &[u8]) -> Vec<(String, String)> {
+    tenants
+        .env_names()
+        .filter_map(|name| {
+            let value = environ_var(environ, name)?;
+            Some((name.to_owned(), String::from_utf8_lossy(value).into_owned()))
+        })
+        .collect()
+}
+
+/// Brings `entry` to the tenant rules `tenants` (they changed since its
+/// resource was built): the variables they read are read again, and the
+/// resource rebuilt, at once without Kubernetes and by the next
+/// [`refresh`] with it.
+fn retenant(
+    host: &HostInfo,
+    proc_root: &Path,
+    tenants: &Tenants,
+    kubernetes: bool,
+    entry: &mut Entry,
+) {
+    // A process that is gone keeps the values read while it ran.
+    if let Ok(environ) = std::fs::read(
+        proc_root
+            .join(entry.process.pid.to_string())
+            .join("environ"),
+    ) {
+        entry.process.tenant_env = tenant_env(tenants, &environ);
+    }
+    if kubernetes {
+        // As if never built: `refresh` rebuilds it with the metadata of now.
+        entry.meta_version = u64::MAX;
+    } else {
+        entry.resource = Arc::new(build(
+            host,
+            &ClusterInfo::default(),
+            tenants,
+            &entry.process,
+            None,
+            None,
+        ));
     }
 }
 
@@ -1698,6 +1807,136 @@ mod tests {
         let r = plain.get(8);
         assert_eq!(r.tenant, ProcessTenant::default());
         assert!(r.attr("tenant.id").is_none());
+    }
+
+    /// A new selection judges every cached process and muted cgroup at
+    /// once: the newly excluded are muted, and a muted cgroup whose
+    /// process left the cache is traced again all the same.
+    #[test]
+    fn new_selection_rejudges_processes_and_muted_cgroups() {
+        let proc = FakeProc::new("reselect");
+        for (pid, unit) in [(8, "sshd.service"), (9, "nginx.service")] {
+            proc.process(pid, 1, "/usr/sbin/x", b"");
+            std::fs::write(
+                proc.0.join(format!("{pid}/cgroup")),
+                format!("0::/system.slice/{unit}\n"),
+            )
+            .unwrap();
+        }
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16);
+        cache.name_hint(8, b"sshd", 42);
+        cache.name_hint(9, b"nginx", 43);
+        assert!(cache.lookup(8).1 && cache.lookup(9).1);
+
+        let exclude = |glob: &str| Selection {
+            include: vec![],
+            exclude: vec![rule(&format!("systemd_unit: {glob}"))],
+        };
+        cache.set_selection(exclude("ssh*"));
+        assert_eq!(cache.take_newly_excluded().collect::<Vec<_>>(), [8]);
+        assert_eq!(
+            cache.take_cgroup_orders().collect::<Vec<_>>(),
+            [CgroupOrder::Silence(42)]
+        );
+        assert!(!cache.lookup(8).1, "judged without a new connection");
+        assert!(cache.lookup(9).1);
+
+        // Both swap: one order each, said once.
+        cache.set_selection(exclude("nginx*"));
+        let mut orders: Vec<_> = cache.take_cgroup_orders().collect();
+        orders.sort_by_key(|o| match o {
+            CgroupOrder::Silence(id) | CgroupOrder::Trace(id) => *id,
+        });
+        assert_eq!(orders, [CgroupOrder::Trace(42), CgroupOrder::Silence(43)]);
+        assert_eq!(cache.take_newly_excluded().collect::<Vec<_>>(), [9]);
+        assert!(cache.lookup(8).1 && !cache.lookup(9).1);
+        cache.set_selection(exclude("nginx*"));
+        assert_eq!(cache.take_cgroup_orders().count(), 0, "no change, no order");
+
+        // The excluded process leaves the cache; its cgroup stays muted
+        // until the rules change.
+        let mut small =
+            ProcessResources::with_proc_root(host(), &proc.0, 1).with_selection(exclude("nginx*"));
+        small.name_hint(9, b"nginx", 43);
+        assert!(!small.lookup(9).1);
+        assert!(small.lookup(8).1, "evicts 9");
+        assert_eq!(small.len(), 1);
+        assert_eq!(small.silenced_cgroups(), 1);
+        small.take_cgroup_orders().for_each(drop);
+        small.set_selection(Selection::all());
+        assert_eq!(
+            small.take_cgroup_orders().collect::<Vec<_>>(),
+            [CgroupOrder::Trace(43)]
+        );
+        assert_eq!(small.silenced_cgroups(), 0);
+    }
+
+    /// New tenant rules rebuild each cached resource on its next hit:
+    /// variables the new rules name are read then, a pod's labels are
+    /// taken from the metadata of now, and a process that is gone keeps
+    /// what was read while it ran.
+    #[test]
+    fn new_tenant_rules_rebuild_resources_on_their_next_hit() {
+        let tenants = |yaml: &str| Tenants::new(serde_saphyr::from_str(yaml).unwrap());
+        let proc = FakeProc::new("retenant");
+        proc.process(8, 1, "/usr/bin/python3", b"TENANT_ID=umbrella\0TEAM=blue\0");
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16)
+            .with_tenants(tenants("rules:\n  - env: TENANT_ID\ndefault: shared\n"));
+        let first = cache.get(8);
+        assert_eq!(first.tenant.tenant.as_deref(), Some("umbrella"));
+        assert!(Arc::ptr_eq(&first, &cache.get(8)));
+
+        cache.set_tenants(tenants(
+            "attribute: org.team\nrules:\n  - env: TEAM\ndefault: shared\n",
+        ));
+        let second = cache.get(8);
+        assert_eq!(second.tenant.tenant.as_deref(), Some("blue"));
+        assert_eq!(str_attr(&second, "org.team"), Some("blue"));
+        assert_eq!(second.attr("tenant.id"), None, "the old attribute is gone");
+        assert!(Arc::ptr_eq(&second, &cache.get(8)), "rebuilt once");
+
+        proc.exit(8);
+        cache.set_tenants(tenants("rules:\n  - env: TEAM\n    tenant: team\n"));
+        assert_eq!(cache.get(8).tenant.tenant.as_deref(), Some("team"));
+        cache.set_tenants(Tenants::default());
+        let plain = cache.get(8);
+        assert_eq!(plain.tenant, ProcessTenant::default());
+        assert_eq!(plain.attr("tenant.id"), None);
+
+        // With Kubernetes: the pod's labels of now.
+        proc.process(7, 1, "/usr/bin/java", b"");
+        std::fs::write(
+            proc.0.join("7/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .unwrap();
+        let metadata = Arc::new(Metadata::default());
+        let mut meta = pod(None, None, vec![]);
+        meta.rule_labels = vec![
+            ("tenant".to_owned(), "acme".to_owned()),
+            ("team".to_owned(), "red".to_owned()),
+        ];
+        let mut pods = HashMap::new();
+        pods.insert(Arc::from(UID), Arc::new(meta));
+        metadata.publish(k8s::Snapshot {
+            pods,
+            ..Default::default()
+        });
+        let mut cache = ProcessResources::with_proc_root(host(), &proc.0, 16)
+            .with_tenants(tenants("rules:\n  - pod_label: tenant\n"))
+            .with_kubernetes(Kubernetes {
+                metadata: Arc::clone(&metadata),
+                cluster: ClusterInfo::default(),
+            });
+        assert_eq!(cache.get(7).tenant.tenant.as_deref(), Some("acme"));
+        cache.set_tenants(tenants("rules:\n  - pod_label: team\n"));
+        let relabelled = cache.get(7);
+        assert_eq!(relabelled.tenant.tenant.as_deref(), Some("red"));
+        assert_eq!(
+            str_attr(&relabelled, "k8s.pod.name"),
+            Some("web-7d9f8c6b5-x2x4z")
+        );
+        assert!(Arc::ptr_eq(&relabelled, &cache.get(7)));
     }
 
     #[test]

@@ -1,14 +1,26 @@
 //! The kernel's message-start filter for muted connections: the first
 //! bytes of a syscall's buffer that could start a message of a protocol
 //! the agent parses, from each protocol's `kernel_prefilter` in the table.
-//! The agent writes [`all`] into the kernel's `PREFIXES`
-//! map at load time; a muted connection's bytes that match none of them
-//! never leave the kernel.
+//! The agent writes [`slots`] into the kernel's `PREFIXES` map at load
+//! time, and again when a config reload turns protocols on or off; a muted
+//! connection's bytes that match none of them never leave the kernel.
+//!
+//! How many patterns the kernel tries is fixed at load (it sits in the
+//! read-only `CONFIG`), so the map always holds a slot for every pattern of
+//! every protocol, in table order, and a protocol turned off has its slots
+//! filled with [`NOTHING`]. A reload then rewrites slots, never the count.
 //!
 //! A pattern that is too loose only costs records the agent drops again;
 //! one that is too strict loses a revived connection's first message.
 
-use sonde_common::PrefixPattern;
+use sonde_common::{PREFIX_LEN, PrefixPattern};
+
+/// A pattern no buffer matches (every byte must be at least 255 and at
+/// most 0): what fills the slots of a protocol turned off.
+pub const NOTHING: PrefixPattern = PrefixPattern {
+    lo: [u8::MAX; PREFIX_LEN],
+    hi: [0; PREFIX_LEN],
+};
 
 /// Every protocol's patterns, as the kernel gets them.
 pub fn all() -> Vec<PrefixPattern> {
@@ -22,6 +34,21 @@ pub fn of(protocols: &[&super::ProtocolSpec]) -> Vec<PrefixPattern> {
         .iter()
         .flat_map(|p| p.kernel_prefilter)
         .copied()
+        .collect()
+}
+
+/// The kernel's map as it is to hold with `protocols` on: a slot for each
+/// pattern of the table, [`NOTHING`] in those of the protocols off. As
+/// long as [`all`], whichever protocols are on.
+pub fn slots(protocols: &[&super::ProtocolSpec]) -> Vec<PrefixPattern> {
+    super::PROTOCOLS
+        .iter()
+        .flat_map(|spec| {
+            let on = protocols.iter().any(|p| p.name == spec.name);
+            spec.kernel_prefilter
+                .iter()
+                .map(move |&pattern| if on { pattern } else { NOTHING })
+        })
         .collect()
 }
 
@@ -69,6 +96,36 @@ mod tests {
     #[test]
     fn fits_the_kernel_map() {
         assert!(all().len() <= MAX_PREFIX_PATTERNS as usize);
+    }
+
+    /// Every selection of protocols fills the same slots, and passes what
+    /// its own patterns pass and nothing else.
+    #[test]
+    fn slots_keep_their_places() {
+        let every: Vec<&super::super::ProtocolSpec> = super::super::PROTOCOLS.iter().collect();
+        assert_eq!(slots(&every), all());
+        let http1 = every.iter().find(|p| p.name == "http1").copied().unwrap();
+        let redis = every.iter().find(|p| p.name == "redis").copied().unwrap();
+        for on in [vec![], vec![http1], vec![redis], vec![http1, redis]] {
+            let table = slots(&on);
+            assert_eq!(table.len(), all().len());
+            let passes = |bytes: &[u8]| table.iter().any(|p| p.matches(&prefix(bytes)));
+            let own = |bytes: &[u8]| of(&on).iter().any(|p| p.matches(&prefix(bytes)));
+            for start in [
+                &b"GET / HTTP/1.1\r\n"[..],
+                b"HTTP/1.1 200 OK\r",
+                b"*1\r\n$4\r\nPING",
+                b"\x09\x00\x00\x00\x03SELECT",
+            ] {
+                assert_eq!(passes(start), own(start), "{on:?} {start:?}");
+            }
+            let has = |name: &str| on.iter().any(|p| p.name == name);
+            assert_eq!(passes(b"GET / HTTP/1.1\r\n"), has("http1"));
+            assert_eq!(passes(b"*1\r\n$4\r\nPING"), has("redis"));
+        }
+        for first in [[0u8; PREFIX_LEN], [u8::MAX; PREFIX_LEN], *b"GET / HT"] {
+            assert!(!NOTHING.matches(&first));
+        }
     }
 
     #[test]

@@ -92,6 +92,13 @@ impl Sampler {
         }
     }
 
+    /// Decides by `config` from now on (a config reload). The counts of
+    /// the current second are kept: a lower budget applies to what is
+    /// left of it, not to a fresh second.
+    pub fn set_config(&mut self, config: SampleConfig) {
+        self.config = config;
+    }
+
     /// Starts the window of `second`: what each tenant offered in the
     /// last window becomes its claim on this one; after a quiet second
     /// there are no claims.
@@ -452,6 +459,28 @@ mod tests {
         assert_eq!(kept, 3);
         assert!(s.decide(&span("GET /a", 1, 1.0, 1, true), Some("b")).kept());
         assert!(s.decide(&span("GET /a", 1, 1.0, 1, true), None).kept());
+    }
+
+    /// A reload changes the shares at once, and what was kept in the
+    /// current second still counts.
+    #[test]
+    fn new_config_applies_within_the_second() {
+        let mut s = Sampler::new(config(2, 1000));
+        let calls: Vec<Span> = (0..10)
+            .map(|i| span("GET /a", 1, 20.0 + f64::from(i) / 100.0, 1, false))
+            .collect();
+        assert_eq!(kept(&mut s, &calls[..5]), 2);
+        s.set_config(config(4, 1000));
+        assert_eq!(
+            kept(&mut s, &calls[5..]),
+            2,
+            "2 more up to the new share of 4"
+        );
+        s.set_config(SampleConfig {
+            enabled: false,
+            ..config(1, 2)
+        });
+        assert_eq!(kept(&mut s, &calls), 10, "off: everything");
     }
 
     #[test]
