@@ -1,5 +1,5 @@
-//! What the metrics stage costs, measured without criterion so that the
-//! figures hold on a busy machine:
+//! What the metrics stage and pod metadata cost, measured without
+//! criterion so that the figures hold on a busy machine:
 //!
 //! - time per span: the pipeline fed with recorded HTTP/1.x records, with
 //!   and without the metrics stage, and the store alone. Each figure is the
@@ -10,6 +10,8 @@
 //! - what Kubernetes metadata adds per span: the same records from
 //!   processes in pods, labelled from their cgroups only and with the
 //!   metadata of 10,000 pods, in turns, the same way.
+//! - what the pod store keeps of 10,000 pods, and the RSS it takes, by
+//!   the way the pods come (list pages, watch events).
 //!
 //! `cargo bench -p sonde --bench metrics` prints all of them; with a word
 //! after `--` (`memory`, `allocations`, `time`, `kubernetes`) only the
@@ -741,6 +743,22 @@ fn pipeline_rounds_with(config: Option<MetricsConfig>, rounds: usize) {
     println!("spans: {}", p.sink_mut().0);
 }
 
+/// Feeds the recorded records `rounds` times to a pipeline whose processes
+/// run in pods, with or without their pods' metadata.
+fn pods_rounds(k8s: bool, rounds: usize) {
+    let records = recorded_events();
+    let proc = pods::FakeProc::new();
+    let publisher = pods::Publisher::new(&pods::snapshot());
+    let mut p = pipeline_over(proc.resources(k8s.then(|| publisher.metadata())));
+    for _ in 0..rounds {
+        for r in &records {
+            p.read_record(black_box(r));
+        }
+        p.flush_spans();
+    }
+    println!("spans: {}", p.sink_mut().0);
+}
+
 /// Selects one case in a child process.
 const CASE: &str = "SONDE_METRICS_BENCH_CASE";
 
@@ -758,6 +776,17 @@ fn main() {
         // work, which other processes on the machine do not inflate.
         Ok("pipeline-without") => return pipeline_rounds(false, 2000),
         Ok("pipeline-with") => return pipeline_rounds(true, 2000),
+        // The same for pod metadata: processes in pods, without and with
+        // the metadata of 10,000 pods, for a count of instructions
+        // (`valgrind --tool=cachegrind` where `perf` has no counters: the
+        // difference of two round counts leaves out the setup).
+        Ok(case @ ("pipeline-pods" | "pipeline-pods-k8s")) => {
+            let rounds = std::env::var("SONDE_METRICS_BENCH_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(2000);
+            return pods_rounds(case == "pipeline-pods-k8s", rounds);
+        }
         Ok("store-loopback") => {
             let spans: Vec<Span> = (0..1024u64)
                 .map(|i| span(&format!("/api/r{}", i % 8), 1_000_000_000 + i * 1000, i % 9))
