@@ -1,5 +1,5 @@
-//! What the metrics stage costs, measured without criterion so that the
-//! figures hold on a busy machine:
+//! What the metrics stage and pod metadata cost, measured without
+//! criterion so that the figures hold on a busy machine:
 //!
 //! - time per span: the pipeline fed with recorded HTTP/1.x records, with
 //!   and without the metrics stage, and the store alone. Each figure is the
@@ -7,15 +7,23 @@
 //! - memory: the resident set size of this process before and after
 //!   building 10,000 distinct series (and rendering them for Prometheus
 //!   and OTLP), read from `/proc/self/status`.
+//! - what Kubernetes metadata adds per span: the same records from
+//!   processes in pods, labelled from their cgroups only and with the
+//!   metadata of 10,000 pods, in turns, the same way.
+//! - what the pod store keeps of 10,000 pods, and the RSS it takes, by
+//!   the way the pods come (list pages, watch events).
 //!
-//! `cargo bench -p sonde --bench metrics` prints both.
+//! `cargo bench -p sonde --bench metrics` prints all of them; with a word
+//! after `--` (`memory`, `allocations`, `time`, `kubernetes`) only the
+//! parts whose name contains it.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod pods;
 mod records;
 
 use records::{
@@ -50,16 +58,30 @@ fn count_one() {
     }
 }
 
+/// Bytes allocated and not freed while [`LIVE_COUNTING`] is on (the pod
+/// store's memory cases, each in a process of its own).
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+static LIVE_COUNTING: AtomicBool = AtomicBool::new(false);
+
+fn count_bytes(delta: i64) {
+    if LIVE_COUNTING.load(Ordering::Relaxed) {
+        LIVE_BYTES.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count_one();
+        count_bytes(layout.size() as i64);
         unsafe { self.0.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count_bytes(-(layout.size() as i64));
         unsafe { self.0.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count_one();
+        count_bytes(new_size as i64 - layout.size() as i64);
         unsafe { self.0.realloc(ptr, layout, new_size) }
     }
 }
@@ -104,20 +126,24 @@ impl SpanSink for CountingSink {
 }
 
 fn pipeline(metrics: Option<Arc<Metrics>>) -> Pipeline<CountingSink> {
-    let mut p = Pipeline::new(
-        PipelineOptions::new(4096, Default::default(), Default::default()),
-        Clock::with_offset(0),
-        ProcessResources::new(HostInfo {
-            host_name: "bench".into(),
-            host_id: None,
-        }),
-        CountingSink(0),
-        Arc::new(Stats::default()),
-    );
+    let mut p = pipeline_over(ProcessResources::new(HostInfo {
+        host_name: "bench".into(),
+        host_id: None,
+    }));
     if let Some(m) = metrics {
         p.set_metrics(m);
     }
     p
+}
+
+fn pipeline_over(resources: ProcessResources) -> Pipeline<CountingSink> {
+    Pipeline::new(
+        PipelineOptions::new(4096, Default::default(), Default::default()),
+        Clock::with_offset(0),
+        resources,
+        CountingSink(0),
+        Arc::new(Stats::default()),
+    )
 }
 
 fn agent() -> Arc<Resource> {
@@ -296,6 +322,291 @@ fn time_per_span() {
     }
 }
 
+/// What Kubernetes metadata adds per span: the HTTP/1.x records from
+/// processes in pods (a fake `/proc`, kubelet-shaped cgroups), through
+/// pipelines without and with the metadata of 10,000 pods, taking turns
+/// as in [`time_per_span`]. Before each round of the publishing cases a
+/// new snapshot is published, untimed (the watcher does that on its own
+/// thread, at most every 100 ms): one per 1,024 spans is ten times what a
+/// node at 100,000 spans/s sees, so these bound the rebuild path's share
+/// from above.
+fn kubernetes_per_span() {
+    let records = recorded_events();
+    let pairs = f64::from(CONNS * PAIRS_PER_CONN);
+    let rounds = 300;
+    let proc = pods::FakeProc::new();
+    let snapshot = pods::snapshot();
+    // Each case has metadata of its own, so that one's publishes do not
+    // touch another's.
+    let steady = pods::Publisher::new(&snapshot);
+    pods::check_labelled(&mut proc.resources(Some(steady.metadata())));
+    const NAMES: [&str; 4] = [
+        "processes in pods, cgroup labels only",
+        "with the metadata of 10,000 pods",
+        "with the metadata, a new snapshot each 1,024 spans (another pod changed)",
+        "with the metadata, a new snapshot each 1,024 spans (the processes' own pods changed)",
+    ];
+    // (metadata, publisher before each round, whether the processes' own
+    // pods change) of each case
+    let cases = || {
+        let (another, own) = (
+            pods::Publisher::new(&snapshot),
+            pods::Publisher::new(&snapshot),
+        );
+        [
+            (None, None, false),
+            (Some(steady.metadata()), None, false),
+            (Some(another.metadata()), Some(another), false),
+            (Some(own.metadata()), Some(own), true),
+        ]
+    };
+    let mut pipelines = cases().map(|(metadata, publisher, own)| {
+        (pipeline_over(proc.resources(metadata)), publisher, own)
+    });
+    for _ in 0..10 {
+        for (p, _, _) in &mut pipelines {
+            for r in &records {
+                p.handle_record(r);
+            }
+        }
+    }
+    let mut best = [Duration::MAX; 4];
+    for _ in 0..rounds {
+        for (i, (p, publisher, own)) in pipelines.iter_mut().enumerate() {
+            if let Some(publisher) = publisher {
+                publisher.publish(*own);
+            }
+            let t = Instant::now();
+            for r in &records {
+                p.read_record(black_box(r));
+            }
+            p.flush_spans();
+            best[i] = best[i].min(t.elapsed());
+        }
+    }
+    let ns = |d: Duration| d.as_nanos() as f64 / pairs;
+    for (i, name) in NAMES.iter().enumerate() {
+        println!(
+            "kubernetes: pipeline {name}: {:.0} ns per span, added {:.0} ns",
+            ns(best[i]),
+            ns(best[i]) - ns(best[0])
+        );
+    }
+
+    // The process cache alone, one lookup per span as the pipeline makes
+    // them: what the metadata adds there is smaller than what the
+    // pipeline's figures can resolve.
+    let gets: Vec<u32> = (0..CONNS * PAIRS_PER_CONN)
+        .map(|i| pods::PIDS[(i % CONNS) as usize % pods::PIDS.len()])
+        .collect();
+    let mut caches =
+        cases().map(|(metadata, publisher, own)| (proc.resources(metadata), publisher, own));
+    for (cache, _, _) in &mut caches {
+        for &pid in &gets {
+            cache.get(pid);
+        }
+    }
+    let mut best = [Duration::MAX; 4];
+    for _ in 0..rounds * 10 {
+        for (i, (cache, publisher, own)) in caches.iter_mut().enumerate() {
+            if let Some(publisher) = publisher {
+                publisher.publish(*own);
+            }
+            let t = Instant::now();
+            for &pid in &gets {
+                black_box(cache.get(black_box(pid)));
+            }
+            best[i] = best[i].min(t.elapsed());
+        }
+    }
+    for (i, name) in NAMES.iter().enumerate() {
+        println!(
+            "kubernetes: process cache alone, {name}: {:.1} ns per span, added {:.1} ns",
+            ns(best[i]),
+            ns(best[i]) - ns(best[0])
+        );
+    }
+}
+
+/// A pod as the API server serves it in a list: three containers, seven
+/// labels, five annotations, `managedFields` (fixtures/k8s/README.md).
+const POD_JSON: &str = include_str!("fixtures/k8s/pod.json");
+
+/// [`POD_JSON`] cut around the values that differ from pod to pod, so
+/// that pods are written out without building JSON trees (which would
+/// load the allocator more than what is measured).
+struct PodTemplate(Vec<(String, Option<usize>)>);
+
+/// The values [`PodTemplate`] fills in, by their place in this list.
+const POD_FIELDS: [&str; 9] = [
+    "@NAME@",
+    "@NAMESPACE@",
+    "@UID@",
+    "@APP@",
+    "@HASH@",
+    "@OWNER@",
+    "@C0@",
+    "@C1@",
+    "@C2@",
+];
+
+impl PodTemplate {
+    fn new() -> PodTemplate {
+        let mut pod: serde_json::Value =
+            serde_json::from_str(POD_JSON).expect("fixtures/k8s/pod.json");
+        let meta = &mut pod["metadata"];
+        meta["name"] = "@NAME@".into();
+        meta["namespace"] = "@NAMESPACE@".into();
+        meta["uid"] = "@UID@".into();
+        meta["labels"]["app.kubernetes.io/name"] = "@APP@".into();
+        meta["labels"]["pod-template-hash"] = "@HASH@".into();
+        meta["ownerReferences"][0]["name"] = "@OWNER@".into();
+        let statuses = pod["status"]["containerStatuses"]
+            .as_array_mut()
+            .expect("container statuses");
+        for (c, status) in statuses.iter_mut().enumerate() {
+            status["containerID"] = format!("containerd://@C{c}@").into();
+        }
+        let mut text = serde_json::to_string(&pod).expect("json");
+        let mut parts = Vec::new();
+        loop {
+            let next = POD_FIELDS
+                .iter()
+                .enumerate()
+                .filter_map(|(f, m)| text.find(m).map(|at| (at, f, m.len())))
+                .min();
+            let Some((at, field, len)) = next else {
+                parts.push((text, None));
+                return PodTemplate(parts);
+            };
+            parts.push((text[..at].to_owned(), Some(field)));
+            text = text[at + len..].to_owned();
+        }
+    }
+
+    /// Pod `i` of a node, ten pods to a Deployment, appended to `out`.
+    fn write(&self, i: usize, out: &mut String) {
+        use std::fmt::Write as _;
+        for (text, field) in &self.0 {
+            out.push_str(text);
+            let _ = match field {
+                Some(0) => write!(out, "svc-{}-5d4f8c7b9-{i:05x}", i / 10),
+                Some(1) => write!(out, "team-{}", (i / 10) % 50),
+                Some(2) => write!(out, "{i:08x}-0000-4000-8000-{:012x}", i * 7),
+                Some(3) => write!(out, "svc-{}", i / 10),
+                Some(4) => write!(out, "5d4f8c7b9"),
+                Some(5) => write!(out, "svc-{}-5d4f8c7b9", i / 10),
+                Some(c) => write!(out, "{:064x}", i * 3 + c - 6),
+                None => Ok(()),
+            };
+        }
+    }
+}
+
+/// The watcher's pod store alone: 10,000 pods taken as kube's watcher
+/// hands them over, a list's pages of `page` pods deserialized at once
+/// (1: one watch event at a time), each stripped to what labels use and
+/// kept, a snapshot published after every 500, as the watcher does at
+/// most every 100 ms. Prints the heap the store keeps (bytes allocated and
+/// not freed, counted) beside what the process's RSS grew by.
+fn pods_memory(page: usize) {
+    use k8s_openapi::api::core::v1::Pod;
+    use sonde::enrich::k8s::{Keep, Metadata, PodMeta, Snapshot, controller, owners_of, pod_meta};
+    const PODS: usize = 10_000;
+    let template = PodTemplate::new();
+    let keep = Keep {
+        labels: vec!["team".into()],
+        annotations: Vec::new(),
+        rule_labels: Vec::new(),
+        rule_annotations: Vec::new(),
+    };
+    let strip = |pod: &Pod| {
+        let refs = pod.metadata.owner_references.as_deref().unwrap_or_default();
+        let hash = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"))
+            .map(String::as_str);
+        let owners = owners_of(
+            controller(refs).map(|r| (r.kind.as_str(), r.name.as_str())),
+            hash,
+            None,
+        );
+        pod_meta(pod, &keep, owners).expect("a pod with a uid and name")
+    };
+    let metadata = Metadata::default();
+    let mut pods: std::collections::HashMap<Arc<str>, Arc<PodMeta>> = Default::default();
+    let (rss_before, _) = rss_kib();
+    LIVE_COUNTING.store(true, Ordering::Relaxed);
+    let live_before = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut wire_bytes = 0;
+    let mut body = String::new();
+    for start in (0..PODS).step_by(page) {
+        // The body as it comes off the wire, then the objects kube makes
+        // of it: a list page, or a watch event.
+        body.clear();
+        let taken: Vec<Pod> = if page == 1 {
+            body.push_str(r#"{"type":"ADDED","object":"#);
+            template.write(start, &mut body);
+            body.push('}');
+            match serde_json::from_str::<kube::core::WatchEvent<Pod>>(&body).expect("an event") {
+                kube::core::WatchEvent::Added(pod) => vec![pod],
+                _ => unreachable!("an ADDED event"),
+            }
+        } else {
+            body.push_str(
+                r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":["#,
+            );
+            for i in start..(start + page).min(PODS) {
+                if i > start {
+                    body.push(',');
+                }
+                template.write(i, &mut body);
+            }
+            body.push_str("]}");
+            serde_json::from_str::<kube::core::ObjectList<Pod>>(&body)
+                .expect("a pod list")
+                .items
+        };
+        wire_bytes += body.len();
+        for pod in &taken {
+            let meta = strip(pod);
+            pods.insert(Arc::from(meta.uid.as_str()), Arc::new(meta));
+        }
+        drop(taken);
+        if pods.len().is_multiple_of(500) || pods.len() == PODS {
+            metadata.publish(Snapshot {
+                version: 0,
+                pods: pods.clone(),
+                namespaces: Default::default(),
+            });
+        }
+    }
+    drop(body);
+    let live = LIVE_BYTES.load(Ordering::Relaxed) - live_before;
+    LIVE_COUNTING.store(false, Ordering::Relaxed);
+    let (rss_after, peak) = rss_kib();
+    sonde::memory::release(true);
+    let (rss_released, _) = rss_kib();
+    let taken = if page == 1 {
+        "one watch event at a time".to_owned()
+    } else {
+        format!("in list pages of {page}")
+    };
+    println!(
+        "pod store, {PODS} pods of {} bytes of JSON, taken {taken}: {:.1} MiB kept ({} bytes per pod); \
+         RSS grew {:.1} MiB ({:.1} MiB once this thread's free pages are handed back), {:.1} MiB at its peak",
+        wire_bytes / PODS,
+        live as f64 / 1048576.0,
+        live / PODS as i64,
+        (rss_after as f64 - rss_before as f64) / 1024.0,
+        (rss_released as f64 - rss_before as f64) / 1024.0,
+        (peak as f64 - rss_before as f64) / 1024.0,
+    );
+    black_box(&pods);
+}
+
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
@@ -435,6 +746,22 @@ fn pipeline_rounds_with(config: Option<MetricsConfig>, rounds: usize) {
     println!("spans: {}", p.sink_mut().0);
 }
 
+/// Feeds the recorded records `rounds` times to a pipeline whose processes
+/// run in pods, with or without their pods' metadata.
+fn pods_rounds(k8s: bool, rounds: usize) {
+    let records = recorded_events();
+    let proc = pods::FakeProc::new();
+    let publisher = pods::Publisher::new(&pods::snapshot());
+    let mut p = pipeline_over(proc.resources(k8s.then(|| publisher.metadata())));
+    for _ in 0..rounds {
+        for r in &records {
+            p.read_record(black_box(r));
+        }
+        p.flush_spans();
+    }
+    println!("spans: {}", p.sink_mut().0);
+}
+
 /// Selects one case in a child process.
 const CASE: &str = "SONDE_METRICS_BENCH_CASE";
 
@@ -445,10 +772,24 @@ fn main() {
     match std::env::var(CASE).as_deref() {
         Ok("plain") => return memory(1000, false),
         Ok("sizes") => return memory(1000, true),
+        Ok("pods-list") => return pods_memory(500),
+        Ok("pods-list-50") => return pods_memory(50),
+        Ok("pods-watch") => return pods_memory(1),
         // For `perf stat -e task-clock`: CPU time of a fixed amount of
         // work, which other processes on the machine do not inflate.
         Ok("pipeline-without") => return pipeline_rounds(false, 2000),
         Ok("pipeline-with") => return pipeline_rounds(true, 2000),
+        // The same for pod metadata: processes in pods, without and with
+        // the metadata of 10,000 pods, for a count of instructions
+        // (`valgrind --tool=cachegrind` where `perf` has no counters: the
+        // difference of two round counts leaves out the setup).
+        Ok(case @ ("pipeline-pods" | "pipeline-pods-k8s")) => {
+            let rounds = std::env::var("SONDE_METRICS_BENCH_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(2000);
+            return pods_rounds(case == "pipeline-pods-k8s", rounds);
+        }
         Ok("store-loopback") => {
             let spans: Vec<Span> = (0..1024u64)
                 .map(|i| span(&format!("/api/r{}", i % 8), 1_000_000_000 + i * 1000, i % 9))
@@ -498,14 +839,34 @@ fn main() {
         }
         _ => {}
     }
-    for case in ["plain", "sizes"] {
-        let out = std::env::current_exe()
-            .and_then(|exe| std::process::Command::new(exe).env(CASE, case).output());
-        match out {
-            Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
-            Err(e) => println!("memory case {case}: cannot run: {e}"),
+    // `cargo bench` passes `--bench`; any other word selects parts.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| words.is_empty() || words.iter().any(|w| part.contains(w.as_str()));
+    if wanted("memory") || wanted("kubernetes") {
+        let cases: &[&str] = match (wanted("memory"), wanted("kubernetes")) {
+            (true, true) => &["plain", "sizes", "pods-list", "pods-list-50", "pods-watch"],
+            (true, false) => &["plain", "sizes"],
+            _ => &["pods-list", "pods-list-50", "pods-watch"],
+        };
+        for case in cases {
+            let out = std::env::current_exe()
+                .and_then(|exe| std::process::Command::new(exe).env(CASE, case).output());
+            match out {
+                Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
+                Err(e) => println!("memory case {case}: cannot run: {e}"),
+            }
         }
     }
-    allocations_per_span();
-    time_per_span();
+    if wanted("allocations") {
+        allocations_per_span();
+    }
+    if wanted("time") {
+        time_per_span();
+    }
+    if wanted("kubernetes") {
+        kubernetes_per_span();
+    }
 }

@@ -16,11 +16,19 @@
 //! element is what the stage adds per span. `metrics/record` times the
 //! store alone. `cargo bench -p sonde --bench metrics` measures the same
 //! in a way that holds on a busy machine, and the stage's memory.
+//!
+//! `http1_pairs_in_pods`, `http1_pairs_in_pods_k8s` and
+//! `http1_pairs_in_pods_k8s_publishing` run the same records from
+//! processes in pods (a fake `/proc`): labelled from their cgroups only,
+//! with Kubernetes metadata of 10,000 pods, and with a new metadata
+//! snapshot published before each pass (1,024 spans). Their difference is
+//! what pod metadata adds per span (`bench metrics -- kubernetes` too).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+mod pods;
 mod records;
 
 use records::{
@@ -65,13 +73,22 @@ fn pipeline(stats: Arc<Stats>) -> Pipeline<CountingSink> {
 }
 
 fn pipeline_with<S: SpanSink>(stats: Arc<Stats>, sink: S) -> Pipeline<S> {
+    let resources = ProcessResources::new(HostInfo {
+        host_name: "bench".into(),
+        host_id: None,
+    });
+    pipeline_over(resources, stats, sink)
+}
+
+fn pipeline_over<S: SpanSink>(
+    resources: ProcessResources,
+    stats: Arc<Stats>,
+    sink: S,
+) -> Pipeline<S> {
     Pipeline::new(
         PipelineOptions::new(4096, Default::default(), Default::default()),
         Clock::with_offset(0),
-        ProcessResources::new(HostInfo {
-            host_name: "bench".into(),
-            host_id: None,
-        }),
+        resources,
         sink,
         stats,
     )
@@ -183,6 +200,54 @@ fn bench_pipeline(c: &mut Criterion) {
         });
         assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
     });
+    // Processes in pods, without and with their pods' metadata.
+    {
+        let proc = pods::FakeProc::new();
+        let mut publisher = pods::Publisher::new(&pods::snapshot());
+        let metadata = publisher.metadata();
+        pods::check_labelled(&mut proc.resources(Some(metadata.clone())));
+        for (name, metadata) in [
+            ("http1_pairs_in_pods", None),
+            ("http1_pairs_in_pods_k8s", Some(metadata.clone())),
+        ] {
+            group.bench_function(name, |b| {
+                let resources = proc.resources(metadata.clone());
+                let mut pipeline = pipeline_over(resources, Arc::default(), CountingSink(0));
+                b.iter(|| {
+                    for r in &records {
+                        pipeline.read_record(black_box(r));
+                    }
+                    pipeline.flush_spans();
+                });
+                assert!(
+                    pipeline.sink_mut().0 > 0,
+                    "{name}: the bench built no spans"
+                );
+            });
+        }
+        // The watcher publishes at most every 100 ms; one publish per
+        // pass is one per 1,024 spans, what 10,000 spans/s would see. The
+        // publish itself (the watcher's work, on its own thread) is not
+        // timed.
+        group.bench_function("http1_pairs_in_pods_k8s_publishing", |b| {
+            let resources = proc.resources(Some(metadata.clone()));
+            let mut pipeline = pipeline_over(resources, Arc::default(), CountingSink(0));
+            b.iter_custom(|iters| {
+                let mut timed = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    publisher.publish(false);
+                    let start = std::time::Instant::now();
+                    for r in &records {
+                        pipeline.read_record(black_box(r));
+                    }
+                    pipeline.flush_spans();
+                    timed += start.elapsed();
+                }
+                timed
+            });
+            assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
+        });
+    }
     for (name, request, response) in [
         ("redis_commands", REDIS_COMMAND, REDIS_REPLY),
         ("mysql_queries", MYSQL_QUERY, MYSQL_OK),

@@ -813,6 +813,10 @@ class Stats:
                 "log": list(self.log),
             }
         with store.cond:
+            # How far each watch has been sent: at or past a change's
+            # resourceVersion, the change is on its way to the client.
+            out["watches"] = [dict(w, sent_resource_version=store.live_cursors.get(w["id"]))
+                              for w in out["watches"]]
             out["resource_version"] = store.rv
             out["compacted_resource_version"] = store.compacted
             out["objects"] = {p: len(o) for p, o in store.objects.items()}

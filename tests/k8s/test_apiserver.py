@@ -501,6 +501,9 @@ class WatchTest(Base):
         e = w.next()
         self.assertEqual(e["type"], "DELETED")
         self.assertEqual(e["object"]["metadata"]["resourceVersion"], gone["metadata"]["resourceVersion"])
+        # The stats say how far the watch's events have been sent.
+        [stat] = self.stats()["watches"]
+        self.assertEqual(str(stat["sent_resource_version"]), gone["metadata"]["resourceVersion"])
         # Other resources' changes are not pod events.
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
         self.assertEqual(w.quiet(0.5), [])

@@ -294,8 +294,9 @@ impl ApiServer {
         expect_ok(self.request("POST", &path, None)?, "POST", &path).map(drop)
     }
 
-    /// `watches_open`, `watches_total`, `watches` (resource, namespace and
-    /// query of each open watch), `requests` (per verb: list, watch, get,
+    /// `watches_open`, `watches_total`, `watches` (resource, namespace,
+    /// query of each open watch, and `sent_resource_version`: the
+    /// resourceVersion up to which its events are sent), `requests` (per verb: list, watch, get,
     /// discovery, control, health, other), `requests_by_resource`
     /// (`{"pods": {"list": n, "watch": n, "get": n}}`), `log` (the last
     /// 2000 requests: verb, resource, path, query, user agent),

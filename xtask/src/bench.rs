@@ -1,6 +1,9 @@
-//! `cargo xtask bench pipeline|overhead`.
+//! `cargo xtask bench pipeline|overhead|kubernetes`.
 //!
 //! `pipeline` runs the criterion benches of the user-space pipeline.
+//! `kubernetes` builds the agent and runs tests/benches/kubernetes_memory.rs
+//! as root: the agent's memory with 10,000 pods from the local API server,
+//! beside a control agent with its Kubernetes metadata off.
 //! `overhead` measures what the agent costs real servers, in rounds that
 //! alternate between no agent and the agent attached, and prints the
 //! results side by side: nginx on loopback loaded by wrk (throughput and
@@ -28,7 +31,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{agent_binary, become_root, cargo, deps, on_path, show, step};
 
-const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc]";
+const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc] | kubernetes [--pods N] [--rounds N] [--no-control]";
 
 /// How long the agent may take to load and attach its programs.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,6 +48,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             )
         }
         Some((what, rest)) if what == "overhead" => overhead(parse_overhead_args(rest)?),
+        Some((what, rest)) if what == "kubernetes" => {
+            // The bench parses its own flags; the agent it starts is the
+            // release build.
+            become_root()?;
+            crate::build(false)?;
+            step(
+                cargo()
+                    .args([
+                        "bench",
+                        "-p",
+                        "sonde-tests",
+                        "--bench",
+                        "kubernetes_memory",
+                        "--",
+                    ])
+                    .args(rest),
+                "kubernetes memory bench",
+            )
+        }
         _ => bail!("{USAGE}"),
     }
 }
