@@ -511,7 +511,7 @@ impl PodTemplate {
 /// not freed, counted) beside what the process's RSS grew by.
 fn pods_memory(page: usize) {
     use k8s_openapi::api::core::v1::Pod;
-    use sonde::enrich::k8s::{Keep, Metadata, PodMeta, Snapshot, controller, owners_of, pod_meta};
+    use sonde::enrich::k8s::{Keep, Metadata, PodMeta, Snapshot, pod_meta, pod_owners};
     const PODS: usize = 10_000;
     let template = PodTemplate::new();
     let keep = Keep {
@@ -520,21 +520,8 @@ fn pods_memory(page: usize) {
         rule_labels: Vec::new(),
         rule_annotations: Vec::new(),
     };
-    let strip = |pod: &Pod| {
-        let refs = pod.metadata.owner_references.as_deref().unwrap_or_default();
-        let hash = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash"))
-            .map(String::as_str);
-        let owners = owners_of(
-            controller(refs).map(|r| (r.kind.as_str(), r.name.as_str())),
-            hash,
-            None,
-        );
-        pod_meta(pod, &keep, owners).expect("a pod with a uid and name")
-    };
+    let strip =
+        |pod: &Pod| pod_meta(pod, &keep, pod_owners(pod, None)).expect("a pod with a uid and name");
     let metadata = Metadata::default();
     let mut pods: std::collections::HashMap<Arc<str>, Arc<PodMeta>> = Default::default();
     let (rss_before, _) = rss_kib();

@@ -364,15 +364,18 @@ impl ProcessResources {
                         entry,
                     );
                 }
+                let mut judged_anew = false;
                 if let Some(k8s) = &self.kubernetes {
                     let was_traced = entry.traced;
                     refresh(&self.host, k8s, &self.selection, &self.tenants, entry);
-                    if was_traced != entry.traced {
-                        self.judged(pid);
-                    }
+                    judged_anew = was_traced != entry.traced;
                 }
-                let entry = &self.entries[&pid];
-                return (Arc::clone(&entry.resource), entry.traced);
+                // Taken before `judged` so a hit looks the pid up once.
+                let found = (Arc::clone(&entry.resource), entry.traced);
+                if judged_anew {
+                    self.judged(pid);
+                }
+                return found;
             }
         }
 

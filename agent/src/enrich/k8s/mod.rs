@@ -210,6 +210,24 @@ fn strip_runtime(id: &str) -> Option<&str> {
     (!id.is_empty()).then_some(id)
 }
 
+/// A pod's owners, from its controller reference and its
+/// `pod-template-hash` label; `replicaset_owner` is what the API server
+/// said owns its ReplicaSet, when asked (see [`owners_of`]).
+pub fn pod_owners(pod: &Pod, replicaset_owner: Option<Option<(String, String)>>) -> Owners {
+    let refs = pod.metadata.owner_references.as_deref().unwrap_or_default();
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"))
+        .map(String::as_str);
+    owners_of(
+        controller(refs).map(|r| (r.kind.as_str(), r.name.as_str())),
+        hash,
+        replicaset_owner,
+    )
+}
+
 /// The controller among a pod's owner references.
 pub fn controller(refs: &[OwnerReference]) -> Option<&OwnerReference> {
     refs.iter()

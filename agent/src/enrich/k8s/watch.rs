@@ -24,7 +24,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use super::{Keep, Metadata, PodMeta, Snapshot, controller, owners_of, pod_meta};
+use super::{Keep, Metadata, PodMeta, Snapshot, controller, pod_meta, pod_owners};
 
 /// How often changes are published at most: a burst of events (the first
 /// list of a node's pods) becomes one snapshot.
@@ -272,18 +272,7 @@ impl State {
             Some(r) if r.kind == "ReplicaSet" => self.replicaset_owner(namespace, &r.name).await,
             _ => None,
         };
-        let hash = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash"))
-            .map(String::as_str);
-        let owners = owners_of(
-            owner.map(|r| (r.kind.as_str(), r.name.as_str())),
-            hash,
-            replicaset_owner,
-        );
-        pod_meta(pod, &self.config.keep, owners)
+        pod_meta(pod, &self.config.keep, pod_owners(pod, replicaset_owner))
     }
 
     /// The controller of ReplicaSet `name`: asked once, then cached. None
