@@ -43,9 +43,9 @@ use sonde::stats::Stats;
 /// The agent's allocator, so the figures match the agent, counting
 /// allocations.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+static ALLOCATOR: Counting = Counting(sonde::memory::Allocator);
 
-struct Counting(mimalloc::MiMalloc);
+struct Counting(sonde::memory::Allocator);
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 /// Counting is on only while [`allocations_per_span`] runs, so that it
@@ -510,7 +510,7 @@ impl PodTemplate {
 /// most every 100 ms. Prints the heap the store keeps (bytes allocated and
 /// not freed, counted) beside what the process's RSS grew by.
 fn pods_memory(page: usize) {
-    use k8s_openapi::api::core::v1::Pod;
+    use sonde::enrich::k8s::WatchedPod as Pod;
     use sonde::enrich::k8s::{Keep, Metadata, PodMeta, Snapshot, pod_meta, pod_owners};
     const PODS: usize = 10_000;
     let template = PodTemplate::new();
@@ -559,7 +559,7 @@ fn pods_memory(page: usize) {
         wire_bytes += body.len();
         for pod in &taken {
             let meta = strip(pod);
-            pods.insert(Arc::from(meta.uid.as_str()), Arc::new(meta));
+            pods.insert(Arc::clone(&meta.uid), Arc::new(meta));
         }
         drop(taken);
         if pods.len().is_multiple_of(500) || pods.len() == PODS {

@@ -47,7 +47,7 @@ use sonde_common::{DIR_EGRESS, DIR_INGRESS};
 
 /// The agent's allocator (see main.rs), so the figure matches the agent.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sonde::memory::Allocator = sonde::memory::Allocator;
 
 /// Counts spans instead of exporting them.
 struct CountingSink(u64);

@@ -34,6 +34,103 @@ pub fn release(all: bool) {
     unsafe { libmimalloc_sys::mi_collect(all) };
 }
 
+/// The agent's allocator: mimalloc, in the calling thread's heap unless
+/// a [`KeptHeap::scope`] is open on the thread.
+pub struct Allocator;
+
+use libmimalloc_sys as mi;
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::ffi::c_void;
+
+thread_local! {
+    /// The heap a [`KeptHeap::scope`] opened on this thread, or null.
+    static KEPT: Cell<*mut mi::mi_heap_t> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+// SAFETY: every call passes its arguments to the mimalloc function of the
+// same contract; mi_free frees a block of any heap, from any thread.
+unsafe impl GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let heap = KEPT.get();
+        unsafe {
+            if heap.is_null() {
+                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+            } else {
+                mi::mi_heap_malloc_aligned(heap, layout.size(), layout.align()) as *mut u8
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let heap = KEPT.get();
+        unsafe {
+            if heap.is_null() {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+            } else {
+                mi::mi_heap_zalloc_aligned(heap, layout.size(), layout.align()) as *mut u8
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        unsafe { mi::mi_free(ptr as *mut c_void) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let heap = KEPT.get();
+        unsafe {
+            if heap.is_null() {
+                mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+            } else {
+                mi::mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align())
+                    as *mut u8
+            }
+        }
+    }
+}
+
+/// A mimalloc heap for data the agent keeps long but builds among
+/// short-lived allocations (the pod store, filled while list pages are
+/// parsed). In the thread's own heap every kept object would pin the page
+/// it shares with parsing garbage, and those pages would never be wholly
+/// free to go back to the system; in a heap of their own, kept objects fill
+/// pages of their own. Any thread may free what it holds.
+#[derive(Clone, Copy)]
+pub struct KeptHeap(*mut mi::mi_heap_t);
+
+// SAFETY: a mimalloc heap may be allocated from and freed to from any
+// thread.
+unsafe impl Send for KeptHeap {}
+
+impl KeptHeap {
+    /// A new heap; it lives as long as the process.
+    pub fn new() -> KeptHeap {
+        // SAFETY: mi_heap_new takes no arguments; null means no heap (and
+        // then scopes change nothing).
+        KeptHeap(unsafe { mi::mi_heap_new() })
+    }
+
+    /// Runs `f` with the calling thread's allocations made in this heap
+    /// (when [`Allocator`] is the global allocator). `f` must not yield to
+    /// other work on the thread (no `.await` inside): that would allocate
+    /// here too.
+    pub fn scope<R>(self, f: impl FnOnce() -> R) -> R {
+        struct Restore(*mut mi::mi_heap_t);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                KEPT.set(self.0);
+            }
+        }
+        let _restore = Restore(KEPT.replace(self.0));
+        f()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +151,37 @@ mod tests {
         assert_eq!(get(MI_OPTION_PURGE_DELAY + 1), 0); // use_numa_nodes
         configure();
         assert_eq!(get(MI_OPTION_PURGE_DELAY), PURGE_DELAY_MS);
+    }
+
+    /// Allocations in a scope land in the kept heap, before and after it in
+    /// the thread's own; realloc in a scope moves a block there.
+    #[test]
+    fn a_scope_allocates_in_the_kept_heap() {
+        unsafe extern "C" {
+            fn mi_heap_contains(heap: *const mi::mi_heap_t, p: *const c_void) -> bool;
+        }
+        let heap = KeptHeap::new();
+        assert!(!heap.0.is_null());
+        let layout = Layout::from_size_align(48, 8).expect("a layout");
+        // SAFETY: blocks of `layout` from the allocator, freed by it.
+        unsafe {
+            let before = Allocator.alloc(layout);
+            let (inside, moved) = heap.scope(|| {
+                (Allocator.alloc(layout), Allocator.realloc(before, layout, 4096))
+            });
+            let after = Allocator.alloc(layout);
+            let kept = |p: *mut u8| mi_heap_contains(heap.0, p as *const c_void);
+            assert!(kept(inside));
+            assert!(kept(moved));
+            assert!(!kept(after));
+            let nested = heap.scope(|| KeptHeap::new().scope(|| Allocator.alloc(layout)));
+            assert!(!kept(nested), "the inner scope's heap");
+            let zeroed = Allocator.alloc_zeroed(layout);
+            assert!(!kept(zeroed), "the outer scope ended");
+            for p in [inside, after, nested, zeroed] {
+                Allocator.dealloc(p, layout);
+            }
+            Allocator.dealloc(moved, Layout::from_size_align(4096, 8).expect("a layout"));
+        }
     }
 }

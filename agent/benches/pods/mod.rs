@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sonde::enrich::k8s::{Metadata, PodMeta, Snapshot, WorkloadKind};
+use sonde::enrich::k8s::{ContainerId, Metadata, PodMeta, Snapshot, WorkloadKind};
 use sonde::enrich::{ClusterInfo, HostInfo, Kubernetes, ProcessResources};
 use sonde::span::model::AttrValue;
 
@@ -53,16 +53,16 @@ fn pod(i: usize) -> PodMeta {
     let app = format!("svc-{}", i / 10);
     let rs = format!("{app}-7d9f8c6b5");
     PodMeta {
-        uid: uid(i),
+        uid: uid(i).into(),
         name: format!("{rs}-{:05x}", mix(i, 3) & 0xfffff),
-        namespace: format!("team-{}", i % NAMESPACES),
+        namespace: format!("team-{}", i % NAMESPACES).into(),
         owners: vec![
             (WorkloadKind::ReplicaSet, rs),
             (WorkloadKind::Deployment, app.clone()),
         ],
         containers: vec![
-            (container_id(i, 0), "app".into()),
-            (container_id(i, 1), "proxy".into()),
+            (ContainerId::new(&container_id(i, 0)), "app".into()),
+            (ContainerId::new(&container_id(i, 1)), "proxy".into()),
         ],
         labels: vec![("team".into(), format!("team-{}", i % NAMESPACES))],
         annotations: Vec::new(),
@@ -79,7 +79,7 @@ pub fn snapshot() -> Snapshot {
     let pods = (0..PODS)
         .map(|i| {
             let meta = pod(i);
-            (Arc::from(meta.uid.as_str()), Arc::new(meta))
+            (Arc::clone(&meta.uid), Arc::new(meta))
         })
         .collect();
     let namespaces = (0..NAMESPACES)
@@ -130,7 +130,7 @@ impl Publisher {
             for pid in PIDS {
                 let meta = pod(pod_of(pid));
                 next.pods
-                    .insert(Arc::from(meta.uid.as_str()), Arc::new(meta));
+                    .insert(Arc::clone(&meta.uid), Arc::new(meta));
             }
         }
         self.metadata.publish(next);

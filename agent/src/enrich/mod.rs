@@ -611,7 +611,7 @@ fn decide(
         .and_then(|(p, id)| p.container_name(id));
     let namespace_labels = pod
         .zip(snapshot)
-        .and_then(|(p, s)| s.namespaces.get(p.namespace.as_str()))
+        .and_then(|(p, s)| s.namespaces.get(&*p.namespace))
         .map(|labels| labels.as_slice());
     selection.traces(&Subject {
         pod,
@@ -657,7 +657,7 @@ fn refresh(
         .pod
         .as_ref()
         .or(pod.as_ref())
-        .and_then(|p| snapshot.namespaces.get(p.namespace.as_str()))
+        .and_then(|p| snapshot.namespaces.get(&*p.namespace))
         .cloned();
     let labels_changed = tenants.is_active()
         && match (&namespace_labels, &entry.namespace_labels) {
@@ -1434,7 +1434,7 @@ mod tests {
             name: "web-7d9f8c6b5-x2x4z".into(),
             namespace: "shop".into(),
             owners,
-            containers: vec![(CID.into(), "app".into())],
+            containers: vec![(crate::enrich::k8s::ContainerId::new(CID), "app".into())],
             annotated_service_name: annotation.map(str::to_owned),
             app_name: label.map(str::to_owned),
             ..PodMeta::default()

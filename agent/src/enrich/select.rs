@@ -298,7 +298,7 @@ impl Rule {
             g.as_ref()
                 .is_none_or(|g| value.is_some_and(|v| g.matches(v)))
         };
-        glob(&self.namespace, pod.map(|p| p.namespace.as_str()))
+        glob(&self.namespace, pod.map(|p| &*p.namespace))
             && glob(&self.pod, pod.map(|p| p.name.as_str()))
             && glob(&self.container, subject.container)
             && glob(&self.systemd_unit, subject.systemd_unit)

@@ -298,7 +298,7 @@ impl Tenants {
             } else if let Some(key) = &rule.pod_annotation {
                 pod.and_then(|p| lookup(&p.rule_annotations, key))
             } else if let Some(glob) = &rule.namespace {
-                pod.map(|p| p.namespace.clone())
+                pod.map(|p| p.namespace.to_string())
                     .filter(|ns| glob.matches(ns))
             } else if let Some(name) = &rule.env {
                 lookup(view.env, name)

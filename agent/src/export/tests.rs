@@ -1053,13 +1053,20 @@ async fn metrics_take_their_tenants_routes() {
         Some("acme")
     );
     let resources = metric_resources(&seen.body);
-    assert_eq!(resources.len(), 1, "{resources:?}");
+    assert_eq!(resources.len(), 2, "{resources:?}");
     assert_eq!(resources[0].0, "shop-acme");
     assert!(
         resources[0]
             .1
             .iter()
             .any(|n| n == "http.server.request.duration")
+    );
+    // The service graph edges its process is an end of, on the agent's
+    // resource; the agent's health stays on the default route.
+    assert_eq!(resources[1].0, "sonde", "{resources:?}");
+    assert!(
+        resources[1].1.iter().all(|n| n.starts_with("traces_service_graph")),
+        "{resources:?}"
     );
 
     // Shutting down does not wait for globex's collector beyond the budget.

@@ -10,7 +10,7 @@ use std::hash::Hasher;
 use crate::span::model::{AttrValue, Inline, Span};
 
 /// Most attributes one metric keeps.
-pub const MAX_ATTRS: usize = 8;
+pub const MAX_ATTRS: usize = 10;
 
 /// An attribute value borrowed from a span (or a resource).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -234,6 +234,9 @@ keys! {
     Metric = "metric",
     Side = "side",
     ExportRoute = "route",
+    Tenant = "tenant.id",
+    ClientTenant = "client_tenant.id",
+    ServerTenant = "server_tenant.id",
 }
 
 /// Keys there are.
@@ -241,7 +244,36 @@ pub const KEY_COUNT: usize = KEY_NAMES.len();
 
 impl Key {
     pub fn name(self) -> &'static str {
-        KEY_NAMES[self as usize]
+        match self {
+            Key::Tenant | Key::ClientTenant | Key::ServerTenant => {
+                let names = TENANT_NAMES.read().unwrap_or_else(|e| e.into_inner());
+                names[self as usize - Key::Tenant as usize]
+            }
+            _ => KEY_NAMES[self as usize],
+        }
+    }
+}
+
+/// The names of [`Key::Tenant`], [`Key::ClientTenant`] and
+/// [`Key::ServerTenant`]: the configured tenant attribute (`tenants.attribute`),
+/// and it prefixed `client_` and `server_` for the two ends of a service
+/// graph edge. One agent has one setting, so it is kept here rather than
+/// passed to every reader of a series.
+static TENANT_NAMES: std::sync::RwLock<[&'static str; 3]> =
+    std::sync::RwLock::new(["tenant.id", "client_tenant.id", "server_tenant.id"]);
+
+/// Names the tenant keys after `attribute` (see [`Key::name`]).
+pub fn set_tenant_attribute(attribute: &str) {
+    let mut names = TENANT_NAMES.write().unwrap_or_else(|e| e.into_inner());
+    if names[0] != attribute {
+        // Leaked: the names are handed out as `'static`, and a new name
+        // comes only with a reload that changes the setting.
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        *names = [
+            leak(attribute.to_owned()),
+            leak(format!("client_{attribute}")),
+            leak(format!("server_{attribute}")),
+        ];
     }
 }
 

@@ -39,7 +39,7 @@ pub enum Side {
 }
 
 /// What the graph keeps of one span.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Half {
     /// The resource slot (process) the span came from.
     pub slot: u32,
@@ -53,6 +53,8 @@ pub struct Half {
     pub end_ns: u64,
     /// The span is exported, so it may serve as an exemplar.
     pub exported: bool,
+    /// The span's tenant (a label of each end of the edge).
+    pub tenant: Option<super::attrs::Text>,
 }
 
 /// How the unseen side of an edge is named.
@@ -269,7 +271,7 @@ impl Graph {
             self.push_out_oldest(out);
         }
         let deadline = self.now.saturating_add(self.options.wait_ns);
-        let make = move || Waiting {
+        let make = move |half: Half| Waiting {
             side,
             half,
             deadline,
@@ -297,37 +299,37 @@ impl Graph {
                     // Its other side has answered none of the last halves
                     // on this connection: it is not traced, so waiting is
                     // pointless.
-                    let w = make();
+                    let w = make(half);
                     let other = match side {
                         Side::Client => w.server_name.map(Other::Name).unwrap_or(Other::Addr(peer)),
                         Side::Server => Other::Ip(pip),
                     };
-                    out.push(self.alone(side, half, other));
+                    out.push(self.alone(side, w.half, other));
                     return;
                 } else {
-                    e.get_mut().push_back(make());
-                    None
+                    e.get_mut().push_back(make(half));
+                    return self.waited(deadline, tuple);
                 }
             }
             Entry::Vacant(v) => {
-                v.insert(Queue::One(make()));
-                None
+                v.insert(Queue::One(make(half)));
+                return self.waited(deadline, tuple);
             }
         };
-        match other {
-            Some(other) => {
-                self.waiting -= 1;
-                let (client, server) = match side {
-                    Side::Client => (half, other.half),
-                    Side::Server => (other.half, half),
-                };
-                out.push(Edge::Paired { client, server });
-            }
-            None => {
-                self.order.push_back((deadline, tuple));
-                self.waiting += 1;
-            }
+        if let Some(other) = other {
+            self.waiting -= 1;
+            let (client, server) = match side {
+                Side::Client => (half, other.half),
+                Side::Server => (other.half, half),
+            };
+            out.push(Edge::Paired { client, server });
         }
+    }
+
+    /// Counts a half that now waits on `tuple` until `deadline`.
+    fn waited(&mut self, deadline: u64, tuple: Tuple) {
+        self.order.push_back((deadline, tuple));
+        self.waiting += 1;
     }
 
     /// Turns the halves that waited until `now` (Unix ns) into one-sided edges.
@@ -453,6 +455,7 @@ mod tests {
             span_id: [end_ms as u8; 8],
             end_ns: end_ms * MS,
             exported: true,
+            tenant: None,
         }
     }
 

@@ -380,9 +380,11 @@ mod tests {
         let acme_only = || SeriesFilter::Tenant(Arc::from("acme"));
         let rest = || SeriesFilter::Except(Arc::new(["acme".to_string()].into()));
         let cumulative = Temporality::Cumulative;
+        // acme's reading has the service graph edges of its process (on the
+        // agent's resource), not the agent's health.
         assert_eq!(
             read(&metrics, cumulative, acme_only()),
-            (vec!["shop-acme".to_string()], false)
+            (vec!["shop-acme".to_string()], true)
         );
         assert_eq!(
             read(&metrics, cumulative, rest()),
@@ -400,7 +402,7 @@ mod tests {
                 .map(|r| r.service_name.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(acme_only()), ["shop-acme"]);
+        assert_eq!(names(acme_only()), ["sonde", "shop-acme"]);
         assert_eq!(names(rest()), ["sonde", "shop-globex", "shop-none"]);
 
         // A delta reading of one route leaves the others' deltas alone.

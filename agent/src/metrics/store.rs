@@ -17,7 +17,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::attrs::{AttrSet, FastBuild, IdentityBuild, Key, OwnedAttrs, OwnedVal, Picked, Val};
+use super::attrs::{
+    AttrSet, FastBuild, IdentityBuild, Key, OwnedAttrs, OwnedVal, Picked, Text, Val,
+};
 use super::catalog::{
     CATALOG, DB_CLIENT_KEYS, DB_SERVER_KEYS, Family, HTTP_CLIENT_KEYS, HTTP_SERVER_KEYS,
     Instrument, MetricDesc, MetricId, RPC_CLIENT_KEYS, RPC_SERVER_KEYS,
@@ -26,6 +28,7 @@ use super::graph::{Edge, Graph, GraphOptions, Half, Other, Side};
 use super::hist::{Bounds, Explicit, Exponential, RawUnit};
 use crate::capture::Endpoints;
 use crate::enrich::Resource;
+use crate::enrich::tenant::tenant_of;
 use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
 
 /// How histograms aggregate.
@@ -397,12 +400,6 @@ impl Slots {
         self.list.get(id as usize).and_then(Option::as_ref)
     }
 
-    /// The tenant of the series of slot `id`: its process's, for now; a
-    /// series that comes to carry its own tenant will be routed by that.
-    fn tenant(&self, id: u32) -> Option<&str> {
-        self.resource(id)?.tenant.tenant.as_deref()
-    }
-
     /// Forgets the slots no series uses (never the agent's); says whether
     /// it forgot any.
     fn retain(&mut self, used: &[bool]) -> bool {
@@ -503,6 +500,26 @@ impl SeriesFilter {
             SeriesFilter::All => true,
             SeriesFilter::Tenant(t) => tenant == Some(&**t),
             SeriesFilter::Except(routed) => tenant.is_none_or(|t| !routed.contains(t)),
+        }
+    }
+
+    /// Whether the series with attributes `attrs` is taken: by its tenant,
+    /// or, for a service graph edge, by the tenant of either end (each
+    /// tenant sees who calls it and whom it calls).
+    pub fn keeps_series(&self, attrs: &[(Key, OwnedVal)]) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let of = |key: Key| {
+            attrs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.as_str())
+        };
+        if attrs.iter().any(|(k, _)| *k == Key::Client) {
+            self.keeps(of(Key::ClientTenant)) || self.keeps(of(Key::ServerTenant))
+        } else {
+            self.keeps(of(Key::Tenant))
         }
     }
 }
@@ -608,8 +625,9 @@ impl std::hash::Hash for Party {
     }
 }
 
-/// (client, server, connection type: an index into [`CONNECTION_TYPES`])
-type EdgeKey = (Party, Party, u8);
+/// (client, server, connection type: an index into [`CONNECTION_TYPES`],
+/// the tenants of the client's and the server's spans)
+type EdgeKey = (Party, Party, u8, [Option<Text>; 2]);
 
 /// `connection_type` values: none for an edge seen from both sides.
 const CONNECTION_TYPES: [&str; 3] = ["", "virtual_node", "database"];
@@ -684,8 +702,12 @@ impl Store {
         });
         let picked = Picked::of(span);
         let class = Class::of(span.kind, &picked);
+        let tenant = tenant_of(resource, span);
         if let Some(class) = &class {
-            let attrs = AttrSet::from_picked(&picked, class.keys);
+            let mut attrs = AttrSet::from_picked(&picked, class.keys);
+            if let Some(t) = tenant {
+                attrs.push(Key::Tenant, Val::Str(t));
+            }
             let hash = attrs.hash(slot);
             let target = Target {
                 slot,
@@ -750,6 +772,7 @@ impl Store {
                 span_id: span.span_id,
                 end_ns: span.end_unix_ns,
                 exported,
+                tenant: tenant.map(Text::new),
             };
             let mut edges = std::mem::take(&mut self.edges);
             graph.offer(side, half, endpoints, || server_name(&picked), &mut edges);
@@ -793,22 +816,27 @@ impl Store {
             Edge::ClientOnly { client, server } => (Some(client), None, Some(server)),
             Edge::ServerOnly { server, client } => (None, Some(server), Some(client)),
         };
-        let connection_type: u8 = match (client, server) {
+        let connection_type: u8 = match (&client, &server) {
             (Some(c), None) if c.db => 2,
             (Some(_), None) | (None, Some(_)) => 1,
             _ => 0,
         };
-        let party = |half: Option<Half>, other: &mut Option<Other>| match half {
+        let party = |half: Option<&Half>, other: &mut Option<Other>| match half {
             Some(h) => Party::Slot(h.slot),
             None => Party::Other(other.take().unwrap_or(Other::Unknown("unknown"))),
         };
         let mut other = other;
         let key = (
-            party(client, &mut other),
-            party(server, &mut other),
+            party(client.as_ref(), &mut other),
+            party(server.as_ref(), &mut other),
             connection_type,
+            [
+                client.as_ref().and_then(|h| h.tenant.clone()),
+                server.as_ref().and_then(|h| h.tenant.clone()),
+            ],
         );
-        let failed = client.is_some_and(|h| h.failed) || server.is_some_and(|h| h.failed);
+        let failed = client.as_ref().is_some_and(|h| h.failed)
+            || server.as_ref().is_some_and(|h| h.failed);
         // The series of a known edge are found by its key alone; the
         // attribute set is only built for an edge (or one of its metrics)
         // not seen before.
@@ -830,11 +858,11 @@ impl Store {
                 0 => None,
                 1 if failed => None,
                 1 => continue,
-                2 => match client {
+                2 => match &client {
                     Some(h) => Some(h),
                     None => continue,
                 },
-                _ => match server {
+                _ => match &server {
                     Some(h) => Some(h),
                     None => continue,
                 },
@@ -896,6 +924,11 @@ impl Store {
         if key.2 != 0 {
             let text = CONNECTION_TYPES[usize::from(key.2)];
             attrs.push(Key::ConnectionType, Val::Str(text));
+        }
+        for (k, tenant) in [Key::ClientTenant, Key::ServerTenant].into_iter().zip(&key.3) {
+            if let Some(t) = tenant {
+                attrs.push(k, Val::Str(t.as_str()));
+            }
         }
         let target = Target {
             slot: 0,
@@ -1024,7 +1057,7 @@ impl Store {
         // (slot, points), in the order slots first appear.
         let mut per_slot: Vec<(u32, Vec<Point>)> = Vec::new();
         for s in state.series.get_mut(from..end).unwrap_or_default() {
-            if !filter.is_all() && !filter.keeps(self.slots.tenant(s.slot)) {
+            if !filter.keeps_series(&s.attrs) {
                 continue;
             }
             let (agg, start) = match temporality {
@@ -1092,20 +1125,24 @@ impl Store {
     }
 
     /// The resources that have series `filter` keeps (the agent's first:
-    /// of no tenant, it has series whenever the filter keeps those).
+    /// its health metrics are of no tenant, so it is there whenever the
+    /// filter keeps those).
     pub fn resources_of(&self, filter: &SeriesFilter) -> Vec<Arc<Resource>> {
         let mut used = vec![false; self.slots.list.len()];
-        used[0] = true;
+        used[0] = filter.keeps(None);
         for state in &self.metrics {
             for s in &state.series {
-                if let Some(u) = used.get_mut(s.slot as usize) {
+                if let Some(u) = used.get_mut(s.slot as usize)
+                    && !*u
+                    && filter.keeps_series(&s.attrs)
+                {
                     *u = true;
                 }
             }
         }
         used.iter()
             .enumerate()
-            .filter(|(slot, u)| **u && filter.keeps(self.slots.tenant(*slot as u32)))
+            .filter(|(_, u)| **u)
             .filter_map(|(slot, _)| self.slots.resource(slot as u32).cloned())
             .collect()
     }

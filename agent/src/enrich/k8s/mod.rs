@@ -11,6 +11,7 @@
 //! deleted a moment ago is kept for a while (its last requests may still be
 //! in flight through the pipeline).
 
+pub mod pod;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -19,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+pub use pod::WatchedPod;
 
 /// The annotation that names a pod's service (OpenTelemetry's convention).
 pub const SERVICE_NAME_ANNOTATION: &str = "resource.opentelemetry.io/service.name";
@@ -59,13 +61,15 @@ pub type Owners = Vec<(WorkloadKind, String)>;
 /// What labels use of one pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodMeta {
-    pub uid: String,
+    /// Shared with the pod store's key.
+    pub uid: Arc<str>,
     pub name: String,
-    pub namespace: String,
+    /// Shared by the pods of a namespace (the watcher interns it).
+    pub namespace: Arc<str>,
     pub owners: Owners,
-    /// Container id (64 hex digits, runtime prefix removed) → container name,
-    /// init containers included.
-    pub containers: Vec<(String, String)>,
+    /// Container id (runtime prefix removed) → container name, init
+    /// containers included.
+    pub containers: Vec<(ContainerId, Box<str>)>,
     /// The pod's labels and annotations the configuration lists, copied
     /// onto its resources.
     pub labels: Vec<(String, String)>,
@@ -102,15 +106,61 @@ impl PodMeta {
 
     /// The name of the container with this id.
     pub fn container_name(&self, container_id: &str) -> Option<&str> {
+        let wanted = ContainerId::new(container_id);
         self.containers
             .iter()
-            .find(|(id, _)| id == container_id)
-            .map(|(_, name)| name.as_str())
+            .find(|(id, _)| *id == wanted)
+            .map(|(_, name)| &**name)
     }
 
     /// The outermost owner: the workload that names the pod's service.
     pub fn workload(&self) -> Option<&(WorkloadKind, String)> {
         self.owners.last()
+    }
+}
+
+/// A container id as the runtime reports it: the usual 64 hex digits kept
+/// as the 32 bytes they spell (a third of the memory, for the tens of
+/// thousands of containers a node's pods may list), anything else as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerId {
+    Hex([u8; 32]),
+    Text(Box<str>),
+}
+
+impl ContainerId {
+    pub fn new(id: &str) -> ContainerId {
+        let mut bytes = [0u8; 32];
+        let hex = id.len() == 64
+            && id.as_bytes().chunks(2).zip(&mut bytes).all(|(pair, out)| {
+                // Lower case only: upper case would not give back the same text.
+                let digit = |c: u8| match c {
+                    b'0'..=b'9' => Some(c - b'0'),
+                    b'a'..=b'f' => Some(c - b'a' + 10),
+                    _ => None,
+                };
+                match (digit(pair[0]), digit(pair[1])) {
+                    (Some(hi), Some(lo)) => {
+                        *out = hi << 4 | lo;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+        if hex {
+            ContainerId::Hex(bytes)
+        } else {
+            ContainerId::Text(id.into())
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerId::Hex(bytes) => bytes.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            ContainerId::Text(t) => f.write_str(t),
+        }
     }
 }
 
@@ -152,11 +202,11 @@ impl Keep {
 /// Strips a pod to its [`PodMeta`]. `owners` resolves the pod's controller
 /// reference (see [`owners_of`]). None for a pod without a UID or name,
 /// which the API server never sends.
-pub fn pod_meta(pod: &Pod, keep: &Keep, owners: Owners) -> Option<PodMeta> {
+pub fn pod_meta(pod: &WatchedPod, keep: &Keep, owners: Owners) -> Option<PodMeta> {
     let meta = &pod.metadata;
-    let uid = meta.uid.clone()?;
+    let uid = Arc::from(meta.uid.as_deref()?);
     let name = meta.name.clone()?;
-    let namespace = meta.namespace.clone().unwrap_or_default();
+    let namespace = Arc::from(meta.namespace.as_deref().unwrap_or_default());
     let mut containers = Vec::new();
     if let Some(status) = &pod.status {
         let all = [
@@ -167,7 +217,7 @@ pub fn pod_meta(pod: &Pod, keep: &Keep, owners: Owners) -> Option<PodMeta> {
         for statuses in all.into_iter().flatten() {
             for s in statuses {
                 if let Some(id) = s.container_id.as_deref().and_then(strip_runtime) {
-                    containers.push((id.to_owned(), s.name.clone()));
+                    containers.push((ContainerId::new(id), s.name.as_str().into()));
                 }
             }
         }
@@ -180,6 +230,7 @@ pub fn pod_meta(pod: &Pod, keep: &Keep, owners: Owners) -> Option<PodMeta> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<Vec<_>>()
     };
+    containers.shrink_to_fit();
     Some(PodMeta {
         uid,
         name,
@@ -213,7 +264,7 @@ fn strip_runtime(id: &str) -> Option<&str> {
 /// A pod's owners, from its controller reference and its
 /// `pod-template-hash` label; `replicaset_owner` is what the API server
 /// said owns its ReplicaSet, when asked (see [`owners_of`]).
-pub fn pod_owners(pod: &Pod, replicaset_owner: Option<Option<(String, String)>>) -> Owners {
+pub fn pod_owners(pod: &WatchedPod, replicaset_owner: Option<Option<(String, String)>>) -> Owners {
     let refs = pod.metadata.owner_references.as_deref().unwrap_or_default();
     let hash = pod
         .metadata
@@ -433,13 +484,15 @@ mod tests {
 
     #[test]
     fn pods_are_stripped_to_what_is_used() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
+        let pod: WatchedPod = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "web-7d9f8c6b5-x2x4z", "namespace": "shop", "uid": "3d1e6b5a-7c2f-4e8d-9a0b-1c2d3e4f5a6b",
                 "labels": {"app.kubernetes.io/name": "web", "team": "a", "pod-template-hash": "7d9f8c6b5"},
                 "annotations": {"resource.opentelemetry.io/service.name": "storefront", "big": "x"},
-                "managedFields": [{"manager": "kubelet"}],
+                "managedFields": [{"manager": "kubelet"}], "resourceVersion": "42",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5", "uid": "u", "controller": true}],
             },
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "i"}]},
             "status": {
                 "containerStatuses": [
                     {"name": "app", "containerID": "containerd://abc", "image": "i", "imageID": "", "ready": true, "restartCount": 0},
@@ -451,6 +504,15 @@ mod tests {
             }
         }))
         .expect("a pod");
+        assert_eq!(pod.metadata.managed_fields, None, "skipped by the parser");
+        assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"), "the watcher needs it");
+        assert_eq!(
+            pod_owners(&pod, None),
+            vec![
+                (WorkloadKind::ReplicaSet, "web-7d9f8c6b5".into()),
+                (WorkloadKind::Deployment, "web".into())
+            ]
+        );
         let keep = Keep {
             labels: vec!["team".into()],
             annotations: vec![],
@@ -459,7 +521,7 @@ mod tests {
         };
         let meta = pod_meta(&pod, &keep, Vec::new()).expect("meta");
         assert_eq!(meta.name, "web-7d9f8c6b5-x2x4z");
-        assert_eq!(meta.namespace, "shop");
+        assert_eq!(&*meta.namespace, "shop");
         assert_eq!(meta.container_name("abc"), Some("app"));
         assert_eq!(meta.container_name("def"), Some("init"));
         assert_eq!(meta.containers.len(), 2);
@@ -476,5 +538,29 @@ mod tests {
         let mut nameless = pod.clone();
         nameless.metadata.uid = None;
         assert_eq!(pod_meta(&nameless, &keep, Vec::new()), None);
+    }
+
+    #[test]
+    fn container_ids_are_kept_as_bytes_when_they_are_hex() {
+        let hex = "0123456789abcdef".repeat(4);
+        let id = ContainerId::new(&hex);
+        assert!(matches!(id, ContainerId::Hex(_)));
+        assert_eq!(id.to_string(), hex);
+        for text in ["ABCDEF".repeat(10) + "ABCD", "abc".into(), "g".repeat(64), String::new()] {
+            let id = ContainerId::new(&text);
+            assert_eq!(id, ContainerId::Text(text.as_str().into()));
+            assert_eq!(id.to_string(), text);
+        }
+        let meta = PodMeta {
+            containers: vec![
+                (ContainerId::new(&hex), "app".into()),
+                (ContainerId::new("short-id"), "sidecar".into()),
+            ],
+            ..PodMeta::default()
+        };
+        assert_eq!(meta.container_name(&hex), Some("app"));
+        assert_eq!(meta.container_name("short-id"), Some("sidecar"));
+        assert_eq!(meta.container_name(&hex.to_uppercase()), None);
+        assert_eq!(meta.container_name(&hex[1..]), None);
     }
 }

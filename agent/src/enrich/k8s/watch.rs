@@ -12,19 +12,20 @@
 //! watching every ReplicaSet of the cluster would cost far more memory on a
 //! big cluster than the pods of one node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use super::{Keep, Metadata, PodMeta, Snapshot, controller, pod_meta, pod_owners};
+use crate::memory::KeptHeap;
+use super::{Keep, Metadata, PodMeta, Snapshot, WatchedPod, controller, pod_meta, pod_owners};
 
 /// How often changes are published at most: a burst of events (the first
 /// list of a node's pods) becomes one snapshot.
@@ -66,7 +67,7 @@ pub fn spawn(config: WatchConfig, metadata: Arc<Metadata>) -> std::io::Result<()
 async fn run(config: WatchConfig, metadata: Arc<Metadata>) {
     let client = connect().await;
     let pods = watcher::watcher(
-        Api::<Pod>::all(client.clone()),
+        Api::<WatchedPod>::all(client.clone()),
         watcher::Config::default()
             .fields(&format!("spec.nodeName={}", config.node_name))
             .any_semantic(),
@@ -90,11 +91,18 @@ async fn run(config: WatchConfig, metadata: Arc<Metadata>) {
                 None => return,
             },
             event = namespaces.next() => match event {
-                Some(Ok(event)) => { state.reachable(); state.namespace_event(event); }
+                Some(Ok(event)) => {
+                    state.reachable();
+                    let heap = state.heap;
+                    heap.scope(|| state.namespace_event(event));
+                }
                 Some(Err(e)) => state.unreachable(&e),
                 None => return,
             },
-            _ = tick.tick() => state.publish(&metadata),
+            _ = tick.tick() => {
+                let heap = state.heap;
+                heap.scope(|| state.publish(&metadata));
+            }
         }
     }
 }
@@ -133,6 +141,10 @@ struct State {
     /// server answered.
     replicaset_owners: HashMap<(String, String), Option<(String, String)>>,
     dirty: bool,
+    /// The namespace names pods share.
+    namespace_names: HashSet<Arc<str>>,
+    /// Where what is kept of pods and namespaces is allocated.
+    heap: KeptHeap,
     /// The API server failed and has not answered since.
     away: bool,
 }
@@ -148,6 +160,8 @@ impl State {
             listing_namespaces: None,
             replicaset_owners: HashMap::new(),
             dirty: false,
+            namespace_names: HashSet::new(),
+            heap: KeptHeap::new(),
             away: false,
         }
     }
@@ -169,12 +183,27 @@ impl State {
         }
     }
 
-    async fn pod_event(&mut self, event: Event<Pod>) {
+    async fn pod_event(&mut self, event: Event<WatchedPod>) {
+        let replicaset_owner = match &event {
+            Event::InitApply(pod) | Event::Apply(pod) => self.replicaset_owner_of(pod).await,
+            _ => None,
+        };
+        let heap = self.heap;
+        heap.scope(|| self.apply_pod_event(event, replicaset_owner));
+    }
+
+    /// What the pod store keeps of `event` (in the kept heap, see
+    /// [`KeptHeap`]); `replicaset_owner` as [`pod_owners`] takes it.
+    fn apply_pod_event(
+        &mut self,
+        event: Event<WatchedPod>,
+        replicaset_owner: Option<Option<(String, String)>>,
+    ) {
         match event {
             Event::Init => self.listing = Some(HashMap::new()),
             Event::InitApply(pod) => {
-                if let Some(meta) = self.meta(&pod).await {
-                    let uid: Arc<str> = meta.uid.as_str().into();
+                if let Some(meta) = self.meta(&pod, replicaset_owner.clone()) {
+                    let uid = Arc::clone(&meta.uid);
                     let meta = same_or_new(self.pods.get(&uid), meta);
                     self.listing
                         .get_or_insert_with(HashMap::new)
@@ -197,8 +226,8 @@ impl State {
                 self.dirty = true;
             }
             Event::Apply(pod) => {
-                if let Some(meta) = self.meta(&pod).await {
-                    let uid: Arc<str> = meta.uid.as_str().into();
+                if let Some(meta) = self.meta(&pod, replicaset_owner.clone()) {
+                    let uid = Arc::clone(&meta.uid);
                     let meta = same_or_new(self.pods.get(&uid), meta);
                     if self
                         .pods
@@ -263,16 +292,32 @@ impl State {
         }
     }
 
-    /// Strips a pod, resolving its owners.
-    async fn meta(&mut self, pod: &Pod) -> Option<PodMeta> {
+    /// Strips a pod.
+    fn meta(
+        &mut self,
+        pod: &WatchedPod,
+        replicaset_owner: Option<Option<(String, String)>>,
+    ) -> Option<PodMeta> {
+        let mut meta = pod_meta(pod, &self.config.keep, pod_owners(pod, replicaset_owner))?;
+        meta.namespace = match self.namespace_names.get(&meta.namespace) {
+            Some(name) => Arc::clone(name),
+            None => {
+                self.namespace_names.insert(Arc::clone(&meta.namespace));
+                meta.namespace
+            }
+        };
+        Some(meta)
+    }
+
+    /// The owner of the pod's ReplicaSet, when its controller is one and
+    /// the API server can say (see [`State::replicaset_owner`]).
+    async fn replicaset_owner_of(&mut self, pod: &WatchedPod) -> Option<Option<(String, String)>> {
         let refs = pod.metadata.owner_references.as_deref().unwrap_or_default();
-        let owner = controller(refs);
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let replicaset_owner = match owner {
+        match controller(refs) {
             Some(r) if r.kind == "ReplicaSet" => self.replicaset_owner(namespace, &r.name).await,
             _ => None,
-        };
-        pod_meta(pod, &self.config.keep, pod_owners(pod, replicaset_owner))
+        }
     }
 
     /// The controller of ReplicaSet `name`: asked once, then cached. None
@@ -309,6 +354,7 @@ impl State {
             .retain(|_, p| p.deleted_at.is_none_or(|at| at.elapsed() < retention));
         if self.pods.len() != before {
             self.dirty = true;
+            self.namespace_names.retain(|name| Arc::strong_count(name) > 1);
         }
         if !self.dirty {
             return;

@@ -479,9 +479,27 @@ fn serves_a_tenants_own_page() {
     let (head, acme) = get("/metrics/acme");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(services(&acme), ["shop-acme"]);
-    // The agent's own series are of no tenant.
+    // Every series of acme says so.
+    let series: Vec<&str> = acme
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("target_info"))
+        .collect();
+    assert!(
+        series.iter().any(|l| l.starts_with("http_server_request_duration_seconds_count{")),
+        "{acme}"
+    );
+    assert!(
+        series.iter().all(|l| l.contains("tenant_id=\"acme\"")),
+        "{acme}"
+    );
+    // The agent's health is of no tenant; the service graph edges of acme's
+    // processes are acme's, labelled at the end it is.
     assert!(!acme.contains("sonde_"), "{acme}");
-    assert_eq!(targets(&acme), 1, "{acme}");
+    assert!(
+        acme.contains("traces_service_graph_request_total{service_name=\"sonde\",service_instance_id=\"sonde-1\",client=\"unknown\",server=\"shop-acme\",connection_type=\"virtual_node\",server_tenant_id=\"acme\"} 1"),
+        "{acme}"
+    );
+    assert_eq!(targets(&acme), 2, "{acme}");
     assert!(
         acme.contains("target_info{service_name=\"shop-acme\""),
         "{acme}"

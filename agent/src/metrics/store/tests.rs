@@ -694,3 +694,139 @@ fn spans_the_sampler_dropped_count_but_are_no_exemplars() {
     let graph = graph_point(&snap, edge, "192.168.1.7", "shop").unwrap();
     assert_eq!(graph.exemplars.len(), 1);
 }
+
+fn of_tenant(service: &str, tenant: Option<&str>) -> Arc<Resource> {
+    let mut r = Arc::unwrap_or_clone(resource(service, &format!("{service}-1")));
+    r.tenant.tenant = tenant.map(Arc::from);
+    Arc::new(r)
+}
+
+/// Every series carries its tenant: a request's own (a header rule's) over
+/// its process's; a service graph edge carries each end's, and a tenant's
+/// reading takes the edges it is an end of.
+#[test]
+fn series_carry_their_tenant_and_edges_both_ends() {
+    let mut store = Store::new(options(|_| {}), agent());
+    let gateway = of_tenant("gateway", Some("edge"));
+    let billing = of_tenant("billing", Some("globex"));
+    let plain = of_tenant("plain", None);
+    let client_view = Endpoints {
+        local: ip([127, 0, 0, 1], 40000),
+        peer: ip([127, 0, 0, 1], 8080),
+    };
+    let server_view = Endpoints {
+        local: ip([127, 0, 0, 1], 8080),
+        peer: ip([127, 0, 0, 1], 40000),
+    };
+    // The gateway serves a request of acme (by its header) and one of its
+    // own tenant; billing calls it.
+    for (i, header) in [Some("acme"), None].into_iter().enumerate() {
+        let i = i as u64;
+        let mut srv = server("/a", 200, 2, 100 + 10 * i);
+        srv.tenant = header.map(crate::span::model::Text::from);
+        let cli = http(SpanSpec {
+            kind: SpanKind::Client,
+            route: "/a",
+            status: 200,
+            dur_ns: 3 * MS,
+            end_ns: (101 + 10 * i) * MS,
+            id: 20 + i as u8,
+        });
+        store.record(&gateway, &srv, &server_view);
+        store.record(&billing, &cli, &client_view);
+    }
+    store.record(&plain, &server("/p", 200, 1, 130), &no_endpoints());
+
+    let snap = store.snapshot(200 * MS, Temporality::Cumulative);
+    let mut tenants: Vec<Option<&str>> = points(&snap, "gateway", "http.server.request.duration")
+        .iter()
+        .map(|p| str_attr(p, "tenant.id"))
+        .collect();
+    tenants.sort();
+    assert_eq!(tenants, [Some("acme"), Some("edge")]);
+    let billing_points = points(&snap, "billing", "http.client.request.duration");
+    assert_eq!(billing_points.len(), 1);
+    assert_eq!(str_attr(billing_points[0], "tenant.id"), Some("globex"));
+    let plain_points = points(&snap, "plain", "http.server.request.duration");
+    assert_eq!(point_attr(plain_points[0], "tenant.id"), None);
+
+    let edges: Vec<(Option<&str>, Option<&str>, f64)> =
+        points(&snap, "sonde", "traces_service_graph_request_total")
+            .iter()
+            .filter(|p| str_attr(p, "client") == Some("billing"))
+            .map(|p| {
+                (
+                    str_attr(p, "client_tenant.id"),
+                    str_attr(p, "server_tenant.id"),
+                    sum(p),
+                )
+            })
+            .collect();
+    assert_eq!(edges.len(), 2, "{edges:?}");
+    assert!(edges.contains(&(Some("globex"), Some("acme"), 1.0)), "{edges:?}");
+    assert!(edges.contains(&(Some("globex"), Some("edge"), 1.0)), "{edges:?}");
+
+    // Readings by tenant: acme's has the gateway's acme series and the
+    // edge into it, not the gateway's other series.
+    let read = |store: &mut Store, filter: SeriesFilter| {
+        let mut seen = Vec::new();
+        for metric in 0..store.metric_count() {
+            let (parts, _) = store.collect_part_of(
+                &filter,
+                metric,
+                0,
+                usize::MAX,
+                200 * MS,
+                Temporality::Cumulative,
+            );
+            for part in parts {
+                for m in &part.metrics {
+                    for p in &m.points {
+                        let tenant = ["tenant.id", "client_tenant.id", "server_tenant.id"]
+                            .map(|k| str_attr(p, k).unwrap_or("-").to_owned())
+                            .join("/");
+                        seen.push(format!("{} {} {tenant}", part.resource.service_name, m.name));
+                    }
+                }
+            }
+        }
+        seen.sort();
+        seen
+    };
+    let acme = read(&mut store, SeriesFilter::Tenant(Arc::from("acme")));
+    assert_eq!(
+        acme,
+        [
+            "gateway http.server.request.duration acme/-/-",
+            "sonde traces_service_graph_request_client_seconds -/globex/acme",
+            "sonde traces_service_graph_request_server_seconds -/globex/acme",
+            "sonde traces_service_graph_request_total -/globex/acme",
+        ]
+    );
+    let globex = read(&mut store, SeriesFilter::Tenant(Arc::from("globex")));
+    assert_eq!(globex.len(), 1 + 2 * 3, "{globex:#?}");
+    let rest = read(
+        &mut store,
+        SeriesFilter::Except(Arc::new(["acme".to_owned(), "globex".to_owned()].into())),
+    );
+    // The default route: what is of no routed tenant, and the edge from
+    // globex into the gateway's own tenant (an end not routed).
+    assert_eq!(
+        rest,
+        [
+            "gateway http.server.request.duration edge/-/-",
+            "plain http.server.request.duration -/-/-",
+            "sonde traces_service_graph_request_client_seconds -/globex/edge",
+            "sonde traces_service_graph_request_server_seconds -/-/-",
+            "sonde traces_service_graph_request_server_seconds -/globex/edge",
+            "sonde traces_service_graph_request_total -/-/-",
+            "sonde traces_service_graph_request_total -/globex/edge",
+        ]
+    );
+    let resources: Vec<String> = store
+        .resources_of(&SeriesFilter::Tenant(Arc::from("acme")))
+        .iter()
+        .map(|r| r.service_name.clone())
+        .collect();
+    assert_eq!(resources, ["sonde", "gateway"]);
+}
