@@ -226,6 +226,7 @@ fn process_resources(
     selection: &Selection,
     tenants: &TenantConfig,
 ) -> anyhow::Result<(ProcessResources, Option<WatchedKeys>)> {
+    sonde::metrics::attrs::set_tenant_attribute(&tenants.attribute);
     let tenants = Tenants::new(tenants.clone());
     let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let mut host = HostInfo::detect();

@@ -129,6 +129,14 @@ impl KeptHeap {
         let _restore = Restore(KEPT.replace(self.0));
         f()
     }
+
+    /// Gives the heap's free pages back to the system (see [`release`]).
+    pub fn collect(self) {
+        if !self.0.is_null() {
+            // SAFETY: the heap is live; collecting only frees unused pages.
+            unsafe { mi::mi_heap_collect(self.0, false) };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +175,10 @@ mod tests {
         unsafe {
             let before = Allocator.alloc(layout);
             let (inside, moved) = heap.scope(|| {
-                (Allocator.alloc(layout), Allocator.realloc(before, layout, 4096))
+                (
+                    Allocator.alloc(layout),
+                    Allocator.realloc(before, layout, 4096),
+                )
             });
             let after = Allocator.alloc(layout);
             let kept = |p: *mut u8| mi_heap_contains(heap.0, p as *const c_void);

@@ -629,6 +629,7 @@ fn apply<S: SpanSink>(
                 pipeline.set_protocols(on);
             }
             LiveChange::Tenants(tenants) => {
+                crate::metrics::attrs::set_tenant_attribute(&tenants.attribute);
                 pipeline.set_tenants(Tenants::new(tenants.clone()));
             }
             LiveChange::Http(http) => {

@@ -41,5 +41,5 @@ pub mod util;
 
 pub use agent::Agent;
 pub use received_metrics::{PointData, ReceivedPoint};
-pub use receiver::{Kind, ReceivedSpan, Receiver, Status, Value};
+pub use receiver::{Kind, ReceivedSpan, Receiver, RequestHeaders, Status, Value};
 pub use util::{free_port, require_root};

@@ -118,7 +118,7 @@ impl fmt::Display for Value {
 }
 
 /// Span kind as sent in OTLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Unspecified,
     Internal,
@@ -374,6 +374,49 @@ struct Store {
     metric_requests: usize,
     /// Anything the receiver could not handle.
     errors: Vec<String>,
+    /// The headers (gRPC metadata) of every export request, in order.
+    headers: Vec<RequestHeaders>,
+}
+
+/// The headers of one export request: what it posted to (`/v1/traces`,
+/// `/v1/metrics`, or the gRPC method's path) and its headers, names in
+/// lower case.
+#[derive(Clone, Debug)]
+pub struct RequestHeaders {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHeaders {
+    /// The value of header `name` (any case), if sent once; all values
+    /// joined by `,` if sent more than once.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+}
+
+fn grpc_headers(path: &str, metadata: &tonic::metadata::MetadataMap) -> RequestHeaders {
+    let headers = metadata
+        .clone()
+        .into_headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    RequestHeaders {
+        path: path.to_owned(),
+        headers,
+    }
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -395,7 +438,12 @@ impl TraceService for GrpcService {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let spans = flatten(request.get_ref(), Via::Grpc);
+        let headers = grpc_headers(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request.metadata(),
+        );
         let mut store = lock(&self.store);
+        store.headers.push(headers);
         store.requests += 1;
         store.spans.extend(spans);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
@@ -415,7 +463,12 @@ impl MetricsService for GrpcMetrics {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let points = received_metrics::flatten(request.get_ref(), Via::Grpc);
+        let headers = grpc_headers(
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            request.metadata(),
+        );
         let mut store = lock(&self.store);
+        store.headers.push(headers);
         store.metric_requests += 1;
         store.points.extend(points);
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
@@ -515,6 +568,11 @@ impl Receiver {
 
     pub fn http_port(&self) -> u16 {
         self.http_addr.port()
+    }
+
+    /// The headers of every export request received so far.
+    pub fn request_headers(&self) -> Vec<RequestHeaders> {
+        lock(&self.store).headers.clone()
     }
 
     /// A copy of every span received so far.
@@ -679,6 +737,7 @@ async fn serve_http(stream: TcpStream, store: Shared) -> anyhow::Result<()> {
         let mut close = request_line.ends_with("HTTP/1.0");
         let mut content_type = String::new();
         let mut content_encoding = String::new();
+        let mut headers = Vec::new();
         loop {
             let mut line = String::new();
             if rd.read_line(&mut line).await? == 0 {
@@ -692,6 +751,7 @@ async fn serve_http(stream: TcpStream, store: Shared) -> anyhow::Result<()> {
                 anyhow::bail!("bad header line {line:?}");
             };
             let value = value.trim();
+            headers.push((name.trim().to_ascii_lowercase(), value.to_owned()));
             match name.trim().to_ascii_lowercase().as_str() {
                 "content-length" => content_length = Some(value.parse()?),
                 "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
@@ -713,6 +773,10 @@ async fn serve_http(stream: TcpStream, store: Shared) -> anyhow::Result<()> {
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or_default();
         let path = parts.next().unwrap_or_default();
+        lock(&store).headers.push(RequestHeaders {
+            path: path.to_owned(),
+            headers,
+        });
         let (status, reply) = if method != "POST" || (path != "/v1/traces" && path != "/v1/metrics")
         {
             lock(&store).errors.push(format!(

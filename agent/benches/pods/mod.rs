@@ -129,8 +129,7 @@ impl Publisher {
         if own_pods_changed {
             for pid in PIDS {
                 let meta = pod(pod_of(pid));
-                next.pods
-                    .insert(Arc::clone(&meta.uid), Arc::new(meta));
+                next.pods.insert(Arc::clone(&meta.uid), Arc::new(meta));
             }
         }
         self.metadata.publish(next);

@@ -1065,7 +1065,10 @@ async fn metrics_take_their_tenants_routes() {
     // resource; the agent's health stays on the default route.
     assert_eq!(resources[1].0, "sonde", "{resources:?}");
     assert!(
-        resources[1].1.iter().all(|n| n.starts_with("traces_service_graph")),
+        resources[1]
+            .1
+            .iter()
+            .all(|n| n.starts_with("traces_service_graph")),
         "{resources:?}"
     );
 

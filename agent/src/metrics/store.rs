@@ -835,8 +835,8 @@ impl Store {
                 server.as_ref().and_then(|h| h.tenant.clone()),
             ],
         );
-        let failed = client.as_ref().is_some_and(|h| h.failed)
-            || server.as_ref().is_some_and(|h| h.failed);
+        let failed =
+            client.as_ref().is_some_and(|h| h.failed) || server.as_ref().is_some_and(|h| h.failed);
         // The series of a known edge are found by its key alone; the
         // attribute set is only built for an edge (or one of its metrics)
         // not seen before.
@@ -925,7 +925,10 @@ impl Store {
             let text = CONNECTION_TYPES[usize::from(key.2)];
             attrs.push(Key::ConnectionType, Val::Str(text));
         }
-        for (k, tenant) in [Key::ClientTenant, Key::ServerTenant].into_iter().zip(&key.3) {
+        for (k, tenant) in [Key::ClientTenant, Key::ServerTenant]
+            .into_iter()
+            .zip(&key.3)
+        {
             if let Some(t) = tenant {
                 attrs.push(k, Val::Str(t.as_str()));
             }

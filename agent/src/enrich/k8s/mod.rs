@@ -505,7 +505,11 @@ mod tests {
         }))
         .expect("a pod");
         assert_eq!(pod.metadata.managed_fields, None, "skipped by the parser");
-        assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"), "the watcher needs it");
+        assert_eq!(
+            pod.metadata.resource_version.as_deref(),
+            Some("42"),
+            "the watcher needs it"
+        );
         assert_eq!(
             pod_owners(&pod, None),
             vec![
@@ -546,7 +550,12 @@ mod tests {
         let id = ContainerId::new(&hex);
         assert!(matches!(id, ContainerId::Hex(_)));
         assert_eq!(id.to_string(), hex);
-        for text in ["ABCDEF".repeat(10) + "ABCD", "abc".into(), "g".repeat(64), String::new()] {
+        for text in [
+            "ABCDEF".repeat(10) + "ABCD",
+            "abc".into(),
+            "g".repeat(64),
+            String::new(),
+        ] {
             let id = ContainerId::new(&text);
             assert_eq!(id, ContainerId::Text(text.as_str().into()));
             assert_eq!(id.to_string(), text);

@@ -24,8 +24,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::memory::KeptHeap;
 use super::{Keep, Metadata, PodMeta, Snapshot, WatchedPod, controller, pod_meta, pod_owners};
+use crate::memory::KeptHeap;
 
 /// How often changes are published at most: a burst of events (the first
 /// list of a node's pods) becomes one snapshot.
@@ -86,13 +86,18 @@ async fn run(config: WatchConfig, metadata: Arc<Metadata>) {
     loop {
         tokio::select! {
             event = pods.next() => match event {
-                Some(Ok(event)) => { state.reachable(); state.pod_event(event).await; }
+                Some(Ok(event)) => {
+                    state.reachable();
+                    state.busy = true;
+                    state.pod_event(event).await;
+                }
                 Some(Err(e)) => state.unreachable(&e),
                 None => return,
             },
             event = namespaces.next() => match event {
                 Some(Ok(event)) => {
                     state.reachable();
+                    state.busy = true;
                     let heap = state.heap;
                     heap.scope(|| state.namespace_event(event));
                 }
@@ -102,6 +107,12 @@ async fn run(config: WatchConfig, metadata: Arc<Metadata>) {
             _ = tick.tick() => {
                 let heap = state.heap;
                 heap.scope(|| state.publish(&metadata));
+                // A burst of events (a list above all) leaves free pages
+                // with this thread, which an idle watch would keep for good.
+                if std::mem::take(&mut state.busy) {
+                    crate::memory::release(false);
+                    heap.collect();
+                }
             }
         }
     }
@@ -141,6 +152,8 @@ struct State {
     /// server answered.
     replicaset_owners: HashMap<(String, String), Option<(String, String)>>,
     dirty: bool,
+    /// Events came since the last tick.
+    busy: bool,
     /// The namespace names pods share.
     namespace_names: HashSet<Arc<str>>,
     /// Where what is kept of pods and namespaces is allocated.
@@ -160,6 +173,7 @@ impl State {
             listing_namespaces: None,
             replicaset_owners: HashMap::new(),
             dirty: false,
+            busy: false,
             namespace_names: HashSet::new(),
             heap: KeptHeap::new(),
             away: false,
@@ -354,7 +368,8 @@ impl State {
             .retain(|_, p| p.deleted_at.is_none_or(|at| at.elapsed() < retention));
         if self.pods.len() != before {
             self.dirty = true;
-            self.namespace_names.retain(|name| Arc::strong_count(name) > 1);
+            self.namespace_names
+                .retain(|name| Arc::strong_count(name) > 1);
         }
         if !self.dirty {
             return;

@@ -485,7 +485,9 @@ fn serves_a_tenants_own_page() {
         .filter(|l| !l.starts_with('#') && !l.starts_with("target_info"))
         .collect();
     assert!(
-        series.iter().any(|l| l.starts_with("http_server_request_duration_seconds_count{")),
+        series
+            .iter()
+            .any(|l| l.starts_with("http_server_request_duration_seconds_count{")),
         "{acme}"
     );
     assert!(

@@ -763,8 +763,14 @@ fn series_carry_their_tenant_and_edges_both_ends() {
             })
             .collect();
     assert_eq!(edges.len(), 2, "{edges:?}");
-    assert!(edges.contains(&(Some("globex"), Some("acme"), 1.0)), "{edges:?}");
-    assert!(edges.contains(&(Some("globex"), Some("edge"), 1.0)), "{edges:?}");
+    assert!(
+        edges.contains(&(Some("globex"), Some("acme"), 1.0)),
+        "{edges:?}"
+    );
+    assert!(
+        edges.contains(&(Some("globex"), Some("edge"), 1.0)),
+        "{edges:?}"
+    );
 
     // Readings by tenant: acme's has the gateway's acme series and the
     // edge into it, not the gateway's other series.
@@ -785,7 +791,10 @@ fn series_carry_their_tenant_and_edges_both_ends() {
                         let tenant = ["tenant.id", "client_tenant.id", "server_tenant.id"]
                             .map(|k| str_attr(p, k).unwrap_or("-").to_owned())
                             .join("/");
-                        seen.push(format!("{} {} {tenant}", part.resource.service_name, m.name));
+                        seen.push(format!(
+                            "{} {} {tenant}",
+                            part.resource.service_name, m.name
+                        ));
                     }
                 }
             }
