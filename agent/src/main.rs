@@ -114,7 +114,7 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         anyhow::bail!("--prometheus needs metrics, but metrics.enabled is false in the config");
     }
     let metrics = Metrics::from_config(&config.metrics, agent_resource(), stats.clone());
-    let metric_tasks = match &metrics {
+    let mut metric_tasks = match &metrics {
         Some(m) => Some(
             runtime
                 .block_on(export::metrics::start(
@@ -199,7 +199,11 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
         &mut pipeline,
         &stats,
         &stop,
-        &mut reloader,
+        &mut Reloading {
+            reloader: &mut reloader,
+            runtime: &runtime,
+            metric_tasks: &mut metric_tasks,
+        },
     );
 
     info!("stopping: flushing spans");
@@ -318,22 +322,53 @@ fn register_reload() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a config reload changes: the pipeline's stages through the
+/// reloader, and the export stage's tenant routes.
+struct Reloading<'a> {
+    reloader: &'a mut Reloader,
+    runtime: &'a tokio::runtime::Runtime,
+    metric_tasks: &'a mut Option<export::metrics::MetricTasks>,
+}
+
 /// Reads the config file again and makes its live changes; the kernel's
-/// message-start patterns are rewritten when protocols changed.
-fn reload_config(
-    reloader: &mut Reloader,
-    pipeline: &mut Pipeline<ExportSink>,
-    probes: &mut Probes,
-) {
-    let outcome = reloader.reload(pipeline);
-    reload::log(&outcome, reloader.path());
-    if let reload::Outcome::Applied {
-        kernel_prefixes: Some(prefixes),
-        ..
+/// message-start patterns are rewritten when protocols changed, and the
+/// export stage takes new tenant routes.
+fn reload_config(r: &mut Reloading<'_>, pipeline: &mut Pipeline<ExportSink>, probes: &mut Probes) {
+    let outcome = r.reloader.reload(pipeline);
+    reload::log(&outcome, r.reloader.path());
+    let reload::Outcome::Applied {
+        diff,
+        kernel_prefixes,
     } = &outcome
+    else {
+        return;
+    };
+    if let Some(prefixes) = kernel_prefixes
         && let Err(e) = probes.set_prefixes(prefixes)
     {
         warn!("config reload: the kernel's message-start filter was not updated: {e}");
+    }
+    if diff
+        .live
+        .iter()
+        .any(|c| matches!(c, reload::LiveChange::Routes(_)))
+    {
+        let config = r.reloader.running();
+        match pipeline
+            .sink_mut()
+            .handle_mut()
+            .set_tenant_routes(&config.export)
+        {
+            Ok(changed) => info!("config reload: span routes of tenants {changed:?} changed"),
+            Err(e) => warn!("config reload: span routes not changed: {e}"),
+        }
+        if let Some(tasks) = r.metric_tasks.as_mut() {
+            let _in_runtime = r.runtime.enter();
+            match tasks.set_tenant_routes(config) {
+                Ok(changed) => info!("config reload: metric routes of tenants {changed:?} changed"),
+                Err(e) => warn!("config reload: metric routes not changed: {e}"),
+            }
+        }
     }
 }
 
@@ -354,7 +389,7 @@ fn read_loop(
     pipeline: &mut Pipeline<ExportSink>,
     stats: &Stats,
     stop: &AtomicBool,
-    reloader: &mut Reloader,
+    reloading: &mut Reloading<'_>,
 ) {
     let fd = probes.events_fd();
     let mut last_chores = Instant::now();
@@ -362,8 +397,8 @@ fn read_loop(
     let mut last_summary = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         // Read each time: a reload may change them.
-        let poll_ms = reloader.running().capture.poll_interval_ms as libc::c_int;
-        let stats_interval_secs = reloader.running().log.stats_interval_secs;
+        let poll_ms = reloading.reloader.running().capture.poll_interval_ms as libc::c_int;
+        let stats_interval_secs = reloading.reloader.running().log.stats_interval_secs;
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -381,15 +416,15 @@ fn read_loop(
         // under the old config, every later one is under the new.
         let file_due = last_chores.elapsed() >= Duration::from_secs(1);
         if RELOAD_ASKED.swap(false, Ordering::SeqCst) {
-            if reloader.path().is_some() {
+            if reloading.reloader.path().is_some() {
                 info!("SIGHUP: reading the config file again");
-                reload_config(reloader, pipeline, probes);
+                reload_config(reloading, pipeline, probes);
             } else {
                 warn!("SIGHUP: no config file to read again (sonde run --config PATH)");
             }
-        } else if file_due && reloader.file_changed() {
+        } else if file_due && reloading.reloader.file_changed() {
             info!("the config file changed: reading it again");
-            reload_config(reloader, pipeline, probes);
+            reload_config(reloading, pipeline, probes);
         }
         for order in pipeline.take_kernel_orders() {
             match order {

@@ -55,6 +55,12 @@ impl ExportSink {
         }
     }
 
+    /// The export stage, to change its tenant routes (a config reload).
+    pub fn handle_mut(&mut self) -> &mut ExportHandle {
+        self.flush();
+        &mut self.handle
+    }
+
     pub fn into_handle(mut self) -> ExportHandle {
         self.flush();
         self.handle

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::config::{
     self, CaptureConfig, Config, ConfigError, ContainersConfig, DbConfig, ExportConfig,
     HealthConfig, HttpConfig, KubernetesConfig, LogConfig, MetricsConfig, ProtocolsConfig,
-    SampleConfig, Selection, TenantConfig,
+    SampleConfig, Selection, TenantConfig, TenantRoute,
 };
 use crate::enrich::tenant::Tenants;
 use crate::pipeline::{Pipeline, SpanSink};
@@ -38,6 +38,8 @@ pub enum LiveChange {
     Select(Selection),
     Protocols(ProtocolsConfig),
     Tenants(TenantConfig),
+    /// `export.tenants`: made by the export stage, not the pipeline.
+    Routes(std::collections::BTreeMap<String, TenantRoute>),
     Http(HttpConfig),
     Db(DbConfig),
     MaxBufferedBytes(u32),
@@ -53,6 +55,7 @@ impl LiveChange {
             LiveChange::Select(_) => "select",
             LiveChange::Protocols(_) => "protocols",
             LiveChange::Tenants(_) => "tenants",
+            LiveChange::Routes(_) => "export.tenants",
             LiveChange::Http(_) => "http",
             LiveChange::Db(_) => "db",
             LiveChange::MaxBufferedBytes(_) => "capture.max_buffered_bytes",
@@ -68,6 +71,7 @@ impl LiveChange {
             LiveChange::Select(v) => config.select = v.clone(),
             LiveChange::Protocols(v) => config.protocols = v.clone(),
             LiveChange::Tenants(v) => config.tenants = v.clone(),
+            LiveChange::Routes(v) => config.export.tenants = v.clone(),
             LiveChange::Http(v) => config.http = v.clone(),
             LiveChange::Db(v) => config.db = v.clone(),
             LiveChange::MaxBufferedBytes(v) => config.capture.max_buffered_bytes = *v,
@@ -173,7 +177,7 @@ pub fn diff(running: &Config, new: &Config, watched: Option<&WatchedKeys>) -> Di
     if running.db != new.db {
         out.live.push(LiveChange::Db(new.db.clone()));
     }
-    export_changes(&running.export, &new.export, &mut out.restart);
+    export_changes(&running.export, &new.export, &mut out);
     metrics_changes(&running.metrics, &new.metrics, &mut out.restart);
     if running.sample != new.sample {
         out.live.push(LiveChange::Sample(new.sample.clone()));
@@ -288,14 +292,21 @@ fn capture_changes(old: &CaptureConfig, new: &CaptureConfig, out: &mut Diff) {
     rest_of_section(restart, before, "capture", old, &live_taken);
 }
 
-/// Every change in `export` needs a restart for now: the exporter, its
-/// queue and its routes are started once. The one place to change when
-/// routes apply live.
-fn export_changes(old: &ExportConfig, new: &ExportConfig, out: &mut Vec<Restart>) {
-    if old != new {
-        out.push(Restart {
+/// The tenant routes (`export.tenants`) change live (the export stage
+/// starts and stops their queues, workers and metric loops); the rest of
+/// `export` (the default route) is started once.
+fn export_changes(old: &ExportConfig, new: &ExportConfig, out: &mut Diff) {
+    if old.tenants != new.tenants {
+        out.live.push(LiveChange::Routes(new.tenants.clone()));
+    }
+    let rest = ExportConfig {
+        tenants: old.tenants.clone(),
+        ..new.clone()
+    };
+    if *old != rest {
+        out.restart.push(Restart {
             key: "export".to_owned(),
-            kept: "the running exporter".to_owned(),
+            kept: "the running default route".to_owned(),
             reason: None,
         });
     }
@@ -645,8 +656,11 @@ fn apply<S: SpanSink>(
             LiveChange::MaxBufferedBytes(bytes) => pipeline.set_limits(Limits {
                 max_buffered_bytes: *bytes as usize,
             }),
-            // Read by the capture loop from the running config.
-            LiveChange::PollIntervalMs(_) | LiveChange::StatsIntervalSecs(_) => {}
+            // Read by the capture loop from the running config; routes are
+            // the export stage's (see `Outcome::Applied`).
+            LiveChange::PollIntervalMs(_)
+            | LiveChange::StatsIntervalSecs(_)
+            | LiveChange::Routes(_) => {}
         }
     }
     kernel_prefixes
@@ -708,6 +722,34 @@ mod tests {
 
     /// Each section goes live or to a restart, with its keys named and
     /// the running value said.
+    /// Tenant routes change live; the default route needs a restart.
+    #[test]
+    fn tenant_routes_are_live() {
+        let old = config("export:\n  tenants:\n    acme:\n      endpoint: http://127.0.0.1:4318\n");
+        let routes =
+            config("export:\n  tenants:\n    globex:\n      endpoint: http://127.0.0.1:4319\n");
+        assert_eq!(
+            keys(&diff(&old, &routes, None)),
+            (vec!["export.tenants"], vec![])
+        );
+        let default = config(
+            "export:\n  otlp:\n    endpoint: http://127.0.0.1:4317\n  tenants:\n    acme:\n      endpoint: http://127.0.0.1:4318\n",
+        );
+        assert_eq!(
+            keys(&diff(&old, &default, None)),
+            (
+                vec![],
+                vec!["export needs a restart; kept the running default route".to_owned()]
+            )
+        );
+        let d = diff(&old, &routes, None);
+        let mut running = old.clone();
+        for change in &d.live {
+            change.write(&mut running);
+        }
+        assert_eq!(running.export, routes.export);
+    }
+
     #[test]
     fn sections_live_or_restart() {
         let old = config("capture:\n  ring_buffer_bytes: 16777216\n");
@@ -723,6 +765,9 @@ db:
   sanitize_query: false
 export:
   queue_size: 100
+  tenants:
+    acme:
+      endpoint: http://127.0.0.1:4318
 metrics:
   max_series_per_metric: 10
   service_graph:
@@ -759,6 +804,7 @@ tenants:
                 "capture.poll_interval_ms",
                 "http",
                 "db",
+                "export.tenants",
                 "sample",
                 "log.stats_interval_secs",
                 "protocols",
@@ -771,7 +817,7 @@ tenants:
             [
                 "capture.bytes needs a restart; kept 4096",
                 "capture.ring_buffer_bytes needs a restart; kept 16777216",
-                "export needs a restart; kept the running exporter",
+                "export needs a restart; kept the running default route",
                 "metrics.max_series_per_metric needs a restart; kept 2000",
                 "metrics.service_graph needs a restart; kept ServiceGraphConfig { enabled: true, wait_ms: 2000, max_pending: 4096 }",
                 "metrics.prometheus.listen needs a restart; kept None",

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::otlp::metrics::{
-    MetricRoute, export_loop, resolve_metrics_target, resolve_tenant_metrics_targets,
+    MetricRoute, MetricsTarget, export_loop, resolve_metrics_target, resolve_tenant_metrics_targets,
 };
 use super::otlp::{OtlpClient, process_env, redact_userinfo};
 use super::{ExportError, console, prometheus, resolve_destinations};
@@ -36,62 +36,34 @@ pub enum StartError {
 
 /// The running metric tasks.
 pub struct MetricTasks {
-    stop: watch::Sender<bool>,
-    /// One OTLP export loop per route.
-    otlp: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    /// The default route's OTLP export loop, when metrics go over OTLP.
+    default: Option<ExportLoop>,
+    /// One per tenant with a metric route of its own.
+    tenants: Vec<ExportLoop>,
+    /// Loops of routes that went away, sending their last export.
+    retired: Vec<JoinHandle<()>>,
     others: Vec<JoinHandle<()>>,
     /// Where the Prometheus endpoint listens, when it does.
     pub prometheus: Option<SocketAddr>,
 }
 
-impl MetricTasks {
-    /// Stops the tasks; the OTLP tasks send one last export first, all at
-    /// once, within `budget`.
-    pub async fn shutdown(self, budget: Duration) {
-        let _ = self.stop.send(true);
-        for t in &self.others {
-            t.abort();
-        }
-        let deadline = tokio::time::Instant::now() + budget;
-        for mut t in self.otlp {
-            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                t.abort();
-                tracing::warn!("the last metric export did not finish in time");
-            }
-        }
-    }
+/// One route's OTLP export loop.
+struct ExportLoop {
+    route: String,
+    target: MetricsTarget,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
-/// Starts what `config` asks for: OTLP export when an endpoint is known,
-/// the Prometheus endpoint when `prometheus` (the `--prometheus` flag) or
-/// `metrics.prometheus.listen` is set, the console table when spans go to
-/// the console. Must run inside the agent's runtime.
-pub async fn start(
-    metrics: Arc<Metrics>,
-    config: &Config,
-    prometheus_flag: Option<&str>,
-) -> Result<MetricTasks, StartError> {
-    let env = process_env();
-    let (stop, stop_rx) = watch::channel(false);
-    let mut others = Vec::new();
-
-    let mut otlp = Vec::new();
-    let tenants = resolve_tenant_metrics_targets(&config.export, &config.metrics, &env)?;
-    let default = resolve_metrics_target(&config.export, &config.metrics, &env)?;
-    // A tenant with a metric route of its own is left out of the default one.
-    let default_filter = if tenants.is_empty() {
-        SeriesFilter::All
-    } else {
-        SeriesFilter::Except(Arc::new(tenants.iter().map(|(t, _)| t.clone()).collect()))
-    };
-    let routes = default
-        .map(|target| (DEFAULT_ROUTE.to_owned(), target, default_filter))
-        .into_iter()
-        .chain(tenants.into_iter().map(|(tenant, target)| {
-            let filter = SeriesFilter::Tenant(Arc::from(tenant.as_str()));
-            (tenant, target, filter)
-        }));
-    for (route, target, filter) in routes {
+impl ExportLoop {
+    /// Starts the loop of `route`, reading the series `filter` keeps.
+    fn start(
+        metrics: &Arc<Metrics>,
+        route: String,
+        target: MetricsTarget,
+        filter: SeriesFilter,
+    ) -> Result<ExportLoop, ExportError> {
         let client = OtlpClient::new(&target.otlp)?;
         tracing::info!(
             route,
@@ -107,15 +79,154 @@ pub async fn start(
             format!("metric export of tenant {route} failed")
         };
         let counters = metrics.stats().routes.get(&route);
-        otlp.push(tokio::spawn(export_loop(
-            Arc::clone(&metrics),
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(export_loop(
+            Arc::clone(metrics),
             client,
-            target,
+            target.clone(),
             MetricRoute { filter, counters },
             warning,
-            stop_rx.clone(),
-        )));
+            stop_rx,
+        ));
+        Ok(ExportLoop {
+            route,
+            target,
+            stop,
+            task,
+        })
     }
+
+    /// Stops the loop after one last export.
+    fn retire(self) -> JoinHandle<()> {
+        let _ = self.stop.send(true);
+        self.task
+    }
+}
+
+/// What the default route takes: every series, or those of no tenant with
+/// a route of its own.
+fn default_filter(tenants: &[ExportLoop]) -> SeriesFilter {
+    if tenants.is_empty() {
+        SeriesFilter::All
+    } else {
+        SeriesFilter::Except(Arc::new(tenants.iter().map(|l| l.route.clone()).collect()))
+    }
+}
+
+impl MetricTasks {
+    /// Stops the tasks; the OTLP tasks send one last export first, all at
+    /// once, within `budget`.
+    pub async fn shutdown(self, budget: Duration) {
+        for t in &self.others {
+            t.abort();
+        }
+        let mut loops = self.retired;
+        loops.extend(
+            self.default
+                .into_iter()
+                .chain(self.tenants)
+                .map(ExportLoop::retire),
+        );
+        let deadline = tokio::time::Instant::now() + budget;
+        for mut t in loops {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                tracing::warn!("the last metric export did not finish in time");
+            }
+        }
+    }
+
+    /// Takes the tenant metric routes of `config` (a config reload): a new
+    /// or changed route gets a new loop, one gone or changed sends its last
+    /// export and stops, and when the set of routed tenants changed the
+    /// default route's loop starts again with the series now left to it.
+    /// Must run inside the agent's runtime. Returns the tenants whose
+    /// metric route changed.
+    pub fn set_tenant_routes(&mut self, config: &Config) -> Result<Vec<String>, ExportError> {
+        let wanted =
+            resolve_tenant_metrics_targets(&config.export, &config.metrics, &process_env())?;
+        // Clients first: a route that cannot be set up changes nothing.
+        for (tenant, target) in &wanted {
+            if !self
+                .tenants
+                .iter()
+                .any(|l| l.route == *tenant && l.target == *target)
+            {
+                OtlpClient::new(&target.otlp)?;
+            }
+        }
+        let before: Vec<String> = self.tenants.iter().map(|l| l.route.clone()).collect();
+        let mut changed = Vec::new();
+        let mut kept = Vec::new();
+        for l in std::mem::take(&mut self.tenants) {
+            if wanted
+                .iter()
+                .any(|(t, target)| *t == l.route && *target == l.target)
+            {
+                kept.push(l);
+            } else {
+                changed.push(l.route.clone());
+                self.retired.push(l.retire());
+            }
+        }
+        for (tenant, target) in wanted {
+            if kept.iter().any(|l| l.route == tenant) {
+                continue;
+            }
+            changed.push(tenant.clone());
+            let filter = SeriesFilter::Tenant(Arc::from(tenant.as_str()));
+            kept.push(ExportLoop::start(&self.metrics, tenant, target, filter)?);
+        }
+        self.tenants = kept;
+        let after: Vec<String> = self.tenants.iter().map(|l| l.route.clone()).collect();
+        if before.iter().collect::<std::collections::BTreeSet<_>>()
+            != after.iter().collect::<std::collections::BTreeSet<_>>()
+            && let Some(default) = self.default.take()
+        {
+            let target = default.target.clone();
+            self.retired.push(default.retire());
+            let filter = default_filter(&self.tenants);
+            self.default = Some(ExportLoop::start(
+                &self.metrics,
+                DEFAULT_ROUTE.to_owned(),
+                target,
+                filter,
+            )?);
+        }
+        self.retired.retain(|t| !t.is_finished());
+        changed.sort();
+        changed.dedup();
+        Ok(changed)
+    }
+}
+
+/// Starts what `config` asks for: OTLP export when an endpoint is known,
+/// the Prometheus endpoint when `prometheus` (the `--prometheus` flag) or
+/// `metrics.prometheus.listen` is set, the console table when spans go to
+/// the console. Must run inside the agent's runtime.
+pub async fn start(
+    metrics: Arc<Metrics>,
+    config: &Config,
+    prometheus_flag: Option<&str>,
+) -> Result<MetricTasks, StartError> {
+    let env = process_env();
+    let mut others = Vec::new();
+
+    let mut tenants = Vec::new();
+    for (tenant, target) in resolve_tenant_metrics_targets(&config.export, &config.metrics, &env)? {
+        let filter = SeriesFilter::Tenant(Arc::from(tenant.as_str()));
+        tenants.push(ExportLoop::start(&metrics, tenant, target, filter)?);
+    }
+    // A tenant with a metric route of its own is left out of the default one.
+    let default = match resolve_metrics_target(&config.export, &config.metrics, &env)? {
+        Some(target) => Some(ExportLoop::start(
+            &metrics,
+            DEFAULT_ROUTE.to_owned(),
+            target,
+            default_filter(&tenants),
+        )?),
+        None => None,
+    };
 
     let listen = match prometheus_flag {
         Some(text) => Some(("--prometheus", text.to_string())),
@@ -159,8 +270,10 @@ pub async fn start(
     }
 
     Ok(MetricTasks {
-        stop,
-        otlp,
+        metrics,
+        default,
+        tenants,
+        retired: Vec::new(),
         others,
         prometheus: prometheus_addr,
     })

@@ -20,14 +20,17 @@
 //! route's, when it is on) and batches them for OTLP. Metrics are pulled
 //! from the store by their tasks.
 //!
-//! Where spans go is decided once, at [`start`], from the configuration and
+//! Where spans go is decided at [`start`], from the configuration and
 //! the standard `OTEL_EXPORTER_OTLP_*` environment variables
 //! ([`resolve_destinations`], a pure function of both): OTLP when an
 //! endpoint is set, by the rules of [`otlp`] with
 //! `export.otlp.traces_endpoint` as the signal's own key; the console when
 //! `export.console` is true, or unset while OTLP is off. Both can be on.
 //! Tenant routes are OTLP only, from the file alone
-//! ([`otlp::resolve_route_target`]).
+//! ([`otlp::resolve_route_target`]), and change with a config reload
+//! ([`ExportHandle::set_tenant_routes`]): a new or changed route gets a new
+//! queue and worker, and a route that goes away sends what it holds and
+//! stops.
 //!
 //! Counters: `spans_exported` and `spans_export_failed` count what OTLP
 //! delivered or lost; when the console is the default route's only
@@ -213,10 +216,69 @@ fn start_with(
 
     let console = console.map(|c| Arc::new(Mutex::new(c)));
     let mut workers = Vec::new();
-    let mut spawn = |route: &str,
-                     target: Option<&OtlpTarget>,
-                     sink: Option<otlp::traces::TraceSink>,
-                     batching: Batching| {
+    let spawner = Spawner {
+        runtime: runtime.clone(),
+        console,
+        stats,
+    };
+    let default = spawner.spawn(
+        DEFAULT_ROUTE,
+        destinations.otlp.as_ref(),
+        default_otlp,
+        Batching::default_route(config),
+        &mut workers,
+    );
+    let mut tenants = HashMap::with_capacity(destinations.tenants.len());
+    for (t, sink) in destinations.tenants.into_iter().zip(tenant_otlp) {
+        let queue = spawner.spawn(
+            &t.tenant,
+            Some(&t.otlp),
+            Some(sink),
+            t.batching,
+            &mut workers,
+        );
+        tenants.insert(
+            Box::<str>::from(t.tenant.as_str()),
+            TenantRoute { traces: t, queue },
+        );
+    }
+    Ok(ExportHandle {
+        sender: ExportSender {
+            routes: Arc::new(arc_swap::ArcSwap::from_pointee(Routes { default, tenants })),
+        },
+        workers,
+        spawner,
+    })
+}
+
+/// What starts a route's worker.
+struct Spawner {
+    runtime: tokio::runtime::Handle,
+    /// Shared by every route's worker.
+    console: Option<Arc<Mutex<console::ConsoleSink>>>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawner")
+            .field("console", &self.console.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spawner {
+    /// Starts the worker of `route`, sending to `sink` (and the console,
+    /// when on); returns its queue.
+    fn spawn(
+        &self,
+        route: &str,
+        target: Option<&OtlpTarget>,
+        sink: Option<otlp::traces::TraceSink>,
+        batching: Batching,
+        workers: &mut Vec<RouteWorker>,
+    ) -> RouteQueue {
+        let stats = &self.stats;
         if let Some(target) = target {
             tracing::info!(
                 route,
@@ -239,7 +301,7 @@ fn start_with(
         };
         let worker = Worker {
             rx,
-            console: console.clone(),
+            console: self.console.clone(),
             otlp: sink,
             counters: counters.clone(),
             batch_size: batching.batch_size,
@@ -248,27 +310,10 @@ fn start_with(
         };
         workers.push(RouteWorker {
             stop,
-            task: runtime.spawn(worker.run(stop_rx)),
+            task: self.runtime.spawn(worker.run(stop_rx)),
         });
         RouteQueue { tx, counters }
-    };
-    let default = spawn(
-        DEFAULT_ROUTE,
-        destinations.otlp.as_ref(),
-        default_otlp,
-        Batching::default_route(config),
-    );
-    let mut tenants = HashMap::with_capacity(destinations.tenants.len());
-    for (t, sink) in destinations.tenants.iter().zip(tenant_otlp) {
-        let queue = spawn(&t.tenant, Some(&t.otlp), Some(sink), t.batching);
-        tenants.insert(Box::<str>::from(t.tenant.as_str()), queue);
     }
-    Ok(ExportHandle {
-        sender: ExportSender {
-            routes: Arc::new(Routes { default, tenants }),
-        },
-        workers,
-    })
 }
 
 /// A route's counters: its own, and the totals in [`Stats`].
@@ -302,12 +347,19 @@ struct RouteQueue {
     counters: RouteCounters,
 }
 
+/// A tenant's route: where it sends, and its queue.
+#[derive(Clone, Debug)]
+struct TenantRoute {
+    traces: TenantTraces,
+    queue: RouteQueue,
+}
+
 /// Every route's queue.
 #[derive(Debug)]
 struct Routes {
     default: RouteQueue,
     /// By tenant id; empty when no tenant has a route.
-    tenants: HashMap<Box<str>, RouteQueue>,
+    tenants: HashMap<Box<str>, TenantRoute>,
 }
 
 impl Routes {
@@ -318,14 +370,15 @@ impl Routes {
         }
         tenant_of(&item.resource, &item.span)
             .and_then(|t| self.tenants.get(t))
-            .unwrap_or(&self.default)
+            .map_or(&self.default, |r| &r.queue)
     }
 }
 
 /// The way into the export queues; cheap to clone, usable from any thread.
+/// The routes are swapped whole when the tenant routes change.
 #[derive(Clone, Debug)]
 pub struct ExportSender {
-    routes: Arc<Routes>,
+    routes: Arc<arc_swap::ArcSwap<Routes>>,
 }
 
 impl ExportSender {
@@ -333,7 +386,8 @@ impl ExportSender {
     /// (or the stage has shut down) the span is dropped and counted in
     /// `spans_dropped_queue_full`; returns whether it was queued.
     pub fn try_send(&self, item: ExportItem) -> bool {
-        let queue = self.routes.of(&item);
+        let routes = self.routes.load();
+        let queue = routes.of(&item);
         match queue.tx.try_send(item) {
             Ok(()) => true,
             Err(_) => {
@@ -345,13 +399,15 @@ impl ExportSender {
 
     /// The route `item` takes: [`DEFAULT_ROUTE`] or a tenant id.
     #[cfg(test)]
-    fn route_of(&self, item: &ExportItem) -> &str {
-        let queue = self.routes.of(item);
-        self.routes
+    fn route_of(&self, item: &ExportItem) -> String {
+        let routes = self.routes.load();
+        let queue = routes.of(item);
+        routes
             .tenants
             .iter()
-            .find(|(_, q)| std::ptr::eq(*q, queue))
+            .find(|(_, r)| std::ptr::eq(&r.queue, queue))
             .map_or(DEFAULT_ROUTE, |(tenant, _)| tenant)
+            .to_owned()
     }
 }
 
@@ -368,7 +424,9 @@ struct RouteWorker {
 #[derive(Debug)]
 pub struct ExportHandle {
     sender: ExportSender,
+    /// Every worker started, the retired ones until they are done.
     workers: Vec<RouteWorker>,
+    spawner: Spawner,
 }
 
 /// How long a worker whose handle was dropped keeps trying to send.
@@ -385,12 +443,74 @@ impl ExportHandle {
         self.sender.clone()
     }
 
+    /// Takes the tenant routes of `config` (a config reload): a route that
+    /// is new or whose target or batching changed gets a new queue and
+    /// worker; one that is gone or changed stops taking spans, sends what
+    /// it holds and ends. Unchanged routes keep their queue. The default
+    /// route is not touched. A route that cannot be set up changes
+    /// nothing. Returns the tenants whose route changed.
+    pub fn set_tenant_routes(&mut self, config: &ExportConfig) -> Result<Vec<String>, ExportError> {
+        let wanted = resolve_destinations(config, &otlp::process_env())?.tenants;
+        let current = self.sender.routes.load_full();
+        let _entered = self.spawner.runtime.enter();
+        let mut new_sinks = Vec::new();
+        for t in &wanted {
+            if current
+                .tenants
+                .get(t.tenant.as_str())
+                .is_none_or(|r| r.traces != *t)
+            {
+                new_sinks.push(otlp::traces::TraceSink::new(&t.otlp)?);
+            }
+        }
+        let mut changed: Vec<String> = current
+            .tenants
+            .keys()
+            .filter(|k| !wanted.iter().any(|t| t.tenant == ***k))
+            .map(|k| k.to_string())
+            .collect();
+        let mut new_sinks = new_sinks.into_iter();
+        let mut tenants = HashMap::with_capacity(wanted.len());
+        for t in wanted {
+            let queue = match current.tenants.get(t.tenant.as_str()) {
+                Some(r) if r.traces == t => r.queue.clone(),
+                _ => {
+                    changed.push(t.tenant.clone());
+                    let sink = new_sinks.next();
+                    self.spawner.spawn(
+                        &t.tenant,
+                        Some(&t.otlp),
+                        sink,
+                        t.batching,
+                        &mut self.workers,
+                    )
+                }
+            };
+            tenants.insert(
+                Box::<str>::from(t.tenant.as_str()),
+                TenantRoute { traces: t, queue },
+            );
+        }
+        self.sender.routes.store(Arc::new(Routes {
+            default: current.default.clone(),
+            tenants,
+        }));
+        // The old routes go when the last span being queued lets go of
+        // them; their workers then see their queue closed.
+        drop(current);
+        self.workers.retain(|w| !w.task.is_finished());
+        changed.sort();
+        Ok(changed)
+    }
+
     /// Stops taking spans, sends everything already queued on every route,
     /// and returns when that is done or when `timeout` has passed,
     /// whichever comes first. Spans that could not be sent in time are
     /// counted in `spans_export_failed`.
     pub async fn shutdown(self, timeout: Duration) {
-        let ExportHandle { sender, workers } = self;
+        let ExportHandle {
+            sender, workers, ..
+        } = self;
         drop(sender);
         let deadline = Instant::now() + timeout;
         // The workers give up a little earlier, to count what they leave.

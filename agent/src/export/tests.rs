@@ -712,6 +712,109 @@ async fn route_selection() {
     handle.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Tenant routes change under a running export stage: a route added
+/// takes its tenant's spans at once, one removed gives them back to the
+/// default route, and an unchanged one keeps its queue (spans already in
+/// it are not lost).
+#[tokio::test]
+async fn tenant_routes_change_live() {
+    let config = ExportConfig {
+        tenants: tenants(vec![
+            ("acme", route("http://127.0.0.1:9")),
+            ("globex", route("http://127.0.0.1:9")),
+        ]),
+        ..ExportConfig::default()
+    };
+    let destinations = resolve_destinations(&config, &HashMap::new()).unwrap();
+    let console = console::ConsoleSink::new(Box::new(SharedBuf::default()));
+    let mut handle = start_with(
+        &config,
+        destinations,
+        Some(console),
+        Arc::new(Stats::default()),
+    )
+    .unwrap();
+    let sender = handle.sender();
+    let acme = item(&tenant_resource("shop", Some("acme")), "GET /", 1);
+    let globex = item(&tenant_resource("shop", Some("globex")), "GET /", 1);
+    let initech = item(&tenant_resource("shop", Some("initech")), "GET /", 1);
+    let queue_of = |h: &ExportHandle, tenant: &str| {
+        h.sender
+            .routes
+            .load()
+            .tenants
+            .get(tenant)
+            .map(|r| r.queue.tx.clone())
+    };
+    let acme_queue = queue_of(&handle, "acme").unwrap();
+    let globex_queue = queue_of(&handle, "globex").unwrap();
+
+    // globex moves to another collector, initech gets a route, acme stays.
+    let mut moved = route("http://127.0.0.1:10");
+    moved
+        .headers
+        .insert("X-Scope-OrgID".into(), "${tenant}".into());
+    let next = ExportConfig {
+        tenants: tenants(vec![
+            ("acme", route("http://127.0.0.1:9")),
+            ("globex", moved),
+            ("initech", route("http://127.0.0.1:9")),
+        ]),
+        ..ExportConfig::default()
+    };
+    assert_eq!(
+        handle.set_tenant_routes(&next).unwrap(),
+        ["globex", "initech"]
+    );
+    assert_eq!(
+        sender.route_of(&initech),
+        "initech",
+        "a clone of the sender sees the change"
+    );
+    assert_eq!(sender.route_of(&globex), "globex");
+    assert!(queue_of(&handle, "acme").unwrap().same_channel(&acme_queue));
+    assert!(
+        !queue_of(&handle, "globex")
+            .unwrap()
+            .same_channel(&globex_queue)
+    );
+
+    // acme's route goes: its spans take the default route.
+    let last = ExportConfig {
+        tenants: tenants(vec![("initech", route("http://127.0.0.1:9"))]),
+        ..ExportConfig::default()
+    };
+    assert_eq!(handle.set_tenant_routes(&last).unwrap(), ["acme", "globex"]);
+    assert_eq!(sender.route_of(&acme), "default");
+    assert_eq!(sender.route_of(&globex), "default");
+    assert_eq!(sender.route_of(&initech), "initech");
+    // The retired workers end once their queues are let go of.
+    drop((acme_queue, globex_queue));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while handle
+        .workers
+        .iter()
+        .filter(|w| !w.task.is_finished())
+        .count()
+        > 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retired workers still run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A route that cannot be set up changes nothing.
+    let bad = ExportConfig {
+        tenants: tenants(vec![("umbrella", route("ftp://127.0.0.1:9"))]),
+        ..ExportConfig::default()
+    };
+    assert!(handle.set_tenant_routes(&bad).is_err());
+    assert_eq!(sender.route_of(&initech), "initech");
+    handle.shutdown(Duration::from_secs(1)).await;
+}
+
 /// A collector that accepts connections and never answers; says so on
 /// `tx` for each connection.
 fn hanging_collector(listener: TcpListener, tx: std::sync::mpsc::Sender<()>) {

@@ -144,8 +144,12 @@ struct Series {
     /// series (same process and attributes), so that a span finds them
     /// without hashing its attributes again. `NONE` until known.
     sizes: [u32; 2],
-    /// Delta export: the aggregation as last exported, and when.
-    exported: Option<(Box<Agg>, u64)>,
+    /// Delta export: the aggregation as last exported, and when, by the
+    /// reading of each end of a service graph edge (a series of one
+    /// tenant is read by one route; an edge between two tenants' processes
+    /// by each of their routes, each with its own delta; see
+    /// [`SeriesFilter::end_of`]).
+    exported: [Option<(Box<Agg>, u64)>; 2],
 }
 
 struct MetricState {
@@ -284,7 +288,7 @@ impl MetricState {
             last_ns: now,
             agg,
             exemplars: Vec::new(),
-            exported: None,
+            exported: [None, None],
             sizes: [NONE; 2],
         });
         if !overflow {
@@ -507,8 +511,16 @@ impl SeriesFilter {
     /// or, for a service graph edge, by the tenant of either end (each
     /// tenant sees who calls it and whom it calls).
     pub fn keeps_series(&self, attrs: &[(Key, OwnedVal)]) -> bool {
+        self.end_of(attrs).is_some()
+    }
+
+    /// Which end of the series this filter takes it by, if it does: 0 for
+    /// a series of one tenant and an edge's client end, 1 for an edge's
+    /// server end alone. Two routes never take an edge by the same end
+    /// (an end's tenant has one route), so each may keep its own delta.
+    pub fn end_of(&self, attrs: &[(Key, OwnedVal)]) -> Option<usize> {
         if self.is_all() {
-            return true;
+            return Some(0);
         }
         let of = |key: Key| {
             attrs
@@ -517,9 +529,13 @@ impl SeriesFilter {
                 .and_then(|(_, v)| v.as_str())
         };
         if attrs.iter().any(|(k, _)| *k == Key::Client) {
-            self.keeps(of(Key::ClientTenant)) || self.keeps(of(Key::ServerTenant))
+            if self.keeps(of(Key::ClientTenant)) {
+                Some(0)
+            } else {
+                self.keeps(of(Key::ServerTenant)).then_some(1)
+            }
         } else {
-            self.keeps(of(Key::Tenant))
+            self.keeps(of(Key::Tenant)).then_some(0)
         }
     }
 }
@@ -1060,17 +1076,18 @@ impl Store {
         // (slot, points), in the order slots first appear.
         let mut per_slot: Vec<(u32, Vec<Point>)> = Vec::new();
         for s in state.series.get_mut(from..end).unwrap_or_default() {
-            if !filter.keeps_series(&s.attrs) {
+            let Some(reader) = filter.end_of(&s.attrs) else {
                 continue;
-            }
+            };
             let (agg, start) = match temporality {
                 Temporality::Cumulative => (s.agg.clone(), s.start_ns),
                 Temporality::Delta => {
-                    let (delta, start) = match &s.exported {
+                    let exported = &mut s.exported[reader];
+                    let (delta, start) = match exported {
                         Some((before, at)) => (s.agg.since(before), *at),
                         None => (s.agg.clone(), s.start_ns),
                     };
-                    s.exported = Some((Box::new(s.agg.clone()), now_ns));
+                    *exported = Some((Box::new(s.agg.clone()), now_ns));
                     if delta.count() == 0 {
                         continue;
                     }

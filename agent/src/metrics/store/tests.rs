@@ -839,3 +839,58 @@ fn series_carry_their_tenant_and_edges_both_ends() {
         .collect();
     assert_eq!(resources, ["sonde", "gateway"]);
 }
+
+/// An edge between two tenants' processes is read by both their routes,
+/// each with its own delta: neither takes the other's share.
+#[test]
+fn both_routes_of_an_edge_get_whole_deltas() {
+    let mut store = Store::new(options(|_| {}), agent());
+    let caller = of_tenant("caller", Some("acme"));
+    let callee = of_tenant("callee", Some("globex"));
+    let client_view = Endpoints {
+        local: ip([127, 0, 0, 1], 40000),
+        peer: ip([127, 0, 0, 1], 8080),
+    };
+    let server_view = Endpoints {
+        local: ip([127, 0, 0, 1], 8080),
+        peer: ip([127, 0, 0, 1], 40000),
+    };
+    let mut call = |store: &mut Store, i: u64| {
+        store.record(&callee, &server("/a", 200, 2, 100 + 10 * i), &server_view);
+        let cli = http(SpanSpec {
+            kind: SpanKind::Client,
+            route: "/a",
+            status: 200,
+            dur_ns: 3 * MS,
+            end_ns: (101 + 10 * i) * MS,
+            id: 50 + i as u8,
+        });
+        store.record(&caller, &cli, &client_view);
+    };
+    let total = |store: &mut Store, tenant: &str| -> f64 {
+        let metric = MetricId::GraphRequests as usize;
+        let (parts, _) = store.collect_part_of(
+            &SeriesFilter::Tenant(Arc::from(tenant)),
+            metric,
+            0,
+            usize::MAX,
+            1000 * MS,
+            Temporality::Delta,
+        );
+        parts
+            .iter()
+            .flat_map(|p| &p.metrics)
+            .flat_map(|m| &m.points)
+            .map(sum)
+            .sum()
+    };
+    for i in 0..3 {
+        call(&mut store, i);
+    }
+    assert_eq!(total(&mut store, "acme"), 3.0);
+    assert_eq!(total(&mut store, "globex"), 3.0);
+    assert_eq!(total(&mut store, "acme"), 0.0);
+    call(&mut store, 3);
+    assert_eq!(total(&mut store, "globex"), 1.0);
+    assert_eq!(total(&mut store, "acme"), 1.0);
+}
