@@ -124,6 +124,7 @@ serviceAccount:
 priorityClassName: system-node-critical
 podAnnotations:
   prometheus.io/scrape: "true"
+rolloutOnConfigChange: true
 updateStrategy:
   rollingUpdate:
     maxUnavailable: 10%
@@ -826,6 +827,15 @@ fn check_daemonset(p: &mut Problems, ds: &Doc, config_map: Option<&str>, expect:
 #[test]
 fn default_values_render_a_minimal_confined_agent() {
     check_render(default_render(), &default_expect(), "default");
+    // The agents take config changes live: an upgrade that changes only
+    // `config` does not roll them.
+    let ds = default_render().docs.iter().find(|d| d.kind() == "DaemonSet");
+    let pod = ds.map_or(&Value::Null, |d| &d.value["spec"]["template"]);
+    assert_eq!(
+        pod["metadata"]["annotations"],
+        Value::Null,
+        "the default pods carry annotations (a config checksum would roll the agents)"
+    );
 }
 
 #[test]
@@ -856,6 +866,12 @@ fn custom_values_render_as_asked() {
         "podAnnotations",
         &pod["metadata"]["annotations"]["prometheus.io/scrape"],
         &json!("true"),
+    );
+    p.check(
+        pod["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .is_some_and(|sum| sum.len() == 64),
+        "rolloutOnConfigChange: no checksum/config annotation on the pods",
     );
     p.eq(
         "extraEnv",
