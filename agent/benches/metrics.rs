@@ -43,9 +43,9 @@ use sonde::stats::Stats;
 /// The agent's allocator, so the figures match the agent, counting
 /// allocations.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting(sonde::memory::Allocator);
+static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
 
-struct Counting(sonde::memory::Allocator);
+struct Counting(mimalloc::MiMalloc);
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 /// Counting is on only while [`allocations_per_span`] runs, so that it
@@ -197,7 +197,7 @@ fn span(route: &str, end_ns: u64, ms: u64) -> Span {
         pid: 1,
         endpoints: sonde::capture::Endpoints::UNKNOWN,
         tenant: None,
-        tenant_headers: Vec::new(),
+        tenant_headers: Default::default(),
     }
 }
 
@@ -749,6 +749,92 @@ fn pods_rounds(k8s: bool, rounds: usize) {
     println!("spans: {}", p.sink_mut().0);
 }
 
+/// Requests that carry `x-tenant-id`.
+fn tenant_records() -> Vec<Vec<u8>> {
+    const REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nx-tenant-id: acme\r\nAccept: */*\r\n\r\n";
+    records::recorded(
+        REQUEST,
+        records::HTTP_RESPONSE,
+        [127, 0, 0, 1],
+        [127, 0, 0, 1],
+    )
+}
+
+/// A pipeline with the metrics stage, without or with tenant rules (a
+/// header rule first, then process rules and a default).
+fn tenant_pipeline(rules: bool) -> Pipeline<CountingSink> {
+    let mut resources = ProcessResources::new(HostInfo {
+        host_name: "bench".into(),
+        host_id: None,
+    });
+    if rules {
+        let config = sonde::config::parse(
+            "tenants:
+  rules:
+    - header: x-tenant-id
+    - env: TENANT_ID
+    - cgroup: 'tenants/(?P<tenant>[a-z]+)'
+    - executable: 'acme-*'
+      tenant: acme
+  default: shared
+",
+        )
+        .expect("the bench's tenant rules");
+        resources = resources.with_tenants(sonde::enrich::tenant::Tenants::new(config.tenants));
+    }
+    let mut p = pipeline_over(resources);
+    p.set_metrics(Metrics::new(
+        store_options(&MetricsConfig::default()),
+        agent(),
+        Arc::new(Stats::default()),
+    ));
+    p
+}
+
+/// [`tenant_records`] `rounds` times through [`tenant_pipeline`]: what
+/// tenant resolution adds, for a count of instructions.
+fn tenant_rounds(rules: bool, rounds: usize) {
+    let records = tenant_records();
+    let mut p = tenant_pipeline(rules);
+    for _ in 0..rounds {
+        for r in &records {
+            p.read_record(black_box(r));
+        }
+        p.flush_spans();
+    }
+    println!("spans: {}", p.sink_mut().0);
+}
+
+/// Tenant resolution per span: the fastest of 300 interleaved rounds of
+/// each pipeline of [`tenant_pipeline`].
+fn tenants_per_span() {
+    let records = tenant_records();
+    let pairs = f64::from(CONNS * PAIRS_PER_CONN);
+    let mut pipelines = [tenant_pipeline(false), tenant_pipeline(true)];
+    let mut best = [Duration::MAX; 2];
+    for round in 0..310 {
+        for (i, p) in pipelines.iter_mut().enumerate() {
+            let t = Instant::now();
+            for r in &records {
+                p.read_record(black_box(r));
+            }
+            p.flush_spans();
+            // The first rounds warm up.
+            if round >= 10 {
+                best[i] = best[i].min(t.elapsed());
+            }
+        }
+    }
+    let ns = |d: Duration| d.as_nanos() as f64 / pairs;
+    println!(
+        "tenants: pipeline with metrics, requests with x-tenant-id: {:.0} ns per span without \
+         tenant rules, {:.0} ns with them, added {:.0} ns",
+        ns(best[0]),
+        ns(best[1]),
+        ns(best[1]) - ns(best[0])
+    );
+}
+
 /// Selects one case in a child process.
 const CASE: &str = "SONDE_METRICS_BENCH_CASE";
 
@@ -776,6 +862,14 @@ fn main() {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(2000);
             return pods_rounds(case == "pipeline-pods-k8s", rounds);
+        }
+        // The same for tenant rules.
+        Ok(case @ ("pipeline-tenant-header" | "pipeline-tenant-rules")) => {
+            let rounds = std::env::var("SONDE_METRICS_BENCH_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(2000);
+            return tenant_rounds(case == "pipeline-tenant-rules", rounds);
         }
         Ok("store-loopback") => {
             let spans: Vec<Span> = (0..1024u64)
@@ -855,5 +949,8 @@ fn main() {
     }
     if wanted("kubernetes") {
         kubernetes_per_span();
+    }
+    if wanted("tenants") {
+        tenants_per_span();
     }
 }

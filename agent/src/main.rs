@@ -30,10 +30,9 @@ use tracing::{info, warn};
 
 /// The pipeline allocates small strings per message and per span at a high
 /// rate; mimalloc handles that pattern with far less time in the allocator
-/// than the system one (memory.rs: mimalloc, with a heap apart for what
-/// is kept long).
+/// than the system one.
 #[global_allocator]
-static ALLOCATOR: sonde::memory::Allocator = sonde::memory::Allocator;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

@@ -829,7 +829,10 @@ fn default_values_render_a_minimal_confined_agent() {
     check_render(default_render(), &default_expect(), "default");
     // The agents take config changes live: an upgrade that changes only
     // `config` does not roll them.
-    let ds = default_render().docs.iter().find(|d| d.kind() == "DaemonSet");
+    let ds = default_render()
+        .docs
+        .iter()
+        .find(|d| d.kind() == "DaemonSet");
     let pod = ds.map_or(&Value::Null, |d| &d.value["spec"]["template"]);
     assert_eq!(
         pod["metadata"]["annotations"],

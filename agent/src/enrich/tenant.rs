@@ -104,7 +104,7 @@ impl TenantRule {
     }
 
     fn give<'a>(&'a self, found: Option<&'a str>) -> Option<&'a str> {
-        let found = found.filter(|v| !v.trim().is_empty())?;
+        let found = found.filter(|v| !v.chars().all(char::is_whitespace))?;
         Some(self.tenant.as_deref().unwrap_or(found))
     }
 }
@@ -219,6 +219,9 @@ pub struct Tenants {
     /// Lowercased header names of the header rules, in rule order,
     /// without repeats: what the HTTP parsers keep of each request.
     headers: Vec<String>,
+    /// Per rule, the index of its header in `headers` (a header rule) or
+    /// None: worked out once, not per request.
+    header_index: Vec<Option<usize>>,
 }
 
 impl Default for Tenants {
@@ -230,19 +233,25 @@ impl Default for Tenants {
 impl Tenants {
     pub fn new(config: TenantConfig) -> Self {
         let mut headers: Vec<String> = Vec::new();
+        let mut header_index = Vec::with_capacity(config.rules.len());
         for rule in &config.rules {
-            if let Some(h) = &rule.header {
+            header_index.push(rule.header.as_ref().map(|h| {
                 let h = h.trim().to_ascii_lowercase();
-                if !headers.contains(&h) {
-                    headers.push(h);
-                }
-            }
+                headers
+                    .iter()
+                    .position(|known| *known == h)
+                    .unwrap_or_else(|| {
+                        headers.push(h);
+                        headers.len() - 1
+                    })
+            }));
         }
         let attribute = Arc::from(config.attribute.as_str());
         Tenants {
             config,
             attribute,
             headers,
+            header_index,
         }
     }
 
@@ -338,19 +347,14 @@ impl Tenants {
         header: impl Fn(usize) -> Option<&'a str>,
     ) -> Option<&'a str> {
         if !self.headers.is_empty() {
-            for rule in &self.config.rules[..process.rank.min(self.config.rules.len())] {
-                let Some(name) = &rule.header else {
+            let written_before = process.rank.min(self.config.rules.len());
+            let rules = self.config.rules.iter().zip(&self.header_index);
+            for (rule, index) in rules.take(written_before) {
+                let Some(index) = *index else {
                     continue;
                 };
-                let name = name.trim();
-                let Some(index) = self
-                    .headers
-                    .iter()
-                    .position(|h| h.eq_ignore_ascii_case(name))
-                else {
-                    continue;
-                };
-                if let Some(tenant) = rule.give(header(index).map(str::trim)) {
+                // Kept values are trimmed already (protocol::headers::keep).
+                if let Some(tenant) = rule.give(header(index)) {
                     return Some(tenant);
                 }
             }

@@ -289,7 +289,7 @@ impl Spawner {
             );
         }
         let counters = RouteCounters {
-            stats: Arc::clone(&stats),
+            stats: Arc::clone(stats),
             route: stats.routes.get(route),
         };
         let (tx, rx) = mpsc::channel(batching.queue_size);
@@ -467,7 +467,7 @@ impl ExportHandle {
             .tenants
             .keys()
             .filter(|k| !wanted.iter().any(|t| t.tenant == ***k))
-            .map(|k| k.to_string())
+            .map(ToString::to_string)
             .collect();
         let mut new_sinks = new_sinks.into_iter();
         let mut tenants = HashMap::with_capacity(wanted.len());
@@ -750,7 +750,7 @@ pub(crate) mod testing {
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
-            tenant_headers: Vec::new(),
+            tenant_headers: Default::default(),
         }
     }
 }

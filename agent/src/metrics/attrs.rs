@@ -246,7 +246,9 @@ impl Key {
     pub fn name(self) -> &'static str {
         match self {
             Key::Tenant | Key::ClientTenant | Key::ServerTenant => {
-                let names = TENANT_NAMES.read().unwrap_or_else(|e| e.into_inner());
+                let names = TENANT_NAMES
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 names[self as usize - Key::Tenant as usize]
             }
             _ => KEY_NAMES[self as usize],
@@ -264,7 +266,9 @@ static TENANT_NAMES: std::sync::RwLock<[&'static str; 3]> =
 
 /// Names the tenant keys after `attribute` (see [`Key::name`]).
 pub fn set_tenant_attribute(attribute: &str) {
-    let mut names = TENANT_NAMES.write().unwrap_or_else(|e| e.into_inner());
+    let mut names = TENANT_NAMES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if names[0] != attribute {
         // Leaked: the names are handed out as `'static`, and a new name
         // comes only with a reload that changes the setting.
@@ -568,7 +572,7 @@ mod tests {
             pid: 1,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
-            tenant_headers: Vec::new(),
+            tenant_headers: Default::default(),
         }
     }
 

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use crate::span::model::Text;
+
 /// Most bytes of a kept value; a longer value is cut at a character
 /// boundary (a tenant id is short: a longer value is not one anyway).
 pub const MAX_KEPT_VALUE: usize = 256;
@@ -20,8 +22,9 @@ pub const MAX_KEPT_NAMES: usize = 64;
 pub type HeaderNames = Arc<[String]>;
 
 /// The kept headers of one request: (index in the [`HeaderNames`], value),
-/// at most one value per name. Empty, and unallocated, when none is kept.
-pub type KeptHeaders = Vec<(u8, String)>;
+/// at most one value per name. One short value (a tenant id) takes no
+/// allocation; empty when none is kept.
+pub type KeptHeaders = smallvec::SmallVec<[(u8, Text); 1]>;
 
 /// The first [`MAX_KEPT_NAMES`] of `names` as [`HeaderNames`], trimmed
 /// and lowercased, each at the index it had: the caller looks values up
@@ -36,9 +39,16 @@ pub fn header_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Header
 
 /// The index of header `name` (any case) among `names`, if it is kept.
 pub fn index_of(names: &[String], name: &[u8]) -> Option<u8> {
+    // Called for every header line of every request: the length and the
+    // first byte turn nearly every other header away before the full
+    // comparison.
+    let first = name.first()?.to_ascii_lowercase();
     names
         .iter()
-        .position(|n| !n.is_empty() && n.as_bytes().eq_ignore_ascii_case(name))
+        .position(|n| {
+            let n = n.as_bytes();
+            n.len() == name.len() && n[0] == first && (n == name || n.eq_ignore_ascii_case(name))
+        })
         .and_then(|i| u8::try_from(i).ok())
 }
 
@@ -54,15 +64,20 @@ pub fn keep(kept: &mut KeptHeaders, index: u8, value: &[u8]) {
 }
 
 /// The value of kept header `index`, if the request carried it.
-pub fn value_of(kept: &[(u8, String)], index: usize) -> Option<&str> {
+pub fn value_of(kept: &[(u8, Text)], index: usize) -> Option<&str> {
     kept.iter()
         .find(|(i, _)| usize::from(*i) == index)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| &**v)
 }
 
 /// `value` as text of at most [`MAX_KEPT_VALUE`] bytes: invalid UTF-8 is
 /// replaced, and a cut never splits a character.
-fn bounded_text(value: &[u8]) -> String {
+fn bounded_text(value: &[u8]) -> Text {
+    if value.len() <= MAX_KEPT_VALUE
+        && let Ok(text) = std::str::from_utf8(value)
+    {
+        return Text::from(text);
+    }
     let mut cut = value.get(..MAX_KEPT_VALUE).unwrap_or(value);
     if cut.len() < value.len()
         && let Err(e) = std::str::from_utf8(cut)
@@ -77,7 +92,7 @@ fn bounded_text(value: &[u8]) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text.get(..end).unwrap_or_default().to_owned()
+    Text::from(text.get(..end).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -105,7 +120,7 @@ mod tests {
         keep(&mut kept, 0, b" acme ");
         keep(&mut kept, 0, b"globex");
         keep(&mut kept, 1, b"ops");
-        assert_eq!(kept, [(0, "acme".to_owned()), (1, "ops".to_owned())]);
+        assert_eq!(&kept[..], [(0, Text::from("acme")), (1, Text::from("ops"))]);
         assert_eq!(value_of(&kept, 0), Some("acme"));
         assert_eq!(value_of(&kept, 1), Some("ops"));
         assert_eq!(value_of(&kept, 2), None);
@@ -121,7 +136,7 @@ mod tests {
                 let v = "a".repeat(before) + &c.repeat(4);
                 let text = bounded_text(v.as_bytes());
                 assert!(text.len() <= MAX_KEPT_VALUE, "{before} {c}");
-                assert!(v.starts_with(&text), "{before} {c}: a prefix of the value");
+                assert!(v.starts_with(&*text), "{before} {c}: a prefix of the value");
                 assert!(
                     text.len() + c.len() > MAX_KEPT_VALUE,
                     "{before} {c}: as much as fits"
@@ -130,7 +145,7 @@ mod tests {
         }
         // Bytes that are not UTF-8 become replacement characters, still
         // within the bound.
-        assert_eq!(bounded_text(b"t\xff1"), "t\u{fffd}1");
+        assert_eq!(&*bounded_text(b"t\xff1"), "t\u{fffd}1");
         let bad = vec![0xff; MAX_KEPT_VALUE * 2];
         let text = bounded_text(&bad);
         assert!(text.len() <= MAX_KEPT_VALUE && text.chars().all(|c| c == '\u{fffd}'));

@@ -287,7 +287,7 @@ mod tests {
             pid,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
-            tenant_headers: Vec::new(),
+            tenant_headers: Default::default(),
         }
     }
 

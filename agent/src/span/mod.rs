@@ -111,7 +111,7 @@ pub fn new_span(
         pid: ctx.pid,
         endpoints: ctx.endpoints,
         tenant: None,
-        tenant_headers: Vec::new(),
+        tenant_headers: Default::default(),
     }
 }
 

@@ -133,6 +133,8 @@ impl PartialEq for Text {
     }
 }
 
+impl Eq for Text {}
+
 impl std::fmt::Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)

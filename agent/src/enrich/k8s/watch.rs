@@ -25,7 +25,6 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 use super::{Keep, Metadata, PodMeta, Snapshot, WatchedPod, controller, pod_meta, pod_owners};
-use crate::memory::KeptHeap;
 
 /// How often changes are published at most: a burst of events (the first
 /// list of a node's pods) becomes one snapshot.
@@ -98,20 +97,17 @@ async fn run(config: WatchConfig, metadata: Arc<Metadata>) {
                 Some(Ok(event)) => {
                     state.reachable();
                     state.busy = true;
-                    let heap = state.heap;
-                    heap.scope(|| state.namespace_event(event));
+                    state.namespace_event(event);
                 }
                 Some(Err(e)) => state.unreachable(&e),
                 None => return,
             },
             _ = tick.tick() => {
-                let heap = state.heap;
-                heap.scope(|| state.publish(&metadata));
+                state.publish(&metadata);
                 // A burst of events (a list above all) leaves free pages
                 // with this thread, which an idle watch would keep for good.
                 if std::mem::take(&mut state.busy) {
                     crate::memory::release(false);
-                    heap.collect();
                 }
             }
         }
@@ -156,8 +152,6 @@ struct State {
     busy: bool,
     /// The namespace names pods share.
     namespace_names: HashSet<Arc<str>>,
-    /// Where what is kept of pods and namespaces is allocated.
-    heap: KeptHeap,
     /// The API server failed and has not answered since.
     away: bool,
 }
@@ -175,7 +169,6 @@ impl State {
             dirty: false,
             busy: false,
             namespace_names: HashSet::new(),
-            heap: KeptHeap::new(),
             away: false,
         }
     }
@@ -202,12 +195,11 @@ impl State {
             Event::InitApply(pod) | Event::Apply(pod) => self.replicaset_owner_of(pod).await,
             _ => None,
         };
-        let heap = self.heap;
-        heap.scope(|| self.apply_pod_event(event, replicaset_owner));
+        self.apply_pod_event(event, replicaset_owner);
     }
 
-    /// What the pod store keeps of `event` (in the kept heap, see
-    /// [`KeptHeap`]); `replicaset_owner` as [`pod_owners`] takes it.
+    /// What the pod store keeps of `event`; `replicaset_owner` as
+    /// [`pod_owners`] takes it.
     fn apply_pod_event(
         &mut self,
         event: Event<WatchedPod>,

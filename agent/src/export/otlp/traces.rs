@@ -182,7 +182,7 @@ mod tests {
             pid: 7,
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
-            tenant_headers: Vec::new(),
+            tenant_headers: Default::default(),
         };
         let p = to_proto(span, "tenant.id");
         assert_eq!(p.trace_id, vec![0x11; 16]);

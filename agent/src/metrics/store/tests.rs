@@ -83,7 +83,7 @@ fn http(s: SpanSpec<'_>) -> Span {
         pid: 1,
         endpoints: crate::capture::Endpoints::UNKNOWN,
         tenant: None,
-        tenant_headers: Vec::new(),
+        tenant_headers: Default::default(),
     }
 }
 
@@ -855,7 +855,7 @@ fn both_routes_of_an_edge_get_whole_deltas() {
         local: ip([127, 0, 0, 1], 8080),
         peer: ip([127, 0, 0, 1], 40000),
     };
-    let mut call = |store: &mut Store, i: u64| {
+    let call = |store: &mut Store, i: u64| {
         store.record(&callee, &server("/a", 200, 2, 100 + 10 * i), &server_view);
         let cli = http(SpanSpec {
             kind: SpanKind::Client,

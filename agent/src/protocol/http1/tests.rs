@@ -443,7 +443,7 @@ fn parse_head_fields() {
             host: Some("a.example".into()),
             user_agent: Some("ua/1".into()),
             traceparent: Some("tp".into()),
-            kept_headers: Vec::new(),
+            kept_headers: Default::default(),
             content_length: None,
             transfer_encoding: false,
             chunked: false,
@@ -1148,7 +1148,7 @@ fn kept_of(names: &[&str], stream: &[u8]) -> Vec<crate::protocol::headers::KeptH
 }
 
 fn kept(pairs: &[(u8, &str)]) -> crate::protocol::headers::KeptHeaders {
-    pairs.iter().map(|&(i, v)| (i, v.to_owned())).collect()
+    pairs.iter().map(|&(i, v)| (i, v.into())).collect()
 }
 
 #[test]

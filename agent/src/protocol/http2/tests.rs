@@ -218,7 +218,7 @@ pub(super) fn expected_get(request_dir: Direction, first_ns: u64, last_ns: u64) 
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             user_agent: Some("curl/8.5.0".into()),
             content_length: None,
-            kept_headers: Vec::new(),
+            kept_headers: Default::default(),
         },
         status: Some(200),
         response_content_type: Some("text/plain".into()),
@@ -1227,7 +1227,7 @@ fn keeping(names: &[&str]) -> Run {
 }
 
 fn kept(pairs: &[(u8, &str)]) -> KeptHeaders {
-    pairs.iter().map(|&(i, v)| (i, v.to_owned())).collect()
+    pairs.iter().map(|&(i, v)| (i, v.into())).collect()
 }
 
 /// `GET /` on `stream` with `more` fields after the pseudo-headers, and
