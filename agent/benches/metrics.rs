@@ -751,9 +751,8 @@ fn pods_rounds(k8s: bool, rounds: usize) {
 
 /// Requests that carry `x-tenant-id`.
 fn tenant_records() -> Vec<Vec<u8>> {
-    const REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nx-tenant-id: acme\r\nAccept: */*\r\n\r\n";
     records::recorded(
-        REQUEST,
+        records::TENANT_REQUEST,
         records::HTTP_RESPONSE,
         [127, 0, 0, 1],
         [127, 0, 0, 1],
@@ -768,18 +767,7 @@ fn tenant_pipeline(rules: bool) -> Pipeline<CountingSink> {
         host_id: None,
     });
     if rules {
-        let config = sonde::config::parse(
-            "tenants:
-  rules:
-    - header: x-tenant-id
-    - env: TENANT_ID
-    - cgroup: 'tenants/(?P<tenant>[a-z]+)'
-    - executable: 'acme-*'
-      tenant: acme
-  default: shared
-",
-        )
-        .expect("the bench's tenant rules");
+        let config = sonde::config::parse(records::TENANT_RULES).expect("the bench's tenant rules");
         resources = resources.with_tenants(sonde::enrich::tenant::Tenants::new(config.tenants));
     }
     let mut p = pipeline_over(resources);

@@ -32,8 +32,8 @@ mod pods;
 mod records;
 
 use records::{
-    CONNS, MYSQL_OK, MYSQL_QUERY, PAIRS_PER_CONN, REDIS_COMMAND, REDIS_REPLY, recorded,
-    recorded_events, server_header,
+    CONNS, HTTP_RESPONSE, MYSQL_OK, MYSQL_QUERY, PAIRS_PER_CONN, REDIS_COMMAND, REDIS_REPLY,
+    TENANT_REQUEST, TENANT_RULES, recorded, recorded_events, server_header,
 };
 use sonde::capture::{Clock, encode_close, encode_data};
 use sonde::capture::{Endpoint, Endpoints};
@@ -94,9 +94,6 @@ fn pipeline_over<S: SpanSink>(
         stats,
     )
 }
-
-/// [`records::HTTP_REQUEST`] with a tenant header.
-const TENANT_REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nx-tenant-id: acme\r\nAccept: */*\r\n\r\n";
 
 /// What fixtures/grpc/capture.py recorded: 256 calls of
 /// /demo.Greeter/SayHello from a grpcio client to a grpcio server on one
@@ -337,23 +334,13 @@ fn bench_pipeline(c: &mut Criterion) {
     {
         let records = recorded(
             TENANT_REQUEST,
-            records::HTTP_RESPONSE,
+            HTTP_RESPONSE,
             [127, 0, 0, 1],
             [127, 0, 0, 1],
         );
-        let rules = sonde::config::parse(
-            "tenants:
-  rules:
-    - header: x-tenant-id
-    - env: TENANT_ID
-    - cgroup: 'tenants/(?P<tenant>[a-z]+)'
-    - executable: 'acme-*'
-      tenant: acme
-  default: shared
-",
-        )
-        .expect("the bench's tenant rules")
-        .tenants;
+        let rules = sonde::config::parse(TENANT_RULES)
+            .expect("the bench's tenant rules")
+            .tenants;
         for (name, tenants) in [
             ("http1_pairs_tenant_header_no_rules", None),
             ("http1_pairs_tenant_header_rules", Some(rules)),

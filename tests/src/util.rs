@@ -9,6 +9,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// Where the unified cgroup hierarchy (cgroup2) is mounted:
+/// `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host.
+pub fn unified_cgroup_root() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            let mount = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .expect("a cgroup2 mount")
+}
+
 /// The workspace root (the parent of this package).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sonde_tests::apiserver::{ApiServer, container_id, namespace, pod, replicaset, uid_for};
 use sonde_tests::clients::curl;
 use sonde_tests::runc::{KUBELET_CGROUP_DEPTH, RuncNginx, kubelet_cgroup};
-use sonde_tests::util::python_bin;
+use sonde_tests::util::{python_bin, unified_cgroup_root};
 use sonde_tests::{Agent, Kind, ReceivedPoint, ReceivedSpan, Receiver, Value, require_root};
 
 const NODE: &str = "node-test";
@@ -33,18 +33,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn must<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-/// Where the unified cgroup hierarchy is mounted.
-fn unified_root() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    text.lines()
-        .find_map(|l| {
-            let (before, after) = l.split_once(" - ")?;
-            let mount = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
-        })
-        .expect("a cgroup2 mount")
 }
 
 /// A server in a pod's container that the tests request and whose SERVER
@@ -66,7 +54,7 @@ struct PodServer {
 
 impl PodServer {
     fn start(uid: &str, container: &str) -> PodServer {
-        let dir = unified_root().join(kubelet_cgroup(uid, container));
+        let dir = unified_cgroup_root().join(kubelet_cgroup(uid, container));
         let dirs = dir
             .ancestors()
             .take(KUBELET_CGROUP_DEPTH)

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sonde_tests::agent::config_text;
 use sonde_tests::clients::PyChild;
-use sonde_tests::util::{python_bin, send_signal, wait_port};
+use sonde_tests::util::{python_bin, send_signal, unified_cgroup_root, wait_port};
 use sonde_tests::{Agent, Kind, ReceivedPoint, ReceivedSpan, Receiver, free_port, require_root};
 
 /// What the issue allows between writing the file and the rules applying.
@@ -72,18 +72,6 @@ fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
-}
-
-/// Where the unified cgroup hierarchy is mounted.
-fn unified_root() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    text.lines()
-        .find_map(|l| {
-            let (before, after) = l.split_once(" - ")?;
-            let mount = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
-        })
-        .expect("a cgroup2 mount")
 }
 
 /// A Python HTTP server (HTTP/1.0: a connection per request), started by
@@ -265,7 +253,7 @@ metrics:
     let globex_server = Server::start(
         &python,
         &[],
-        Some(unified_root().join("sonde-tenants.slice/globex.scope")),
+        Some(unified_cgroup_root().join("sonde-tenants.slice/globex.scope")),
     );
     let initech_server = Server::start(&initech_python, &[], None);
     let gateway = Server::start(&python, &[], None);

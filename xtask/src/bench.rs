@@ -1,4 +1,4 @@
-//! `cargo xtask bench pipeline|overhead|kubernetes`.
+//! `cargo xtask bench pipeline|overhead|routes|kubernetes`.
 //!
 //! `pipeline` runs the criterion benches of the user-space pipeline.
 //! `kubernetes` builds the agent and runs tests/benches/kubernetes_memory.rs
@@ -14,6 +14,8 @@
 //! node serving clients elsewhere) and by a Python grpcio client (calls
 //! per second and p99 latency; client and server fill both cores).
 //! `--only nginx|redis|grpc` runs one part.
+//! `routes` measures the agent's CPU per request with one export route and
+//! with a route for each of 10 tenants, nginx under wrk again.
 //!
 //! The gRPC server and load generator are xtask/python/grpc_server.py and
 //! xtask/python/grpc_load.py; like the integration tests they use generic
@@ -31,7 +33,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{agent_binary, become_root, cargo, deps, on_path, show, step};
 
-const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc] | kubernetes [--pods N] [--rounds N] [--no-control]";
+const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc] | routes [--rounds N] [--secs S] | kubernetes [--pods N] [--rounds N] [--no-control]";
 
 /// How long the agent may take to load and attach its programs.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,6 +50,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             )
         }
         Some((what, rest)) if what == "overhead" => overhead(parse_overhead_args(rest)?),
+        Some((what, rest)) if what == "routes" => routes(parse_overhead_args(rest)?),
         Some((what, rest)) if what == "kubernetes" => {
             // The bench parses its own flags; the agent it starts is the
             // release build.
@@ -211,6 +214,123 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     println!(
         "the agent exported {requests} OTLP requests ({} KiB) in all",
         bytes / 1024
+    );
+    Ok(())
+}
+
+/// Tenants the routes bench spreads its requests over.
+const ROUTE_TENANTS: usize = 10;
+
+/// `bench routes`: the agent's CPU per request with every tenant on the
+/// default route, and with a route of its own for each of 10 tenants (its
+/// own OTLP sink, queue, worker and metric loop). nginx under wrk, each
+/// request carrying one of 10 `x-tenant-id` values (a header rule gives the
+/// tenant, so spans and series split ten ways in both), metrics exported
+/// every second; the two configs take turns, a fresh agent each run.
+fn routes(args: OverheadArgs) -> anyhow::Result<()> {
+    become_root()?;
+    let have_nginx = on_path("nginx") || Path::new("/usr/sbin/nginx").exists();
+    if !have_nginx || !on_path("wrk") {
+        deps::install()?;
+    }
+    crate::build(false)?;
+    let dir = std::env::temp_dir().join(format!("sonde-routes-{}", std::process::id()));
+    let _cleanup = RemoveDir(dir.clone());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Sink 0 is the default route's; sink i the route of tenant t{i-1}.
+    let sinks = (0..=ROUTE_TENANTS)
+        .map(|_| OtlpSink::start())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let one_route = format!(
+        "tenants:\n  rules:\n    - header: x-tenant-id\nmetrics:\n  otlp:\n    interval_ms: 1000\n\
+         export:\n  console: false\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: http/protobuf\n",
+        sinks[0].port
+    );
+    let mut ten_routes = format!("{one_route}  tenants:\n");
+    for (i, sink) in sinks.iter().skip(1).enumerate() {
+        ten_routes.push_str(&format!(
+            "    t{i}:\n      endpoint: http://127.0.0.1:{}\n      protocol: http/protobuf\n      \
+             headers:\n        X-Scope-OrgID: '${{tenant}}'\n",
+            sink.port
+        ));
+    }
+    let configs = [
+        ("1 route", dir.join("one.yaml")),
+        ("10 routes", dir.join("ten.yaml")),
+    ];
+    std::fs::write(&configs[0].1, one_route).context("writing the agent's config")?;
+    std::fs::write(&configs[1].1, ten_routes).context("writing the agent's config")?;
+    let script = dir.join("tenants.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(\"GET\", nil, \
+             {{[\"x-tenant-id\"] = \"t\" .. (n % {ROUTE_TENANTS})}})\nend\n"
+        ),
+    )
+    .context("writing the wrk script")?;
+
+    let port = free_port()?;
+    let nginx = start_nginx(&dir, port)?;
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    wrk_with(&url, 1, Some(&script))?;
+    // Per config: (µs of agent CPU per request, requests/s) of each round.
+    let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    let mut routed_requests = 0;
+    for round in 1..=args.rounds {
+        for (i, (name, config)) in configs.iter().enumerate() {
+            println!("xtask: routes round {round}/{}: {name}", args.rounds);
+            let before: Vec<u64> = sinks.iter().map(|s| s.totals().0).collect();
+            let agent = start_agent(config)?;
+            let cpu_before = agent.cpu_seconds();
+            let load = wrk_with(&url, args.secs, Some(&script));
+            let cpu = agent.cpu_seconds() - cpu_before;
+            agent.stop();
+            let load = load?;
+            let served = load.requests_per_sec * f64::from(args.secs);
+            runs[i].push((cpu * 1e6 / served.max(1.0), load.requests_per_sec));
+            let got: Vec<u64> = sinks
+                .iter()
+                .zip(&before)
+                .map(|(s, b)| s.totals().0 - b)
+                .collect();
+            if i == 1 {
+                // Every tenant's own sink got its exports.
+                if let Some(t) = got.iter().skip(1).position(|n| *n == 0) {
+                    bail!("with 10 routes, tenant t{t}'s sink got nothing: {got:?}");
+                }
+                routed_requests += got.iter().skip(1).sum::<u64>();
+            } else if got.iter().skip(1).any(|n| *n > 0) {
+                bail!("with 1 route, a tenant sink got exports: {got:?}");
+            }
+        }
+    }
+    drop(nginx);
+    println!(
+        "\nnginx on loopback, wrk -t1 -c16 -d{}s, 10 tenants by x-tenant-id: agent CPU per request",
+        args.secs
+    );
+    println!(
+        "| round | 1 route (µs/req, req/s) | 10 routes (µs/req, req/s) | 10 routes / 1 route |"
+    );
+    println!("| --- | --- | --- | --- |");
+    let mut ratios = Vec::new();
+    for (round, (one, ten)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        let ratio = ten.0 / one.0;
+        ratios.push(ratio);
+        println!(
+            "| {} | {:.2}, {:.0} | {:.2}, {:.0} | {ratio:.3} |",
+            round + 1,
+            one.0,
+            one.1,
+            ten.0,
+            ten.1
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "median 10 routes / 1 route: {:.3}; the tenants' own sinks got {routed_requests} OTLP requests",
+        ratios[ratios.len() / 2]
     );
     Ok(())
 }
@@ -1006,8 +1126,17 @@ fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<u64> {
 }
 
 fn wrk(url: &str, secs: u32) -> anyhow::Result<Load> {
+    wrk_with(url, secs, None)
+}
+
+/// [`wrk`], with a Lua `script` that makes the requests when given.
+fn wrk_with(url: &str, secs: u32, script: Option<&Path>) -> anyhow::Result<Load> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency", url]);
+    cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency"]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    cmd.arg(url);
     let text = run_load(
         &mut cmd,
         "wrk",

@@ -28,6 +28,8 @@ commands:
   bench pipeline             criterion benches of the user-space pipeline
   bench overhead [--rounds N] [--secs S]
                              nginx under wrk, with and without the agent (needs root)
+  bench routes [--rounds N] [--secs S]
+                             the agent's CPU with 1 and with 10 tenant routes (needs root)
   bench kubernetes [--pods N] [--rounds N]
                              the agent's memory with 10,000 pods from a local API server (needs root)
   fuzz <target> [seconds]    run one cargo-fuzz target (default 60 seconds)";

@@ -11,6 +11,21 @@ pub const PAIRS_PER_CONN: u32 = 16;
 pub const HTTP_REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
 pub const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 26\r\nConnection: keep-alive\r\n\r\n{\"orders\":[1,2,3],\"n\":3}\r\n";
 
+/// [`HTTP_REQUEST`] with a tenant header.
+pub const TENANT_REQUEST: &[u8] = b"GET /api/v1/users/12345/orders?limit=10 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\nx-tenant-id: acme\r\nAccept: */*\r\n\r\n";
+
+/// The tenant rules of the tenant benches: a header rule first, then
+/// process rules and a default, so that every span gets a tenant.
+pub const TENANT_RULES: &str = "tenants:
+  rules:
+    - header: x-tenant-id
+    - env: TENANT_ID
+    - cgroup: 'tenants/(?P<tenant>[a-z]+)'
+    - executable: 'acme-*'
+      tenant: acme
+  default: shared
+";
+
 /// `SET session:12345 <value>` and its `+OK`.
 pub const REDIS_COMMAND: &[u8] =
     b"*3\r\n$3\r\nSET\r\n$13\r\nsession:12345\r\n$16\r\nabcdefghijklmnop\r\n";

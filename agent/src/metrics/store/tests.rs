@@ -98,6 +98,17 @@ fn server(route: &str, status: i64, dur_ms: u64, end_ms: u64) -> Span {
     })
 }
 
+fn client(route: &str, status: i64, dur_ms: u64, end_ms: u64) -> Span {
+    http(SpanSpec {
+        kind: SpanKind::Client,
+        route,
+        status,
+        dur_ns: dur_ms * MS,
+        end_ns: end_ms * MS,
+        id: end_ms as u8,
+    })
+}
+
 fn points<'a>(snap: &'a Snapshot, service: &str, metric: &str) -> Vec<&'a Point> {
     snap.resources
         .iter()
@@ -380,6 +391,22 @@ fn graph_point<'a>(
         .find(|p| str_attr(p, "client") == Some(client) && str_attr(p, "server") == Some(server))
 }
 
+/// One loopback connection as its client (port 40000) and its server
+/// (port 8080) see it.
+fn loopback_views() -> (Endpoints, Endpoints) {
+    let (client, server) = (ip([127, 0, 0, 1], 40000), ip([127, 0, 0, 1], 8080));
+    (
+        Endpoints {
+            local: client,
+            peer: server,
+        },
+        Endpoints {
+            local: server,
+            peer: client,
+        },
+    )
+}
+
 fn sum(p: &Point) -> f64 {
     match p.value {
         PointValue::Sum(v) => v,
@@ -392,14 +419,7 @@ fn service_graph_pairs_both_ends_on_this_node() {
     let mut store = Store::new(options(|_| {}), agent());
     let curl = resource("curl", "c-1");
     let nginx = resource("nginx", "n-1");
-    let client_view = Endpoints {
-        local: ip([127, 0, 0, 1], 40000),
-        peer: ip([127, 0, 0, 1], 8080),
-    };
-    let server_view = Endpoints {
-        local: ip([127, 0, 0, 1], 8080),
-        peer: ip([127, 0, 0, 1], 40000),
-    };
+    let (client_view, server_view) = loopback_views();
     for i in 0..3u64 {
         let status = if i == 2 { 404 } else { 200 };
         let srv = http(SpanSpec {
@@ -710,30 +730,15 @@ fn series_carry_their_tenant_and_edges_both_ends() {
     let gateway = of_tenant("gateway", Some("edge"));
     let billing = of_tenant("billing", Some("globex"));
     let plain = of_tenant("plain", None);
-    let client_view = Endpoints {
-        local: ip([127, 0, 0, 1], 40000),
-        peer: ip([127, 0, 0, 1], 8080),
-    };
-    let server_view = Endpoints {
-        local: ip([127, 0, 0, 1], 8080),
-        peer: ip([127, 0, 0, 1], 40000),
-    };
+    let (client_view, server_view) = loopback_views();
     // The gateway serves a request of acme (by its header) and one of its
     // own tenant; billing calls it.
     for (i, header) in [Some("acme"), None].into_iter().enumerate() {
         let i = i as u64;
         let mut srv = server("/a", 200, 2, 100 + 10 * i);
         srv.tenant = header.map(crate::span::model::Text::from);
-        let cli = http(SpanSpec {
-            kind: SpanKind::Client,
-            route: "/a",
-            status: 200,
-            dur_ns: 3 * MS,
-            end_ns: (101 + 10 * i) * MS,
-            id: 20 + i as u8,
-        });
         store.record(&gateway, &srv, &server_view);
-        store.record(&billing, &cli, &client_view);
+        store.record(&billing, &client("/a", 200, 3, 101 + 10 * i), &client_view);
     }
     store.record(&plain, &server("/p", 200, 1, 130), &no_endpoints());
 
@@ -847,25 +852,10 @@ fn both_routes_of_an_edge_get_whole_deltas() {
     let mut store = Store::new(options(|_| {}), agent());
     let caller = of_tenant("caller", Some("acme"));
     let callee = of_tenant("callee", Some("globex"));
-    let client_view = Endpoints {
-        local: ip([127, 0, 0, 1], 40000),
-        peer: ip([127, 0, 0, 1], 8080),
-    };
-    let server_view = Endpoints {
-        local: ip([127, 0, 0, 1], 8080),
-        peer: ip([127, 0, 0, 1], 40000),
-    };
+    let (client_view, server_view) = loopback_views();
     let call = |store: &mut Store, i: u64| {
         store.record(&callee, &server("/a", 200, 2, 100 + 10 * i), &server_view);
-        let cli = http(SpanSpec {
-            kind: SpanKind::Client,
-            route: "/a",
-            status: 200,
-            dur_ns: 3 * MS,
-            end_ns: (101 + 10 * i) * MS,
-            id: 50 + i as u8,
-        });
-        store.record(&caller, &cli, &client_view);
+        store.record(&caller, &client("/a", 200, 3, 101 + 10 * i), &client_view);
     };
     let total = |store: &mut Store, tenant: &str| -> f64 {
         let metric = MetricId::GraphRequests as usize;
