@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::span::model::Text;
+use crate::span::model::{Inline, Text};
 
 /// Most bytes of a kept value; a longer value is cut at a character
 /// boundary (a tenant id is short: a longer value is not one anyway).
@@ -73,6 +73,10 @@ pub fn value_of(kept: &[(u8, Text)], index: usize) -> Option<&str> {
 /// `value` as text of at most [`MAX_KEPT_VALUE`] bytes: invalid UTF-8 is
 /// replaced, and a cut never splits a character.
 fn bounded_text(value: &[u8]) -> Text {
+    // A tenant id is short ASCII: kept in place, no UTF-8 decoding.
+    if let Some(inline) = Inline::ascii(value) {
+        return Text::Inline(inline);
+    }
     if value.len() <= MAX_KEPT_VALUE
         && let Ok(text) = std::str::from_utf8(value)
     {
@@ -143,6 +147,12 @@ mod tests {
                 );
             }
         }
+        // Short ASCII is kept in place; anything else is decoded.
+        assert!(matches!(bounded_text(b"acme"), Text::Inline(_)));
+        assert_eq!(&*bounded_text(b"acme"), "acme");
+        assert_eq!(&*bounded_text("zürich".as_bytes()), "zürich");
+        let long = "t".repeat(40);
+        assert_eq!(&*bounded_text(long.as_bytes()), long);
         // Bytes that are not UTF-8 become replacement characters, still
         // within the bound.
         assert_eq!(&*bounded_text(b"t\xff1"), "t\u{fffd}1");

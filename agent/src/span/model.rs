@@ -80,6 +80,20 @@ impl Inline {
         })
     }
 
+    /// `bytes` stored in place, if they fit and are ASCII (text read from
+    /// traffic, checked for UTF-8 more cheaply when it is short ASCII).
+    pub fn ascii(bytes: &[u8]) -> Option<Inline> {
+        if !bytes.is_ascii() {
+            return None;
+        }
+        let mut stored = [0; INLINE_MAX];
+        stored.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Inline {
+            len: bytes.len() as u8,
+            bytes: stored,
+        })
+    }
+
     /// Builds the text with `write`, which gets a buffer of `INLINE_MAX`
     /// bytes, fills a prefix of it with UTF-8 and returns that prefix's
     /// length (for formatting numbers in place).
@@ -95,8 +109,9 @@ impl Inline {
 
     pub fn as_str(&self) -> &str {
         let bytes = &self.bytes[..usize::from(self.len).min(INLINE_MAX)];
-        // SAFETY: both constructors store a whole `str` (`new`) or check
-        // the bytes are UTF-8 (`build`), and nothing changes them later.
+        // SAFETY: the constructors store a whole `str` (`new`), ASCII
+        // (`ascii`) or bytes checked to be UTF-8 (`build`), and nothing
+        // changes them later.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
