@@ -345,20 +345,6 @@ fn wait_replicaset_gets(api: &ApiServer, n: usize) -> anyhow::Result<()> {
     }
 }
 
-fn kubeconfig(api: &ApiServer, dir: &std::path::Path) -> anyhow::Result<String> {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n\
-         users:\n- name: bench\n  user: {{}}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: bench\n\
-         current-context: local\n",
-        api.url()
-    );
-    std::fs::write(&path, text)?;
-    path.to_str()
-        .map(str::to_owned)
-        .context("a kubeconfig path that is not UTF-8")
-}
-
 /// Starts the agent, as the agent of [`NODE`] watching `api` when `k8s`,
 /// waits until its pod watch has every change up to now, and gives it
 /// some traffic to trace: an agent's first spans and exports grow it by a
@@ -401,7 +387,11 @@ fn run_round(count: usize, k8s: bool) -> anyhow::Result<Steps> {
     let dir = tempfile::Builder::new()
         .prefix("sonde-k8s-bench-")
         .tempdir()?;
-    let kubeconfig = kubeconfig(&api, dir.path())?;
+    let kubeconfig = api
+        .write_kubeconfig(dir.path())?
+        .to_str()
+        .map(str::to_owned)
+        .context("a kubeconfig path that is not UTF-8")?;
     let namespaces: Vec<Value> = (0..NAMESPACES)
         .map(|n| namespace(&format!("team-{n}"), &[("team", &format!("team-{n}"))]))
         .collect();

@@ -204,6 +204,20 @@ impl ApiServer {
 
     /// `http://127.0.0.1:PORT`, what the agent's `kubernetes.api_server`
     /// (or a kubeconfig's `server`) points at.
+    /// Writes a kubeconfig for this server (no credentials) into `dir`;
+    /// returns its path, for `KUBECONFIG`.
+    pub fn write_kubeconfig(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n\
+             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: test\n\
+             current-context: local\n",
+            self.url()
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

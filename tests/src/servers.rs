@@ -300,3 +300,59 @@ impl Drop for PyUpstream {
         stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(3));
     }
 }
+
+/// A Python HTTP server (HTTP/1.0: a connection per request) in a pod's
+/// container cgroup, as the kubelet and containerd (systemd driver) name
+/// them; the cgroup directories are made here and removed on drop.
+pub struct PodServer {
+    child: Child,
+    dirs: Vec<PathBuf>,
+    pub port: u16,
+}
+
+impl PodServer {
+    pub fn start(uid: &str, container: &str) -> anyhow::Result<PodServer> {
+        use crate::runc::{KUBELET_CGROUP_DEPTH, kubelet_cgroup};
+        let dir = crate::util::unified_cgroup_root().join(kubelet_cgroup(uid, container));
+        let dirs = dir
+            .ancestors()
+            .take(KUBELET_CGROUP_DEPTH)
+            .map(PathBuf::from)
+            .collect();
+        std::fs::create_dir_all(&dir).context("creating the container's cgroup")?;
+        let port = free_port();
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {} -m http.server {port} --bind 127.0.0.1",
+            dir.display(),
+            python_bin().display()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting sh")?;
+        let server = PodServer { child, dirs, port };
+        if !wait_port(port, Duration::from_secs(10)) {
+            bail!("the pod's server did not start on port {port}");
+        }
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Innermost first; shared parents stay while another pod's cgroup
+        // is in them.
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

@@ -7,16 +7,13 @@
 //! and a release build of the agent.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sonde_tests::apiserver::{ApiServer, container_id, namespace, pod, replicaset, uid_for};
 use sonde_tests::clients::curl;
-use sonde_tests::runc::{KUBELET_CGROUP_DEPTH, RuncNginx, kubelet_cgroup};
-use sonde_tests::util::{python_bin, unified_cgroup_root};
+use sonde_tests::runc::RuncNginx;
+use sonde_tests::servers::PodServer;
 use sonde_tests::{Agent, Kind, ReceivedPoint, ReceivedSpan, Receiver, Value, require_root};
 
 const NODE: &str = "node-test";
@@ -44,67 +41,13 @@ trait PodProcess {
     fn pids(&self) -> Vec<u32>;
 }
 
-/// A Python HTTP server in a pod's container cgroup, as the kubelet and
-/// containerd (systemd driver) name them.
-struct PodServer {
-    child: Child,
-    dirs: Vec<PathBuf>,
-    port: u16,
-}
-
-impl PodServer {
-    fn start(uid: &str, container: &str) -> PodServer {
-        let dir = unified_cgroup_root().join(kubelet_cgroup(uid, container));
-        let dirs = dir
-            .ancestors()
-            .take(KUBELET_CGROUP_DEPTH)
-            .map(PathBuf::from)
-            .collect();
-        std::fs::create_dir_all(&dir).expect("create the container's cgroup");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec {} -m http.server {port} --bind 127.0.0.1",
-            dir.display(),
-            python_bin().display()
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("sh runs");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the pod's server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        PodServer { child, dirs, port }
-    }
-}
-
 impl PodProcess for PodServer {
     fn get(&self) {
         must(curl(&[format!("http://127.0.0.1:{}/", self.port)]));
     }
 
     fn pids(&self) -> Vec<u32> {
-        vec![self.child.id()]
-    }
-}
-
-impl Drop for PodServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Innermost first; shared parents stay while another pod's cgroup
-        // is in them.
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir(dir);
-        }
+        vec![self.pid()]
     }
 }
 
@@ -117,18 +60,6 @@ impl PodProcess for RuncNginx {
     fn pids(&self) -> Vec<u32> {
         RuncNginx::pids(self).to_vec()
     }
-}
-
-fn kubeconfig(api: &ApiServer, dir: &std::path::Path) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n\
-         users:\n- name: test\n  user: {{}}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: test\n\
-         current-context: local\n",
-        api.url()
-    );
-    std::fs::write(&path, text).expect("write kubeconfig");
-    path
 }
 
 /// SERVER spans of `server`.
@@ -193,7 +124,7 @@ fn pods_label_spans_through_api_restarts() {
     }
     let mut api = must(ApiServer::start());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(&api, tmp.path());
+    let kubeconfig = must(api.write_kubeconfig(tmp.path()));
 
     // A Deployment's pod, a pod naming its service by annotation, and a pod
     // on another node (never watched).
@@ -234,10 +165,10 @@ fn pods_label_spans_through_api_restarts() {
         &[("c", &container_id("elsewhere"))],
     )));
 
-    let web = PodServer::start(&web_uid, &web_cid);
-    let annotated = PodServer::start(&ann_uid, &ann_cid);
+    let web = must(PodServer::start(&web_uid, &web_cid));
+    let annotated = must(PodServer::start(&ann_uid, &ann_cid));
     // Its process starts before its pod is served.
-    let late = PodServer::start(&late_uid, &late_cid);
+    let late = must(PodServer::start(&late_uid, &late_cid));
 
     let rx = must(Receiver::start());
     let agent = must(Agent::start_with_env(
@@ -413,7 +344,7 @@ fn runc_nginx_of_a_deployment_is_labelled_on_spans_and_metrics() {
     }
     let api = must(ApiServer::start());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(&api, tmp.path());
+    let kubeconfig = must(api.write_kubeconfig(tmp.path()));
     let (uid, cid) = (uid_for("frontend"), container_id("frontend"));
     let rs_uid = uid_for("frontend-rs");
     must(api.apply(&namespace("storefront", &[])));
@@ -566,7 +497,7 @@ fn relist_after_410_gone_brings_a_label_changed_meanwhile() {
     }
     let mut api = must(ApiServer::start());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(&api, tmp.path());
+    let kubeconfig = must(api.write_kubeconfig(tmp.path()));
     let (uid, cid) = (uid_for("catalog"), container_id("catalog"));
     let catalog_pod = |app: &str| {
         pod(
@@ -582,7 +513,7 @@ fn relist_after_410_gone_brings_a_label_changed_meanwhile() {
     };
     must(api.apply(&namespace("shop", &[])));
     must(api.apply(&catalog_pod("catalog")));
-    let server = PodServer::start(&uid, &cid);
+    let server = must(PodServer::start(&uid, &cid));
 
     let rx = must(Receiver::start());
     let agent = must(Agent::start_with_env(
@@ -662,7 +593,7 @@ fn excluded_namespaces_and_pods_are_not_traced() {
     }
     let api = must(ApiServer::start());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(&api, tmp.path());
+    let kubeconfig = must(api.write_kubeconfig(tmp.path()));
     let (web_uid, web_cid) = (uid_for("sel-web"), container_id("sel-web"));
     let (job_uid, job_cid) = (uid_for("sel-job"), container_id("sel-job"));
     let (canary_uid, canary_cid) = (uid_for("sel-canary"), container_id("sel-canary"));
@@ -696,9 +627,9 @@ fn excluded_namespaces_and_pods_are_not_traced() {
             &[("main", cid)],
         )));
     }
-    let web = PodServer::start(&web_uid, &web_cid);
-    let job = PodServer::start(&job_uid, &job_cid);
-    let canary = PodServer::start(&canary_uid, &canary_cid);
+    let web = must(PodServer::start(&web_uid, &web_cid));
+    let job = must(PodServer::start(&job_uid, &job_cid));
+    let canary = must(PodServer::start(&canary_uid, &canary_cid));
 
     let rx = must(Receiver::start());
     let agent = must(Agent::start_with_env(
@@ -774,7 +705,7 @@ fn excluded_namespaces_and_pods_are_not_traced() {
         .filter(|p| p.name == "http.server.request.duration")
         .filter(|p| {
             p.pid()
-                .is_some_and(|pid| pid == job.child.id() || pid == canary.child.id())
+                .is_some_and(|pid| pid == job.pid() || pid == canary.pid())
         })
         .map(ReceivedPoint::compact)
         .collect();

@@ -1,9 +1,10 @@
 //! Tenants end to end: the real agent, real servers mapped to tenants by
 //! each kind of process rule (an environment variable, a cgroup path
-//! pattern, the executable's name), a gateway whose requests are split by
-//! their `x-tenant-id` header, and three OTLP receivers standing for two
-//! tenants' backends and the default route's. Needs root (skips
-//! otherwise) and a release build of the agent.
+//! pattern, the executable's name, and a pod label and a namespace label
+//! of pods in kubelet-shaped cgroups, served by the local API server), a
+//! gateway whose requests are split by their `x-tenant-id` header, and
+//! three OTLP receivers standing for two tenants' backends and the default
+//! route's. Needs root (skips otherwise) and a release build of the agent.
 //!
 //! One test, in phases over one run of traffic:
 //! 1. every receiver gets exactly its tenant's spans and series, with its
@@ -20,9 +21,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sonde_tests::agent::config_text;
+use sonde_tests::apiserver::{ApiServer, container_id, namespace, pod, uid_for};
 use sonde_tests::clients::PyChild;
+use sonde_tests::servers::PodServer;
 use sonde_tests::util::{python_bin, send_signal, unified_cgroup_root, wait_port};
 use sonde_tests::{Agent, Kind, ReceivedPoint, ReceivedSpan, Receiver, free_port, require_root};
+
+/// The node the agent and the pods are on.
+const NODE: &str = "node-tenants";
 
 /// What the issue allows between writing the file and the rules applying.
 const APPLY_WITHIN: Duration = Duration::from_secs(2);
@@ -204,7 +210,12 @@ fn rules(extra: &str) -> String {
     - cgroup: 'sonde-tenants\\.slice/(?P<tenant>[a-z]+)\\.scope$'
 {extra}    - executable: 'initech-*'
       tenant: initech
+    - pod_label: tenant-id
+    - namespace_label: tenant
   default: shared
+kubernetes:
+  enabled: true
+  node_name: {NODE}
 "
     )
 }
@@ -257,11 +268,36 @@ metrics:
     );
     let initech_server = Server::start(&initech_python, &[], None);
     let gateway = Server::start(&python, &[], None);
+    // Pods: umbrella's by its pod label, hooli's by its namespace's label.
+    let api = must(ApiServer::start());
+    let kubeconfig = must(api.write_kubeconfig(exe_dir.path()));
+    must(api.apply(&namespace("umbrella-web", &[])));
+    must(api.apply(&namespace("hooli-shop", &[("tenant", "hooli")])));
+    let mut pods = Vec::new();
+    for (ns, name, labels) in [
+        ("umbrella-web", "portal", &[("tenant-id", "umbrella")][..]),
+        ("hooli-shop", "cart", &[][..]),
+    ] {
+        let (uid, cid) = (uid_for(name), container_id(name));
+        must(api.apply(&pod(
+            ns,
+            name,
+            &uid,
+            NODE,
+            labels,
+            &[],
+            None,
+            &[("app", &cid)],
+        )));
+        pods.push(must(PodServer::start(&uid, &cid)));
+    }
 
-    let agent = must(Agent::start(
+    let agent = must(Agent::start_with_env(
         &routes.default.http_endpoint(),
         "http/protobuf",
         &config(""),
+        &[],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
     ));
     let path = agent.config_path().to_path_buf();
     let targets = [
@@ -271,10 +307,12 @@ metrics:
         format!("gw-acme={}=acme", gateway.port),
         format!("gw-globex={}=globex", gateway.port),
         format!("gw-none={}", gateway.port),
+        format!("pod-label={}", pods[0].port),
+        format!("ns-label={}", pods[1].port),
     ];
     let mut client = must(PyChild::spawn(PY_CLIENT, &targets));
     let began = Instant::now();
-    while routes.seen().len() < 12 * 5 {
+    while routes.seen().len() < 16 * 5 {
         assert!(
             began.elapsed() < WAIT,
             "too few spans: {:?}",
@@ -384,6 +422,8 @@ metrics:
             "gw-acme",
             "gw-globex",
             "gw-none",
+            "pod-label",
+            "ns-label",
         ] {
             for kind in [Kind::Server, Kind::Client] {
                 let got = seen
@@ -429,12 +469,35 @@ metrics:
         for s in spans.iter().filter(|s| request_of(s).is_some()) {
             let t = tenant_of(s);
             let ok = match route {
-                "default" => matches!(t, Some("shared" | "initech")),
+                "default" => matches!(t, Some("shared" | "initech" | "umbrella" | "hooli")),
                 r => t == Some(r),
             };
             assert!(ok, "{route} got a span of tenant {t:?}: {}", s.full());
         }
     }
+    // The pods' spans carry their label's tenant once the watcher has
+    // them (before, the default), and every one after that.
+    let default_spans = routes.default.spans();
+    for (target, tenant) in [("pod-label", "umbrella"), ("ns-label", "hooli")] {
+        let mut served: Vec<(u64, Option<&str>)> = default_spans
+            .iter()
+            .filter(|s| s.kind == Kind::Server)
+            .filter_map(|s| {
+                let (round, t) = request_of(s)?;
+                (t == target).then(|| (round, tenant_of(s)))
+            })
+            .collect();
+        served.sort();
+        let first = served
+            .iter()
+            .position(|(_, t)| *t == Some(tenant))
+            .unwrap_or_else(|| panic!("no {target} span of tenant {tenant}: {served:?}"));
+        assert!(
+            served[first..].iter().all(|(_, t)| *t == Some(tenant)),
+            "{target}: a span without tenant {tenant} after the first with it: {served:?}"
+        );
+    }
+
     // The gateway's spans carry the header's tenant as a span attribute.
     assert!(
         routes
@@ -501,6 +564,8 @@ metrics:
     let default_points = routes.default.points();
     assert!(server_series(&default_points, "shared"));
     assert!(server_series(&default_points, "initech"));
+    assert!(server_series(&default_points, "umbrella"));
+    assert!(server_series(&default_points, "hooli"));
     assert!(default_points.iter().any(|p| p.name.starts_with("sonde.")));
     for p in &default_points {
         let tenants = series_tenants(p);
