@@ -491,10 +491,21 @@ metrics:
         let first = served
             .iter()
             .position(|(_, t)| *t == Some(tenant))
-            .unwrap_or_else(|| panic!("no {target} span of tenant {tenant}: {served:?}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {target} span of tenant {tenant} in {} (the first: {:?})",
+                    served.len(),
+                    &served[..served.len().min(10)]
+                )
+            });
+        let late: Vec<_> = served[first..]
+            .iter()
+            .filter(|(_, t)| *t != Some(tenant))
+            .take(10)
+            .collect();
         assert!(
-            served[first..].iter().all(|(_, t)| *t == Some(tenant)),
-            "{target}: a span without tenant {tenant} after the first with it: {served:?}"
+            late.is_empty(),
+            "{target}: spans without tenant {tenant} after the first with it: {late:?}"
         );
     }
 
