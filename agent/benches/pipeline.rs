@@ -95,6 +95,23 @@ fn pipeline_over<S: SpanSink>(
     )
 }
 
+/// Gives `pipeline` a metrics stage of `config`, under the agent's own
+/// resource.
+fn with_metrics<S: SpanSink>(
+    pipeline: &mut Pipeline<S>,
+    config: &MetricsConfig,
+    stats: Arc<Stats>,
+) -> Arc<Metrics> {
+    let agent = Arc::new(Resource {
+        service_name: "sonde".into(),
+        attributes: Vec::new(),
+        ..Default::default()
+    });
+    let metrics = Metrics::new(store_options(config), agent, stats);
+    pipeline.set_metrics(metrics.clone());
+    metrics
+}
+
 /// What fixtures/grpc/capture.py recorded: 256 calls of
 /// /demo.Greeter/SayHello from a grpcio client to a grpcio server on one
 /// connection, as a sequence of reads made by a relaying proxy.
@@ -303,16 +320,7 @@ fn bench_pipeline(c: &mut Criterion) {
             let mut pipeline = pipeline(stats.clone());
             let mut config = MetricsConfig::default();
             config.service_graph.enabled = graph;
-            let metrics = Metrics::new(
-                store_options(&config),
-                Arc::new(Resource {
-                    service_name: "sonde".into(),
-                    attributes: Vec::new(),
-                    ..Default::default()
-                }),
-                stats,
-            );
-            pipeline.set_metrics(metrics.clone());
+            let metrics = with_metrics(&mut pipeline, &config, stats);
             b.iter(|| {
                 for r in &records {
                     pipeline.read_record(black_box(r));
@@ -356,16 +364,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 }
                 let mut pipeline =
                     pipeline_over(resources, stats.clone(), CollectingSink(Vec::new()));
-                let metrics = Metrics::new(
-                    store_options(&MetricsConfig::default()),
-                    Arc::new(Resource {
-                        service_name: "sonde".into(),
-                        attributes: Vec::new(),
-                        ..Default::default()
-                    }),
-                    stats,
-                );
-                pipeline.set_metrics(metrics.clone());
+                with_metrics(&mut pipeline, &MetricsConfig::default(), stats);
                 b.iter(|| {
                     for r in &records {
                         pipeline.read_record(black_box(r));

@@ -312,3 +312,36 @@ os.close(w)
 os.unlink(path)
 print("read %d piped %d" % (total, moved), flush=True)
 "#;
+
+/// One timed thing a Python client did (a request, a round of requests),
+/// as the live-config tests' clients print it: `N START END ...`, times in
+/// Unix seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timed {
+    pub n: u64,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// The [`Timed`] lines of a client's output; other lines are skipped.
+pub fn timed_lines(lines: &[String]) -> Vec<Timed> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some(Timed {
+                n: f.next()?.parse().ok()?,
+                start: f.next()?.parse().ok()?,
+                end: f.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Now, in Unix seconds: what [`Timed`] times are compared with.
+pub fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}

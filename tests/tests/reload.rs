@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sonde_tests::agent::config_text;
-use sonde_tests::clients::PyChild;
+use sonde_tests::clients::{PyChild, timed_lines, unix_now_secs};
 use sonde_tests::servers::PyUpstream;
 use sonde_tests::util::send_signal;
 use sonde_tests::{Agent, Kind, ReceivedSpan, Receiver, require_root};
@@ -49,34 +49,6 @@ print("done", flush=True)
 
 fn must<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-/// One request the client made.
-struct Request {
-    seq: u64,
-    start: f64,
-    end: f64,
-}
-
-fn requests(lines: &[String]) -> Vec<Request> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            Some(Request {
-                seq: f.next()?.parse().ok()?,
-                start: f.next()?.parse().ok()?,
-                end: f.next()?.parse().ok()?,
-            })
-        })
-        .collect()
 }
 
 /// The request a span is of, by its `/seq/N` path.
@@ -169,7 +141,7 @@ fn config_changes_apply_live_and_a_broken_file_changes_nothing() {
     let http1_off = must(config_text("protocols:\n  http1: false\n"));
     let broken = format!("{}\ncaptur:\n  bytes: 64\n", http1_off.trim_end());
     let broken_line = broken.lines().position(|l| l == "captur:").unwrap() + 1;
-    let broken_at = now();
+    let broken_at = unix_now_secs();
     replace_file(&path, &broken);
     must(send_signal(agent.pid(), libc::SIGHUP));
     let refused = wait_log(
@@ -188,7 +160,7 @@ fn config_changes_apply_live_and_a_broken_file_changes_nothing() {
     std::thread::sleep(PHASE);
 
     // 2. HTTP/1 off, published like a ConfigMap update, without a signal.
-    let off_at = now();
+    let off_at = unix_now_secs();
     publish_configmap(&path, 1, &http1_off);
     let applied = wait_log(&agent, &["reloaded: applied protocols"], APPLY_WITHIN);
     assert!(
@@ -199,12 +171,12 @@ fn config_changes_apply_live_and_a_broken_file_changes_nothing() {
     std::thread::sleep(PHASE);
 
     // 3. HTTP/1 on again.
-    let on_at = now();
+    let on_at = unix_now_secs();
     publish_configmap(&path, 2, &must(config_text("")));
     std::thread::sleep(PHASE);
     let lines = must(client.finish(Duration::from_secs(10)));
-    let made = requests(&lines);
-    let last = made.last().map_or(0, |r| r.seq);
+    let made = timed_lines(&lines);
+    let last = made.last().map_or(0, |r| r.n);
 
     // Every request of the last phase has both its spans; then a moment
     // for any surplus.
@@ -212,7 +184,7 @@ fn config_changes_apply_live_and_a_broken_file_changes_nothing() {
     let wanted_last: Vec<u64> = made
         .iter()
         .filter(|r| r.start >= on_at + settle)
-        .map(|r| r.seq)
+        .map(|r| r.n)
         .collect();
     rx.wait_for(WAIT, |spans| {
         let seen: Vec<u64> = spans.iter().filter_map(seq_of).collect();
@@ -236,9 +208,9 @@ fn config_changes_apply_live_and_a_broken_file_changes_nothing() {
     let mut problems = Vec::new();
     let (mut on_before, mut off, mut on_after) = (0, 0, 0);
     for r in &made {
-        let got = counts.get(&r.seq).copied().unwrap_or_default();
+        let got = counts.get(&r.n).copied().unwrap_or_default();
         if got.0 > 1 || got.1 > 1 {
-            problems.push(format!("request {} has spans twice: {got:?}", r.seq));
+            problems.push(format!("request {} has spans twice: {got:?}", r.n));
         }
         let expect = if r.end < off_at {
             // Before the switch, broken file included: all traced.
@@ -259,7 +231,7 @@ fn config_changes_apply_live_and_a_broken_file_changes_nothing() {
             problems.push(format!(
                 "request {} (started {:.3} s after the broken file, {:.3} s after HTTP/1 off, \
                  {:.3} s after HTTP/1 on): (SERVER, CLIENT) spans {got:?}, expected {want:?}",
-                r.seq,
+                r.n,
                 r.start - broken_at,
                 r.start - off_at,
                 r.start - on_at,

@@ -18,11 +18,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sonde_tests::agent::config_text;
 use sonde_tests::apiserver::{ApiServer, container_id, namespace, pod, uid_for};
-use sonde_tests::clients::PyChild;
+use sonde_tests::clients::{PyChild, Timed, timed_lines, unix_now_secs};
 use sonde_tests::servers::PodServer;
 use sonde_tests::util::{python_bin, send_signal, unified_cgroup_root, wait_port};
 use sonde_tests::{Agent, Kind, ReceivedPoint, ReceivedSpan, Receiver, free_port, require_root};
@@ -71,13 +71,6 @@ print("done", flush=True)
 
 fn must<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 /// A Python HTTP server (HTTP/1.0: a connection per request), started by
@@ -147,27 +140,6 @@ fn request_of(span: &ReceivedSpan) -> Option<(u64, String)> {
 fn tenant_of(span: &ReceivedSpan) -> Option<&str> {
     span.attr_str("tenant.id")
         .or_else(|| span.res_str("tenant.id"))
-}
-
-/// A round of requests the client made.
-struct Round {
-    n: u64,
-    start: f64,
-    end: f64,
-}
-
-fn rounds(lines: &[String]) -> Vec<Round> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            Some(Round {
-                n: f.next()?.parse().ok()?,
-                start: f.next()?.parse().ok()?,
-                end: f.next()?.parse().ok()?,
-            })
-        })
-        .collect()
 }
 
 /// The receivers by route name.
@@ -323,7 +295,7 @@ metrics:
     std::thread::sleep(PHASE);
 
     // 2. A rule before the executable's: initech's server goes to acme.
-    let switch_at = now();
+    let switch_at = unix_now_secs();
     let replace = |text: &str| {
         let next = path.with_extension("new");
         std::fs::write(&next, text).expect("write the config");
@@ -348,7 +320,7 @@ metrics:
     );
 
     // 3. globex's collector dies; acme's and the default route's go on.
-    let killed_at = now();
+    let killed_at = unix_now_secs();
     let globex = routes
         .globex
         .take()
@@ -356,7 +328,7 @@ metrics:
     std::thread::sleep(PHASE);
     must(client.send_line(""));
     let lines = must(client.finish(Duration::from_secs(10)));
-    let rounds = rounds(&lines);
+    let rounds = timed_lines(&lines);
     let last_round = rounds
         .last()
         .map(|r| r.n)
@@ -379,7 +351,7 @@ metrics:
     // Where each request's spans must be, by the rules of its time.
     // Rounds that straddle the switch may go either way (but still once).
     let switch_done = switch_at + APPLY_WITHIN.as_secs_f64();
-    let expected = |round: &Round, target: &str, kind: Kind| -> Option<BTreeSet<&'static str>> {
+    let expected = |round: &Timed, target: &str, kind: Kind| -> Option<BTreeSet<&'static str>> {
         let one = |r: &'static str| Some(BTreeSet::from([r]));
         match (target, kind) {
             ("acme-env", Kind::Server) | ("gw-acme", _) => one("acme"),

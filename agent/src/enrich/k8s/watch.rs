@@ -208,7 +208,7 @@ impl State {
         match event {
             Event::Init => self.listing = Some(HashMap::new()),
             Event::InitApply(pod) => {
-                if let Some(meta) = self.meta(&pod, replicaset_owner.clone()) {
+                if let Some(meta) = self.meta(&pod, replicaset_owner) {
                     let uid = Arc::clone(&meta.uid);
                     let meta = same_or_new(self.pods.get(&uid), meta);
                     self.listing
@@ -232,7 +232,7 @@ impl State {
                 self.dirty = true;
             }
             Event::Apply(pod) => {
-                if let Some(meta) = self.meta(&pod, replicaset_owner.clone()) {
+                if let Some(meta) = self.meta(&pod, replicaset_owner) {
                     let uid = Arc::clone(&meta.uid);
                     let meta = same_or_new(self.pods.get(&uid), meta);
                     if self
