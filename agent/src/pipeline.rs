@@ -19,12 +19,12 @@ use crate::enrich::tenant::{Tenants, tenant_of};
 use crate::enrich::{CgroupOrder, ProcessResources, Resource};
 use crate::export::{ExportHandle, ExportItem};
 use crate::metrics::Metrics;
-use crate::protocol::headers::{self, header_names};
+use crate::protocol::headers::header_names;
 use crate::protocol::{
     Chunk, Detect, Direction, Limits, PROTOCOLS, ProtocolSpec, Session, SessionOptions,
 };
 use crate::sample::Sampler;
-use crate::span::model::{Span, Text};
+use crate::span::model::Span;
 use crate::span::{PairingOut, SpanContext, SpanOptions};
 use crate::stats::Stats;
 
@@ -625,14 +625,8 @@ impl<S: SpanSink> Pipeline<S> {
             // Only a request that carried a header the rules name can
             // differ from its process.
             if !span.tenant_headers.is_empty() {
-                let kept = std::mem::take(&mut span.tenant_headers);
-                let process = &resource.tenant;
-                span.tenant = self
-                    .resources
-                    .tenants()
-                    .of_span(process, |i| headers::value_of(&kept, i))
-                    .filter(|&t| Some(t) != process.tenant.as_deref())
-                    .map(Text::from);
+                let kept = &mut span.tenant_headers;
+                span.tenant = self.resources.tenants().of_request(&resource.tenant, kept);
             }
             let exported = self
                 .sampler

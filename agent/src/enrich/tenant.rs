@@ -12,7 +12,7 @@
 //! ([`Tenants::of_process`]). A header rule is a fact of one request: a
 //! multi-tenant gateway's spans split by the header each request carried.
 //! The two kinds keep their written order: a header rule after a process
-//! rule that matched is never looked at ([`Tenants::of_span`]).
+//! rule that matched is never looked at ([`Tenants::of_request`]).
 
 use std::sync::Arc;
 
@@ -21,7 +21,8 @@ use serde::Deserialize;
 use super::Resource;
 use super::k8s::PodMeta;
 use super::select::Glob;
-use crate::span::model::Span;
+use crate::protocol::headers::KeptHeaders;
+use crate::span::model::{Span, Text};
 
 /// The attribute that carries the tenant id, unless configured.
 pub const DEFAULT_ATTRIBUTE: &str = "tenant.id";
@@ -219,9 +220,11 @@ pub struct Tenants {
     /// Lowercased header names of the header rules, in rule order,
     /// without repeats: what the HTTP parsers keep of each request.
     headers: Vec<String>,
-    /// Per rule, the index of its header in `headers` (a header rule) or
-    /// None: worked out once, not per request.
-    header_index: Vec<Option<usize>>,
+    /// Per header of `headers`, the first rule naming it: its rank and the
+    /// tenant it gives (none: the header's value). Later rules naming the
+    /// same header never match first, and headers are numbered in the
+    /// order of their first rules.
+    header_rules: Vec<(usize, Option<Text>)>,
 }
 
 impl Default for Tenants {
@@ -233,25 +236,23 @@ impl Default for Tenants {
 impl Tenants {
     pub fn new(config: TenantConfig) -> Self {
         let mut headers: Vec<String> = Vec::new();
-        let mut header_index = Vec::with_capacity(config.rules.len());
-        for rule in &config.rules {
-            header_index.push(rule.header.as_ref().map(|h| {
-                let h = h.trim().to_ascii_lowercase();
-                headers
-                    .iter()
-                    .position(|known| *known == h)
-                    .unwrap_or_else(|| {
-                        headers.push(h);
-                        headers.len() - 1
-                    })
-            }));
+        let mut header_rules = Vec::new();
+        for (rank, rule) in config.rules.iter().enumerate() {
+            let Some(h) = &rule.header else {
+                continue;
+            };
+            let h = h.trim().to_ascii_lowercase();
+            if !headers.contains(&h) {
+                headers.push(h);
+                header_rules.push((rank, rule.tenant.as_deref().map(Text::from)));
+            }
         }
         let attribute = Arc::from(config.attribute.as_str());
         Tenants {
             config,
             attribute,
             headers,
-            header_index,
+            header_rules,
         }
     }
 
@@ -337,29 +338,24 @@ impl Tenants {
         }
     }
 
-    /// The tenant of one request of a process whose tenant is `process`:
-    /// the first header rule written before the process's own rule whose
-    /// header the request carried (`header` gives a kept header's value by
-    /// its index in [`headers`](Self::headers)), else the process's tenant.
-    pub fn of_span<'a>(
-        &'a self,
-        process: &'a ProcessTenant,
-        header: impl Fn(usize) -> Option<&'a str>,
-    ) -> Option<&'a str> {
-        if !self.headers.is_empty() {
-            let written_before = process.rank.min(self.config.rules.len());
-            let rules = self.config.rules.iter().zip(&self.header_index);
-            for (rule, index) in rules.take(written_before) {
-                let Some(index) = *index else {
-                    continue;
-                };
-                // Kept values are trimmed already (protocol::headers::keep).
-                if let Some(tenant) = rule.give(header(index)) {
-                    return Some(tenant);
-                }
-            }
+    /// The tenant of one request of a process whose tenant is `process`,
+    /// when it is not the process's: that of the first header rule written
+    /// before the process's own rule whose header the request carried
+    /// (`kept`: values by index in [`headers`](Self::headers), trimmed and
+    /// never blank). A value that becomes the tenant is taken out of `kept`.
+    pub fn of_request(&self, process: &ProcessTenant, kept: &mut KeptHeaders) -> Option<Text> {
+        // Headers are numbered in the order of their first rules: the
+        // lowest number kept is the first rule that matches.
+        let (index, value) = kept.iter_mut().min_by_key(|(index, _)| *index)?;
+        let (rank, literal) = self.header_rules.get(usize::from(*index))?;
+        if *rank >= process.rank {
+            return None;
         }
-        process.tenant.as_deref()
+        let tenant = match literal {
+            Some(literal) => literal.clone(),
+            None => std::mem::replace(value, Text::Static("")),
+        };
+        (Some(&*tenant) != process.tenant.as_deref()).then_some(tenant)
     }
 }
 
@@ -523,40 +519,71 @@ default: shared
         });
         assert_eq!(labelled.rank, 1);
 
-        let headers = |values: &'static [Option<&'static str>]| {
-            move |i: usize| values.get(i).copied().flatten()
+        // The tenant a request goes by, carrying `values` of the headers.
+        let of = |t: &Tenants, process: &ProcessTenant, values: &[Option<&str>]| {
+            let mut kept = KeptHeaders::new();
+            for (i, v) in values.iter().enumerate() {
+                if let Some(v) = v {
+                    crate::protocol::headers::keep(&mut kept, i as u8, v.as_bytes());
+                }
+            }
+            let own = t.of_request(process, &mut kept).map(|t| t.to_string());
+            if own.is_some() {
+                assert_ne!(
+                    own.as_deref(),
+                    process.tenant.as_deref(),
+                    "given when it differs"
+                );
+            }
+            own.or(process.tenant.as_deref().map(str::to_owned))
         };
         // The first header rule comes before every process rule.
         assert_eq!(
-            t.of_span(&gateway, headers(&[Some("acme"), None])),
+            of(&t, &gateway, &[Some("acme"), None]).as_deref(),
             Some("acme")
         );
         assert_eq!(
-            t.of_span(&labelled, headers(&[Some("globex"), None])),
+            of(&t, &labelled, &[Some("globex"), None]).as_deref(),
             Some("globex"),
             "the header rule is written first"
+        );
+        assert_eq!(
+            of(&t, &gateway, &[Some("globex"), Some("initech")]).as_deref(),
+            Some("globex"),
+            "both headers: the first rule wins"
         );
         // The last header rule comes after the pod label: a labelled pod's
         // spans never look at it.
         assert_eq!(
-            t.of_span(&labelled, headers(&[None, Some("initech")])),
+            of(&t, &labelled, &[None, Some("initech")]).as_deref(),
             Some("acme")
         );
         assert_eq!(
-            t.of_span(&gateway, headers(&[None, Some("initech")])),
+            of(&t, &gateway, &[None, Some("initech")]).as_deref(),
             Some("initech")
         );
-        assert_eq!(t.of_span(&gateway, headers(&[None, None])), Some("shared"));
+        assert_eq!(of(&t, &gateway, &[None, None]).as_deref(), Some("shared"));
         assert_eq!(
-            t.of_span(&gateway, headers(&[Some("  "), None])),
+            of(&t, &gateway, &[Some("  "), None]).as_deref(),
             Some("shared"),
             "a blank header is no match"
         );
-        // A header rule with a literal.
-        let literal = Tenants::new(config("rules: [{header: x-internal, tenant: ops}]"));
+        assert_eq!(
+            of(&t, &gateway, &[Some("shared"), None]).as_deref(),
+            Some("shared"),
+            "the process's own tenant by header"
+        );
+        // A header rule with a literal, and a later one on the same header
+        // that never matches first.
+        let literal = Tenants::new(config(
+            "rules: [{header: x-internal, tenant: ops}, {header: X-Internal}]",
+        ));
+        assert_eq!(literal.headers(), ["x-internal"]);
         let p = literal.of_process(&ProcessView::default());
-        assert_eq!(literal.of_span(&p, |_| Some("yes")), Some("ops"));
-        assert_eq!(literal.of_span(&p, |_| None), None);
+        assert_eq!(of(&literal, &p, &[Some("yes")]).as_deref(), Some("ops"));
+        assert_eq!(of(&literal, &p, &[None]), None);
+        // A kept index no rule names (headers of a config since replaced).
+        assert_eq!(of(&literal, &p, &[None, None, Some("x")]), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub enum Side {
 }
 
 /// What the graph keeps of one span.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Half {
     /// The resource slot (process) the span came from.
     pub slot: u32,
@@ -53,8 +53,9 @@ pub struct Half {
     pub end_ns: u64,
     /// The span is exported, so it may serve as an exemplar.
     pub exported: bool,
-    /// The span's tenant (a label of each end of the edge).
-    pub tenant: Option<super::attrs::Text>,
+    /// The span's tenant (a label of each end of the edge), by its number
+    /// in the store.
+    pub tenant: Option<u32>,
 }
 
 /// How the unseen side of an edge is named.

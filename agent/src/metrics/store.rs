@@ -603,7 +603,60 @@ pub struct Store {
     /// The edge recorded last, with its series: a server's spans mostly
     /// come over the same edge, found this way without hashing its key.
     last_edge: Option<(EdgeKey, [u32; 4])>,
+    tenants: TenantNumbers,
     now: u64,
+}
+
+/// Tenant ids by number. Service-graph halves and edge keys carry a
+/// tenant's number, copied, compared and hashed as an integer; the text is
+/// read only to label an edge's new series. Numbers are never reused, so
+/// the table is bounded: a tenant past [`MAX_TENANTS`] gets none, and its
+/// edges no tenant labels (said once in the log).
+#[derive(Default)]
+struct TenantNumbers {
+    names: Vec<Text>,
+    numbers: HashMap<Box<str>, u32, FastBuild>,
+    /// The number given last: spans come in runs of one tenant.
+    last: Option<u32>,
+    refused: u64,
+}
+
+/// Tenants numbered before [`TenantNumbers`] refuses more.
+const MAX_TENANTS: usize = 65_536;
+
+impl TenantNumbers {
+    fn number_of(&mut self, tenant: &str) -> Option<u32> {
+        if let Some(n) = self.last
+            && self.name(n) == Some(tenant)
+        {
+            return Some(n);
+        }
+        let n = match self.numbers.get(tenant) {
+            Some(n) => *n,
+            None if self.names.len() < MAX_TENANTS => {
+                let n = self.names.len() as u32;
+                self.names.push(Text::new(tenant));
+                self.numbers.insert(tenant.into(), n);
+                n
+            }
+            None => {
+                if self.refused == 0 {
+                    tracing::warn!(
+                        "more than {MAX_TENANTS} tenants seen: the service graph edges of \
+                         further tenants carry no tenant labels"
+                    );
+                }
+                self.refused += 1;
+                return None;
+            }
+        };
+        self.last = Some(n);
+        Some(n)
+    }
+
+    fn name(&self, n: u32) -> Option<&str> {
+        self.names.get(n as usize).map(Text::as_str)
+    }
 }
 
 /// Edges remembered before [`Store::edge_series`] starts over.
@@ -642,8 +695,8 @@ impl std::hash::Hash for Party {
 }
 
 /// (client, server, connection type: an index into [`CONNECTION_TYPES`],
-/// the tenants of the client's and the server's spans)
-type EdgeKey = (Party, Party, u8, [Option<Text>; 2]);
+/// the tenant numbers of the client's and the server's spans)
+type EdgeKey = (Party, Party, u8, [Option<u32>; 2]);
 
 /// `connection_type` values: none for an edge seen from both sides.
 const CONNECTION_TYPES: [&str; 3] = ["", "virtual_node", "database"];
@@ -674,6 +727,7 @@ impl Store {
             edges: Vec::new(),
             edge_series: HashMap::default(),
             last_edge: None,
+            tenants: TenantNumbers::default(),
             now: 0,
         }
     }
@@ -788,7 +842,7 @@ impl Store {
                 span_id: span.span_id,
                 end_ns: span.end_unix_ns,
                 exported,
-                tenant: tenant.map(Text::new),
+                tenant: tenant.and_then(|t| self.tenants.number_of(t)),
             };
             let mut edges = std::mem::take(&mut self.edges);
             graph.offer(side, half, endpoints, || server_name(&picked), &mut edges);
@@ -846,10 +900,7 @@ impl Store {
             party(client.as_ref(), &mut other),
             party(server.as_ref(), &mut other),
             connection_type,
-            [
-                client.as_ref().and_then(|h| h.tenant.clone()),
-                server.as_ref().and_then(|h| h.tenant.clone()),
-            ],
+            [client.and_then(|h| h.tenant), server.and_then(|h| h.tenant)],
         );
         let failed =
             client.as_ref().is_some_and(|h| h.failed) || server.as_ref().is_some_and(|h| h.failed);
@@ -943,10 +994,10 @@ impl Store {
         }
         for (k, tenant) in [Key::ClientTenant, Key::ServerTenant]
             .into_iter()
-            .zip(&key.3)
+            .zip(key.3)
         {
-            if let Some(t) = tenant {
-                attrs.push(k, Val::Str(t.as_str()));
+            if let Some(t) = tenant.and_then(|n| self.tenants.name(n)) {
+                attrs.push(k, Val::Str(t));
             }
         }
         let target = Target {

@@ -62,8 +62,9 @@ pub enum Text {
 /// Most bytes a [`Text::Inline`] holds.
 pub const INLINE_MAX: usize = 22;
 
-/// A short string stored in place.
-#[derive(Clone, Copy)]
+/// A short string stored in place. The bytes past `len` are zero, so two
+/// are equal when their fields are (compared without a call to `memcmp`).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Inline {
     len: u8,
     bytes: [u8; INLINE_MAX],
@@ -72,23 +73,23 @@ pub struct Inline {
 impl Inline {
     /// `s` stored in place, if it fits.
     pub fn new(s: &str) -> Option<Inline> {
-        let mut bytes = [0; INLINE_MAX];
-        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
         Some(Inline {
             len: s.len() as u8,
-            bytes,
+            bytes: padded(s.as_bytes())?,
         })
     }
 
     /// `bytes` stored in place, if they fit and are ASCII (text read from
     /// traffic, checked for UTF-8 more cheaply when it is short ASCII).
     pub fn ascii(bytes: &[u8]) -> Option<Inline> {
-        if !bytes.is_ascii() {
-            return None;
-        }
-        let mut stored = [0; INLINE_MAX];
-        stored.get_mut(..bytes.len())?.copy_from_slice(bytes);
-        Some(Inline {
+        let stored = padded(bytes)?;
+        // Three words (the last overlaps) cover the array, padding included.
+        let word = |at: usize| {
+            let w = stored.get(at..).and_then(|w| w.first_chunk::<8>());
+            w.map_or(0, |w| u64::from_le_bytes(*w))
+        };
+        let high = (word(0) | word(8) | word(INLINE_MAX - 8)) & 0x8080_8080_8080_8080;
+        (high == 0).then_some(Inline {
             len: bytes.len() as u8,
             bytes: stored,
         })
@@ -101,6 +102,7 @@ impl Inline {
         let mut bytes = [0; INLINE_MAX];
         let len = write(&mut bytes);
         std::str::from_utf8(bytes.get(..len)?).ok()?;
+        bytes.get_mut(len..)?.fill(0);
         Some(Inline {
             len: len as u8,
             bytes,
@@ -114,6 +116,42 @@ impl Inline {
         // changes them later.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
+}
+
+/// `bytes` zero-padded to [`INLINE_MAX`], if they fit: copied in pieces of
+/// fixed sizes, which may overlap. A copy of a length not known when
+/// compiling becomes a call to `memcpy`, which for a few bytes costs more
+/// than the copy.
+fn padded(bytes: &[u8]) -> Option<[u8; INLINE_MAX]> {
+    fn put<const N: usize>(out: &mut [u8; INLINE_MAX], from: &[u8], at: usize) -> Option<()> {
+        *out.get_mut(at..)?.first_chunk_mut::<N>()? = *from.get(at..)?.first_chunk::<N>()?;
+        Some(())
+    }
+    let mut out = [0; INLINE_MAX];
+    let len = bytes.len();
+    match len {
+        0 => {}
+        1..=3 => {
+            for at in [0, len / 2, len - 1] {
+                put::<1>(&mut out, bytes, at)?;
+            }
+        }
+        4..=7 => {
+            put::<4>(&mut out, bytes, 0)?;
+            put::<4>(&mut out, bytes, len - 4)?;
+        }
+        8..=16 => {
+            put::<8>(&mut out, bytes, 0)?;
+            put::<8>(&mut out, bytes, len - 8)?;
+        }
+        17..=INLINE_MAX => {
+            put::<8>(&mut out, bytes, 0)?;
+            put::<8>(&mut out, bytes, 8)?;
+            put::<8>(&mut out, bytes, len - 8)?;
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 impl Text {
@@ -242,5 +280,33 @@ mod tests {
             .is_none()
         );
         assert!(Inline::build(|_| INLINE_MAX + 1).is_none());
+    }
+
+    /// Every length is copied whole and padded with zeros, so equal texts
+    /// are equal inlines whichever constructor made them.
+    #[test]
+    fn inline_copies_every_length() {
+        let source: Vec<u8> = (b'a'..).take(INLINE_MAX + 1).collect();
+        for len in 0..=INLINE_MAX + 1 {
+            let bytes = &source[..len];
+            let s = std::str::from_utf8(bytes).unwrap();
+            let (new, ascii) = (Inline::new(s), Inline::ascii(bytes));
+            if len > INLINE_MAX {
+                assert!(new.is_none() && ascii.is_none(), "{len}");
+                continue;
+            }
+            let (new, ascii) = (new.unwrap(), ascii.unwrap());
+            assert_eq!(new.as_str(), s);
+            assert!(new.bytes[len..].iter().all(|&b| b == 0), "{len}: padded");
+            assert!(new == ascii, "{len}");
+            let built = Inline::build(|b| {
+                b.fill(b'z');
+                b[..len].copy_from_slice(bytes);
+                len
+            });
+            assert!(built == Some(new), "{len}: build pads too");
+        }
+        assert!(Inline::ascii("é".as_bytes()).is_none(), "not ASCII");
+        assert!(Inline::new("ab") != Inline::new("ac"));
     }
 }

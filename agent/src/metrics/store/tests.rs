@@ -884,3 +884,25 @@ fn both_routes_of_an_edge_get_whole_deltas() {
     assert_eq!(total(&mut store, "globex"), 1.0);
     assert_eq!(total(&mut store, "acme"), 1.0);
 }
+
+/// Tenants keep their numbers; past the bound a new tenant gets none, and
+/// the ones numbered before keep theirs.
+#[test]
+fn tenant_numbers_are_stable_and_bounded() {
+    let mut t = TenantNumbers::default();
+    assert_eq!(t.number_of("acme"), Some(0));
+    assert_eq!(t.number_of("globex"), Some(1));
+    assert_eq!(t.number_of("acme"), Some(0), "not the last one given");
+    assert_eq!(t.name(1), Some("globex"));
+    assert_eq!(t.name(2), None);
+    for i in 2..MAX_TENANTS {
+        assert_eq!(t.number_of(&format!("t{i}")), Some(i as u32));
+    }
+    assert_eq!(t.number_of("one-too-many"), None);
+    assert_eq!(t.refused, 1);
+    assert_eq!(t.number_of("acme"), Some(0));
+    assert_eq!(
+        t.number_of(&format!("t{}", MAX_TENANTS - 1)),
+        Some(MAX_TENANTS as u32 - 1)
+    );
+}

@@ -251,7 +251,7 @@ fn detect_incomplete(prefix: &[u8]) -> Detect {
 /// Returns `Ok(None)` while `buf` is a strict prefix of a valid head, and
 /// `Ok(Some((head, consumed)))` once the head is complete; `consumed` counts
 /// the head's bytes including the final CRLF.
-pub fn parse_head(buf: &[u8], kept: &[String]) -> Result<Option<(Head, usize)>, ParseError> {
+pub fn parse_head(buf: &[u8], kept: &HeaderNames) -> Result<Option<(Head, usize)>, ParseError> {
     match parse_inner(buf, kept)? {
         Parsed::Complete(head, n) => Ok(Some((head, n))),
         Parsed::Partial(_) => Ok(None),
@@ -265,7 +265,7 @@ enum Parsed {
     Partial(Option<Head>),
 }
 
-fn parse_inner(buf: &[u8], kept: &[String]) -> Result<Parsed, ParseError> {
+fn parse_inner(buf: &[u8], kept: &HeaderNames) -> Result<Parsed, ParseError> {
     let Some((start, version_minor, mut pos)) = start_line(buf)? else {
         return Ok(Parsed::Partial(None));
     };
@@ -529,11 +529,11 @@ fn apply_header(
     head: &mut Head,
     name: &[u8],
     value: &[u8],
-    kept: &[String],
+    kept: &HeaderNames,
 ) -> Result<(), ParseError> {
     // Before the others: a rule may name any header, even `host`.
     if matches!(head.start, StartLine::Request { .. })
-        && let Some(index) = headers::index_of(kept, name)
+        && let Some(index) = kept.index_of(name)
     {
         headers::keep(&mut head.kept_headers, index, value);
     }
@@ -683,7 +683,7 @@ enum BodyEvent {
 struct Ctx<'a> {
     dir: Direction,
     max_head: usize,
-    kept: &'a [String],
+    kept: &'a HeaderNames,
     other_role: Option<Role>,
     methods: &'a mut VecDeque<ReqKind>,
     resync: &'a mut Resync,

@@ -404,7 +404,7 @@ fn every_strict_prefix_is_incomplete() {
                 .unwrap_or_else(|| panic!("{}: test message without head end", case.name));
             for p in 0..head_len {
                 assert_eq!(
-                    parse_head(&msg[..p], &[]),
+                    parse_head(&msg[..p], HeaderNames::none()),
                     Ok(None),
                     "{}: prefix of {p} bytes of {:?}",
                     case.name,
@@ -412,7 +412,7 @@ fn every_strict_prefix_is_incomplete() {
                 );
             }
             for p in head_len..=msg.len() {
-                let parsed = parse_head(&msg[..p], &[]);
+                let parsed = parse_head(&msg[..p], HeaderNames::none());
                 assert!(
                     matches!(parsed, Ok(Some((_, n))) if n == head_len),
                     "{}: {p} bytes: {parsed:?}",
@@ -427,7 +427,7 @@ fn every_strict_prefix_is_incomplete() {
 fn parse_head_fields() {
     let (head, n) = parse_head(
         b"GET /x?y=1 HTTP/1.1\r\nhOsT: a.example\r\nUSER-AGENT:  ua/1 \r\nTraceParent: tp\r\nHost: second\r\nX-Empty:\r\n\r\nrest",
-        &[],
+        HeaderNames::none(),
     )
     .unwrap()
     .unwrap();
@@ -451,7 +451,7 @@ fn parse_head_fields() {
     );
     let (head, _) = parse_head(
         b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 7, 7\r\n\r\n",
-        &[],
+        HeaderNames::none(),
     )
     .unwrap()
     .unwrap();
@@ -459,9 +459,12 @@ fn parse_head_fields() {
     assert_eq!(head.version_minor, 0);
     assert_eq!(head.content_length, Some(7));
     // A response may use a coding other than chunked: body until close.
-    let (head, _) = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &[])
-        .unwrap()
-        .unwrap();
+    let (head, _) = parse_head(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        HeaderNames::none(),
+    )
+    .unwrap()
+    .unwrap();
     assert!(head.transfer_encoding && !head.chunked);
 }
 
@@ -498,7 +501,7 @@ fn parse_head_errors() {
     ];
     for (input, want) in table {
         assert_eq!(
-            parse_head(input, &[]),
+            parse_head(input, HeaderNames::none()),
             Err(*want),
             "{:?}",
             String::from_utf8_lossy(input)

@@ -664,11 +664,11 @@ impl Fields {
     }
 
     /// Takes one decoded field of a block, keeping it if `kept` names it.
-    fn take(&mut self, f: Field<'_>, kept: &[String]) {
+    fn take(&mut self, f: Field<'_>, kept: &HeaderNames) {
         let (Some(name), Some(value)) = (f.name, f.value) else {
             return;
         };
-        if let Some(index) = headers::index_of(kept, name) {
+        if let Some(index) = kept.index_of(name) {
             headers::keep(&mut self.kept, index, value);
         }
         // An empty pseudo-header makes a malformed message: not kept.
@@ -1239,8 +1239,8 @@ impl Http2Conn {
     fn end_block(&mut self, dir: Direction, block: Block, end_ns: u64, out: &mut Vec<Message>) {
         let d = idx(dir);
         // Responses keep none: only a request's headers are wanted.
-        let kept: &[String] = match self.client_dir {
-            Some(c) if c != dir => &[],
+        let kept: &HeaderNames = match self.client_dir {
+            Some(c) if c != dir => HeaderNames::none(),
             _ => &self.kept_headers,
         };
         let half = &mut self.halves[d];
