@@ -309,10 +309,18 @@ impl<S: SpanSink> Pipeline<S> {
     }
 
     /// Judges tenants by `tenants` from now on (a config reload): each
-    /// process's resource is rebuilt on its next span, and connections
-    /// recognised from now on keep the headers the new rules read.
+    /// process's resource is rebuilt on its next span, and every
+    /// connection, open or new, keeps the headers the new rules read from
+    /// its next request on. Header numbers carry over, so the requests
+    /// read before are judged by the header they carried.
     pub fn set_tenants(&mut self, tenants: Tenants) {
+        let tenants = tenants.after(self.resources.tenants());
         self.session.kept_headers = header_names(tenants.headers());
+        for conn in self.conns.iter_mut() {
+            if let Protocol::Known(_, session) = &mut conn.state {
+                session.keep_headers(&self.session.kept_headers);
+            }
+        }
         self.resources.set_tenants(tenants);
     }
 
@@ -918,6 +926,75 @@ mod tests {
             .iter()
             .map(|(own, by)| (own.map(str::to_owned), by.map(str::to_owned)))
             .collect()
+    }
+
+    /// Config reloads change the header rules while a keep-alive
+    /// connection stays open: its next requests keep the headers the new
+    /// rules read, and a request read before a reload is judged by the
+    /// header it carried.
+    #[test]
+    fn header_rules_change_on_open_connections() {
+        use crate::capture::encode_process;
+        use crate::enrich::tenant::Tenants;
+
+        let rules = |yaml: &str| Tenants::new(serde_saphyr::from_str(yaml).expect(yaml));
+        let resources = ProcessResources::new(HostInfo {
+            host_name: "test".into(),
+            host_id: None,
+        })
+        .with_tenants(rules("rules: [{header: x-a}]"));
+        let mut p = Pipeline::new(
+            PipelineOptions::new(16, Limits::default(), SpanOptions::default()),
+            Clock::with_offset(0),
+            resources,
+            Tenanted(Vec::new()),
+            Arc::new(Stats::default()),
+        );
+        let process = EventHeader {
+            tgid: 4_000_000,
+            ..Default::default()
+        };
+        p.handle_record(&encode_process(&process, b"gateway", 0));
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+
+        // Read under the first rules, answered under the second.
+        p.handle_record(&record(
+            DIR_INGRESS,
+            100,
+            b"GET /1 HTTP/1.1\r\nx-b: b1\r\nx-a: a1\r\n\r\n",
+        ));
+        p.set_tenants(rules("rules: [{header: x-b, tenant: bee}, {header: x-a}]"));
+        p.handle_record(&record(DIR_EGRESS, 150, answer));
+        // Read under the second: x-b is kept now, and its rule comes first.
+        p.handle_record(&record(
+            DIR_INGRESS,
+            200,
+            b"GET /2 HTTP/1.1\r\nx-a: a2\r\nx-b: b2\r\n\r\n",
+        ));
+        p.handle_record(&record(DIR_EGRESS, 250, answer));
+        p.handle_record(&record(
+            DIR_INGRESS,
+            300,
+            b"GET /3 HTTP/1.1\r\nx-a: a3\r\n\r\n",
+        ));
+        p.handle_record(&record(DIR_EGRESS, 350, answer));
+        // Under the third, no rule reads x-a or x-b.
+        p.set_tenants(rules("rules: [{header: x-c}]"));
+        p.handle_record(&record(
+            DIR_INGRESS,
+            400,
+            b"GET /4 HTTP/1.1\r\nx-a: a4\r\nx-b: b4\r\nx-c: c4\r\n\r\n",
+        ));
+        p.handle_record(&record(DIR_EGRESS, 450, answer));
+        p.handle_record(&record(
+            DIR_INGRESS,
+            500,
+            b"GET /5 HTTP/1.1\r\nx-a: a5\r\nx-b: b5\r\n\r\n",
+        ));
+        p.handle_record(&record(DIR_EGRESS, 550, answer));
+        let own: Vec<Option<String>> = p.sink_mut().0.iter().map(|(own, _)| own.clone()).collect();
+        let want = [Some("a1"), Some("bee"), Some("a3"), Some("c4"), None];
+        assert_eq!(own, want.map(|t| t.map(str::to_owned)));
     }
 
     /// A gateway's requests split by the header each carried; one without

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::Resource;
 use super::k8s::PodMeta;
 use super::select::Glob;
-use crate::protocol::headers::KeptHeaders;
+use crate::protocol::headers::{KeptHeaders, MAX_KEPT_NAMES};
 use crate::span::model::{Span, Text};
 
 /// The attribute that carries the tenant id, unless configured.
@@ -217,15 +217,19 @@ pub struct Tenants {
     config: TenantConfig,
     /// `config.attribute`, shared by every process's tenant.
     attribute: Arc<str>,
-    /// Lowercased header names of the header rules, in rule order,
-    /// without repeats: what the HTTP parsers keep of each request.
+    /// Lowercased header names: what the HTTP parsers keep of each
+    /// request. A kept value is known by its header's place here, which
+    /// stays the same across config reloads (see [`Tenants::after`]).
     headers: Vec<String>,
-    /// Per header of `headers`, the first rule naming it: its rank and the
-    /// tenant it gives (none: the header's value). Later rules naming the
-    /// same header never match first, and headers are numbered in the
-    /// order of their first rules.
+    /// Per header of `headers`, the first rule naming it: its rank (for a
+    /// header no rule reads, [`NO_RULE`]) and the tenant it gives (none:
+    /// the header's value). Later rules naming the same header never match
+    /// first.
     header_rules: Vec<(usize, Option<Text>)>,
 }
+
+/// The rank of no rule: after every rule, and after every process's.
+const NO_RULE: usize = usize::MAX;
 
 impl Default for Tenants {
     fn default() -> Self {
@@ -235,16 +239,41 @@ impl Default for Tenants {
 
 impl Tenants {
     pub fn new(config: TenantConfig) -> Self {
-        let mut headers: Vec<String> = Vec::new();
-        let mut header_rules = Vec::new();
-        for (rank, rule) in config.rules.iter().enumerate() {
-            let Some(h) = &rule.header else {
-                continue;
+        Tenants::numbering(config, Vec::new())
+    }
+
+    /// These rules, numbering headers as `before` did (a config reload):
+    /// requests read under the old rules carry the old numbers, so a
+    /// number names one header for as long as the agent runs. A header no
+    /// rule reads any more keeps its number and matches no rule.
+    pub fn after(self, before: &Tenants) -> Tenants {
+        Tenants::numbering(self.config, before.headers.clone())
+    }
+
+    fn numbering(config: TenantConfig, mut headers: Vec<String>) -> Tenants {
+        let names: Vec<String> = (config.rules.iter())
+            .filter_map(|r| r.header.as_deref())
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        let new = names.iter().filter(|n| !headers.contains(n)).count();
+        if headers.len() + new > MAX_KEPT_NAMES {
+            // Past what the parsers keep: numbered afresh (a request read
+            // just before may then be judged by another header's rule).
+            headers.clear();
+        }
+        let mut header_rules = vec![(NO_RULE, None); headers.len()];
+        let header_ranks = (config.rules.iter().enumerate()).filter(|(_, r)| r.header.is_some());
+        for ((rank, rule), name) in header_ranks.zip(names) {
+            let index = match headers.iter().position(|h| *h == name) {
+                Some(index) => index,
+                None => {
+                    headers.push(name);
+                    header_rules.push((NO_RULE, None));
+                    headers.len() - 1
+                }
             };
-            let h = h.trim().to_ascii_lowercase();
-            if !headers.contains(&h) {
-                headers.push(h);
-                header_rules.push((rank, rule.tenant.as_deref().map(Text::from)));
+            if let Some(first @ (NO_RULE, _)) = header_rules.get_mut(index) {
+                *first = (rank, rule.tenant.as_deref().map(Text::from));
             }
         }
         let attribute = Arc::from(config.attribute.as_str());
@@ -265,9 +294,13 @@ impl Tenants {
         &self.config.attribute
     }
 
-    /// The request headers the parsers must keep (lowercase).
-    pub fn headers(&self) -> &[String] {
-        &self.headers
+    /// The request headers the parsers must keep (lowercase), each at its
+    /// number; a number no rule reads any more is an empty name.
+    pub fn headers(&self) -> Vec<&str> {
+        let read = self.header_rules.iter().map(|(rank, _)| *rank != NO_RULE);
+        (self.headers.iter().zip(read))
+            .map(|(h, read)| if read { h.as_str() } else { "" })
+            .collect()
     }
 
     /// The environment variables the rules read.
@@ -344,16 +377,21 @@ impl Tenants {
     /// (`kept`: values by index in [`headers`](Self::headers), trimmed and
     /// never blank). A value that becomes the tenant is taken out of `kept`.
     pub fn of_request(&self, process: &ProcessTenant, kept: &mut KeptHeaders) -> Option<Text> {
-        // Headers are numbered in the order of their first rules: the
-        // lowest number kept is the first rule that matches.
-        let (index, value) = kept.iter_mut().min_by_key(|(index, _)| *index)?;
-        let (rank, literal) = self.header_rules.get(usize::from(*index))?;
-        if *rank >= process.rank {
+        let rank_of = |index: u8| {
+            self.header_rules
+                .get(usize::from(index))
+                .map_or(NO_RULE, |r| r.0)
+        };
+        let (place, rank) = (kept.iter().enumerate())
+            .map(|(place, (index, _))| (place, rank_of(*index)))
+            .min_by_key(|&(_, rank)| rank)?;
+        if rank >= process.rank {
             return None;
         }
-        let tenant = match literal {
-            Some(literal) => literal.clone(),
-            None => std::mem::replace(value, Text::Static("")),
+        let (index, value) = kept.get_mut(place)?;
+        let tenant = match self.header_rules.get(usize::from(*index)) {
+            Some((_, Some(literal))) => literal.clone(),
+            _ => std::mem::replace(value, Text::Static("")),
         };
         (Some(&*tenant) != process.tenant.as_deref()).then_some(tenant)
     }
@@ -584,6 +622,26 @@ default: shared
         assert_eq!(of(&literal, &p, &[None]), None);
         // A kept index no rule names (headers of a config since replaced).
         assert_eq!(of(&literal, &p, &[None, None, Some("x")]), None);
+    }
+
+    /// A reload keeps the numbers of the headers read before; a header no
+    /// rule reads any more keeps its number, unread, until the numbers run
+    /// out and start over.
+    #[test]
+    fn header_numbers_carry_over_reloads() {
+        let first = Tenants::new(config("rules: [{header: x-a}, {header: x-b}]"));
+        let second = Tenants::new(config("rules: [{header: X-C}, {env: E}, {header: x-b}]"));
+        let second = second.after(&first);
+        assert_eq!(second.headers(), ["", "x-b", "x-c"]);
+        let third = Tenants::new(config("rules: [{header: x-a}]")).after(&second);
+        assert_eq!(third.headers(), ["x-a", "", ""]);
+        // The parsers' bound: numbered afresh.
+        let many: Vec<String> = (0..MAX_KEPT_NAMES)
+            .map(|i| format!("{{header: h{i}}}"))
+            .collect();
+        let full = Tenants::new(config(&format!("rules: [{}]", many.join(", ")))).after(&third);
+        assert_eq!(full.headers().len(), MAX_KEPT_NAMES);
+        assert_eq!(full.headers()[0], "h0");
     }
 
     #[test]

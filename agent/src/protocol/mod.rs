@@ -241,6 +241,9 @@ pub trait StreamParser {
     fn take_resync(&mut self) -> (u64, u64) {
         self.resync().take()
     }
+    /// Keeps these request headers from the next request on; a parser of
+    /// a protocol without headers keeps none.
+    fn keep_headers(&mut self, _names: &headers::HeaderNames) {}
 }
 
 /// Chunks as the parsers' tests build them.

@@ -1,6 +1,7 @@
 //! One connection's protocol session: its parser and its pairing, driven
 //! the same way for every protocol.
 
+use super::headers::HeaderNames;
 use super::{Chunk, Direction, StreamParser};
 use crate::span::{Pairing, PairingOut};
 
@@ -13,6 +14,9 @@ pub trait Session {
     /// Parses one chunk, or with `None` the close at `end_ns`, and pushes
     /// the spans the messages it yields complete; pairing losses go to `out`.
     fn run(&mut self, input: Input<'_>, end_ns: u64, out: &mut PairingOut<'_>) -> SessionReport;
+    /// Keeps these request headers from the next request on (a config
+    /// reload changed the tenant rules).
+    fn keep_headers(&mut self, names: &HeaderNames);
 }
 
 /// What a session's parser lost while running, for the agent's counters.
@@ -69,5 +73,9 @@ where
             resync_bytes,
             resyncs,
         }
+    }
+
+    fn keep_headers(&mut self, names: &HeaderNames) {
+        self.parser.keep_headers(names);
     }
 }

@@ -1261,6 +1261,10 @@ impl Http1Conn {
 impl StreamParser for Http1Conn {
     type Message = Message;
 
+    fn keep_headers(&mut self, names: &HeaderNames) {
+        self.kept_headers = names.clone();
+    }
+
     fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
         Http1Conn::feed(self, dir, chunk, out);
     }

@@ -1548,6 +1548,10 @@ impl Http2Conn {
 impl StreamParser for Http2Conn {
     type Message = Message;
 
+    fn keep_headers(&mut self, names: &HeaderNames) {
+        self.kept_headers = names.clone();
+    }
+
     fn feed(&mut self, dir: Direction, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
         self.feed_chunk(dir, chunk, out);
     }
