@@ -184,6 +184,8 @@ fn rules(extra: &str) -> String {
       tenant: initech
     - pod_label: tenant-id
     - namespace_label: tenant
+    - pod_annotation: example.com/tenant
+    - namespace: 'stark-*'
   default: shared
 kubernetes:
   enabled: true
@@ -240,15 +242,26 @@ metrics:
     );
     let initech_server = Server::start(&initech_python, &[], None);
     let gateway = Server::start(&python, &[], None);
-    // Pods: umbrella's by its pod label, hooli's by its namespace's label.
+    // Pods: umbrella's by its pod label, hooli's by its namespace's label,
+    // wayne's by its pod annotation, stark-ind's by its namespace's name.
     let api = must(ApiServer::start());
     let kubeconfig = must(api.write_kubeconfig(exe_dir.path()));
     must(api.apply(&namespace("umbrella-web", &[])));
     must(api.apply(&namespace("hooli-shop", &[("tenant", "hooli")])));
+    must(api.apply(&namespace("misc", &[])));
+    must(api.apply(&namespace("stark-ind", &[])));
     let mut pods = Vec::new();
-    for (ns, name, labels) in [
-        ("umbrella-web", "portal", &[("tenant-id", "umbrella")][..]),
-        ("hooli-shop", "cart", &[][..]),
+    let annotated = [("example.com/tenant", "wayne")];
+    for (ns, name, labels, annotations) in [
+        (
+            "umbrella-web",
+            "portal",
+            &[("tenant-id", "umbrella")][..],
+            &[][..],
+        ),
+        ("hooli-shop", "cart", &[][..], &[][..]),
+        ("misc", "dash", &[][..], &annotated[..]),
+        ("stark-ind", "armory", &[][..], &[][..]),
     ] {
         let (uid, cid) = (uid_for(name), container_id(name));
         must(api.apply(&pod(
@@ -257,7 +270,7 @@ metrics:
             &uid,
             NODE,
             labels,
-            &[],
+            annotations,
             None,
             &[("app", &cid)],
         )));
@@ -281,10 +294,12 @@ metrics:
         format!("gw-none={}", gateway.port),
         format!("pod-label={}", pods[0].port),
         format!("ns-label={}", pods[1].port),
+        format!("pod-annotation={}", pods[2].port),
+        format!("ns-name={}", pods[3].port),
     ];
     let mut client = must(PyChild::spawn(PY_CLIENT, &targets));
     let began = Instant::now();
-    while routes.seen().len() < 16 * 5 {
+    while routes.seen().len() < targets.len() * 2 * 5 {
         assert!(
             began.elapsed() < WAIT,
             "too few spans: {:?}",
@@ -396,6 +411,8 @@ metrics:
             "gw-none",
             "pod-label",
             "ns-label",
+            "pod-annotation",
+            "ns-name",
         ] {
             for kind in [Kind::Server, Kind::Client] {
                 let got = seen
@@ -441,7 +458,10 @@ metrics:
         for s in spans.iter().filter(|s| request_of(s).is_some()) {
             let t = tenant_of(s);
             let ok = match route {
-                "default" => matches!(t, Some("shared" | "initech" | "umbrella" | "hooli")),
+                "default" => matches!(
+                    t,
+                    Some("shared" | "initech" | "umbrella" | "hooli" | "wayne" | "stark-ind")
+                ),
                 r => t == Some(r),
             };
             assert!(ok, "{route} got a span of tenant {t:?}: {}", s.full());
@@ -450,7 +470,12 @@ metrics:
     // The pods' spans carry their label's tenant once the watcher has
     // them (before, the default), and every one after that.
     let default_spans = routes.default.spans();
-    for (target, tenant) in [("pod-label", "umbrella"), ("ns-label", "hooli")] {
+    for (target, tenant) in [
+        ("pod-label", "umbrella"),
+        ("ns-label", "hooli"),
+        ("pod-annotation", "wayne"),
+        ("ns-name", "stark-ind"),
+    ] {
         let mut served: Vec<(u64, Option<&str>)> = default_spans
             .iter()
             .filter(|s| s.kind == Kind::Server)
