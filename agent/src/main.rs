@@ -62,6 +62,11 @@ enum Command {
     },
     /// Check whether this kernel and these privileges can run the agent.
     Check,
+    /// Attach an empty program to every hook `run` attaches, until SIGINT
+    /// or SIGTERM: what the hooks alone cost, the floor the agent's own
+    /// overhead is measured against (`cargo xtask bench overhead`).
+    #[command(hide = true)]
+    Floor,
 }
 
 /// Connections with no traffic for this long are finished and forgotten.
@@ -81,6 +86,13 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
+        Command::Floor => match floor() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sonde: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Run { config, prometheus } => match run(config, prometheus) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -284,6 +296,22 @@ fn process_resources(
             },
         });
     Ok((resources, Some(watched)))
+}
+
+fn floor() -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        register_stop(signal, stop.clone())?;
+    }
+    let probes = sonde::capture::probes::EmptyProbes::start()?;
+    eprintln!(
+        "sonde ready: an empty program on each of the agent's {} hooks",
+        probes.hooks
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Sets `stop` when `signal` arrives. The handler only stores to an atomic.

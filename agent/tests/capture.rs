@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sonde::capture::probes::Probes;
+use sonde::capture::probes::{EmptyProbes, Probes};
 use sonde::capture::{self, Endpoint, Event, Role};
 use sonde::config::CaptureConfig;
 use sonde::protocol::{Direction, prefilter};
@@ -545,4 +545,37 @@ fn silenced_connections_stop() {
         vec![b"GET /first HTTP/1.1\r\n\r\n".to_vec()],
         "after silencing, not even a message start"
     );
+}
+
+/// `sonde floor`'s empty program is attached to the agent's hooks and runs
+/// on a socket exchange: at least once per send and receive (each has an
+/// entry and an exit hook), and the exec and exit of the helper.
+#[test]
+fn empty_programs_run_on_the_agents_hooks() {
+    if !is_root() {
+        return;
+    }
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run statistics");
+    let floor = EmptyProbes::start().expect("the empty programs load and attach");
+    assert!(floor.hooks >= 20, "{} hooks", floor.hooks);
+    let (before, _) = floor.runs().expect("the program's statistics");
+    let mut helper = python(
+        "import socket\n\
+         a, b = socket.socketpair()\n\
+         for _ in range(100):\n    a.send(b'x'); b.recv(1)\n",
+    );
+    assert!(helper.wait().expect("the helper ran").success());
+    let (after, took) = floor.runs().expect("the program's statistics");
+    assert!(
+        after - before >= 400,
+        "{} runs for 100 sends and receives",
+        after - before
+    );
+    assert!(took > Duration::ZERO);
+    drop(floor);
+    // Detached: the real programs load and attach as before.
+    Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("the agent's probes");
 }

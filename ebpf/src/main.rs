@@ -7,11 +7,13 @@
 //!
 //! `conn` keeps connection state and walks kernel structures, `record`
 //! builds and sends records, `syscalls` holds the syscall tracepoint
-//! programs, `process` the exec and exit tracepoints.
+//! programs, `process` the exec and exit tracepoints, `floor` the empty
+//! program that measures what the hooks alone cost.
 #![no_std]
 #![no_main]
 
 mod conn;
+mod floor;
 mod mem;
 mod process;
 mod record;

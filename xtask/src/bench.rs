@@ -354,6 +354,14 @@ fn overhead_nginx(
             args.rounds
         );
         let without = wrk(&url, args.secs)?;
+        println!(
+            "xtask: nginx round {round}/{}: empty programs on the agent's hooks",
+            args.rounds
+        );
+        let floor = start_floor()?;
+        let empty = wrk(&url, args.secs);
+        floor.stop();
+        let empty = empty?;
         println!("xtask: nginx round {round}/{}: with the agent", args.rounds);
         let agent = start_agent(agent_config)?;
         let cpu_before = agent.cpu_seconds();
@@ -377,6 +385,7 @@ fn overhead_nginx(
                 0.0
             },
             paused_requests_per_sec: paused?.requests_per_sec,
+            floor_requests_per_sec: empty.requests_per_sec,
         });
         rows.push((without, with));
     }
@@ -400,6 +409,31 @@ fn print_agent_costs(rows: &[(Load, Load)], costs: &[AgentCost]) {
         mean(|c| c.us_per_request),
         100.0 * paused / without
     );
+    // Each round's ratios to its own run without probes.
+    let ratios = |pick: &dyn Fn(&(Load, Load), &AgentCost) -> f64| {
+        let r: Vec<f64> = (rows.iter().zip(costs))
+            .map(|(row, cost)| pick(row, cost) / row.0.requests_per_sec)
+            .collect();
+        median(r)
+    };
+    let floor = ratios(&|_, c| c.floor_requests_per_sec);
+    let agent = ratios(&|row, _| row.1.requests_per_sec);
+    println!(
+        "empty programs on the agent's hooks (the floor): {:.0} req/s, median ratio {floor:.3}; \
+         the agent's median ratio {agent:.3} is {:.3} of the floor's",
+        mean(|c| c.floor_requests_per_sec),
+        agent / floor
+    );
+}
+
+/// The median of `values` (NaN for none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Rounds of throughput and p99 latency, `unit` naming the throughput
@@ -459,16 +493,11 @@ fn print_table_of(title: &str, unit: &str, latency: &str, rows: &[(Load, Load)])
         p99_with,
         p99_with / p99_without,
     );
-    let mut ratios: Vec<f64> = rows
-        .iter()
-        .map(|(a, b)| b.requests_per_sec / a.requests_per_sec)
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    let median = match ratios.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => ratios[n / 2],
-        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
-    };
+    let median = median(
+        rows.iter()
+            .map(|(a, b)| b.requests_per_sec / a.requests_per_sec)
+            .collect(),
+    );
     println!(
         "with the agent: {:.1}% of the throughput (median of the rounds' ratios {:.3}), {latency} latency x{:.2}",
         100.0 * rps_with / rps_without,
@@ -974,15 +1003,26 @@ struct AgentCost {
     /// kernel side alone costs (records past a full ring are dropped, so
     /// this slightly flatters it).
     paused_requests_per_sec: f64,
+    /// Requests/s with an empty program on each of the agent's hooks
+    /// (`sonde floor`): what the hooks cost before any program body runs.
+    floor_requests_per_sec: f64,
 }
 
 /// Starts `sonde run` and waits for its `sonde ready` line on stderr.
 fn start_agent(config: &Path) -> anyhow::Result<Agent> {
+    start_sonde(&["run".as_ref(), "--config".as_ref(), config.as_os_str()])
+}
+
+/// Starts `sonde floor`: an empty program on each hook the agent uses.
+fn start_floor() -> anyhow::Result<Agent> {
+    start_sonde(&["floor".as_ref()])
+}
+
+/// Starts sonde with `args` and waits for its `sonde ready` line on stderr.
+fn start_sonde(args: &[&std::ffi::OsStr]) -> anyhow::Result<Agent> {
     let binary = agent_binary();
     let mut cmd = Command::new(&binary);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(config)
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

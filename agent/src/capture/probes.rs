@@ -51,6 +51,13 @@ const SYSCALL_TRACEPOINTS: &[&str] = &[
 /// Process exec and exit, for process discovery (`attach`).
 const SCHED_TRACEPOINTS: &[&str] = &["sched_process_exec", "sched_process_exit"];
 
+/// Every hook the agent attaches: (category, tracepoint), each the name of
+/// its program too.
+fn hooks() -> impl Iterator<Item = (&'static str, &'static str)> {
+    let syscalls = SYSCALL_TRACEPOINTS.iter().map(|&name| ("syscalls", name));
+    syscalls.chain(SCHED_TRACEPOINTS.iter().map(|&name| ("sched", name)))
+}
+
 /// Why the probes could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -146,11 +153,7 @@ impl Probes {
                 })?;
         }
 
-        let tracepoints = SYSCALL_TRACEPOINTS
-            .iter()
-            .map(|&name| ("syscalls", name))
-            .chain(SCHED_TRACEPOINTS.iter().map(|&name| ("sched", name)));
-        for (category, name) in tracepoints {
+        for (category, name) in hooks() {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingMap(name))?
@@ -263,5 +266,55 @@ impl Probes {
             .get(&reason, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// The empty kernel program attached to every hook [`Probes`] uses: what
+/// the hooks alone cost, the floor the agent's own cost is measured
+/// against (`sonde floor`).
+pub struct EmptyProbes {
+    /// Holds the program and its links; dropping it detaches them.
+    ebpf: Ebpf,
+    pub hooks: usize,
+}
+
+impl EmptyProbes {
+    pub fn start() -> Result<EmptyProbes, ProbeError> {
+        crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+        let name = "empty";
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let mut hooks = 0;
+        for (category, tracepoint) in self::hooks() {
+            program
+                .attach(category, tracepoint)
+                .map_err(|source| ProbeError::Program { name, source })?;
+            hooks += 1;
+        }
+        Ok(EmptyProbes { ebpf, hooks })
+    }
+
+    /// Runs of the empty program on all its hooks so far, and the time
+    /// they took: counted only while `aya::sys::enable_stats` is in force
+    /// (`kernel.bpf_stats_enabled`).
+    pub fn runs(&self) -> Result<(u64, std::time::Duration), ProbeError> {
+        let name = "empty";
+        let program: &TracePoint = self
+            .ebpf
+            .program(name)
+            .ok_or(ProbeError::MissingMap(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let info = program
+            .info()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        Ok((info.run_count(), info.run_time()))
     }
 }
