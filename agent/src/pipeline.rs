@@ -843,20 +843,15 @@ mod tests {
         }
     }
 
-    /// A server process named `gateway` under tenant rules `yaml` reads
-    /// HTTP/1.1 requests on one connection and a gRPC-style HTTP/2 request
-    /// on another: what tenants its spans get.
-    fn gateway_tenants(yaml: &str) -> Vec<(Option<String>, Option<String>)> {
+    /// A pipeline judging tenants by `tenants`, and a server process named
+    /// `gateway` (gone from /proc: its name comes from the kernel).
+    fn gateway(tenants: crate::enrich::tenant::Tenants) -> Pipeline<Tenanted> {
         use crate::capture::encode_process;
-        use crate::enrich::tenant::Tenants;
-        use crate::protocol::http2::{FrameHeader, PREFACE, flag, kind};
-
-        let config = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
         let resources = ProcessResources::new(HostInfo {
             host_name: "test".into(),
             host_id: None,
         })
-        .with_tenants(Tenants::new(config));
+        .with_tenants(tenants);
         let mut p = Pipeline::new(
             PipelineOptions::new(16, Limits::default(), SpanOptions::default()),
             Clock::with_offset(0),
@@ -864,12 +859,23 @@ mod tests {
             Tenanted(Vec::new()),
             Arc::new(Stats::default()),
         );
-        // The process is gone from /proc: its name comes from the kernel.
         let process = EventHeader {
             tgid: 4_000_000,
             ..Default::default()
         };
         p.handle_record(&encode_process(&process, b"gateway", 0));
+        p
+    }
+
+    /// A server process named `gateway` under tenant rules `yaml` reads
+    /// HTTP/1.1 requests on one connection and a gRPC-style HTTP/2 request
+    /// on another: what tenants its spans get.
+    fn gateway_tenants(yaml: &str) -> Vec<(Option<String>, Option<String>)> {
+        use crate::enrich::tenant::Tenants;
+        use crate::protocol::http2::{FrameHeader, PREFACE, flag, kind};
+
+        let config = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let mut p = gateway(Tenants::new(config));
 
         let requests: [&[u8]; 4] = [
             b"GET /a HTTP/1.1\r\nX-Tenant-Id: acme\r\n\r\n",
@@ -934,27 +940,10 @@ mod tests {
     /// header it carried.
     #[test]
     fn header_rules_change_on_open_connections() {
-        use crate::capture::encode_process;
         use crate::enrich::tenant::Tenants;
 
         let rules = |yaml: &str| Tenants::new(serde_saphyr::from_str(yaml).expect(yaml));
-        let resources = ProcessResources::new(HostInfo {
-            host_name: "test".into(),
-            host_id: None,
-        })
-        .with_tenants(rules("rules: [{header: x-a}]"));
-        let mut p = Pipeline::new(
-            PipelineOptions::new(16, Limits::default(), SpanOptions::default()),
-            Clock::with_offset(0),
-            resources,
-            Tenanted(Vec::new()),
-            Arc::new(Stats::default()),
-        );
-        let process = EventHeader {
-            tgid: 4_000_000,
-            ..Default::default()
-        };
-        p.handle_record(&encode_process(&process, b"gateway", 0));
+        let mut p = gateway(rules("rules: [{header: x-a}]"));
         let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
 
         // Read under the first rules, answered under the second.

@@ -58,6 +58,19 @@ fn hooks() -> impl Iterator<Item = (&'static str, &'static str)> {
     syscalls.chain(SCHED_TRACEPOINTS.iter().map(|&name| ("sched", name)))
 }
 
+/// Tracepoint program `name` of `ebpf`, loaded into the kernel.
+fn loaded<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePoint, ProbeError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingMap(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    Ok(program)
+}
+
 /// Why the probes could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -154,15 +167,7 @@ impl Probes {
         }
 
         for (category, name) in hooks() {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingMap(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
+            loaded(&mut ebpf, name)?
                 .attach(category, name)
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
@@ -283,14 +288,7 @@ impl EmptyProbes {
         crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
         let name = "empty";
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::MissingMap(name))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        let program = loaded(&mut ebpf, name)?;
         let mut hooks = 0;
         for (category, tracepoint) in self::hooks() {
             program
