@@ -348,6 +348,15 @@ fn overhead_nginx(
     wrk(&url, 1)?;
     let mut rows = Vec::new();
     let mut costs = Vec::new();
+    let _stats = BpfStats::enable();
+    let per_request = |ns: u64, requests_per_sec: f64| {
+        let served = requests_per_sec * f64::from(args.secs);
+        if served > 0.0 {
+            ns as f64 / served
+        } else {
+            0.0
+        }
+    };
     for round in 1..=args.rounds {
         println!(
             "xtask: nginx round {round}/{}: without the agent",
@@ -359,14 +368,17 @@ fn overhead_nginx(
             args.rounds
         );
         let floor = start_floor()?;
+        let floor_ns = floor.kernel_ns();
         let empty = wrk(&url, args.secs);
+        let floor_ns = floor.kernel_ns() - floor_ns;
         floor.stop();
         let empty = empty?;
         println!("xtask: nginx round {round}/{}: with the agent", args.rounds);
         let agent = start_agent(agent_config)?;
-        let cpu_before = agent.cpu_seconds();
+        let (cpu_before, ns_before) = (agent.cpu_seconds(), agent.kernel_ns());
         let with = wrk(&url, args.secs);
         let cpu = agent.cpu_seconds() - cpu_before;
+        let agent_ns = agent.kernel_ns() - ns_before;
         println!(
             "xtask: nginx round {round}/{}: agent paused, probes attached",
             args.rounds
@@ -386,6 +398,8 @@ fn overhead_nginx(
             },
             paused_requests_per_sec: paused?.requests_per_sec,
             floor_requests_per_sec: empty.requests_per_sec,
+            kernel_ns_per_request: per_request(agent_ns, with.requests_per_sec),
+            floor_ns_per_request: per_request(floor_ns, empty.requests_per_sec),
         });
         rows.push((without, with));
     }
@@ -423,6 +437,15 @@ fn print_agent_costs(rows: &[(Load, Load)], costs: &[AgentCost]) {
          the agent's median ratio {agent:.3} is {:.3} of the floor's",
         mean(|c| c.floor_requests_per_sec),
         agent / floor
+    );
+    let (kernel, floor_kernel) = (
+        mean(|c| c.kernel_ns_per_request),
+        mean(|c| c.floor_ns_per_request),
+    );
+    println!(
+        "kernel programs per request: the agent's {kernel:.0} ns, the empty ones {floor_kernel:.0} ns \
+         (x{:.1})",
+        kernel / floor_kernel
     );
 }
 
@@ -975,6 +998,65 @@ impl Agent {
     fn pause(&self, name: &str) {
         signal(&self.0.0, name);
     }
+
+    /// Nanoseconds its kernel programs have run so far (all of them, on
+    /// every hook), while `kernel.bpf_stats_enabled` is 1.
+    fn kernel_ns(&self) -> u64 {
+        bpf_run_ns(self.0.0.id())
+    }
+}
+
+/// The `run_time_ns` of every BPF program process `pid` holds an fd of, as
+/// `/proc/PID/fdinfo` shows it.
+fn bpf_run_ns(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.map_while(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog")
+        })
+        .filter_map(|fd| {
+            std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()
+        })
+        .map(|info| run_ns_of_fdinfo(&info))
+        .sum()
+}
+
+/// The `run_time_ns` line of a BPF program's fdinfo (0 without one).
+fn run_ns_of_fdinfo(info: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_time_ns:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `kernel.bpf_stats_enabled` set to 1 while it lives, and put back after:
+/// the kernel times BPF programs only while it is on.
+struct BpfStats(Option<String>);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let before = std::fs::read_to_string(BPF_STATS).ok();
+        if std::fs::write(BPF_STATS, "1").is_err() {
+            println!("xtask: cannot enable {BPF_STATS}: kernel time per request will read 0");
+        }
+        BpfStats(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = std::fs::write(BPF_STATS, before.trim());
+        }
+    }
 }
 
 /// utime + stime of a `/proc/PID/stat` line, in seconds (USER_HZ is 100 on
@@ -1006,6 +1088,10 @@ struct AgentCost {
     /// Requests/s with an empty program on each of the agent's hooks
     /// (`sonde floor`): what the hooks cost before any program body runs.
     floor_requests_per_sec: f64,
+    /// Time in the agent's kernel programs per request served.
+    kernel_ns_per_request: f64,
+    /// The same for the empty programs.
+    floor_ns_per_request: f64,
 }
 
 /// Starts `sonde run` and waits for its `sonde ready` line on stderr.
@@ -1263,6 +1349,14 @@ fn duration_ms(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_time_from_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nprog_jited:\t1\n\
+                    run_time_ns:\t123456\nrun_cnt:\t789\nrecursion_misses:\t0\n";
+        assert_eq!(run_ns_of_fdinfo(info), 123_456);
+        assert_eq!(run_ns_of_fdinfo("pos:\t0\n"), 0);
+    }
 
     #[test]
     fn cpu_seconds_from_proc_stat() {
