@@ -65,6 +65,7 @@ pub fn run_checks() -> Vec<CheckResult> {
         check_uprobes(),
         check_tracefs(tracefs.as_deref(), caps),
         check_syscall_tracepoints(tracefs.as_deref()),
+        check_capture_path(tracefs.as_deref()),
         check_privileges(caps),
         info_sysctl("perf_event_paranoid", "kernel.perf_event_paranoid"),
         info_sysctl("unprivileged_bpf", "kernel.unprivileged_bpf_disabled"),
@@ -330,6 +331,33 @@ fn check_syscall_tracepoints(tracefs: Option<&Path>) -> CheckResult {
     }
 }
 
+/// The socket-layer tracepoints (kernel 6.3 and later) fire only for
+/// socket I/O; syscall tracepoints slow every syscall of every process
+/// while attached. For information: capture runs on syscall tracepoints
+/// either way until the socket-layer path exists.
+const SOCKET_TRACEPOINTS: [&str; 2] = ["sock/sock_send_length", "sock/sock_recv_length"];
+
+fn check_capture_path(tracefs: Option<&Path>) -> CheckResult {
+    const NAME: &str = "capture path";
+    let Some(root) = tracefs else {
+        return CheckResult::pass(NAME, "checked after sonde mounts tracefs");
+    };
+    let names = SOCKET_TRACEPOINTS.join(", ");
+    let detail = if has_socket_tracepoints(root) {
+        format!(
+            "syscall tracepoints; this kernel also has {names}, \
+             which the agent does not use yet"
+        )
+    } else {
+        format!("syscall tracepoints; this kernel has no {names} (they came in 6.3)")
+    };
+    CheckResult::pass(NAME, detail)
+}
+
+fn has_socket_tracepoints(tracefs: &Path) -> bool {
+    (SOCKET_TRACEPOINTS.iter()).all(|t| tracefs.join("events").join(t).join("id").is_file())
+}
+
 fn check_privileges(caps: Option<u64>) -> CheckResult {
     const NAME: &str = "privileges";
     if is_root() {
@@ -399,6 +427,24 @@ fn has_cap(mask: u64, bit: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_tracepoints_are_found_by_their_id_files() {
+        let root = std::env::temp_dir().join(format!("sonde-check-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        assert!(!has_socket_tracepoints(&root));
+        let detail = check_capture_path(Some(&root)).detail;
+        assert!(detail.contains("has no sock/sock_send_length"), "{detail}");
+        for t in SOCKET_TRACEPOINTS {
+            let dir = root.join("events").join(t);
+            fs::create_dir_all(&dir).expect("the event's directory");
+            fs::write(dir.join("id"), "1234\n").expect("its id file");
+        }
+        assert!(has_socket_tracepoints(&root));
+        let detail = check_capture_path(Some(&root)).detail;
+        assert!(detail.contains("does not use yet"), "{detail}");
+        fs::remove_dir_all(&root).expect("clean up");
+    }
 
     #[test]
     fn cap_eff_is_parsed_from_status() {
@@ -477,6 +523,7 @@ mod tests {
                 "uprobes",
                 "tracefs",
                 "syscall tracepoints",
+                "capture path",
                 "privileges",
                 "perf_event_paranoid",
                 "unprivileged_bpf",
