@@ -945,6 +945,11 @@ mod tests {
         let rules = |yaml: &str| Tenants::new(serde_saphyr::from_str(yaml).expect(yaml));
         let mut p = gateway(rules("rules: [{header: x-a}]"));
         let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        // One request at `ts` and its answer 50 ns later.
+        let exchange = |p: &mut Pipeline<Tenanted>, ts: u64, request: &[u8]| {
+            p.handle_record(&record(DIR_INGRESS, ts, request));
+            p.handle_record(&record(DIR_EGRESS, ts + 50, answer));
+        };
 
         // Read under the first rules, answered under the second.
         p.handle_record(&record(
@@ -955,32 +960,24 @@ mod tests {
         p.set_tenants(rules("rules: [{header: x-b, tenant: bee}, {header: x-a}]"));
         p.handle_record(&record(DIR_EGRESS, 150, answer));
         // Read under the second: x-b is kept now, and its rule comes first.
-        p.handle_record(&record(
-            DIR_INGRESS,
+        exchange(
+            &mut p,
             200,
             b"GET /2 HTTP/1.1\r\nx-a: a2\r\nx-b: b2\r\n\r\n",
-        ));
-        p.handle_record(&record(DIR_EGRESS, 250, answer));
-        p.handle_record(&record(
-            DIR_INGRESS,
-            300,
-            b"GET /3 HTTP/1.1\r\nx-a: a3\r\n\r\n",
-        ));
-        p.handle_record(&record(DIR_EGRESS, 350, answer));
+        );
+        exchange(&mut p, 300, b"GET /3 HTTP/1.1\r\nx-a: a3\r\n\r\n");
         // Under the third, no rule reads x-a or x-b.
         p.set_tenants(rules("rules: [{header: x-c}]"));
-        p.handle_record(&record(
-            DIR_INGRESS,
+        exchange(
+            &mut p,
             400,
             b"GET /4 HTTP/1.1\r\nx-a: a4\r\nx-b: b4\r\nx-c: c4\r\n\r\n",
-        ));
-        p.handle_record(&record(DIR_EGRESS, 450, answer));
-        p.handle_record(&record(
-            DIR_INGRESS,
+        );
+        exchange(
+            &mut p,
             500,
             b"GET /5 HTTP/1.1\r\nx-a: a5\r\nx-b: b5\r\n\r\n",
-        ));
-        p.handle_record(&record(DIR_EGRESS, 550, answer));
+        );
         let own: Vec<Option<String>> = p.sink_mut().0.iter().map(|(own, _)| own.clone()).collect();
         let want = [Some("a1"), Some("bee"), Some("a3"), Some("c4"), None];
         assert_eq!(own, want.map(|t| t.map(str::to_owned)));

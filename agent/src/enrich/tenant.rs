@@ -251,19 +251,26 @@ impl Tenants {
     }
 
     fn numbering(config: TenantConfig, mut headers: Vec<String>) -> Tenants {
-        let names: Vec<String> = (config.rules.iter())
-            .filter_map(|r| r.header.as_deref())
-            .map(|h| h.trim().to_ascii_lowercase())
+        // (rank, lowercased header, the tenant it gives) of each header rule.
+        let written: Vec<(usize, String, Option<Text>)> = (config.rules.iter().enumerate())
+            .filter_map(|(rank, rule)| {
+                let name = rule.header.as_deref()?.trim().to_ascii_lowercase();
+                Some((rank, name, rule.tenant.as_deref().map(Text::from)))
+            })
             .collect();
-        let new = names.iter().filter(|n| !headers.contains(n)).count();
-        if headers.len() + new > MAX_KEPT_NAMES {
+        let mut new: Vec<&str> = (written.iter())
+            .map(|(_, name, _)| name.as_str())
+            .filter(|name| !headers.iter().any(|h| h == name))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if headers.len() + new.len() > MAX_KEPT_NAMES {
             // Past what the parsers keep: numbered afresh (a request read
             // just before may then be judged by another header's rule).
             headers.clear();
         }
         let mut header_rules = vec![(NO_RULE, None); headers.len()];
-        let header_ranks = (config.rules.iter().enumerate()).filter(|(_, r)| r.header.is_some());
-        for ((rank, rule), name) in header_ranks.zip(names) {
+        for (rank, name, tenant) in written {
             let index = match headers.iter().position(|h| *h == name) {
                 Some(index) => index,
                 None => {
@@ -273,7 +280,7 @@ impl Tenants {
                 }
             };
             if let Some(first @ (NO_RULE, _)) = header_rules.get_mut(index) {
-                *first = (rank, rule.tenant.as_deref().map(Text::from));
+                *first = (rank, tenant);
             }
         }
         let attribute = Arc::from(config.attribute.as_str());
