@@ -9,6 +9,9 @@ use std::ffi::CStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::capture::probes::{self, has_socket_tracepoints};
+use crate::config::CapturePath;
+
 /// One line of the `sonde check` report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckResult {
@@ -323,6 +326,14 @@ fn check_syscall_tracepoints(tracefs: Option<&Path>) -> CheckResult {
             format!("{}: {e}", id.display()),
             "run sonde as root (tracefs event files are readable by root only)",
         ),
+        // Only the fallback capture path needs them.
+        Err(e) if has_socket_tracepoints(root) => CheckResult::pass(
+            NAME,
+            format!(
+                "{}: {e}; not needed, the socket-layer path runs",
+                id.display()
+            ),
+        ),
         Err(e) => CheckResult::fail(
             NAME,
             format!("{}: {e}", id.display()),
@@ -331,31 +342,26 @@ fn check_syscall_tracepoints(tracefs: Option<&Path>) -> CheckResult {
     }
 }
 
-/// The socket-layer tracepoints (kernel 6.3 and later) fire only for
-/// socket I/O; syscall tracepoints slow every syscall of every process
-/// while attached. For information: capture runs on syscall tracepoints
-/// either way until the socket-layer path exists.
-const SOCKET_TRACEPOINTS: [&str; 2] = ["sock/sock_send_length", "sock/sock_recv_length"];
-
+/// Which capture path `capture.path: auto` (the default) takes here: the
+/// socket-layer tracepoints fire only for socket I/O, while syscall
+/// tracepoints slow every syscall of every process while attached.
 fn check_capture_path(tracefs: Option<&Path>) -> CheckResult {
     const NAME: &str = "capture path";
     let Some(root) = tracefs else {
         return CheckResult::pass(NAME, "checked after sonde mounts tracefs");
     };
-    let names = SOCKET_TRACEPOINTS.join(", ");
-    let detail = if has_socket_tracepoints(root) {
-        format!(
-            "syscall tracepoints; this kernel also has {names}, \
-             which the agent does not use yet"
-        )
-    } else {
-        format!("syscall tracepoints; this kernel has no {names} (they came in 6.3)")
+    let detail = match probes::Path::choose(CapturePath::Auto, root) {
+        Ok(path @ probes::Path::Socket) => format!(
+            "{} (capture.path: syscall forces syscall tracepoints)",
+            path.describe()
+        ),
+        _ => format!(
+            "{}: this kernel has no sock:sock_send_length and sock:sock_recv_length \
+             (they came in 6.3), so every syscall pays while the agent runs",
+            probes::Path::Syscall.describe()
+        ),
     };
     CheckResult::pass(NAME, detail)
-}
-
-fn has_socket_tracepoints(tracefs: &Path) -> bool {
-    (SOCKET_TRACEPOINTS.iter()).all(|t| tracefs.join("events").join(t).join("id").is_file())
 }
 
 fn check_privileges(caps: Option<u64>) -> CheckResult {
@@ -434,15 +440,15 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         assert!(!has_socket_tracepoints(&root));
         let detail = check_capture_path(Some(&root)).detail;
-        assert!(detail.contains("has no sock/sock_send_length"), "{detail}");
-        for t in SOCKET_TRACEPOINTS {
+        assert!(detail.starts_with("syscall tracepoints: "), "{detail}");
+        for t in ["sock/sock_send_length", "sock/sock_recv_length"] {
             let dir = root.join("events").join(t);
             fs::create_dir_all(&dir).expect("the event's directory");
             fs::write(dir.join("id"), "1234\n").expect("its id file");
         }
         assert!(has_socket_tracepoints(&root));
         let detail = check_capture_path(Some(&root)).detail;
-        assert!(detail.contains("does not use yet"), "{detail}");
+        assert!(detail.starts_with("socket-layer tracepoints"), "{detail}");
         fs::remove_dir_all(&root).expect("clean up");
     }
 

@@ -156,6 +156,34 @@ pub struct CaptureConfig {
     pub wakeup_bytes: u32,
     /// Otherwise the agent looks every this many milliseconds.
     pub poll_interval_ms: u32,
+    /// Which kernel hooks capture socket bytes.
+    pub path: CapturePath,
+}
+
+/// The kernel hooks that capture socket bytes (`capture.path`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CapturePath {
+    /// The socket-layer tracepoints where the kernel has them (6.3 and
+    /// later), else syscall tracepoints.
+    #[default]
+    Auto,
+    /// The socket-layer tracepoints `sock:sock_send_length` and
+    /// `sock:sock_recv_length`; the agent refuses to start without them.
+    Socket,
+    /// Syscall tracepoints, which every syscall of every process pays for
+    /// while they are attached.
+    Syscall,
+}
+
+impl std::fmt::Display for CapturePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CapturePath::Auto => "auto",
+            CapturePath::Socket => "socket",
+            CapturePath::Syscall => "syscall",
+        })
+    }
 }
 
 impl Default for CaptureConfig {
@@ -167,6 +195,7 @@ impl Default for CaptureConfig {
             max_buffered_bytes: 16384,
             wakeup_bytes: 256 << 10,
             poll_interval_ms: 50,
+            path: CapturePath::Auto,
         }
     }
 }
@@ -1247,6 +1276,8 @@ mod tests {
         assert_eq!(from_name("exponential"), Some(Histogram::Exponential));
         assert_eq!(from_name::<OtlpProtocol>("http/json"), None);
         assert_eq!(from_name::<Temporality>("Delta"), None);
+        assert_eq!(from_name("socket"), Some(CapturePath::Socket));
+        assert_eq!(from_name::<CapturePath>("sockets"), None);
     }
 
     #[test]
@@ -1281,6 +1312,7 @@ capture:
   max_buffered_bytes: 512
   wakeup_bytes: 4096
   poll_interval_ms: 10
+  path: syscall
 http:
   capture_query: true
 db:
@@ -1382,6 +1414,7 @@ tenants:
                 max_buffered_bytes: 512,
                 wakeup_bytes: 4096,
                 poll_interval_ms: 10,
+                path: CapturePath::Syscall,
             },
             http: HttpConfig {
                 capture_query: true,

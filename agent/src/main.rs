@@ -66,7 +66,11 @@ enum Command {
     /// or SIGTERM: what the hooks alone cost, the floor the agent's own
     /// overhead is measured against (`cargo xtask bench overhead`).
     #[command(hide = true)]
-    Floor,
+    Floor {
+        /// The capture path whose hooks to take: auto, socket or syscall.
+        #[arg(long, default_value = "auto")]
+        path: String,
+    },
 }
 
 /// Connections with no traffic for this long are finished and forgotten.
@@ -86,7 +90,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
-        Command::Floor => match floor() {
+        Command::Floor { path } => match floor(&path) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sonde: {e:#}");
@@ -175,7 +179,8 @@ fn run(config_path: Option<PathBuf>, prometheus: Option<String>) -> anyhow::Resu
     ready.store(true, Ordering::Release);
     info!(
         capture_bytes = config.capture.bytes,
-        "sonde ready: syscall tracepoints attached"
+        "sonde ready: capture on {}",
+        probes.path.describe()
     );
 
     let mut pipeline = Pipeline::new(
@@ -298,15 +303,18 @@ fn process_resources(
     Ok((resources, Some(watched)))
 }
 
-fn floor() -> anyhow::Result<()> {
+fn floor(path: &str) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [libc::SIGINT, libc::SIGTERM] {
         register_stop(signal, stop.clone())?;
     }
-    let probes = sonde::capture::probes::EmptyProbes::start()?;
+    let path = sonde::config::from_name(path)
+        .ok_or_else(|| anyhow::anyhow!("--path {path}: expected auto, socket or syscall"))?;
+    let probes = sonde::capture::probes::EmptyProbes::start(path)?;
     eprintln!(
-        "sonde ready: an empty program on each of the agent's {} hooks",
-        probes.hooks
+        "sonde ready: an empty program on each of the {} hooks of the {} path",
+        probes.hooks,
+        probes.path.describe()
     );
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));

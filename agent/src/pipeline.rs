@@ -10,8 +10,6 @@
 
 use std::sync::Arc;
 
-use sonde_common::ConnKey;
-
 use crate::capture::{self, Clock, ConnId, Event, Role};
 use crate::config::SampleConfig;
 use crate::conn::{Conn, ConnTable, Displaced};
@@ -95,31 +93,28 @@ enum Protocol {
 pub enum KernelOrder {
     /// Ship only message starts of this connection: it carries no
     /// protocol the agent parses.
-    Mute(ConnKey, u64),
+    Mute(u64, u64),
     /// Ship nothing more of this connection: its process is excluded.
-    Silence(ConnKey, u64),
+    Silence(u64, u64),
     /// Mute, or trace again, the connections a cgroup opens.
     Cgroup(CgroupOrder),
 }
 
 impl KernelOrder {
-    fn mute((key, generation): (ConnKey, u64)) -> Self {
-        KernelOrder::Mute(key, generation)
+    fn mute((sock, generation): (u64, u64)) -> Self {
+        KernelOrder::Mute(sock, generation)
     }
 
-    fn silence((key, generation): (ConnKey, u64)) -> Self {
-        KernelOrder::Silence(key, generation)
+    fn silence((sock, generation): (u64, u64)) -> Self {
+        KernelOrder::Silence(sock, generation)
     }
 }
 
-/// The kernel's key and generation of a connection, for those the kernel's
-/// socket programs track (bytes a TLS library hands over are not theirs).
-fn kernel_key(id: &ConnId) -> Option<(ConnKey, u64)> {
-    let key = ConnKey {
-        tgid: id.tgid,
-        fd: id.fd,
-    };
-    (id.source == capture::Source::Syscall).then_some((key, id.generation))
+/// The kernel's key (the socket) and generation of a connection, for those
+/// the kernel's socket programs track (bytes a TLS library hands over are
+/// not theirs).
+fn kernel_key(id: &ConnId) -> Option<(u64, u64)> {
+    (id.source == capture::Source::Syscall && id.sock != 0).then_some((id.sock, id.generation))
 }
 
 /// The first chunks of a connection whose protocol is not known yet. Some
@@ -712,6 +707,11 @@ mod tests {
         record_on(5, [0; 4], direction, ts, bytes)
     }
 
+    /// The socket the test records of fd `fd` name.
+    fn sock_of(fd: u32) -> u64 {
+        0xffff_8880_0000_0000 + u64::from(fd) * 0x100
+    }
+
     /// A record of fd `fd`, a server connection from `peer`.
     fn record_on(fd: u32, peer: [u8; 4], direction: u32, ts: u64, bytes: &[u8]) -> Vec<u8> {
         let mut addrs = SockAddrs {
@@ -729,6 +729,7 @@ mod tests {
             tgid: 4_000_000,
             tid: 4_000_000,
             fd,
+            sock: sock_of(fd),
             generation: 1,
             total_len: bytes.len() as u64,
             addrs,
@@ -789,13 +790,7 @@ mod tests {
         assert_eq!(
             orders,
             [
-                KernelOrder::Silence(
-                    ConnKey {
-                        tgid: 4_000_000,
-                        fd: 5
-                    },
-                    1
-                ),
+                KernelOrder::Silence(sock_of(5), 1),
                 KernelOrder::Cgroup(CgroupOrder::Silence(77)),
             ]
         );
@@ -822,13 +817,7 @@ mod tests {
         // Each record is judged anew (a muted connection the kernel still
         // ships bytes of may start a message); each is muted again.
         let orders: Vec<_> = p.take_kernel_orders().collect();
-        let muted = KernelOrder::Mute(
-            ConnKey {
-                tgid: 4_000_000,
-                fd: 5,
-            },
-            1,
-        );
+        let muted = KernelOrder::Mute(sock_of(5), 1);
         assert_eq!(orders, [muted, muted]);
     }
 
@@ -1057,7 +1046,7 @@ mod tests {
         ));
         let mutes: Vec<_> = p.take_kernel_orders().collect();
         assert!(
-            matches!(mutes[..], [KernelOrder::Mute(ConnKey { fd: 5, .. }, 1)]),
+            matches!(mutes[..], [KernelOrder::Mute(s, 1)] if s == sock_of(5)),
             "{mutes:?}"
         );
         p.handle_record(&record(DIR_INGRESS, 200, b"GET /x HTTP/1.1\r\n\r\n"));
@@ -1065,8 +1054,7 @@ mod tests {
         assert_eq!(p.sink_mut().0.len(), 1);
         // Closing ends the connection: nothing is left over.
         let mut close = EventHeader {
-            tgid: 4_000_000,
-            fd: 5,
+            sock: sock_of(5),
             generation: 1,
             end_ns: 400,
             ..Default::default()
@@ -1105,13 +1093,7 @@ mod tests {
         p.set_protocols(without_http1);
         assert_eq!(
             p.take_kernel_orders().collect::<Vec<_>>(),
-            [KernelOrder::Mute(
-                ConnKey {
-                    tgid: 4_000_000,
-                    fd: 5
-                },
-                1
-            )],
+            [KernelOrder::Mute(sock_of(5), 1)],
             "the HTTP connection only"
         );
         p.handle_record(&record_on(5, [10, 0, 0, 1], DIR_EGRESS, 250, response));

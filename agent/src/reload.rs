@@ -284,6 +284,7 @@ fn capture_changes(old: &CaptureConfig, new: &CaptureConfig, out: &mut Diff) {
         &old.wakeup_bytes,
         &new.wakeup_bytes,
     );
+    field(restart, "capture.path", &old.path, &new.path);
     let live_taken = CaptureConfig {
         max_buffered_bytes: old.max_buffered_bytes,
         poll_interval_ms: old.poll_interval_ms,

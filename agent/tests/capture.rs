@@ -3,12 +3,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sonde::capture::probes::{EmptyProbes, Probes};
 use sonde::capture::{self, Endpoint, Event, Role};
-use sonde::config::CaptureConfig;
+use sonde::config::{CaptureConfig, CapturePath};
 use sonde::protocol::{Direction, prefilter};
 
 /// The probes see the whole host; one test at a time keeps them apart.
@@ -19,11 +20,23 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Both capture paths: every test runs on each.
+const PATHS: [CapturePath; 2] = [CapturePath::Socket, CapturePath::Syscall];
+
+/// The default capture settings on `path`.
+fn on(path: CapturePath) -> CaptureConfig {
+    CaptureConfig {
+        path,
+        ..CaptureConfig::default()
+    }
+}
+
 /// An owned copy of a data record.
 #[derive(Debug)]
 struct Seen {
     tgid: u32,
     fd: u32,
+    sock: u64,
     role: Role,
     local: Endpoint,
     peer: Endpoint,
@@ -35,7 +48,8 @@ struct Seen {
 
 /// Runs `work` (in a helper process, so its syscalls are traced: the probes
 /// skip the agent's own process, which is this test), and collects records
-/// of that process until `done` holds, the helper has exited, or 10 s pass.
+/// of that process, and the closes of its sockets (whoever saw them go),
+/// until `done` holds, the helper has exited, or 10 s pass.
 fn record_while(
     config: &CaptureConfig,
     work: impl FnOnce() -> std::process::Child,
@@ -68,6 +82,7 @@ fn record_while(
                 } if conn.tgid == pid => seen.push(Seen {
                     tgid: conn.tgid,
                     fd: conn.fd,
+                    sock: conn.sock,
                     role,
                     local: endpoints.local,
                     peer: endpoints.peer,
@@ -76,17 +91,22 @@ fn record_while(
                     payload: payload.to_vec(),
                     closed: false,
                 }),
-                Event::Close { conn, .. } if conn.tgid == pid => seen.push(Seen {
-                    tgid: conn.tgid,
-                    fd: conn.fd,
-                    role: Role::Unknown,
-                    local: Endpoint::Unknown,
-                    peer: Endpoint::Unknown,
-                    dir: Direction::Egress,
-                    total_len: 0,
-                    payload: Vec::new(),
-                    closed: true,
-                }),
+                Event::Close { conn, .. }
+                    if conn.tgid == pid || seen.iter().any(|r| r.sock == conn.sock) =>
+                {
+                    seen.push(Seen {
+                        tgid: conn.tgid,
+                        fd: conn.fd,
+                        sock: conn.sock,
+                        role: Role::Unknown,
+                        local: Endpoint::Unknown,
+                        peer: Endpoint::Unknown,
+                        dir: Direction::Egress,
+                        total_len: 0,
+                        payload: Vec::new(),
+                        closed: true,
+                    })
+                }
                 _ => {}
             }
         }
@@ -114,6 +134,13 @@ fn client_socket_bytes_roles_and_endpoints() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        client_socket_bytes_roles_and_endpoints_on(path);
+    }
+}
+
+fn client_socket_bytes_roles_and_endpoints_on(path: CapturePath) {
+    eprintln!("client_socket_bytes_roles_and_endpoints: {path} path");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     // An echo-ish server in this process: its own syscalls are not traced.
@@ -137,7 +164,7 @@ fn client_socket_bytes_roles_and_endpoints() {
     let seen = record_while(
         &CaptureConfig {
             bytes: 1024,
-            ..CaptureConfig::default()
+            ..on(path)
         },
         || python(&script),
         |s| s.iter().any(|r| r.closed),
@@ -151,6 +178,7 @@ fn client_socket_bytes_roles_and_endpoints() {
     assert_eq!(sent.len(), 1, "one send: {seen:?}");
     assert_eq!(sent[0].payload, b"hello sonde");
     assert_eq!(sent[0].role, Role::Client);
+    assert!(sent[0].fd > 2, "the socket's fd, not stdio: {seen:?}");
     assert_eq!(
         sent[0].peer,
         Endpoint::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -170,10 +198,13 @@ fn client_socket_bytes_roles_and_endpoints() {
     );
     assert!(received[0].payload.starts_with(b"hello sonde"));
     assert!(
-        seen.iter().any(|r| r.closed && r.fd == sent[0].fd),
-        "close seen"
+        seen.iter().any(|r| r.closed && r.sock == sent[0].sock),
+        "close seen: {seen:?}"
     );
-    assert!(seen.iter().all(|r| r.tgid == sent[0].tgid));
+    assert!(
+        seen.iter()
+            .all(|r| r.closed || (r.tgid, r.sock) == (sent[0].tgid, sent[0].sock))
+    );
 }
 
 #[test]
@@ -185,6 +216,13 @@ fn files_and_pipes_are_never_recorded() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        files_and_pipes_are_never_recorded_on(path);
+    }
+}
+
+fn files_and_pipes_are_never_recorded_on(path: CapturePath) {
+    eprintln!("files_and_pipes_are_never_recorded: {path} path");
     let dir = std::env::temp_dir().join(format!("sonde-capture-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("big");
@@ -197,7 +235,7 @@ fn files_and_pipes_are_never_recorded() {
          os.write(w,b'GET /pipe HTTP/1.1\\r\\n\\r\\n'); os.read(r,100)\n",
         f = file.display()
     );
-    let seen = record_while(&CaptureConfig::default(), || python(&script), |_| false);
+    let seen = record_while(&on(path), || python(&script), |_| false);
     std::fs::remove_dir_all(&dir).ok();
     assert!(seen.is_empty(), "file and pipe I/O recorded: {seen:?}");
 }
@@ -211,16 +249,19 @@ fn unix_stream_sockets_are_recorded() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        unix_stream_sockets_are_recorded_on(path);
+    }
+}
+
+fn unix_stream_sockets_are_recorded_on(path: CapturePath) {
+    eprintln!("unix_stream_sockets_are_recorded: {path} path");
     let script = "import socket,time\n\
                   a,b=socket.socketpair()\n\
                   a.sendall(b'GET /unix HTTP/1.1\\r\\n\\r\\n')\n\
                   b.recv(100)\n\
                   time.sleep(1)\n";
-    let seen = record_while(
-        &CaptureConfig::default(),
-        || python(script),
-        |s| s.len() >= 2,
-    );
+    let seen = record_while(&on(path), || python(script), |s| s.len() >= 2);
     assert!(
         seen.iter().any(|r| r.dir == Direction::Egress
             && r.payload == b"GET /unix HTTP/1.1\r\n\r\n"
@@ -243,9 +284,16 @@ fn capture_limit_is_honoured_without_recompiling() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        capture_limit_is_honoured_without_recompiling_on(path);
+    }
+}
+
+fn capture_limit_is_honoured_without_recompiling_on(path: CapturePath) {
+    eprintln!("capture_limit_is_honoured_without_recompiling: {path} path");
     let config = CaptureConfig {
         bytes: 16384,
-        ..CaptureConfig::default()
+        ..on(path)
     };
     // writev of three buffers, 20000 bytes in all: 16384 captured.
     let script = "import socket,time\n\
@@ -272,9 +320,12 @@ fn capture_limit_is_honoured_without_recompiling() {
 
 /// Runs `script` in python and collects what its process sends; at the
 /// first record, `act` is told the connection (to mute or silence it).
-fn sent_after(script: &str, act: impl Fn(&mut Probes, sonde_common::ConnKey, u64)) -> Vec<Vec<u8>> {
-    let mut probes =
-        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
+fn sent_after(
+    path: CapturePath,
+    script: &str,
+    act: impl Fn(&mut Probes, u64, u64),
+) -> Vec<Vec<u8>> {
+    let mut probes = Probes::start(&on(path), &prefilter::all()).expect("probes start");
     let mut child = python(script);
     let pid = child.id();
     let mut sent = Vec::new();
@@ -299,11 +350,7 @@ fn sent_after(script: &str, act: impl Fn(&mut Probes, sonde_common::ConnKey, u64
             }
         }
         if let Some(conn) = first {
-            let key = sonde_common::ConnKey {
-                tgid: conn.tgid,
-                fd: conn.fd,
-            };
-            act(&mut probes, key, conn.generation);
+            act(&mut probes, conn.sock, conn.generation);
         }
         if matches!(child.try_wait(), Ok(Some(_))) {
             break;
@@ -324,6 +371,13 @@ fn muted_connections_ship_only_message_starts() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        muted_connections_ship_only_message_starts_on(path);
+    }
+}
+
+fn muted_connections_ship_only_message_starts_on(path: CapturePath) {
+    eprintln!("muted_connections_ship_only_message_starts: {path} path");
     // First a TLS-looking record, then (after the test muted the connection)
     // more binary bytes, an HTTP request, and binary bytes again.
     let script = "import socket,time,sys\n\
@@ -334,8 +388,8 @@ fn muted_connections_ship_only_message_starts() {
                   a.sendall(b'GET /after HTTP/1.1\\r\\n\\r\\n')\n\
                   a.sendall(b'\\x17\\x03\\x03binary again')\n\
                   time.sleep(0.5)\n";
-    let sent = sent_after(script, |probes, key, generation| {
-        probes.mute(key, generation);
+    let sent = sent_after(path, script, |probes, sock, generation| {
+        probes.mute(sock, generation);
     });
     assert_eq!(
         sent,
@@ -355,15 +409,21 @@ fn unified_root() -> Option<std::path::PathBuf> {
 
 #[test]
 fn process_records_carry_the_cgroup_id() {
-    use std::os::unix::fs::MetadataExt as _;
     if !is_root() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let root = unified_root().expect("a cgroup2 mount (this kernel has one)");
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        process_records_carry_the_cgroup_id_on(path);
+    }
+}
+
+fn process_records_carry_the_cgroup_id_on(path: CapturePath) {
+    eprintln!("process_records_carry_the_cgroup_id: {path} path");
+    let root = unified_root().expect("a cgroup2 mount (this kernel has one)");
     // A kubelet-shaped cgroup, so the id names a container's directory.
     let dir = root.join(format!(
         "sonde-test-{}/kubepods-pod3d1e6b5a_7c2f_4e8d_9a0b_1c2d3e4f5a6b.slice",
@@ -378,8 +438,7 @@ fn process_records_carry_the_cgroup_id() {
         let mut buf = [0u8; 64];
         let _ = s.read(&mut buf);
     });
-    let mut probes =
-        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
+    let mut probes = Probes::start(&on(path), &prefilter::all()).expect("probes start");
     // The shell moves itself into the cgroup, then becomes the client.
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec python3 -c \"import socket; s=socket.create_connection(('127.0.0.1',{port})); s.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\"",
@@ -416,11 +475,13 @@ fn process_records_carry_the_cgroup_id() {
     );
 }
 
-/// Every record of `pid` in the ring buffer until `pid` exits (and a
-/// moment more), as (kind, fd) pairs: "process", "data" or "close".
+/// Every record of `pid` in the ring buffer, and the closes of its
+/// sockets, until `pid` exits (and a moment more), as (kind, fd) pairs:
+/// "process", "data" or "close".
 fn records_of(probes: &mut Probes, child: &mut std::process::Child) -> Vec<(&'static str, u32)> {
     let pid = child.id();
     let mut seen = Vec::new();
+    let mut socks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut exited_at: Option<Instant> = None;
     while Instant::now() < deadline {
@@ -433,8 +494,13 @@ fn records_of(probes: &mut Probes, child: &mut std::process::Child) -> Vec<(&'st
         while let Some(rec) = probes.events.next() {
             match capture::decode(&rec) {
                 Ok(Event::Process { tgid, .. }) if tgid == pid => seen.push(("process", 0)),
-                Ok(Event::Data { conn, .. }) if conn.tgid == pid => seen.push(("data", conn.fd)),
-                Ok(Event::Close { conn, .. }) if conn.tgid == pid => seen.push(("close", conn.fd)),
+                Ok(Event::Data { conn, .. }) if conn.tgid == pid => {
+                    socks.push(conn.sock);
+                    seen.push(("data", conn.fd));
+                }
+                Ok(Event::Close { conn, .. }) if conn.tgid == pid || socks.contains(&conn.sock) => {
+                    seen.push(("close", conn.fd))
+                }
                 _ => {}
             }
         }
@@ -449,15 +515,21 @@ fn records_of(probes: &mut Probes, child: &mut std::process::Child) -> Vec<(&'st
 /// its next client.
 #[test]
 fn silenced_cgroups_send_nothing() {
-    use std::os::unix::fs::MetadataExt as _;
     if !is_root() {
         eprintln!("skipped: needs root to load eBPF programs");
         return;
     }
-    let root = unified_root().expect("a cgroup2 mount (this kernel has one)");
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        silenced_cgroups_send_nothing_on(path);
+    }
+}
+
+fn silenced_cgroups_send_nothing_on(path: CapturePath) {
+    eprintln!("silenced_cgroups_send_nothing: {path} path");
+    let root = unified_root().expect("a cgroup2 mount (this kernel has one)");
     let base = root.join(format!("sonde-test-silence-{}", std::process::id()));
     let (muted_dir, other_dir) = (base.join("excluded"), base.join("traced"));
     for dir in [&muted_dir, &other_dir] {
@@ -500,8 +572,7 @@ for _ in range(2):
             .expect("sh runs")
     };
 
-    let mut probes =
-        Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("probes start");
+    let mut probes = Probes::start(&on(path), &prefilter::all()).expect("probes start");
     probes.silence_cgroup(muted_id, true);
     let muted = records_of(&mut probes, &mut client(&muted_dir));
     let traced = records_of(&mut probes, &mut client(&other_dir));
@@ -531,14 +602,21 @@ fn silenced_connections_stop() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        silenced_connections_stop_on(path);
+    }
+}
+
+fn silenced_connections_stop_on(path: CapturePath) {
+    eprintln!("silenced_connections_stop: {path} path");
     let script = "import socket,time\n\
                   a,b=socket.socketpair()\n\
                   a.sendall(b'GET /first HTTP/1.1\\r\\n\\r\\n')\n\
                   time.sleep(1.5)\n\
                   a.sendall(b'GET /second HTTP/1.1\\r\\n\\r\\n')\n\
                   time.sleep(0.5)\n";
-    let sent = sent_after(script, |probes, key, generation| {
-        probes.silence(key, generation);
+    let sent = sent_after(path, script, |probes, sock, generation| {
+        probes.silence(sock, generation);
     });
     assert_eq!(
         sent,
@@ -548,8 +626,8 @@ fn silenced_connections_stop() {
 }
 
 /// `sonde floor`'s empty program is attached to the agent's hooks and runs
-/// on a socket exchange: at least once per send and receive (each has an
-/// entry and an exit hook), and the exec and exit of the helper.
+/// on a socket exchange: at least once per send and receive on the
+/// socket-layer path, twice (entry and exit) on the syscall path.
 #[test]
 fn empty_programs_run_on_the_agents_hooks() {
     if !is_root() {
@@ -558,9 +636,20 @@ fn empty_programs_run_on_the_agents_hooks() {
     let _guard = KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        empty_programs_run_on_the_agents_hooks_on(path);
+    }
+}
+
+fn empty_programs_run_on_the_agents_hooks_on(path: CapturePath) {
+    eprintln!("empty_programs_run_on_the_agents_hooks: {path} path");
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run statistics");
-    let floor = EmptyProbes::start().expect("the empty programs load and attach");
-    assert!(floor.hooks >= 20, "{} hooks", floor.hooks);
+    let floor = EmptyProbes::start(path).expect("the empty programs load and attach");
+    let (hooks, runs_per_call) = match path {
+        CapturePath::Syscall => (26, 2),
+        _ => (5, 1),
+    };
+    assert_eq!(floor.hooks, hooks);
     let (before, _) = floor.runs().expect("the program's statistics");
     let mut helper = python(
         "import socket\n\
@@ -570,12 +659,12 @@ fn empty_programs_run_on_the_agents_hooks() {
     assert!(helper.wait().expect("the helper ran").success());
     let (after, took) = floor.runs().expect("the program's statistics");
     assert!(
-        after - before >= 400,
+        after - before >= 200 * runs_per_call,
         "{} runs for 100 sends and receives",
         after - before
     );
     assert!(took > Duration::ZERO);
     drop(floor);
     // Detached: the real programs load and attach as before.
-    Probes::start(&CaptureConfig::default(), &prefilter::all()).expect("the agent's probes");
+    Probes::start(&on(path), &prefilter::all()).expect("the agent's probes");
 }

@@ -48,8 +48,9 @@ pub const EXEC_PATH_LEN: usize = 256;
 /// User space keys streams by source too, so the plaintext a TLS library
 /// sees and the ciphertext its socket carries never merge.
 ///
-/// The tracepoints: syscalls, and sched for exec and exit records (every
-/// record sent today).
+/// The kernel's socket hooks, whichever capture path runs (syscall
+/// tracepoints or the socket-layer ones), and sched for exec and exit
+/// records: the bytes the socket carries.
 pub const SOURCE_SYSCALL: u32 = 1;
 /// Reserved, not yet emitted: OpenSSL read/write uprobes (plaintext).
 pub const SOURCE_TLS_OPENSSL: u32 = 2;
@@ -109,7 +110,10 @@ pub mod lost {
     /// A thread's syscall overwrote the pending call of another thread
     /// whose id shares its slot; that call's record is lost.
     pub const SLOT_TAKEN: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Socket bytes moved outside a syscall the socket-layer path reads
+    /// buffers from (io_uring, kernel threads, sendmmsg): not recorded.
+    pub const NOT_A_SYSCALL: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// A socket's two endpoints. Addresses are in network byte order; IPv4
@@ -134,16 +138,22 @@ pub struct EventHeader {
     pub kind: u32,
     /// `DIR_*`.
     pub direction: u32,
-    /// Kernel monotonic time at syscall entry, in nanoseconds.
+    /// Kernel monotonic time at syscall entry, in nanoseconds (on the
+    /// socket-layer path, when the bytes moved: the same as `end_ns`).
     pub start_ns: u64,
-    /// Kernel monotonic time at syscall exit, in nanoseconds.
+    /// Kernel monotonic time at syscall exit, in nanoseconds (on the
+    /// socket-layer path, when the bytes moved).
     pub end_ns: u64,
     pub tgid: u32,
     pub tid: u32,
     pub fd: u32,
     /// `ROLE_*`.
     pub role: u32,
-    /// Changes whenever the fd is closed or now names another file.
+    /// The socket (its `struct sock` address), 0 when the record has none:
+    /// with `generation`, what names a connection, whichever fd or process
+    /// reached it.
+    pub sock: u64,
+    /// Changes whenever the socket's address names another socket.
     pub generation: u64,
     /// The syscall's full byte count (its return value).
     pub total_len: u64,
@@ -157,7 +167,7 @@ pub struct EventHeader {
     pub addrs: SockAddrs,
 }
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
-const _: () = assert!(HEADER_LEN == 112);
+const _: () = assert!(HEADER_LEN == 120);
 
 /// An `EVENT_PROCESS` record: the header (`captured_len` is
 /// `PROCESS_PAYLOAD_LEN`), the name of the process's main thread,
@@ -253,7 +263,7 @@ impl PrefixPattern {
     }
 }
 
-/// Key of the kernel's per-connection maps.
+/// Key of the syscall path's per-fd map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -286,8 +296,22 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub task_group_leader: u32,
     pub task_comm: u32,
+    /// `struct sock`'s `sk_type` (SOCK_STREAM, SOCK_DGRAM, ...).
+    pub sk_type: u32,
+    /// `struct sock`'s `sk_socket`.
+    pub sk_socket: u32,
+    /// From a `struct socket` to its inode's `i_ino` (the socket and its
+    /// inode are allocated together): a Unix socket's identity.
+    pub socket_ino: u32,
+    /// `struct file`'s reference count (`f_ref`, or `f_count` before 6.13).
+    pub file_refs: u32,
+    /// What that count holds when one reference is left (0 for `f_ref`,
+    /// 1 for `f_count`).
+    pub file_one_ref: u32,
+    /// `task_struct`'s `flags` (`PF_KTHREAD`, `PF_IO_WORKER`).
+    pub task_flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 
 /// Per-run settings handed to the programs as a global.
 #[repr(C)]

@@ -1,6 +1,10 @@
-//! Connection state: which (tgid, fd) are stream sockets, their endpoints
-//! and role, the connections user space muted, and the arguments kept from
-//! syscall entry to exit.
+//! Connection state, keyed by socket (`struct sock *`): its generation,
+//! role and endpoints, and whether user space muted it. One socket reached
+//! through two fds or two processes (an inetd-style server's child reading
+//! fd 0 and writing fd 1) is one connection.
+//!
+//! The syscall path also keeps which (tgid, fd) names which socket, and the
+//! arguments kept from syscall entry to exit.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
@@ -18,42 +22,46 @@ use crate::{config, offsets};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
-const SOCK_STREAM: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const AF_UNIX: u16 = 1;
+pub const SOCK_STREAM: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const AF_UNIX: u16 = 1;
 
-/// One stream socket we have seen, per (tgid, fd).
+/// One stream socket we have seen.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct ConnState {
-    /// The `struct file *` the fd named when the entry was made: a different
-    /// one means the fd was reused without us seeing close().
-    pub file: u64,
+pub struct SockState {
+    /// Changes when the socket's address names a new socket: the time the
+    /// state was made, or for a Unix socket its inode number (Unix sockets
+    /// have no state changes to say when one is freed).
     pub generation: u64,
     pub role: u32,
-    /// 0 until the connection's first record went out. That record wakes
-    /// user space at once, so it can read the process's metadata from /proc
+    /// 0 until a process first moved bytes on the socket: then its
+    /// addresses are read and its cgroup judged (a server's socket is made
+    /// in softirq, where neither is known).
+    pub seen: u32,
+    /// 0 until the socket's first record went out. That record wakes user
+    /// space at once, so it can read the process's metadata from /proc
     /// while a short-lived client still runs.
     pub announced: u32,
-    /// Not 0 when the connection was opened in a cgroup user space muted:
+    /// Not 0 when the socket was first used in a cgroup user space muted:
     /// nothing of it is shipped, not even its close.
     pub silenced: u32,
     pub addrs: SockAddrs,
 }
 
 #[map]
-static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Connections user space found uninteresting, with the generation it saw.
+/// Sockets user space found uninteresting, with the generation it saw.
 /// For them only bytes that may start a message of a supported protocol are
 /// shipped; with [`MUTE_SILENT`] set in the value, nothing is.
 #[map]
-static MUTED: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(65536, 0);
+static MUTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Cgroups whose processes the `select` rules exclude: the connections
-/// they open are silenced from the start. Looked up once per connection,
-/// when its state is made, not per syscall.
+/// Cgroups whose processes the `select` rules exclude: the sockets they
+/// use are silenced from the start. Looked up once per socket, when it
+/// first carries bytes, not per call.
 #[map]
 static SILENCED_CGROUPS: LruHashMap<u64, u8> =
     LruHashMap::with_max_entries(MAX_SILENCED_CGROUPS, 0);
@@ -67,9 +75,9 @@ static PREFIXES: Array<PrefixPattern> = Array::with_max_entries(MAX_PREFIX_PATTE
 /// little-endian) may start a message: the only bytes a muted connection
 /// ships.
 ///
-/// Not inlined: as a function of its own it hands the exit program one
-/// result, where inlined every pattern's exit was a path the verifier
-/// walked through the rest of the program (it gave up: too many states).
+/// Not inlined: as a function of its own it hands the caller one result,
+/// where inlined every pattern's exit was a path the verifier walked
+/// through the rest of the program (it gave up: too many states).
 #[inline(never)]
 pub fn may_start_message(first: u64) -> bool {
     let first: [u8; PREFIX_LEN] = first.to_le_bytes();
@@ -87,7 +95,7 @@ pub fn may_start_message(first: u64) -> bool {
     false
 }
 
-/// How user space muted this generation of the connection.
+/// How user space muted this generation of the socket.
 pub enum Mute {
     No,
     /// Ship only message starts.
@@ -97,8 +105,8 @@ pub enum Mute {
 }
 
 #[inline(always)]
-pub fn mute_of(key: &ConnKey, generation: u64) -> Mute {
-    match unsafe { MUTED.get(key) } {
+pub fn mute_of(sock: u64, generation: u64) -> Mute {
+    match unsafe { MUTED.get(&sock) } {
         Some(&muted) if muted & !MUTE_SILENT == generation => {
             if muted & MUTE_SILENT != 0 {
                 Mute::Silent
@@ -110,21 +118,169 @@ pub fn mute_of(key: &ConnKey, generation: u64) -> Mute {
     }
 }
 
-/// Marks the connection's first record as sent.
+/// Marks the socket's first record as sent.
 #[inline(always)]
-pub fn mark_announced(key: &ConnKey) {
-    if let Some(state) = CONNS.get_ptr_mut(key) {
+pub fn mark_announced(sock: u64) {
+    if let Some(state) = SOCKS.get_ptr_mut(&sock) {
         unsafe { (*state).announced = 1 };
     }
 }
 
-/// Forgets a closed connection, returning what was known of it.
+/// Forgets a socket that is gone, returning what was known of it.
 #[inline(always)]
-pub fn forget(key: &ConnKey) -> Option<ConnState> {
-    let state = unsafe { CONNS.get(key) }.copied()?;
-    let _ = CONNS.remove(key);
-    let _ = MUTED.remove(key);
+pub fn forget_sock(sock: u64) -> Option<SockState> {
+    let state = unsafe { SOCKS.get(&sock) }.copied()?;
+    let _ = SOCKS.remove(&sock);
+    let _ = MUTED.remove(&sock);
     Some(state)
+}
+
+/// Starts a fresh state for a socket that just began to connect or was
+/// just accepted: its address may have named another socket before.
+#[inline(always)]
+pub fn sock_begins(sock: u64, role: u32) {
+    let state = SockState {
+        generation: unsafe { bpf_ktime_get_ns() },
+        role,
+        ..SockState::default()
+    };
+    let _ = SOCKS.insert(&sock, &state, 0);
+    let _ = MUTED.remove(&sock);
+}
+
+/// The inode number of a socket: a Unix socket's generation.
+#[inline(always)]
+fn inode_number(sk: u64, off: &KernelOffsets) -> u64 {
+    let socket: u64 = read_kernel(sk + off.sk_socket as u64);
+    if socket == 0 {
+        return 0;
+    }
+    read_kernel(socket + off.socket_ino as u64)
+}
+
+#[inline(always)]
+fn read_addrs(sk: u64, off: &KernelOffsets) -> SockAddrs {
+    let mut addrs = SockAddrs {
+        family: read_kernel(sk + off.sk_family as u64),
+        ..SockAddrs::default()
+    };
+    match addrs.family {
+        AF_INET => {
+            let local: [u8; 4] = read_kernel(sk + off.sk_rcv_saddr as u64);
+            let peer: [u8; 4] = read_kernel(sk + off.sk_daddr as u64);
+            addrs.local_addr[..4].copy_from_slice(&local);
+            addrs.peer_addr[..4].copy_from_slice(&peer);
+        }
+        AF_INET6 => {
+            addrs.local_addr = read_kernel(sk + off.sk_v6_rcv_saddr as u64);
+            addrs.peer_addr = read_kernel(sk + off.sk_v6_daddr as u64);
+        }
+        _ => return addrs,
+    }
+    let dport: u16 = read_kernel(sk + off.sk_dport as u64);
+    addrs.peer_port = u16::from_be(dport);
+    addrs.local_port = read_kernel(sk + off.sk_num as u64);
+    addrs
+}
+
+/// The state of stream socket `sk` of address family `family`, as the
+/// current process moves bytes on it, made if new. None for sockets that
+/// are not TCP or Unix stream sockets (the caller has checked the
+/// protocol of inet sockets).
+#[inline(always)]
+pub fn sock_state(sk: u64, family: u16) -> Option<*mut SockState> {
+    let off = offsets();
+    let unix_ino = if family == AF_UNIX {
+        let sk_type: u16 = read_kernel(sk + off.sk_type as u64);
+        if sk_type != SOCK_STREAM {
+            return None;
+        }
+        inode_number(sk, &off)
+    } else {
+        0
+    };
+    let state = match SOCKS.get_ptr_mut(&sk) {
+        Some(state) if family != AF_UNIX || unsafe { (*state).generation } == unix_ino => state,
+        _ => {
+            let fresh = SockState {
+                generation: if family == AF_UNIX {
+                    unix_ino
+                } else {
+                    unsafe { bpf_ktime_get_ns() }
+                },
+                role: ROLE_UNKNOWN,
+                ..SockState::default()
+            };
+            SOCKS.insert(&sk, &fresh, 0).ok()?;
+            let _ = MUTED.remove(&sk);
+            SOCKS.get_ptr_mut(&sk)?
+        }
+    };
+    let s = unsafe { &mut *state };
+    if s.seen == 0 {
+        s.seen = 1;
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        s.silenced = unsafe { SILENCED_CGROUPS.get(&cgroup) }.is_some() as u32;
+        s.addrs = read_addrs(sk, &off);
+    } else if s.addrs.family != AF_UNIX && (s.addrs.peer_port == 0 || s.addrs.local_port == 0) {
+        // Read before connect() finished: read again until bound.
+        s.addrs = read_addrs(sk, &off);
+    }
+    Some(state)
+}
+
+// ---- the syscall path: (tgid, fd) to socket ----------------------------------
+
+/// Which socket an fd names, as the syscall path found it.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct FdState {
+    /// The `struct file *` the fd named when the entry was made: a different
+    /// one means the fd was reused without us seeing close().
+    pub file: u64,
+    pub sock: u64,
+}
+
+#[map]
+static FDS: LruHashMap<ConnKey, FdState> = LruHashMap::with_max_entries(65536, 0);
+
+/// The socket behind (tgid, fd) if it is a stream socket, and its state.
+#[inline(always)]
+pub fn fd_sock(key: &ConnKey) -> Option<(u64, *mut SockState)> {
+    let off = offsets();
+    let file = file_of(key.fd, &off);
+    if file == 0 {
+        return None;
+    }
+    let sock = match unsafe { FDS.get(key) } {
+        Some(fd) if fd.file == file => fd.sock,
+        _ => {
+            let sock = stream_sock_of(file, &off);
+            if sock == 0 {
+                let _ = FDS.remove(key);
+                return None;
+            }
+            FDS.insert(key, &FdState { file, sock }, 0).ok()?;
+            sock
+        }
+    };
+    let family: u16 = read_kernel(sock + off.sk_family as u64);
+    match family {
+        AF_INET | AF_INET6 | AF_UNIX => Some((sock, sock_state(sock, family)?)),
+        _ => None,
+    }
+}
+
+/// Forgets (tgid, fd) as it is closed. Returns its socket if this was the
+/// last reference to the file: no other fd, in this process or another,
+/// names it.
+#[inline(always)]
+pub fn close_fd(key: &ConnKey) -> Option<u64> {
+    let fd = unsafe { FDS.get(key) }.copied()?;
+    let _ = FDS.remove(key);
+    let off = offsets();
+    let refs: u64 = read_kernel(fd.file + off.file_refs as u64);
+    (refs == off.file_one_ref as u64).then_some(fd.sock)
 }
 
 /// Arguments kept from syscall entry to exit, per thread.
@@ -139,9 +295,10 @@ pub struct PendingCall {
     pub iovcnt: u64,
     pub fd: u32,
     pub syscall: u32,
-    /// The connection as entry found it, so that exit need not look it up
-    /// again (only a connection's first record does, to mark it announced).
-    pub conn: ConnState,
+    pub sock: u64,
+    /// The socket as entry found it, so that exit need not look it up
+    /// again (only a socket's first record does, to mark it announced).
+    pub state: SockState,
 }
 
 /// Pending calls in a plain array indexed by thread id: a thread is in one
@@ -237,74 +394,4 @@ fn stream_sock_of(file: u64, off: &KernelOffsets) -> u64 {
         return 0;
     }
     read_kernel(socket + off.socket_sk as u64)
-}
-
-#[inline(always)]
-fn read_addrs(sk: u64, off: &KernelOffsets) -> SockAddrs {
-    let mut addrs = SockAddrs {
-        family: read_kernel(sk + off.sk_family as u64),
-        ..SockAddrs::default()
-    };
-    match addrs.family {
-        AF_INET => {
-            let local: [u8; 4] = read_kernel(sk + off.sk_rcv_saddr as u64);
-            let peer: [u8; 4] = read_kernel(sk + off.sk_daddr as u64);
-            addrs.local_addr[..4].copy_from_slice(&local);
-            addrs.peer_addr[..4].copy_from_slice(&peer);
-        }
-        AF_INET6 => {
-            addrs.local_addr = read_kernel(sk + off.sk_v6_rcv_saddr as u64);
-            addrs.peer_addr = read_kernel(sk + off.sk_v6_daddr as u64);
-        }
-        _ => return addrs,
-    }
-    let dport: u16 = read_kernel(sk + off.sk_dport as u64);
-    addrs.peer_port = u16::from_be(dport);
-    addrs.local_port = read_kernel(sk + off.sk_num as u64);
-    addrs
-}
-
-/// The state of (tgid, fd) if it is a stream socket, creating or refreshing
-/// it as needed. `refresh` re-reads the addresses (after connect()).
-#[inline(always)]
-pub fn conn_state(key: &ConnKey, refresh: bool) -> Option<*mut ConnState> {
-    let off = offsets();
-    let file = file_of(key.fd, &off);
-    if file == 0 {
-        return None;
-    }
-    if let Some(state) = CONNS.get_ptr_mut(key) {
-        let state_ref = unsafe { &mut *state };
-        if state_ref.file == file {
-            let unbound = state_ref.addrs.family != AF_UNIX && state_ref.addrs.peer_port == 0;
-            if refresh || unbound {
-                let sk = stream_sock_of(file, &off);
-                if sk != 0 {
-                    state_ref.addrs = read_addrs(sk, &off);
-                }
-            }
-            return Some(state);
-        }
-    }
-    let sk = stream_sock_of(file, &off);
-    if sk == 0 {
-        let _ = CONNS.remove(key);
-        return None;
-    }
-    let addrs = read_addrs(sk, &off);
-    match addrs.family {
-        AF_INET | AF_INET6 | AF_UNIX => {}
-        _ => return None,
-    }
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let state = ConnState {
-        file,
-        generation: unsafe { bpf_ktime_get_ns() },
-        role: ROLE_UNKNOWN,
-        announced: 0,
-        silenced: unsafe { SILENCED_CGROUPS.get(&cgroup) }.is_some() as u32,
-        addrs,
-    };
-    CONNS.insert(key, &state, 0).ok()?;
-    CONNS.get_ptr_mut(key)
 }

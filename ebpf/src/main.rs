@@ -1,14 +1,18 @@
-//! sonde's kernel programs: syscall tracepoints that copy socket bytes into
-//! one ring buffer.
+//! sonde's kernel programs: hooks on socket I/O that copy the head of what
+//! moved into one ring buffer, on one of two capture paths.
 //!
-//! At syscall entry we decide, from the fd table of the current task, whether
-//! the fd is a stream socket; only then are the arguments kept. At exit the
-//! returned byte count tells how much moved, and a prefix of it is copied.
+//! - The socket-layer path (`sockets`, kernel 6.3 and later): tracepoints
+//!   inside the kernel's socket send and receive, which fire only for
+//!   socket I/O and hand over the socket itself.
+//! - The syscall path (`syscalls`), the fallback: syscall tracepoints, where
+//!   entry decides from the fd table whether the fd is a stream socket and
+//!   exit copies what moved. While any is attached, every syscall of every
+//!   process pays for it.
 //!
-//! `conn` keeps connection state and walks kernel structures, `record`
-//! builds and sends records, `syscalls` holds the syscall tracepoint
-//! programs, `process` the exec and exit tracepoints, `floor` the empty
-//! program that measures what the hooks alone cost.
+//! User space attaches one of the two. `conn` keeps per-socket state and
+//! walks kernel structures, `record` builds and sends records, `process`
+//! holds the exec and exit tracepoints, `floor` the empty program that
+//! measures what the hooks alone cost.
 #![no_std]
 #![no_main]
 
@@ -17,6 +21,7 @@ mod floor;
 mod mem;
 mod process;
 mod record;
+mod sockets;
 mod syscalls;
 
 use sonde_common::{KernelOffsets, ProbeConfig};
@@ -51,6 +56,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_v6_rcv_saddr: 0,
     task_group_leader: 0,
     task_comm: 0,
+    sk_type: 0,
+    sk_socket: 0,
+    socket_ino: 0,
+    file_refs: 0,
+    file_one_ref: 0,
+    task_flags: 0,
 };
 
 fn config() -> ProbeConfig {

@@ -11,10 +11,12 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
 };
 use sonde_common::{
-    DIR_NONE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader, ExecRecord,
-    HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, PROCESS_PAYLOAD_LEN, ProcessRecord, lost,
+    DIR_NONE, EVENT_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader,
+    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, PROCESS_PAYLOAD_LEN, ProcessRecord,
+    SOURCE_SYSCALL, lost, syscall,
 };
 
+use crate::conn::{self, Mute, SockState};
 use crate::mem::{read_kernel, read_user};
 use crate::{config, offsets};
 
@@ -89,6 +91,27 @@ pub enum Bytes {
 }
 
 impl Bytes {
+    /// Where the bytes of socket call `syscall` (`syscall::*`) are, from
+    /// its buffer (or iovec array, or msghdr) and iovec count arguments.
+    #[inline(always)]
+    pub fn of_call(syscall: u32, buf: u64, iovcnt: u64) -> Bytes {
+        match syscall {
+            syscall::READV | syscall::WRITEV => Bytes::Iovecs {
+                ptr: buf,
+                count: iovcnt,
+            },
+            syscall::SENDMSG | syscall::RECVMSG => {
+                // struct user_msghdr: name, namelen, iov at 16, iovlen at 24.
+                Bytes::Iovecs {
+                    ptr: read_user(buf + 16),
+                    count: read_user(buf + 24),
+                }
+            }
+            syscall::SENDFILE => Bytes::Uncopied,
+            _ => Bytes::Buffer(buf),
+        }
+    }
+
     /// The address of the first buffer, or 0.
     #[inline(always)]
     pub fn first_buffer(&self) -> u64 {
@@ -118,12 +141,81 @@ fn copy_user(scratch: &mut Scratch, at: u64, src: u64, want: u64) -> bool {
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
 }
 
+/// Ships the bytes a call moved on socket `sock`: a data record of
+/// `header` (direction, times, process, fd and syscall set) with the
+/// socket's identity, and up to the capture limit of the `total` bytes,
+/// unless user space muted the socket.
+#[inline(always)]
+pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, total: u64) {
+    match conn::mute_of(sock, state.generation) {
+        Mute::No => {}
+        Mute::Silent => return,
+        Mute::Filter => {
+            let first_buf = bytes.first_buffer();
+            if first_buf == 0 || !conn::may_start_message(read_user::<u64>(first_buf)) {
+                return;
+            }
+        }
+    }
+    let limit = config().capture_bytes as u64;
+    let limit = if limit > MAX_CAPTURE as u64 {
+        MAX_CAPTURE as u64
+    } else {
+        limit
+    };
+    let want = if total < limit { total } else { limit };
+    let header = EventHeader {
+        role: state.role,
+        sock,
+        generation: state.generation,
+        total_len: total,
+        source: SOURCE_SYSCALL,
+        addrs: state.addrs,
+        ..header
+    };
+    let first = state.announced == 0;
+    if send_data(header, bytes, want, first) && first {
+        conn::mark_announced(sock);
+    }
+}
+
+/// Forgets socket `sock`, which is gone, and sends its close record if
+/// any of it was shipped. `pid_tgid` and `fd` say who closed it, where
+/// known (0 when the kernel freed it).
+#[inline(always)]
+pub fn send_close(sock: u64, pid_tgid: u64, fd: u32) {
+    let Some(state) = conn::forget_sock(sock) else {
+        return;
+    };
+    if state.announced == 0 || state.silenced != 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    send_header(EventHeader {
+        kind: EVENT_CLOSE,
+        direction: 0,
+        start_ns: now,
+        end_ns: now,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd,
+        role: state.role,
+        sock,
+        generation: state.generation,
+        syscall: syscall::CLOSE,
+        source: SOURCE_SYSCALL,
+        addrs: state.addrs,
+        ..EventHeader::default()
+    });
+}
+
 /// Sends a data record: `header`, then up to `want` bytes copied from
-/// `bytes`; `captured_len` and `end_ns` are set here. A connection's
+/// `bytes`; `captured_len` and `end_ns` are set here (`start_ns` too
+/// where the caller left it 0). A connection's
 /// `first` record is preceded by a process record and wakes user space.
 /// Returns whether the record was sent.
 #[inline(always)]
-pub fn send_data(header: EventHeader, bytes: &Bytes, want: u64, first: bool) -> bool {
+fn send_data(header: EventHeader, bytes: &Bytes, want: u64, first: bool) -> bool {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return false;
@@ -158,9 +250,15 @@ pub fn send_data(header: EventHeader, bytes: &Bytes, want: u64, first: bool) -> 
         return false;
     }
 
+    let now = unsafe { bpf_ktime_get_ns() };
     scratch.header = EventHeader {
         kind: EVENT_DATA,
-        end_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: if header.start_ns == 0 {
+            now
+        } else {
+            header.start_ns
+        },
+        end_ns: now,
         captured_len: captured as u32,
         ..header
     };

@@ -1,5 +1,6 @@
-//! The syscall tracepoint programs: entry keeps the arguments of calls on
-//! stream sockets, exit ships what moved.
+//! The syscall capture path, for kernels without the socket-layer
+//! tracepoints: entry keeps the arguments of calls on stream sockets, exit
+//! ships what moved.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -7,15 +8,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sonde_common::{
-    ConnKey, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EventHeader, MAX_CAPTURE, ROLE_CLIENT,
-    ROLE_SERVER, SOURCE_SYSCALL, syscall,
+    ConnKey, DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_CLIENT, ROLE_SERVER, syscall,
 };
 
 use crate::config;
 use crate::conn::{
-    self, ConnState, PendingCall, conn_state, drop_pending, keep_pending, take_pending,
+    self, PendingCall, SockState, drop_pending, fd_sock, keep_pending, take_pending,
 };
-use crate::mem::read_user;
 use crate::record::{self, Bytes};
 
 const EINPROGRESS: i64 = 115;
@@ -45,12 +44,12 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
         tgid,
         fd: fd as u32,
     };
-    let state = if fd > i32::MAX as u64 {
+    let found = if fd > i32::MAX as u64 {
         None
     } else {
-        conn_state(&key, false)
+        fd_sock(&key)
     };
-    let Some(state) = state.filter(|s| unsafe { (**s).silenced } == 0) else {
+    let Some((sock, state)) = found.filter(|&(_, s)| unsafe { (*s).silenced } == 0) else {
         // A slot left by a call whose exit never came must not be taken
         // for this one's.
         drop_pending(pid_tgid);
@@ -63,7 +62,8 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, sys: u32) -> u32 {
         iovcnt,
         fd: fd as u32,
         syscall: sys,
-        conn: unsafe { *state },
+        sock,
+        state: unsafe { *state },
     };
     keep_pending(pid_tgid, call);
     0
@@ -81,69 +81,20 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
     if ret <= 0 {
         return 0;
     }
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: call.fd,
-    };
-    let state = call.conn;
+    let state = call.state;
 
-    let bytes = match call.syscall {
-        syscall::READV | syscall::WRITEV => Bytes::Iovecs {
-            ptr: call.buf,
-            count: call.iovcnt,
-        },
-        syscall::SENDMSG | syscall::RECVMSG => {
-            // struct user_msghdr: name, namelen, iov at 16, iovlen at 24.
-            Bytes::Iovecs {
-                ptr: read_user(call.buf + 16),
-                count: read_user(call.buf + 24),
-            }
-        }
-        syscall::SENDFILE => Bytes::Uncopied,
-        _ => Bytes::Buffer(call.buf),
-    };
-
-    match conn::mute_of(&key, state.generation) {
-        conn::Mute::No => {}
-        conn::Mute::Silent => return 0,
-        conn::Mute::Filter => {
-            let first_buf = bytes.first_buffer();
-            if first_buf == 0 || !conn::may_start_message(read_user::<u64>(first_buf)) {
-                return 0;
-            }
-        }
-    }
-
-    let cfg = config();
-    let limit = if cfg.capture_bytes as usize > MAX_CAPTURE {
-        MAX_CAPTURE as u64
-    } else {
-        cfg.capture_bytes as u64
-    };
-    let want = if (ret as u64) < limit {
-        ret as u64
-    } else {
-        limit
-    };
+    let bytes = Bytes::of_call(call.syscall, call.buf, call.iovcnt);
 
     let header = EventHeader {
         direction,
         start_ns: call.start_ns,
-        tgid: key.tgid,
+        tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         fd: call.fd,
-        role: state.role,
-        generation: state.generation,
-        total_len: ret as u64,
         syscall: call.syscall,
-        source: SOURCE_SYSCALL,
-        addrs: state.addrs,
         ..EventHeader::default()
     };
-    let first = state.announced == 0;
-    if record::send_data(header, &bytes, want, first) && first {
-        conn::mark_announced(&key);
-    }
+    record::ship(call.sock, &state, header, &bytes, ret as u64);
     0
 }
 
@@ -258,7 +209,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         iovcnt: 0,
         fd: arg(&ctx, 0) as u32,
         syscall: syscall::CONNECT,
-        conn: ConnState::default(),
+        sock: 0,
+        state: SockState::default(),
     };
     keep_pending(pid_tgid, call);
     0
@@ -278,7 +230,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: call.fd,
     };
-    if let Some(state) = conn_state(&key, true) {
+    if let Some((_, state)) = fd_sock(&key) {
         unsafe { (*state).role = ROLE_CLIENT };
     }
     0
@@ -296,7 +248,7 @@ fn accepted(ctx: &TracePointContext) -> u32 {
         tgid,
         fd: fd as u32,
     };
-    if let Some(state) = conn_state(&key, true) {
+    if let Some((_, state)) = fd_sock(&key) {
         unsafe { (*state).role = ROLE_SERVER };
     }
     0
@@ -312,6 +264,8 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     accepted(&ctx)
 }
 
+/// A close of the last fd naming a socket ends its connection; closes of
+/// other fds (a forked server's parent closing its copy) do not.
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -319,26 +273,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: arg(&ctx, 0) as u32,
     };
-    let Some(state) = conn::forget(&key).filter(|s| s.silenced == 0) else {
-        return 0;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    record::send_header(EventHeader {
-        kind: EVENT_CLOSE,
-        direction: 0,
-        start_ns: now,
-        end_ns: now,
-        tgid: key.tgid,
-        tid: pid_tgid as u32,
-        fd: key.fd,
-        role: state.role,
-        generation: state.generation,
-        total_len: 0,
-        captured_len: 0,
-        syscall: syscall::CLOSE,
-        source: SOURCE_SYSCALL,
-        addrs: state.addrs,
-        ..EventHeader::default()
-    });
+    if let Some(sock) = conn::close_fd(&key) {
+        record::send_close(sock, pid_tgid, key.fd);
+    }
     0
 }

@@ -221,6 +221,11 @@ impl Btf {
         let sk = self.member_offset("sock", "__sk_common")?;
         let skc =
             |m: &str| -> Result<u32, BtfError> { Ok(sk + self.member_offset("sock_common", m)?) };
+        // 6.13 made the count a `file_ref_t` that holds references minus one.
+        let (file_refs, file_one_ref) = match self.member_offset("file", "f_ref") {
+            Ok(at) => (at, 0),
+            Err(_) => (self.member_offset("file", "f_count")?, 1),
+        };
         Ok(KernelOffsets {
             task_files: self.member_offset("task_struct", "files")?,
             files_fdt: self.member_offset("files_struct", "fdt")?,
@@ -240,6 +245,15 @@ impl Btf {
             sk_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
             task_group_leader: self.member_offset("task_struct", "group_leader")?,
             task_comm: self.member_offset("task_struct", "comm")?,
+            sk_type: self.member_offset("sock", "sk_type")?,
+            sk_socket: self.member_offset("sock", "sk_socket")?,
+            // A socket and its inode are one allocation.
+            socket_ino: self.member_offset("socket_alloc", "vfs_inode")?
+                - self.member_offset("socket_alloc", "socket")?
+                + self.member_offset("inode", "i_ino")?,
+            file_refs,
+            file_one_ref,
+            task_flags: self.member_offset("task_struct", "flags")?,
         })
     }
 }

@@ -168,12 +168,16 @@ pub enum Event<'a> {
     },
 }
 
-/// A connection: (tgid, fd, source, generation). The generation changes
-/// whenever the fd is closed or reused.
+/// A connection: its socket, the source that saw it and the socket's
+/// generation, which changes when the socket's address names a new socket.
+/// `tgid` and `fd` say which process and fd the record came through (a
+/// socket may be reached through several); a record without a socket
+/// (`sock` 0) names its connection by them instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
     pub tgid: u32,
     pub fd: u32,
+    pub sock: u64,
     pub source: Source,
     pub generation: u64,
 }
@@ -200,6 +204,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let conn = ConnId {
         tgid: h.tgid,
         fd: h.fd,
+        sock: h.sock,
         source: Source::try_from(h.source)?,
         generation: h.generation,
     };
@@ -397,6 +402,7 @@ mod tests {
             ConnId {
                 tgid: 42,
                 fd: 7,
+                sock: 0,
                 source: Source::Syscall,
                 generation: 9
             }

@@ -11,17 +11,15 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use sonde_common::{
-    ConnKey, MAX_CAPTURE, MAX_PREFIX_PATTERNS, MUTE_SILENT, PrefixPattern, ProbeConfig,
-};
+use sonde_common::{MAX_CAPTURE, MAX_PREFIX_PATTERNS, MUTE_SILENT, PrefixPattern, ProbeConfig};
 
 use super::btf::{Btf, BtfError};
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, CapturePath};
 
 /// The compiled kernel object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
 
-/// Syscall tracepoints; all in `syscalls`.
+/// The syscall path's tracepoints; all in `syscalls`.
 const SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_enter_read",
     "sys_exit_read",
@@ -48,14 +46,63 @@ const SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_enter_close",
 ];
 
+/// The socket-layer path's tracepoints, in `sock` (kernel 6.3 and later).
+const SOCKET_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+
+/// TCP socket life, on both paths (kernel 4.16 and later).
+const SOCK_STATE_TRACEPOINTS: &[&str] = &["inet_sock_set_state"];
+
 /// Process exec and exit, for process discovery (`attach`).
 const SCHED_TRACEPOINTS: &[&str] = &["sched_process_exec", "sched_process_exit"];
 
-/// Every hook the agent attaches: (category, tracepoint), each the name of
-/// its program too.
-fn hooks() -> impl Iterator<Item = (&'static str, &'static str)> {
-    let syscalls = SYSCALL_TRACEPOINTS.iter().map(|&name| ("syscalls", name));
-    syscalls.chain(SCHED_TRACEPOINTS.iter().map(|&name| ("sched", name)))
+/// The capture path that runs: the socket-layer one where this kernel has
+/// its tracepoints, unless the config says otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Socket,
+    Syscall,
+}
+
+impl Path {
+    /// The path `wanted` (`capture.path`) gives on a kernel whose tracefs
+    /// is at `tracefs`; an error when it asks for one the kernel lacks.
+    pub fn choose(wanted: CapturePath, tracefs: &std::path::Path) -> Result<Path, ProbeError> {
+        let socket_layer = has_socket_tracepoints(tracefs);
+        match wanted {
+            CapturePath::Auto if socket_layer => Ok(Path::Socket),
+            CapturePath::Auto | CapturePath::Syscall => Ok(Path::Syscall),
+            CapturePath::Socket if socket_layer => Ok(Path::Socket),
+            CapturePath::Socket => Err(ProbeError::NoSocketLayer),
+        }
+    }
+
+    /// How the log and `sonde check` name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Path::Socket => {
+                "socket-layer tracepoints (sock:sock_send_length, sock:sock_recv_length)"
+            }
+            Path::Syscall => "syscall tracepoints",
+        }
+    }
+
+    /// Every hook the path attaches: (category, tracepoint), each the name
+    /// of its program too.
+    fn hooks(self) -> impl Iterator<Item = (&'static str, &'static str)> {
+        let (category, data) = match self {
+            Path::Socket => ("sock", SOCKET_TRACEPOINTS),
+            Path::Syscall => ("syscalls", SYSCALL_TRACEPOINTS),
+        };
+        let data = data.iter().map(move |&name| (category, name));
+        let state = SOCK_STATE_TRACEPOINTS.iter().map(|&name| ("sock", name));
+        data.chain(state)
+            .chain(SCHED_TRACEPOINTS.iter().map(|&name| ("sched", name)))
+    }
+}
+
+/// Whether the kernel has the socket-layer tracepoints (6.3 and later).
+pub fn has_socket_tracepoints(tracefs: &std::path::Path) -> bool {
+    (SOCKET_TRACEPOINTS.iter()).all(|t| tracefs.join("events/sock").join(t).join("id").is_file())
 }
 
 /// Tracepoint program `name` of `ebpf`, loaded into the kernel.
@@ -102,14 +149,20 @@ pub enum ProbeError {
     PrefixCount { given: usize, loaded: usize },
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
+    #[error(
+        "capture.path is socket, but this kernel has no sock:sock_send_length and \
+         sock:sock_recv_length tracepoints (they came in 6.3): set capture.path to auto or syscall"
+    )]
+    NoSocketLayer,
 }
 
 /// The loaded and attached programs and the maps user space uses.
 pub struct Probes {
     /// Holds the programs and their links; dropping it detaches everything.
     _ebpf: Ebpf,
+    pub path: Path,
     pub events: RingBuf<MapData>,
-    muted: BpfHashMap<MapData, ConnKey, u64>,
+    muted: BpfHashMap<MapData, u64, u64>,
     silenced_cgroups: BpfHashMap<MapData, u64, u8>,
     lost: PerCpuArray<MapData, u64>,
     prefixes: Array<MapData, PrefixPattern>,
@@ -124,7 +177,8 @@ impl Probes {
     /// has not yet seen start one. Their number is fixed from then on
     /// ([`set_prefixes`](Self::set_prefixes) rewrites them).
     pub fn start(config: &CaptureConfig, prefixes: &[PrefixPattern]) -> Result<Probes, ProbeError> {
-        crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let tracefs = crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let path = Path::choose(config.path, &tracefs)?;
         let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
         if prefixes.len() > MAX_PREFIX_PATTERNS as usize {
             return Err(ProbeError::Prefixes(prefixes.len()));
@@ -144,7 +198,8 @@ impl Probes {
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("SCRATCH", cpus as u32)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .map_max_entries("CONNS", config.max_connections)
+            .map_max_entries("SOCKS", config.max_connections)
+            .map_max_entries("FDS", config.max_connections)
             .map_max_entries("MUTED", config.max_connections)
             .load(EBPF_OBJECT)?;
 
@@ -166,7 +221,7 @@ impl Probes {
                 })?;
         }
 
-        for (category, name) in hooks() {
+        for (category, name) in path.hooks() {
             loaded(&mut ebpf, name)?
                 .attach(category, name)
                 .map_err(|source| ProbeError::Program { name, source })?;
@@ -204,6 +259,7 @@ impl Probes {
             })?;
         Ok(Probes {
             _ebpf: ebpf,
+            path,
             events,
             muted,
             silenced_cgroups,
@@ -242,15 +298,15 @@ impl Probes {
         self.events.as_fd().as_raw_fd()
     }
 
-    /// Tells the kernel to ship only message starts for this connection.
-    pub fn mute(&mut self, key: ConnKey, generation: u64) {
+    /// Tells the kernel to ship only message starts for this socket.
+    pub fn mute(&mut self, sock: u64, generation: u64) {
         // A full map evicts its oldest entry (LRU); nothing to count here.
-        let _ = self.muted.insert(key, generation, 0);
+        let _ = self.muted.insert(sock, generation, 0);
     }
 
-    /// Tells the kernel to ship nothing more of this connection.
-    pub fn silence(&mut self, key: ConnKey, generation: u64) {
-        let _ = self.muted.insert(key, generation | MUTE_SILENT, 0);
+    /// Tells the kernel to ship nothing more of this socket.
+    pub fn silence(&mut self, sock: u64, generation: u64) {
+        let _ = self.muted.insert(sock, generation | MUTE_SILENT, 0);
     }
 
     /// Tells the kernel to ship nothing of the connections cgroup `id`
@@ -280,23 +336,26 @@ impl Probes {
 pub struct EmptyProbes {
     /// Holds the program and its links; dropping it detaches them.
     ebpf: Ebpf,
+    pub path: Path,
     pub hooks: usize,
 }
 
 impl EmptyProbes {
-    pub fn start() -> Result<EmptyProbes, ProbeError> {
-        crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+    /// Attaches the empty program to the hooks of the path `wanted` gives.
+    pub fn start(wanted: CapturePath) -> Result<EmptyProbes, ProbeError> {
+        let tracefs = crate::check::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let path = Path::choose(wanted, &tracefs)?;
         let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
         let name = "empty";
         let program = loaded(&mut ebpf, name)?;
         let mut hooks = 0;
-        for (category, tracepoint) in self::hooks() {
+        for (category, tracepoint) in path.hooks() {
             program
                 .attach(category, tracepoint)
                 .map_err(|source| ProbeError::Program { name, source })?;
             hooks += 1;
         }
-        Ok(EmptyProbes { ebpf, hooks })
+        Ok(EmptyProbes { ebpf, path, hooks })
     }
 
     /// Runs of the empty program on all its hooks so far, and the time

@@ -50,20 +50,32 @@ impl<T> Conn<T> {
     }
 }
 
-/// Bounded table of connections keyed by (tgid, fd, source): the bytes a
-/// TLS library hands over and the ciphertext of its socket are two streams.
-pub struct ConnTable<T> {
-    conns: LruCache<(u32, u32, Source), Conn<T>>,
+/// What the table is keyed by: the socket, whichever fd or process
+/// reached it, and the source, as the bytes a TLS library hands over and
+/// the ciphertext of its socket are two streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Sock(u64, Source),
+    /// A record that names no socket: by (tgid, fd).
+    Fd(u32, u32, Source),
 }
 
-fn key(id: &ConnId) -> (u32, u32, Source) {
-    (id.tgid, id.fd, id.source)
+/// Bounded table of connections.
+pub struct ConnTable<T> {
+    conns: LruCache<Key, Conn<T>>,
+}
+
+fn key(id: &ConnId) -> Key {
+    match id.sock {
+        0 => Key::Fd(id.tgid, id.fd, id.source),
+        sock => Key::Sock(sock, id.source),
+    }
 }
 
 /// What `ConnTable::lookup` had to push out to make room.
 pub enum Displaced<T> {
     Nothing,
-    /// The same (tgid, fd, source) now names another connection: this one ended
+    /// The same socket now names another connection: this one ended
     /// without a close we saw.
     Replaced(Conn<T>),
     /// The table was full; this was the least recently active connection.
@@ -182,6 +194,7 @@ mod tests {
         ConnId {
             tgid: 1,
             fd,
+            sock: 0,
             source: Source::Syscall,
             generation,
         }
@@ -229,6 +242,32 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.remove(tls).map(|c| c.state), Some(2));
         assert_eq!(t.len(), 1);
+    }
+
+    /// An inetd-style server: the parent accepted, a child reads fd 0 and
+    /// writes fd 1 of the same socket.
+    #[test]
+    fn one_socket_through_two_fds_and_processes_is_one_connection() {
+        let mut t = ConnTable::<u32>::new(4);
+        let sock = |tgid, fd| ConnId {
+            tgid,
+            fd,
+            sock: 0xffff_8880_1234_5600,
+            ..id(0, 9)
+        };
+        t.lookup(sock(100, 0), Role::Server, EP, 10, || 1);
+        let (c, d) = t.lookup(sock(100, 1), Role::Unknown, EP, 11, || 2);
+        assert!(matches!(d, Displaced::Nothing));
+        assert_eq!((c.state, c.role), (1, Role::Server));
+        let (c, _) = t.lookup(sock(200, 4), Role::Unknown, EP, 12, || 3);
+        assert_eq!(c.state, 1, "another process on the same socket");
+        assert_eq!(t.len(), 1);
+        // A close names the socket whoever saw it go.
+        assert_eq!(t.remove(sock(0, 0)).map(|c| c.state), Some(1));
+        // Without a socket, (tgid, fd) is the connection.
+        t.lookup(id(0, 9), Role::Client, EP, 13, || 4);
+        t.lookup(id(1, 9), Role::Client, EP, 14, || 5);
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
