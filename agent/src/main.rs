@@ -479,6 +479,14 @@ fn read_loop(
                 probes.lost_records(sonde_common::lost::SLOT_TAKEN),
                 Ordering::Relaxed,
             );
+            stats.events_unseen_not_a_syscall.store(
+                probes.lost_records(sonde_common::lost::NOT_A_SYSCALL),
+                Ordering::Relaxed,
+            );
+            stats.calls_cut.store(
+                probes.lost_records(sonde_common::lost::CALL_CUT),
+                Ordering::Relaxed,
+            );
             let clock = Clock::now();
             pipeline.set_clock(clock);
             let now = monotonic_ns();

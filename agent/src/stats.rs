@@ -31,6 +31,13 @@ counters! {
     /// pending-call slot (threads whose ids share a slot, in socket calls
     /// at once).
     events_lost_slot_taken,
+    /// Socket sends and receives the socket-layer path saw outside a
+    /// syscall it reads buffers from (io_uring, kernel threads): not
+    /// recorded.
+    events_unseen_not_a_syscall,
+    /// Calls on whole-call connections larger than the kernel copies in
+    /// pieces: the rest of each is a gap.
+    calls_cut,
     /// Records too short or of an unknown kind.
     events_malformed,
     /// Records of processes the `select` rules exclude, sent before the

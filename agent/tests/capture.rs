@@ -105,7 +105,7 @@ fn record_while(
                         total_len: 0,
                         payload: Vec::new(),
                         closed: true,
-                    })
+                    });
                 }
                 _ => {}
             }
@@ -499,7 +499,7 @@ fn records_of(probes: &mut Probes, child: &mut std::process::Child) -> Vec<(&'st
                     seen.push(("data", conn.fd));
                 }
                 Ok(Event::Close { conn, .. }) if conn.tgid == pid || socks.contains(&conn.sock) => {
-                    seen.push(("close", conn.fd))
+                    seen.push(("close", conn.fd));
                 }
                 _ => {}
             }

@@ -113,7 +113,11 @@ pub mod lost {
     /// Socket bytes moved outside a syscall the socket-layer path reads
     /// buffers from (io_uring, kernel threads, sendmmsg): not recorded.
     pub const NOT_A_SYSCALL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// A call on a whole-call connection moved more than `MAX_PIECES`
+    /// records hold: the rest of it went uncopied (a gap). Not a lost
+    /// record.
+    pub const CALL_CUT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// A socket's two endpoints. Addresses are in network byte order; IPv4
@@ -197,6 +201,11 @@ pub struct ExecRecord {
     pub filename: [u8; EXEC_PATH_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == HEADER_LEN + EXEC_PATH_LEN);
+
+/// Most records one call on a whole-call connection is shipped in, each
+/// at most `MAX_CAPTURE` bytes; the rest of a larger call goes uncopied
+/// (`lost::CALL_CUT` counts such calls).
+pub const MAX_PIECES: u32 = 4;
 
 /// Most patterns the kernel's message-start filter holds (`PREFIXES`).
 pub const MAX_PREFIX_PATTERNS: u32 = 32;
@@ -327,8 +336,14 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u32,
     /// Patterns in the `PREFIXES` map, at most `MAX_PREFIX_PATTERNS`.
     pub prefix_count: u32,
+    /// Patterns in the `WHOLE_PREFIXES` map: a connection whose first
+    /// bytes match one carries a protocol that pipelines small messages,
+    /// so its calls are copied whole (up to `MAX_PIECES` records), not
+    /// only their first `capture_bytes`.
+    pub whole_prefix_count: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -47,6 +47,10 @@ pub struct SockState {
     /// Not 0 when the socket was first used in a cgroup user space muted:
     /// nothing of it is shipped, not even its close.
     pub silenced: u32,
+    /// Not 0 when its first bytes started a message of a protocol that
+    /// pipelines small messages: its calls are copied whole.
+    pub whole: u32,
+    pub _pad: u32,
     pub addrs: SockAddrs,
 }
 
@@ -71,6 +75,11 @@ static SILENCED_CGROUPS: LruHashMap<u64, u8> =
 #[map]
 static PREFIXES: Array<PrefixPattern> = Array::with_max_entries(MAX_PREFIX_PATTERNS, 0);
 
+/// What starts a message of a protocol that pipelines small messages
+/// (`CONFIG.whole_prefix_count` of them).
+#[map]
+static WHOLE_PREFIXES: Array<PrefixPattern> = Array::with_max_entries(MAX_PREFIX_PATTERNS, 0);
+
 /// Whether a buffer starting with `first` (its first `PREFIX_LEN` bytes,
 /// little-endian) may start a message: the only bytes a muted connection
 /// ships.
@@ -80,13 +89,24 @@ static PREFIXES: Array<PrefixPattern> = Array::with_max_entries(MAX_PREFIX_PATTE
 /// through the rest of the program (it gave up: too many states).
 #[inline(never)]
 pub fn may_start_message(first: u64) -> bool {
+    matches_any(&PREFIXES, config().prefix_count, first)
+}
+
+/// Whether a connection whose first bytes are `first` carries a protocol
+/// whose calls are copied whole.
+#[inline(never)]
+pub fn pipelines(first: u64) -> bool {
+    matches_any(&WHOLE_PREFIXES, config().whole_prefix_count, first)
+}
+
+#[inline(always)]
+fn matches_any(patterns: &Array<PrefixPattern>, count: u32, first: u64) -> bool {
     let first: [u8; PREFIX_LEN] = first.to_le_bytes();
-    let count = config().prefix_count;
     for i in 0..MAX_PREFIX_PATTERNS {
         if i >= count {
             break;
         }
-        if let Some(pattern) = PREFIXES.get(i)
+        if let Some(pattern) = patterns.get(i)
             && pattern.matches(&first)
         {
             return true;
@@ -118,11 +138,15 @@ pub fn mute_of(sock: u64, generation: u64) -> Mute {
     }
 }
 
-/// Marks the socket's first record as sent.
+/// Marks the socket's first record as sent, and whether its calls are
+/// copied whole from now on.
 #[inline(always)]
-pub fn mark_announced(sock: u64) {
+pub fn mark_announced(sock: u64, whole: bool) {
     if let Some(state) = SOCKS.get_ptr_mut(&sock) {
-        unsafe { (*state).announced = 1 };
+        unsafe {
+            (*state).announced = 1;
+            (*state).whole = whole as u32;
+        }
     }
 }
 

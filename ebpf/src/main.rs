@@ -34,6 +34,8 @@ static CONFIG: ProbeConfig = ProbeConfig {
     capture_bytes: 0,
     wakeup_bytes: 0,
     prefix_count: 0,
+    whole_prefix_count: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]

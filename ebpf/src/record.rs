@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use sonde_common::{
     DIR_NONE, EVENT_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader,
-    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, PROCESS_PAYLOAD_LEN, ProcessRecord,
-    SOURCE_SYSCALL, lost, syscall,
+    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, MAX_PIECES, PROCESS_PAYLOAD_LEN,
+    ProcessRecord, SOURCE_SYSCALL, lost, syscall,
 };
 
 use crate::conn::{self, Mute, SockState};
@@ -143,8 +143,15 @@ fn copy_user(scratch: &mut Scratch, at: u64, src: u64, want: u64) -> bool {
 
 /// Ships the bytes a call moved on socket `sock`: a data record of
 /// `header` (direction, times, process, fd and syscall set) with the
-/// socket's identity, and up to the capture limit of the `total` bytes,
+/// socket's identity and up to the capture limit of the `total` bytes,
 /// unless user space muted the socket.
+///
+/// A connection whose first bytes start a message of a protocol that
+/// pipelines small messages (Redis) has its calls copied whole, in up to
+/// `MAX_PIECES` records of `MAX_CAPTURE` bytes, so that no message
+/// boundary is lost past the head of a call (one write of 300 pipelined
+/// commands). Only single-buffer calls are split; an iovec call gives its
+/// head.
 #[inline(always)]
 pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, total: u64) {
     match conn::mute_of(sock, state.generation) {
@@ -157,13 +164,6 @@ pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, to
             }
         }
     }
-    let limit = config().capture_bytes as u64;
-    let limit = if limit > MAX_CAPTURE as u64 {
-        MAX_CAPTURE as u64
-    } else {
-        limit
-    };
-    let want = if total < limit { total } else { limit };
     let header = EventHeader {
         role: state.role,
         sock,
@@ -174,9 +174,72 @@ pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, to
         ..header
     };
     let first = state.announced == 0;
-    if send_data(header, bytes, want, first) && first {
-        conn::mark_announced(sock);
+    let whole = if first {
+        let first_buf = bytes.first_buffer();
+        first_buf != 0 && conn::pipelines(read_user::<u64>(first_buf))
+    } else {
+        state.whole != 0
+    };
+    let sent = match *bytes {
+        Bytes::Buffer(buf) if whole && total > MAX_CAPTURE as u64 => {
+            ship_pieces(&header, buf, total, first)
+        }
+        _ => {
+            let limit = if whole {
+                MAX_CAPTURE as u64
+            } else {
+                config().capture_bytes as u64
+            };
+            let limit = if limit > MAX_CAPTURE as u64 {
+                MAX_CAPTURE as u64
+            } else {
+                limit
+            };
+            let want = if total < limit { total } else { limit };
+            send_data(&header, total, bytes, want, first)
+        }
+    };
+    if sent && first {
+        conn::mark_announced(sock, whole);
     }
+}
+
+/// Ships a call of `total` bytes at `buf` in pieces of `MAX_CAPTURE`, each
+/// a record of its own with its part of the count; the last piece holds
+/// whatever `MAX_PIECES` records cannot, as a gap. Returns whether the
+/// first piece was sent.
+#[inline(always)]
+fn ship_pieces(header: &EventHeader, buf: u64, total: u64, first: bool) -> bool {
+    let max = MAX_CAPTURE as u64;
+    let mut done: u64 = 0;
+    let mut sent_first = false;
+    for i in 0..MAX_PIECES as u64 {
+        if done >= total {
+            break;
+        }
+        let left = total - done;
+        let piece = if i + 1 == MAX_PIECES as u64 || left < max {
+            left
+        } else {
+            max
+        };
+        let want = if piece < max { piece } else { max };
+        let sent = send_data(
+            &header,
+            piece,
+            &Bytes::Buffer(buf + done),
+            want,
+            first && i == 0,
+        );
+        if i == 0 {
+            sent_first = sent;
+        }
+        done += piece;
+    }
+    if total > MAX_PIECES as u64 * max {
+        count_lost(lost::CALL_CUT);
+    }
+    sent_first
 }
 
 /// Forgets socket `sock`, which is gone, and sends its close record if
@@ -209,13 +272,13 @@ pub fn send_close(sock: u64, pid_tgid: u64, fd: u32) {
     });
 }
 
-/// Sends a data record: `header`, then up to `want` bytes copied from
-/// `bytes`; `captured_len` and `end_ns` are set here (`start_ns` too
-/// where the caller left it 0). A connection's
+/// Sends a data record: `header` with `total_len` bytes moved, then up to
+/// `want` bytes copied from `bytes`; `captured_len` and `end_ns` are set
+/// here (`start_ns` too where the caller left it 0). A connection's
 /// `first` record is preceded by a process record and wakes user space.
 /// Returns whether the record was sent.
 #[inline(always)]
-fn send_data(header: EventHeader, bytes: &Bytes, want: u64, first: bool) -> bool {
+fn send_data(header: &EventHeader, total_len: u64, bytes: &Bytes, want: u64, first: bool) -> bool {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return false;
@@ -259,8 +322,9 @@ fn send_data(header: EventHeader, bytes: &Bytes, want: u64, first: bool) -> bool
             header.start_ns
         },
         end_ns: now,
+        total_len,
         captured_len: captured as u32,
-        ..header
+        ..*header
     };
     let record = unsafe {
         core::slice::from_raw_parts(

@@ -132,7 +132,8 @@ fn moved(ctx: &TracePointContext, direction: u32) -> u32 {
     let Some(state) = sock_state(sk, family) else {
         return 0;
     };
-    let state = unsafe { *state };
+    // Read in place in the map: the stack is too small for a copy.
+    let state = unsafe { &*state };
     if state.silenced != 0 {
         return 0;
     }
@@ -145,7 +146,7 @@ fn moved(ctx: &TracePointContext, direction: u32) -> u32 {
         ..EventHeader::default()
     };
     let bytes = Bytes::of_call(sys, r.si, r.dx);
-    record::ship(sk, &state, header, &bytes, ret as u64);
+    record::ship(sk, state, header, &bytes, ret as u64);
     0
 }
 

@@ -60,9 +60,18 @@ fn merge_yaml(base: &mut serde_json::Value, over: serde_json::Value) {
     }
 }
 
+/// The capture path every test agent runs on: `$SONDE_TEST_CAPTURE_PATH`
+/// (auto, socket or syscall), else the agent's default. `cargo xtask test`
+/// runs the suite once as it is and the protocol tests again on the
+/// syscall path.
+pub const CAPTURE_PATH_VAR: &str = "SONDE_TEST_CAPTURE_PATH";
+
 /// The configuration file text for a test agent.
 pub fn config_text(extra_yaml: &str) -> anyhow::Result<String> {
     let mut base: serde_json::Value = serde_saphyr::from_str(BASE_CONFIG)?;
+    if let Ok(path) = std::env::var(CAPTURE_PATH_VAR) {
+        base["capture"]["path"] = serde_json::Value::String(path);
+    }
     if !extra_yaml.trim().is_empty() {
         let over: serde_json::Value =
             serde_saphyr::from_str(extra_yaml).context("extra agent config is not YAML")?;

@@ -1118,3 +1118,61 @@ t.join(); cl.close()\n";
     ctx.check_problems(p, &mine);
     ctx.stop();
 }
+
+/// An inetd-style server: busybox httpd accepts in the parent and serves
+/// each connection in a forked child that reads fd 0 and writes fd 1, both
+/// the accepted socket. One socket reached through two fds and two
+/// processes is one connection: each request gets its SERVER span, from
+/// the child that served it, besides curl's CLIENT span.
+#[test]
+fn forked_child_on_stdio() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("index.html"), INDEX_HTML).expect("index.html");
+    let port = sonde_tests::util::free_port();
+    let mut httpd = std::process::Command::new("busybox")
+        .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(root.path())
+        .spawn()
+        .expect("busybox httpd starts (busybox-static is installed by xtask)");
+    let parent = httpd.id();
+    assert!(
+        sonde_tests::util::wait_port(port, Duration::from_secs(10)),
+        "busybox httpd listens"
+    );
+    let ctx = Ctx::start("grpc");
+
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let run = must(curl(&[url.clone(), url]));
+    assert!(run.results.iter().all(|r| r.code == 200), "curl: {run:?}");
+    let served = |s: &ReceivedSpan| {
+        s.kind == Kind::Server && s.attr_int("server.port") == Some(i64::from(port))
+    };
+    let cli = |s: &ReceivedSpan| s.pid() == Some(run.pid);
+    let relevant = |s: &ReceivedSpan| served(s) || cli(s);
+    ctx.wait_counts(&[(2, &served), (2, &cli)]);
+    let servers = ctx.spans(served);
+    ctx.check(
+        servers.len() == 2 && ctx.spans(cli).len() == 2,
+        &format!(
+            "expected two SERVER spans from busybox httpd's children and two curl spans, got {} and {}",
+            servers.len(),
+            ctx.spans(cli).len()
+        ),
+        &relevant,
+    );
+    let mut p = Vec::new();
+    for s in &servers {
+        p.extend(http_problems(s, &get(Kind::Server, "/index.html", 200)));
+        if s.pid() == Some(parent) || s.pid().is_none() {
+            p.push(format!("served by {:?}, not a forked child", s.pid()));
+        }
+    }
+    ctx.check_problems(p, &relevant);
+    ctx.stop();
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+}

@@ -24,11 +24,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     crate::build(false)?;
     lint()?;
 
-    let mut cmd = cargo();
     // --release: the agent was just built in release, so the tests reuse its
     // compiled dependencies instead of building them all again unoptimised.
     // --no-fail-fast: one failing test binary does not hide the others.
-    cmd.args([
+    let mut all = cargo();
+    all.args([
         "test",
         "--release",
         "--workspace",
@@ -36,6 +36,47 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "sonde-ebpf",
         "--no-fail-fast",
     ]);
+    let mut totals = run_tests(all, args)?;
+
+    // The agent runs on the socket-layer path wherever the kernel has it;
+    // the protocol tests run again on the syscall path, the fallback for
+    // older kernels. (The capture tests already run on both.)
+    let mut fallback = cargo();
+    fallback.args(["test", "--release", "-p", "sonde-tests", "--no-fail-fast"]);
+    for test in FALLBACK_TESTS {
+        fallback.args(["--test", test]);
+    }
+    fallback.env(CAPTURE_PATH_VAR, "syscall");
+    println!("xtask: the protocol tests again, on the syscall capture path");
+    let fallback_totals = run_tests(fallback, args)?;
+    println!(
+        "summary on the syscall path: {} passed, {} failed, {} skipped",
+        fallback_totals.passed, fallback_totals.failed, fallback_totals.ignored
+    );
+    totals.passed += fallback_totals.passed;
+    totals.failed += fallback_totals.failed;
+    totals.ignored += fallback_totals.ignored;
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 || totals.status_failed {
+        bail!("cargo test failed; the failing tests are listed above");
+    }
+    Ok(())
+}
+
+/// The integration test binaries that run a second time on the syscall
+/// capture path.
+const FALLBACK_TESTS: &[&str] = &["http1", "grpc", "redis", "mysql", "metrics"];
+
+/// The environment variable the test harness reads the capture path from
+/// (tests/src/agent.rs).
+const CAPTURE_PATH_VAR: &str = "SONDE_TEST_CAPTURE_PATH";
+
+/// Runs `cmd` (a `cargo test`) with `args` for the test binaries, echoing
+/// its output, and sums its result lines.
+fn run_tests(mut cmd: std::process::Command, args: &[String]) -> anyhow::Result<Totals> {
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
@@ -55,14 +96,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!(
-        "summary: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
-    if !status.success() {
-        bail!("cargo test failed ({status}); the failing tests are listed above");
-    }
-    Ok(())
+    totals.status_failed = !status.success();
+    Ok(totals)
 }
 
 /// Formatting and clippy, as CI checks them; their rustup components are
@@ -103,6 +138,9 @@ struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// cargo test itself failed (a build error, or a test binary that
+    /// crashed before its result line).
+    status_failed: bool,
 }
 
 impl Totals {
@@ -151,7 +189,8 @@ mod tests {
             Totals {
                 passed: 15,
                 failed: 2,
-                ignored: 1
+                ignored: 1,
+                status_failed: false,
             }
         );
     }

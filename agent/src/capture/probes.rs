@@ -183,12 +183,15 @@ impl Probes {
         if prefixes.len() > MAX_PREFIX_PATTERNS as usize {
             return Err(ProbeError::Prefixes(prefixes.len()));
         }
+        let whole = crate::protocol::prefilter::pipelining();
         let probe_config = ProbeConfig {
             agent_tgid: std::process::id(),
             capture_bytes: config.bytes.clamp(1, MAX_CAPTURE as u32),
             // Never more than half the ring, or it could fill before a wakeup.
             wakeup_bytes: config.wakeup_bytes.min(config.ring_buffer_bytes / 2),
             prefix_count: prefixes.len() as u32,
+            whole_prefix_count: whole.len().min(MAX_PREFIX_PATTERNS as usize) as u32,
+            _pad: 0,
         };
         let cpus =
             aya::util::nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
@@ -203,22 +206,20 @@ impl Probes {
             .map_max_entries("MUTED", config.max_connections)
             .load(EBPF_OBJECT)?;
 
-        // Before attaching, so the filter is whole from the first record.
-        let mut table: Array<&mut MapData, PrefixPattern> = Array::try_from(
-            ebpf.map_mut("PREFIXES")
-                .ok_or(ProbeError::MissingMap("PREFIXES"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "PREFIXES",
-            source,
-        })?;
-        for (i, pattern) in prefixes.iter().enumerate() {
-            table
-                .set(i as u32, pattern, 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "PREFIXES",
-                    source,
-                })?;
+        // Before attaching, so the filters are whole from the first record.
+        for (name, patterns) in [("PREFIXES", prefixes), ("WHOLE_PREFIXES", &whole[..])] {
+            let mut table: Array<&mut MapData, PrefixPattern> =
+                Array::try_from(ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?)
+                    .map_err(|source| ProbeError::Map { name, source })?;
+            for (i, pattern) in patterns
+                .iter()
+                .take(MAX_PREFIX_PATTERNS as usize)
+                .enumerate()
+            {
+                table
+                    .set(i as u32, pattern, 0)
+                    .map_err(|source| ProbeError::Map { name, source })?;
+            }
         }
 
         for (category, name) in path.hooks() {

@@ -222,6 +222,20 @@ pub static SELF_METRICS: &[SelfMetric] = &[
         Some(Key::Reason),
     ),
     (
+        "sonde.events.unseen",
+        "{call}",
+        Instrument::Counter,
+        "Socket sends and receives not recorded, by reason: not_a_syscall (io_uring, or socket I/O a kernel thread does; socket-layer path only).",
+        Some(Key::Reason),
+    ),
+    (
+        "sonde.calls.cut",
+        "{call}",
+        Instrument::Counter,
+        "Calls on connections copied whole (Redis) that moved more than the kernel copies in pieces (64 KiB): the rest of each is not captured.",
+        None,
+    ),
+    (
         "sonde.captured",
         "By",
         Instrument::Counter,

@@ -46,6 +46,12 @@ const COUNTERS: &[CounterMetric] = &[
         "sonde.events.dropped",
         Some((Key::Reason, "malformed")),
     ),
+    (
+        "events_unseen_not_a_syscall",
+        "sonde.events.unseen",
+        Some((Key::Reason, "not_a_syscall")),
+    ),
+    ("calls_cut", "sonde.calls.cut", None),
     ("events_excluded", "sonde.events.excluded", None),
     ("bytes_captured", "sonde.captured", None),
     ("bytes_not_captured", "sonde.not_captured", None),

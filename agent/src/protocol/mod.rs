@@ -36,6 +36,10 @@ pub struct ProtocolSpec {
     /// found to carry no known protocol, the kernel ships only syscalls
     /// whose bytes match one of the table's patterns.
     pub kernel_prefilter: &'static [PrefixPattern],
+    /// Sends many small messages in one call (pipelining): a connection
+    /// whose first bytes match `kernel_prefilter` has its calls copied
+    /// whole, not only their head, so that no message boundary is lost.
+    pub pipelines: bool,
 }
 
 impl std::fmt::Debug for ProtocolSpec {

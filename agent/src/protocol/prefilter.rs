@@ -37,6 +37,17 @@ pub fn of(protocols: &[&super::ProtocolSpec]) -> Vec<PrefixPattern> {
         .collect()
 }
 
+/// The first bytes of the protocols that pipeline small messages: a
+/// connection that starts with one has its calls copied whole (the
+/// kernel's `WHOLE_PREFIXES`, fixed at load).
+pub fn pipelining() -> Vec<PrefixPattern> {
+    (super::PROTOCOLS.iter())
+        .filter(|p| p.pipelines)
+        .flat_map(|p| p.kernel_prefilter)
+        .copied()
+        .collect()
+}
+
 /// The kernel's map as it is to hold with `protocols` on: a slot for each
 /// pattern of the table, [`NOTHING`] in those of the protocols off. As
 /// long as [`all`], whichever protocols are on.
@@ -56,6 +67,17 @@ pub fn slots(protocols: &[&super::ProtocolSpec]) -> Vec<PrefixPattern> {
 mod tests {
     use super::*;
     use sonde_common::{MAX_PREFIX_PATTERNS, PREFIX_LEN};
+
+    /// Redis commands are copied whole; HTTP requests are not.
+    #[test]
+    fn pipelining_protocols_are_redis() {
+        let whole = pipelining();
+        let starts = |first: &[u8; PREFIX_LEN]| whole.iter().any(|p| p.matches(first));
+        assert!(starts(b"*3\r\n$3\r\n"));
+        assert!(!starts(b"GET / HT"));
+        assert!(!starts(b"+OK\r\n\0\0\0"));
+        assert!(whole.len() <= MAX_PREFIX_PATTERNS as usize);
+    }
 
     fn accepts(first: &[u8; PREFIX_LEN]) -> bool {
         all().iter().any(|p| p.matches(first))

@@ -29,6 +29,7 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     detect,
     new_session,
     kernel_prefilter: KERNEL_PREFILTER,
+    pipelines: false,
 };
 
 fn new_session(options: &super::SessionOptions) -> Box<dyn super::Session> {

@@ -38,6 +38,7 @@ pub const PROTOCOL: super::ProtocolSpec = super::ProtocolSpec {
     detect,
     new_session,
     kernel_prefilter: KERNEL_PREFILTER,
+    pipelines: true,
 };
 
 fn new_session(options: &super::SessionOptions) -> Box<dyn super::Session> {
