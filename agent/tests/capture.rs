@@ -318,6 +318,54 @@ fn capture_limit_is_honoured_without_recompiling_on(path: CapturePath) {
     assert!(sent.payload[12000..].iter().all(|&c| c == b'c'));
 }
 
+/// A connection whose first bytes start a Redis command has its calls
+/// copied whole, up to 64 KiB: 3,000 pipelined commands in one write lose
+/// no message boundary. Another connection's calls give their head.
+#[test]
+fn pipelining_connections_are_copied_whole() {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        pipelining_connections_are_copied_whole_on(path);
+    }
+}
+
+fn pipelining_connections_are_copied_whole_on(path: CapturePath) {
+    eprintln!("pipelining_connections_are_copied_whole: {path} path");
+    let script = "import socket,time\n\
+                  def through(data):\n    a,b=socket.socketpair()\n    a.sendall(data)\n    n=0\n    while n<len(data): n+=len(b.recv(1<<20))\n\
+                  through(b'*1\\r\\n$4\\r\\nPING\\r\\n'*3000)\n\
+                  through(b'*1\\r\\n$80000\\r\\n'+b'x'*80000+b'\\r\\n')\n\
+                  through(b'GET / HTTP/1.1\\r\\n'+b'x'*5000)\n\
+                  time.sleep(1)\n";
+    let config = CaptureConfig {
+        bytes: 1024,
+        ..on(path)
+    };
+    let sent = |seen: &[Seen], total: u64| {
+        seen.iter()
+            .find(|r| r.dir == Direction::Egress && r.total_len == total)
+            .map(|r| r.payload.len())
+    };
+    let seen = record_while(&config, || python(script), |s| sent(s, 5016).is_some());
+    assert_eq!(
+        sent(&seen, 42000),
+        Some(42000),
+        "pipelined commands: {seen:?}"
+    );
+    assert_eq!(
+        sent(&seen, 80014),
+        Some(65536),
+        "a larger call: its first 64 KiB"
+    );
+    assert_eq!(sent(&seen, 5016), Some(1024), "HTTP: the head");
+}
+
 /// Runs `script` in python and collects what its process sends; at the
 /// first record, `act` is told the connection (to mute or silence it).
 fn sent_after(

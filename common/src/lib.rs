@@ -113,9 +113,8 @@ pub mod lost {
     /// Socket bytes moved outside a syscall the socket-layer path reads
     /// buffers from (io_uring, kernel threads, sendmmsg): not recorded.
     pub const NOT_A_SYSCALL: u32 = 2;
-    /// A call on a whole-call connection moved more than `MAX_PIECES`
-    /// records hold: the rest of it went uncopied (a gap). Not a lost
-    /// record.
+    /// A call on a whole-call connection moved more than `WHOLE_CAPTURE`
+    /// bytes: the rest of it went uncopied (a gap). Not a lost record.
     pub const CALL_CUT: u32 = 3;
     pub const COUNT: u32 = 4;
 }
@@ -202,10 +201,10 @@ pub struct ExecRecord {
 }
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == HEADER_LEN + EXEC_PATH_LEN);
 
-/// Most records one call on a whole-call connection is shipped in, each
-/// at most `MAX_CAPTURE` bytes; the rest of a larger call goes uncopied
-/// (`lost::CALL_CUT` counts such calls).
-pub const MAX_PIECES: u32 = 4;
+/// The most bytes one record of a whole-call connection carries (see
+/// `ProbeConfig::whole_prefix_count`); the rest of a larger call goes
+/// uncopied (`lost::CALL_CUT` counts such calls).
+pub const WHOLE_CAPTURE: usize = 65536;
 
 /// Most patterns the kernel's message-start filter holds (`PREFIXES`).
 pub const MAX_PREFIX_PATTERNS: u32 = 32;
@@ -338,8 +337,8 @@ pub struct ProbeConfig {
     pub prefix_count: u32,
     /// Patterns in the `WHOLE_PREFIXES` map: a connection whose first
     /// bytes match one carries a protocol that pipelines small messages,
-    /// so its calls are copied whole (up to `MAX_PIECES` records), not
-    /// only their first `capture_bytes`.
+    /// so its single-buffer calls are copied whole (up to `WHOLE_CAPTURE`
+    /// bytes), not only their first `capture_bytes`.
     pub whole_prefix_count: u32,
     pub _pad: u32,
 }

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use sonde_common::{
     DIR_NONE, EVENT_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_PROCESS, EXEC_PATH_LEN, EventHeader,
-    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, MAX_PIECES, PROCESS_PAYLOAD_LEN,
-    ProcessRecord, SOURCE_SYSCALL, lost, syscall,
+    ExecRecord, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, PROCESS_PAYLOAD_LEN, ProcessRecord,
+    SOURCE_SYSCALL, WHOLE_CAPTURE, lost, syscall,
 };
 
 use crate::conn::{self, Mute, SockState};
@@ -61,14 +61,15 @@ fn wakeup_flag(waiting: u64, len: u64, urgent: bool) -> u64 {
 }
 
 /// Scratch space for building one record, one slot per CPU (too large for
-/// the stack and for a per-CPU map). Data gets twice the maximum so that a
-/// masked offset plus a masked length always stays inside, as the verifier
-/// needs to see.
+/// the stack and for a per-CPU map). Data gets at least twice the maximum
+/// of a head so that a masked offset plus a masked length always stays
+/// inside, as the verifier needs to see, and room for a whole call.
 #[repr(C)]
 struct Scratch {
     header: EventHeader,
-    data: [u8; 2 * MAX_CAPTURE],
+    data: [u8; WHOLE_CAPTURE],
 }
+const _: () = assert!(WHOLE_CAPTURE >= 2 * MAX_CAPTURE);
 
 #[map]
 static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
@@ -141,19 +142,30 @@ fn copy_user(scratch: &mut Scratch, at: u64, src: u64, want: u64) -> bool {
     unsafe { bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
 }
 
-/// Ships the bytes a call moved on socket `sock`: a data record of
-/// `header` (direction, times, process, fd and syscall set) with the
-/// socket's identity and up to the capture limit of the `total` bytes,
-/// unless user space muted the socket.
+/// One call that moved bytes on a socket, as a capture path saw it.
+pub struct Call {
+    pub direction: u32,
+    pub fd: u32,
+    /// `syscall::*`.
+    pub syscall: u32,
+    pub pid_tgid: u64,
+    /// When the call began, or 0 when only its end is known.
+    pub start_ns: u64,
+    /// The bytes it moved.
+    pub total: u64,
+}
+
+/// Ships the bytes `call` moved on socket `sock`: a data record naming the
+/// socket, with up to the capture limit of the bytes, unless user space
+/// muted the socket.
 ///
 /// A connection whose first bytes start a message of a protocol that
-/// pipelines small messages (Redis) has its calls copied whole, in up to
-/// `MAX_PIECES` records of `MAX_CAPTURE` bytes, so that no message
-/// boundary is lost past the head of a call (one write of 300 pipelined
-/// commands). Only single-buffer calls are split; an iovec call gives its
-/// head.
+/// pipelines small messages (Redis) has its single-buffer calls copied
+/// whole, up to `WHOLE_CAPTURE` bytes, so that no message boundary is lost
+/// past the head of a call (one write of 300 pipelined commands). An
+/// iovec call gives its head.
 #[inline(always)]
-pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, total: u64) {
+pub fn ship(sock: u64, state: &SockState, call: &Call, bytes: &Bytes) {
     match conn::mute_of(sock, state.generation) {
         Mute::No => {}
         Mute::Silent => return,
@@ -164,15 +176,6 @@ pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, to
             }
         }
     }
-    let header = EventHeader {
-        role: state.role,
-        sock,
-        generation: state.generation,
-        total_len: total,
-        source: SOURCE_SYSCALL,
-        addrs: state.addrs,
-        ..header
-    };
     let first = state.announced == 0;
     let whole = if first {
         let first_buf = bytes.first_buffer();
@@ -180,66 +183,30 @@ pub fn ship(sock: u64, state: &SockState, header: EventHeader, bytes: &Bytes, to
     } else {
         state.whole != 0
     };
+    let total = call.total;
     let sent = match *bytes {
-        Bytes::Buffer(buf) if whole && total > MAX_CAPTURE as u64 => {
-            ship_pieces(&header, buf, total, first)
+        Bytes::Buffer(buf) if whole => {
+            let max = WHOLE_CAPTURE as u64;
+            if total > max {
+                count_lost(lost::CALL_CUT);
+            }
+            let want = if total < max { total } else { max };
+            send_whole(sock, state, call, buf, want, first)
         }
         _ => {
-            let limit = if whole {
-                MAX_CAPTURE as u64
-            } else {
-                config().capture_bytes as u64
-            };
+            let limit = config().capture_bytes as u64;
             let limit = if limit > MAX_CAPTURE as u64 {
                 MAX_CAPTURE as u64
             } else {
                 limit
             };
             let want = if total < limit { total } else { limit };
-            send_data(&header, total, bytes, want, first)
+            send_data(sock, state, call, bytes, want, first)
         }
     };
     if sent && first {
         conn::mark_announced(sock, whole);
     }
-}
-
-/// Ships a call of `total` bytes at `buf` in pieces of `MAX_CAPTURE`, each
-/// a record of its own with its part of the count; the last piece holds
-/// whatever `MAX_PIECES` records cannot, as a gap. Returns whether the
-/// first piece was sent.
-#[inline(always)]
-fn ship_pieces(header: &EventHeader, buf: u64, total: u64, first: bool) -> bool {
-    let max = MAX_CAPTURE as u64;
-    let mut done: u64 = 0;
-    let mut sent_first = false;
-    for i in 0..MAX_PIECES as u64 {
-        if done >= total {
-            break;
-        }
-        let left = total - done;
-        let piece = if i + 1 == MAX_PIECES as u64 || left < max {
-            left
-        } else {
-            max
-        };
-        let want = if piece < max { piece } else { max };
-        let sent = send_data(
-            &header,
-            piece,
-            &Bytes::Buffer(buf + done),
-            want,
-            first && i == 0,
-        );
-        if i == 0 {
-            sent_first = sent;
-        }
-        done += piece;
-    }
-    if total > MAX_PIECES as u64 * max {
-        count_lost(lost::CALL_CUT);
-    }
-    sent_first
 }
 
 /// Forgets socket `sock`, which is gone, and sends its close record if
@@ -272,13 +239,19 @@ pub fn send_close(sock: u64, pid_tgid: u64, fd: u32) {
     });
 }
 
-/// Sends a data record: `header` with `total_len` bytes moved, then up to
-/// `want` bytes copied from `bytes`; `captured_len` and `end_ns` are set
-/// here (`start_ns` too where the caller left it 0). A connection's
-/// `first` record is preceded by a process record and wakes user space.
-/// Returns whether the record was sent.
+/// Sends the data record of `call` on `sock`, with up to `want` bytes
+/// copied from `bytes`. A connection's `first` record is preceded by a
+/// process record and wakes user space. Returns whether the record was
+/// sent.
 #[inline(always)]
-fn send_data(header: &EventHeader, total_len: u64, bytes: &Bytes, want: u64, first: bool) -> bool {
+fn send_data(
+    sock: u64,
+    state: &SockState,
+    call: &Call,
+    bytes: &Bytes,
+    want: u64,
+    first: bool,
+) -> bool {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return false;
@@ -312,20 +285,71 @@ fn send_data(header: &EventHeader, total_len: u64, bytes: &Bytes, want: u64, fir
     if captured > MAX_CAPTURE as u64 {
         return false;
     }
+    output(scratch, sock, state, call, captured, first)
+}
 
-    let now = unsafe { bpf_ktime_get_ns() };
-    scratch.header = EventHeader {
-        kind: EVENT_DATA,
-        start_ns: if header.start_ns == 0 {
-            now
-        } else {
-            header.start_ns
-        },
-        end_ns: now,
-        total_len,
-        captured_len: captured as u32,
-        ..*header
+/// Sends the data record of `call` on `sock`, with the first `want` bytes
+/// (at most `WHOLE_CAPTURE`) of the buffer at `buf`.
+#[inline(always)]
+fn send_whole(sock: u64, state: &SockState, call: &Call, buf: u64, want: u64, first: bool) -> bool {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        return false;
     };
+    let scratch = unsafe { &mut *scratch };
+    let len = core::hint::black_box(want);
+    if len == 0 || len > WHOLE_CAPTURE as u64 {
+        return false;
+    }
+    let dst = scratch.data.as_mut_ptr();
+    let copied = unsafe { bpf_probe_read_user(dst.cast(), len as u32, buf as *const _) == 0 };
+    output(
+        scratch,
+        sock,
+        state,
+        call,
+        if copied { len } else { 0 },
+        first,
+    )
+}
+
+/// Sends the record built in `scratch`: the header of `call` on `sock`,
+/// written field by field in place (the stack has no room for a copy),
+/// and the `captured` bytes already copied after it.
+#[inline(always)]
+fn output(
+    scratch: &mut Scratch,
+    sock: u64,
+    state: &SockState,
+    call: &Call,
+    captured: u64,
+    first: bool,
+) -> bool {
+    if captured > WHOLE_CAPTURE as u64 {
+        return false;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let h = &mut scratch.header;
+    h.kind = EVENT_DATA;
+    h.direction = call.direction;
+    h.start_ns = if call.start_ns == 0 {
+        now
+    } else {
+        call.start_ns
+    };
+    h.end_ns = now;
+    h.tgid = (call.pid_tgid >> 32) as u32;
+    h.tid = call.pid_tgid as u32;
+    h.fd = call.fd;
+    h.role = state.role;
+    h.sock = sock;
+    h.generation = state.generation;
+    h.total_len = call.total;
+    h.captured_len = captured as u32;
+    h.syscall = call.syscall;
+    h.source = SOURCE_SYSCALL;
+    h._pad = 0;
+    h.addrs = state.addrs;
     let record = unsafe {
         core::slice::from_raw_parts(
             (scratch as *const Scratch).cast::<u8>(),

@@ -17,11 +17,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sonde_common::{DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_CLIENT, ROLE_SERVER, lost, syscall};
+use sonde_common::{DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER, lost, syscall};
 
 use crate::conn::{AF_INET, AF_INET6, AF_UNIX, sock_begins, sock_state};
 use crate::mem::read_kernel;
-use crate::record::{self, Bytes, count_lost};
+use crate::record::{self, Bytes, Call, count_lost};
 use crate::{config, offsets};
 
 const IPPROTO_TCP: u16 = 6;
@@ -47,23 +47,18 @@ mod nr {
     pub const SENDMMSG: u64 = 307;
 }
 
-/// The argument registers of x86-64 `struct pt_regs`, from `r10` to
-/// `orig_ax`, read in one go.
+/// The registers of x86-64 `struct pt_regs` that hold a socket call's
+/// number and first three arguments, neighbours, read in one go.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct SyscallRegs {
-    r10: u64,
-    r9: u64,
-    r8: u64,
-    ax: u64,
-    cx: u64,
     dx: u64,
     si: u64,
     di: u64,
     orig_ax: u64,
 }
-/// Offset of `r10` in x86-64 `struct pt_regs`.
-const PT_REGS_R10: u64 = 7 * 8;
+/// Offset of `dx` in x86-64 `struct pt_regs`.
+const PT_REGS_DX: u64 = 12 * 8;
 
 // Fields of the sock_send_length / sock_recv_length records.
 const SK: usize = 8;
@@ -107,7 +102,7 @@ fn moved(ctx: &TracePointContext, direction: u32) -> u32 {
         return 0;
     }
     let regs = unsafe { bpf_task_pt_regs(task) } as u64;
-    let r: SyscallRegs = read_kernel(regs + PT_REGS_R10);
+    let r: SyscallRegs = read_kernel(regs + PT_REGS_DX);
     let sys = match r.orig_ax {
         nr::READ => syscall::READ,
         nr::WRITE => syscall::WRITE,
@@ -137,16 +132,15 @@ fn moved(ctx: &TracePointContext, direction: u32) -> u32 {
     if state.silenced != 0 {
         return 0;
     }
-    let header = EventHeader {
+    let call = Call {
         direction,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
         fd: r.di as u32,
         syscall: sys,
-        ..EventHeader::default()
+        pid_tgid,
+        start_ns: 0,
+        total: ret as u64,
     };
-    let bytes = Bytes::of_call(sys, r.si, r.dx);
-    record::ship(sk, state, header, &bytes, ret as u64);
+    record::ship(sk, state, &call, &Bytes::of_call(sys, r.si, r.dx));
     0
 }
 

@@ -7,15 +7,13 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sonde_common::{
-    ConnKey, DIR_EGRESS, DIR_INGRESS, EventHeader, ROLE_CLIENT, ROLE_SERVER, syscall,
-};
+use sonde_common::{ConnKey, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER, syscall};
 
 use crate::config;
 use crate::conn::{
     self, PendingCall, SockState, drop_pending, fd_sock, keep_pending, take_pending,
 };
-use crate::record::{self, Bytes};
+use crate::record::{self, Bytes, Call};
 
 const EINPROGRESS: i64 = 115;
 const MSG_PEEK: u64 = 2;
@@ -85,16 +83,15 @@ fn exit(ctx: &TracePointContext, direction: u32, sys: u32) -> u32 {
 
     let bytes = Bytes::of_call(call.syscall, call.buf, call.iovcnt);
 
-    let header = EventHeader {
+    let moved = Call {
         direction,
-        start_ns: call.start_ns,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
         fd: call.fd,
         syscall: call.syscall,
-        ..EventHeader::default()
+        pid_tgid,
+        start_ns: call.start_ns,
+        total: ret as u64,
     };
-    record::ship(call.sock, &state, header, &bytes, ret as u64);
+    record::ship(call.sock, &state, &moved, &bytes);
     0
 }
 

@@ -166,6 +166,23 @@ pub fn redis_cli_session(port: u16, commands: &[&str]) -> anyhow::Result<Run> {
     )
 }
 
+/// `redis-cli --pipe`: sends `protocol` (raw RESP, read from stdin) as
+/// fast as it can on one connection, then an `ECHO` of a random marker to
+/// know when every reply is in.
+pub fn redis_cli_pipe(port: u16, protocol: &str) -> anyhow::Result<Run> {
+    run(
+        "redis-cli",
+        &[
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "--pipe".into(),
+        ],
+        protocol,
+    )
+}
+
 /// The major version of the installed redis-cli (`redis-cli 7.0.15` -> 7).
 pub fn redis_cli_major() -> anyhow::Result<u32> {
     let out = Command::new("redis-cli")

@@ -17,7 +17,8 @@ use std::sync::{Mutex, MutexGuard};
 use sonde_tests::clients::run_python;
 use sonde_tests::db::{Ctx, Problems, counts, leaks, must, name_counts};
 use sonde_tests::redis::{
-    PY_REDIS_CLIENT, RedisServer, redis_benchmark, redis_cli_major, redis_cli_session,
+    PY_REDIS_CLIENT, RedisServer, redis_benchmark, redis_cli_major, redis_cli_pipe,
+    redis_cli_session,
 };
 use sonde_tests::{Kind, ReceivedSpan, require_root};
 
@@ -223,6 +224,72 @@ fn redis_pipelined_benchmark() {
     }
     for s in &clients {
         check(&mut p, s, Kind::Client);
+    }
+    ctx.check_problems(p, &relevant);
+    ctx.stop();
+}
+
+/// `redis-cli --pipe` with 300 SET commands: about 11 KB that it writes in
+/// one call, and that redis-server reads in one, far past the 1,024 bytes
+/// the test agents copy of a call. Every command is a span on both sides:
+/// Redis connections have their calls copied whole.
+#[test]
+fn redis_cli_pipe_300() {
+    let _serial = serial();
+    if !require_root() {
+        return;
+    }
+    const N: usize = 300;
+    let server = must(RedisServer::start(None));
+    let ctx = Ctx::start("");
+
+    let mut protocol = String::new();
+    for i in 0..N {
+        let (key, value) = (format!("pipe:{i:04}"), format!("value-{i:06}"));
+        protocol.push_str(&format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+            key.len(),
+            value.len()
+        ));
+    }
+    assert!(protocol.len() > 10_000, "{} bytes", protocol.len());
+    let run = must(redis_cli_pipe(server.port, &protocol));
+    assert!(
+        run.stdout.contains(&format!("replies: {N}")),
+        "redis-cli --pipe: {run:?}"
+    );
+
+    // redis-cli ends with an ECHO of a marker to know all replies are in.
+    let want = counts(&[("SET", N), ("ECHO", 1)]);
+    let srv_pid = server.pid();
+    let srv = |s: &ReceivedSpan| s.pid() == Some(srv_pid) && s.kind == Kind::Server;
+    let cli = pid_is(run.pid);
+    let relevant = |s: &ReceivedSpan| s.pid() == Some(srv_pid) || cli(s);
+    ctx.wait_counts(&[(N + 1, &srv), (N + 1, &cli)]);
+    let servers = ctx.spans(srv);
+    let clients = ctx.spans(&cli);
+    ctx.check(
+        name_counts(&servers) == want && name_counts(&clients) == want,
+        &format!(
+            "expected {want:?} on both sides;\n  redis-server SERVER spans: {:?}\n  redis-cli spans: {:?}",
+            name_counts(&servers),
+            name_counts(&clients)
+        ),
+        &relevant,
+    );
+    // Spans of one call share their times: compare the texts as a set.
+    let mut p = Problems::new();
+    let want_texts: Vec<String> = (0..N).map(|i| format!("SET pipe:{i:04} ?")).collect();
+    for (kind, spans) in [(Kind::Server, &servers), (Kind::Client, &clients)] {
+        let mut texts = Vec::new();
+        for s in spans.iter().filter(|s| s.name == "SET") {
+            redis_common(&mut p, s, kind, server.port);
+            texts.push(s.attr_str("db.query.text").unwrap_or_default().to_owned());
+        }
+        texts.sort();
+        if texts != want_texts {
+            p.0.push(format!("{kind:?} SET texts: {texts:?}"));
+        }
     }
     ctx.check_problems(p, &relevant);
     ctx.stop();
