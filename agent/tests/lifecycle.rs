@@ -52,7 +52,7 @@ fn still_loaded(ids: &[u32]) -> Vec<u32> {
 }
 
 /// Starts the agent and waits for it to say it is ready.
-fn start_agent(bin: &PathBuf, config: &str) -> std::process::Child {
+fn start_agent(bin: &std::path::Path, config: &str) -> std::process::Child {
     let dir = std::env::temp_dir().join(format!("sonde-life-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("sonde.yaml");
@@ -107,11 +107,22 @@ fn nothing_stays_attached_after_kill_9_or_sigterm() {
         eprintln!("skipped: target/release/sonde not built (cargo build --release -p sonde)");
         return;
     };
-    let mut agent = start_agent(&bin, "export:\n  console: true\n");
+    // On the socket-layer path: sock_send_length, sock_recv_length and
+    // inet_sock_set_state, and the 2 sched tracepoints of process
+    // discovery. On the syscall path: 23 syscall tracepoints instead of
+    // the first two.
+    for (path, programs) in [("socket", 5), ("syscall", 26)] {
+        eprintln!("the {path} capture path");
+        attached_until_killed_or_stopped(&bin, path, programs);
+    }
+}
+
+fn attached_until_killed_or_stopped(bin: &std::path::Path, path: &str, programs: usize) {
+    let config = format!("capture:\n  path: {path}\nexport:\n  console: true\n");
+    let mut agent = start_agent(bin, &config);
     let ids = programs_held_by(agent.id());
-    // 23 syscall tracepoints and the 2 sched ones of process discovery.
-    assert_eq!(ids.len(), 25, "the agent holds its 25 programs: {ids:?}");
-    assert_eq!(still_loaded(&ids).len(), 25);
+    assert_eq!(ids.len(), programs, "the agent holds its programs: {ids:?}");
+    assert_eq!(still_loaded(&ids).len(), programs);
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGKILL) };
     let _ = agent.wait();
@@ -119,9 +130,9 @@ fn nothing_stays_attached_after_kill_9_or_sigterm() {
         still_loaded(&ids).is_empty()
     });
 
-    let mut agent = start_agent(&bin, "export:\n  console: true\n");
+    let mut agent = start_agent(bin, &config);
     let ids = programs_held_by(agent.id());
-    assert_eq!(ids.len(), 25, "{ids:?}");
+    assert_eq!(ids.len(), programs, "{ids:?}");
     let started = Instant::now();
     // SAFETY: as above.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };

@@ -33,7 +33,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{agent_binary, become_root, cargo, deps, on_path, show, step};
 
-const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc] | routes [--rounds N] [--secs S] | kubernetes [--pods N] [--rounds N] [--no-control]";
+const USAGE: &str = "usage: cargo xtask bench pipeline | overhead [--rounds N] [--secs S] [--requests N] [--only nginx|redis|grpc] [--path auto|socket|syscall] | routes [--rounds N] [--secs S] | kubernetes [--pods N] [--rounds N] [--no-control]";
 
 /// How long the agent may take to load and attach its programs.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,6 +91,8 @@ struct OverheadArgs {
     requests: u32,
     /// One part only; both when `None`.
     only: Option<Part>,
+    /// The agent's `capture.path`, and the hooks the floor takes.
+    path: String,
 }
 
 impl OverheadArgs {
@@ -105,9 +107,17 @@ fn parse_overhead_args(args: &[String]) -> anyhow::Result<OverheadArgs> {
         secs: 10,
         requests: 200_000,
         only: None,
+        path: "auto".into(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--path" {
+            parsed.path = match it.next().map(String::as_str) {
+                Some(p @ ("auto" | "socket" | "syscall")) => p.into(),
+                _ => bail!("--path takes auto, socket or syscall\n{USAGE}"),
+            };
+            continue;
+        }
         if flag == "--only" {
             parsed.only = match it.next().map(String::as_str) {
                 Some("nginx") => Some(Part::Nginx),
@@ -166,8 +176,8 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     std::fs::write(
         &agent_config,
         format!(
-            "export:\n  console: false\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: http/protobuf\n",
-            sink.port
+            "capture:\n  path: {}\nexport:\n  console: false\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: http/protobuf\n",
+            args.path, sink.port
         ),
     )
     .context("writing the agent's config")?;
@@ -367,7 +377,7 @@ fn overhead_nginx(
             "xtask: nginx round {round}/{}: empty programs on the agent's hooks",
             args.rounds
         );
-        let floor = start_floor()?;
+        let floor = start_floor(&args.path)?;
         let floor_ns = floor.kernel_ns();
         let empty = wrk(&url, args.secs);
         let floor_ns = floor.kernel_ns() - floor_ns;
@@ -1099,9 +1109,10 @@ fn start_agent(config: &Path) -> anyhow::Result<Agent> {
     start_sonde(&["run".as_ref(), "--config".as_ref(), config.as_os_str()])
 }
 
-/// Starts `sonde floor`: an empty program on each hook the agent uses.
-fn start_floor() -> anyhow::Result<Agent> {
-    start_sonde(&["floor".as_ref()])
+/// Starts `sonde floor`: an empty program on each hook the agent uses on
+/// capture path `path`.
+fn start_floor(path: &str) -> anyhow::Result<Agent> {
+    start_sonde(&["floor".as_ref(), "--path".as_ref(), path.as_ref()])
 }
 
 /// Starts sonde with `args` and waits for its `sonde ready` line on stderr.

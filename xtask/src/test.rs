@@ -56,6 +56,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     totals.passed += fallback_totals.passed;
     totals.failed += fallback_totals.failed;
     totals.ignored += fallback_totals.ignored;
+    totals.status_failed |= fallback_totals.status_failed;
     println!(
         "summary: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored

@@ -376,3 +376,35 @@ impl EmptyProbes {
         Ok((info.run_count(), info.run_time()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `auto` takes the socket layer where the kernel has it; `socket` on
+    /// a kernel without it is an error that says what to set instead.
+    #[test]
+    fn the_path_follows_the_kernel_and_the_config() {
+        let root = std::env::temp_dir().join(format!("sonde-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let choose = |wanted| Path::choose(wanted, &root);
+        assert_eq!(choose(CapturePath::Auto).ok(), Some(Path::Syscall));
+        assert_eq!(choose(CapturePath::Syscall).ok(), Some(Path::Syscall));
+        let err = choose(CapturePath::Socket).expect_err("no socket layer");
+        assert!(
+            err.to_string()
+                .contains("set capture.path to auto or syscall")
+        );
+        for t in SOCKET_TRACEPOINTS {
+            let dir = root.join("events/sock").join(t);
+            std::fs::create_dir_all(&dir).expect("the event's directory");
+            std::fs::write(dir.join("id"), "1\n").expect("its id file");
+        }
+        assert_eq!(choose(CapturePath::Auto).ok(), Some(Path::Socket));
+        assert_eq!(choose(CapturePath::Socket).ok(), Some(Path::Socket));
+        assert_eq!(choose(CapturePath::Syscall).ok(), Some(Path::Syscall));
+        assert_eq!(Path::Socket.hooks().count(), 5);
+        assert_eq!(Path::Syscall.hooks().count(), 26);
+        std::fs::remove_dir_all(&root).ok();
+    }
+}
