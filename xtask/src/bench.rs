@@ -1434,6 +1434,7 @@ Transfer/sec:     38.01MB
                 secs: 10,
                 requests: 200_000,
                 only: None,
+                path: "auto".into(),
             }
         );
         assert_eq!(
@@ -1445,7 +1446,9 @@ Transfer/sec:     38.01MB
                 "--requests",
                 "5000",
                 "--only",
-                "redis"
+                "redis",
+                "--path",
+                "syscall"
             ]))
             .unwrap(),
             OverheadArgs {
@@ -1453,8 +1456,10 @@ Transfer/sec:     38.01MB
                 secs: 2,
                 requests: 5000,
                 only: Some(Part::Redis),
+                path: "syscall".into(),
             }
         );
+        assert!(parse_overhead_args(&args(&["--path", "kprobe"])).is_err());
         let nginx_only = parse_overhead_args(&args(&["--only", "nginx"])).unwrap();
         assert!(nginx_only.runs(Part::Nginx) && !nginx_only.runs(Part::Redis));
         let grpc_only = parse_overhead_args(&args(&["--only", "grpc"])).unwrap();
