@@ -471,22 +471,15 @@ fn read_loop(
         }
         if last_chores.elapsed() >= Duration::from_secs(1) {
             last_chores = Instant::now();
-            stats.events_lost_ringbuf_full.store(
-                probes.lost_records(sonde_common::lost::RINGBUF_FULL),
-                Ordering::Relaxed,
-            );
-            stats.events_lost_slot_taken.store(
-                probes.lost_records(sonde_common::lost::SLOT_TAKEN),
-                Ordering::Relaxed,
-            );
-            stats.events_unseen_not_a_syscall.store(
-                probes.lost_records(sonde_common::lost::NOT_A_SYSCALL),
-                Ordering::Relaxed,
-            );
-            stats.calls_cut.store(
-                probes.lost_records(sonde_common::lost::CALL_CUT),
-                Ordering::Relaxed,
-            );
+            use sonde_common::lost;
+            for (reason, counter) in [
+                (lost::RINGBUF_FULL, &stats.events_lost_ringbuf_full),
+                (lost::SLOT_TAKEN, &stats.events_lost_slot_taken),
+                (lost::NOT_A_SYSCALL, &stats.events_unseen_not_a_syscall),
+                (lost::CALL_CUT, &stats.calls_cut),
+            ] {
+                counter.store(probes.lost_records(reason), Ordering::Relaxed);
+            }
             let clock = Clock::now();
             pipeline.set_clock(clock);
             let now = monotonic_ns();

@@ -23,6 +23,21 @@ fn is_root() -> bool {
 /// Both capture paths: every test runs on each.
 const PATHS: [CapturePath; 2] = [CapturePath::Socket, CapturePath::Syscall];
 
+/// Runs `test` on each capture path, as root (skipped otherwise), one
+/// test at a time.
+fn on_each_path(test: fn(CapturePath)) {
+    if !is_root() {
+        eprintln!("skipped: needs root to load eBPF programs");
+        return;
+    }
+    let _guard = KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for path in PATHS {
+        test(path);
+    }
+}
+
 /// The default capture settings on `path`.
 fn on(path: CapturePath) -> CaptureConfig {
     CaptureConfig {
@@ -127,16 +142,7 @@ fn python(script: &str) -> std::process::Child {
 
 #[test]
 fn client_socket_bytes_roles_and_endpoints() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        client_socket_bytes_roles_and_endpoints_on(path);
-    }
+    on_each_path(client_socket_bytes_roles_and_endpoints_on);
 }
 
 fn client_socket_bytes_roles_and_endpoints_on(path: CapturePath) {
@@ -209,16 +215,7 @@ fn client_socket_bytes_roles_and_endpoints_on(path: CapturePath) {
 
 #[test]
 fn files_and_pipes_are_never_recorded() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        files_and_pipes_are_never_recorded_on(path);
-    }
+    on_each_path(files_and_pipes_are_never_recorded_on);
 }
 
 fn files_and_pipes_are_never_recorded_on(path: CapturePath) {
@@ -242,16 +239,7 @@ fn files_and_pipes_are_never_recorded_on(path: CapturePath) {
 
 #[test]
 fn unix_stream_sockets_are_recorded() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        unix_stream_sockets_are_recorded_on(path);
-    }
+    on_each_path(unix_stream_sockets_are_recorded_on);
 }
 
 fn unix_stream_sockets_are_recorded_on(path: CapturePath) {
@@ -277,16 +265,7 @@ fn unix_stream_sockets_are_recorded_on(path: CapturePath) {
 
 #[test]
 fn capture_limit_is_honoured_without_recompiling() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        capture_limit_is_honoured_without_recompiling_on(path);
-    }
+    on_each_path(capture_limit_is_honoured_without_recompiling_on);
 }
 
 fn capture_limit_is_honoured_without_recompiling_on(path: CapturePath) {
@@ -323,16 +302,7 @@ fn capture_limit_is_honoured_without_recompiling_on(path: CapturePath) {
 /// no message boundary. Another connection's calls give their head.
 #[test]
 fn pipelining_connections_are_copied_whole() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        pipelining_connections_are_copied_whole_on(path);
-    }
+    on_each_path(pipelining_connections_are_copied_whole_on);
 }
 
 fn pipelining_connections_are_copied_whole_on(path: CapturePath) {
@@ -412,16 +382,7 @@ fn sent_after(
 
 #[test]
 fn muted_connections_ship_only_message_starts() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        muted_connections_ship_only_message_starts_on(path);
-    }
+    on_each_path(muted_connections_ship_only_message_starts_on);
 }
 
 fn muted_connections_ship_only_message_starts_on(path: CapturePath) {
@@ -457,16 +418,7 @@ fn unified_root() -> Option<std::path::PathBuf> {
 
 #[test]
 fn process_records_carry_the_cgroup_id() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        process_records_carry_the_cgroup_id_on(path);
-    }
+    on_each_path(process_records_carry_the_cgroup_id_on);
 }
 
 fn process_records_carry_the_cgroup_id_on(path: CapturePath) {
@@ -563,16 +515,7 @@ fn records_of(probes: &mut Probes, child: &mut std::process::Child) -> Vec<(&'st
 /// its next client.
 #[test]
 fn silenced_cgroups_send_nothing() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        silenced_cgroups_send_nothing_on(path);
-    }
+    on_each_path(silenced_cgroups_send_nothing_on);
 }
 
 fn silenced_cgroups_send_nothing_on(path: CapturePath) {
@@ -643,16 +586,7 @@ for _ in range(2):
 /// no more data.
 #[test]
 fn silenced_connections_stop() {
-    if !is_root() {
-        eprintln!("skipped: needs root to load eBPF programs");
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        silenced_connections_stop_on(path);
-    }
+    on_each_path(silenced_connections_stop_on);
 }
 
 fn silenced_connections_stop_on(path: CapturePath) {
@@ -678,15 +612,7 @@ fn silenced_connections_stop_on(path: CapturePath) {
 /// socket-layer path, twice (entry and exit) on the syscall path.
 #[test]
 fn empty_programs_run_on_the_agents_hooks() {
-    if !is_root() {
-        return;
-    }
-    let _guard = KERNEL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for path in PATHS {
-        empty_programs_run_on_the_agents_hooks_on(path);
-    }
+    on_each_path(empty_programs_run_on_the_agents_hooks_on);
 }
 
 fn empty_programs_run_on_the_agents_hooks_on(path: CapturePath) {

@@ -154,33 +154,31 @@ fn run(program: &str, args: &[String], stdin: &str) -> anyhow::Result<Run> {
 pub fn redis_cli_session(port: u16, commands: &[&str]) -> anyhow::Result<Run> {
     let mut input = commands.join("\n");
     input.push('\n');
-    run(
-        "redis-cli",
-        &[
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ],
-        &input,
-    )
+    redis_cli(port, &[], &input)
+}
+
+/// redis-cli against 127.0.0.1:`port` with `args` added, fed `stdin`.
+fn redis_cli(port: u16, args: &[&str], stdin: &str) -> anyhow::Result<Run> {
+    run("redis-cli", &against(port, args), stdin)
+}
+
+/// `-h 127.0.0.1 -p PORT`, then `args`.
+fn against(port: u16, args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    all.extend(args.iter().map(std::string::ToString::to_string));
+    all
 }
 
 /// `redis-cli --pipe`: sends `protocol` (raw RESP, read from stdin) as
 /// fast as it can on one connection, then an `ECHO` of a random marker to
 /// know when every reply is in.
 pub fn redis_cli_pipe(port: u16, protocol: &str) -> anyhow::Result<Run> {
-    run(
-        "redis-cli",
-        &[
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "--pipe".into(),
-        ],
-        protocol,
-    )
+    redis_cli(port, &["--pipe"], protocol)
 }
 
 /// The major version of the installed redis-cli (`redis-cli 7.0.15` -> 7).
@@ -199,14 +197,7 @@ pub fn redis_cli_major() -> anyhow::Result<u32> {
 
 /// Runs redis-benchmark against 127.0.0.1:`port` with `args` added.
 pub fn redis_benchmark(port: u16, args: &[&str]) -> anyhow::Result<Run> {
-    let mut all: Vec<String> = vec![
-        "-h".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-    ];
-    all.extend(args.iter().map(std::string::ToString::to_string));
-    run("redis-benchmark", &all, "")
+    run("redis-benchmark", &against(port, args), "")
 }
 
 /// The Python `redis` client, RESP2, with no `CLIENT SETINFO` handshake.
