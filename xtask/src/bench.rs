@@ -195,8 +195,8 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
         print_agent_costs(&rows, &costs);
     }
     if args.runs(Part::Redis) {
-        let rows = overhead_redis(&args, &dir, &agent_config)?;
-        print_redis_table(&rows, args.requests);
+        let all = overhead_redis(&args, &dir, &agent_config)?;
+        print_redis_tables(&all, args.requests);
     }
     if args.runs(Part::Grpc) {
         let rows = overhead_grpc_h2load(&args, &dir, &agent_config)?;
@@ -549,80 +549,120 @@ struct RedisLoad {
     get_per_sec: f64,
 }
 
-/// redis-server under redis-benchmark: one (without, with) pair per round.
+/// One redis round: the same load without probes, with the empty
+/// programs on the agent's hooks (the floor), and with the agent.
+struct RedisRound {
+    without: RedisLoad,
+    floor: RedisLoad,
+    with: RedisLoad,
+}
+
+/// How many commands redis-benchmark pipelines per connection: one at a
+/// time, and sixteen in one write (`-P 16`).
+const REDIS_PIPELINES: [u32; 2] = [1, 16];
+
+/// redis-server under redis-benchmark, for each of [`REDIS_PIPELINES`]:
+/// that many rounds.
 fn overhead_redis(
     args: &OverheadArgs,
     dir: &Path,
     agent_config: &Path,
-) -> anyhow::Result<Vec<(RedisLoad, RedisLoad)>> {
+) -> anyhow::Result<Vec<(u32, Vec<RedisRound>)>> {
     let port = free_port()?;
     let redis = start_redis(dir, port)?;
-    // One short warm-up so the first measured round is not the coldest.
-    redis_benchmark(port, (args.requests / 10).max(1000))?;
-    let mut rows = Vec::new();
-    for round in 1..=args.rounds {
-        println!(
-            "xtask: redis round {round}/{}: without the agent",
-            args.rounds
-        );
-        let without = redis_benchmark(port, args.requests)?;
-        println!("xtask: redis round {round}/{}: with the agent", args.rounds);
-        let agent = start_agent(agent_config)?;
-        let with = redis_benchmark(port, args.requests);
-        agent.stop();
-        rows.push((without, with?));
+    let mut all = Vec::new();
+    for pipeline in REDIS_PIPELINES {
+        // One short warm-up so the first measured round is not the coldest.
+        redis_benchmark(port, (args.requests / 10).max(1000), pipeline)?;
+        let mut rounds = Vec::new();
+        for round in 1..=args.rounds {
+            let say = |what: &str| {
+                println!(
+                    "xtask: redis -P {pipeline} round {round}/{}: {what}",
+                    args.rounds
+                );
+            };
+            say("without the agent");
+            let without = redis_benchmark(port, args.requests, pipeline)?;
+            say("empty programs on the agent's hooks");
+            let floor = start_floor(&args.path)?;
+            let empty = redis_benchmark(port, args.requests, pipeline);
+            floor.stop();
+            say("with the agent");
+            let agent = start_agent(agent_config)?;
+            let with = redis_benchmark(port, args.requests, pipeline);
+            agent.stop();
+            rounds.push(RedisRound {
+                without,
+                floor: empty?,
+                with: with?,
+            });
+        }
+        all.push((pipeline, rounds));
     }
     drop(redis);
-    Ok(rows)
+    Ok(all)
 }
 
-fn print_redis_table(rows: &[(RedisLoad, RedisLoad)], requests: u32) {
-    println!();
-    println!(
-        "redis-server on loopback, redis-benchmark -c 16 -P 1 -t set,get -n {requests}, operations/s"
-    );
-    println!(
-        "{:>5}  {:>12}  {:>12}  {:>7}  {:>12}  {:>12}  {:>7}",
-        "round", "SET without", "SET with", "ratio", "GET without", "GET with", "ratio"
-    );
-    let row = |label: &str, without: &RedisLoad, with: &RedisLoad| {
+fn print_redis_tables(all: &[(u32, Vec<RedisRound>)], requests: u32) {
+    for (pipeline, rounds) in all {
+        println!();
         println!(
-            "{:>5}  {:>12.0}  {:>12.0}  {:>7.3}  {:>12.0}  {:>12.0}  {:>7.3}",
-            label,
-            without.set_per_sec,
-            with.set_per_sec,
-            with.set_per_sec / without.set_per_sec,
-            without.get_per_sec,
-            with.get_per_sec,
-            with.get_per_sec / without.get_per_sec,
+            "redis-server on loopback, redis-benchmark -c 16 -P {pipeline} -t set,get -n {requests}: \
+             operations/s, and the ratio to the run without probes"
         );
-    };
-    for (i, (without, with)) in rows.iter().enumerate() {
-        row(&(i + 1).to_string(), without, with);
+        println!(
+            "{:>5}  {:>10}  {:>10}  {:>6}  {:>10}  {:>6}  {:>10}  {:>10}  {:>6}  {:>10}  {:>6}",
+            "round",
+            "SET none",
+            "SET floor",
+            "ratio",
+            "SET agent",
+            "ratio",
+            "GET none",
+            "GET floor",
+            "ratio",
+            "GET agent",
+            "ratio"
+        );
+        for (i, r) in rounds.iter().enumerate() {
+            let (s, g) = (|l: &RedisLoad| l.set_per_sec, |l: &RedisLoad| l.get_per_sec);
+            println!(
+                "{:>5}  {:>10.0}  {:>10.0}  {:>6.3}  {:>10.0}  {:>6.3}  {:>10.0}  {:>10.0}  {:>6.3}  {:>10.0}  {:>6.3}",
+                i + 1,
+                s(&r.without),
+                s(&r.floor),
+                s(&r.floor) / s(&r.without),
+                s(&r.with),
+                s(&r.with) / s(&r.without),
+                g(&r.without),
+                g(&r.floor),
+                g(&r.floor) / g(&r.without),
+                g(&r.with),
+                g(&r.with) / g(&r.without),
+            );
+        }
+        let ratios = |pick: fn(&RedisRound) -> (f64, f64)| {
+            let (set, get): (Vec<f64>, Vec<f64>) = rounds.iter().map(pick).unzip();
+            (median(set), median(get))
+        };
+        let floor = ratios(|r| {
+            (
+                r.floor.set_per_sec / r.without.set_per_sec,
+                r.floor.get_per_sec / r.without.get_per_sec,
+            )
+        });
+        let agent = ratios(|r| {
+            (
+                r.with.set_per_sec / r.without.set_per_sec,
+                r.with.get_per_sec / r.without.get_per_sec,
+            )
+        });
+        println!(
+            "median ratios: the floor SET {:.3} GET {:.3}; the agent SET {:.3} GET {:.3}",
+            floor.0, floor.1, agent.0, agent.1
+        );
     }
-    let n = rows.len() as f64;
-    let mean = |f: fn(&RedisLoad) -> f64, pick_with: bool| {
-        rows.iter()
-            .map(|(a, b)| f(if pick_with { b } else { a }))
-            .sum::<f64>()
-            / n
-    };
-    let set = |l: &RedisLoad| l.set_per_sec;
-    let get = |l: &RedisLoad| l.get_per_sec;
-    let without = RedisLoad {
-        set_per_sec: mean(set, false),
-        get_per_sec: mean(get, false),
-    };
-    let with = RedisLoad {
-        set_per_sec: mean(set, true),
-        get_per_sec: mean(get, true),
-    };
-    row("mean", &without, &with);
-    println!(
-        "with the agent: {:.1}% of the SET and {:.1}% of the GET throughput",
-        100.0 * with.set_per_sec / without.set_per_sec,
-        100.0 * with.get_per_sec / without.get_per_sec
-    );
 }
 
 /// Client processes and threads per process of the gRPC load: 16 calls in
@@ -1283,10 +1323,11 @@ fn wrk_with(url: &str, secs: u32, script: Option<&Path>) -> anyhow::Result<Load>
 }
 
 /// Runs `redis-benchmark -t set,get` with 16 connections, no pipelining.
-fn redis_benchmark(port: u16, requests: u32) -> anyhow::Result<RedisLoad> {
+fn redis_benchmark(port: u16, requests: u32, pipeline: u32) -> anyhow::Result<RedisLoad> {
     let mut cmd = Command::new("redis-benchmark");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-q", "-t", "set,get", "-c", "16", "-P", "1", "--csv"])
+        .args(["-q", "-t", "set,get", "-c", "16", "--csv"])
+        .args(["-P", &pipeline.to_string()])
         .args(["-n", &requests.to_string()]);
     let text = run_load(
         &mut cmd,
