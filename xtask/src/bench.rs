@@ -199,7 +199,7 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
         print_redis_tables(&all, args.requests);
     }
     if args.runs(Part::Grpc) {
-        let rows = overhead_grpc_h2load(&args, &dir, &agent_config)?;
+        let (rows, floors) = overhead_grpc_h2load(&args, &dir, &agent_config)?;
         print_table_of(
             &format!(
                 "grpcio server on loopback (Python, unary SayHello) under h2load -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS}, {}s",
@@ -209,6 +209,12 @@ fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
             "mean",
             &rows,
         );
+        let floor = median(
+            (rows.iter().zip(&floors))
+                .map(|((without, _), floor)| floor.requests_per_sec / without.requests_per_sec)
+                .collect(),
+        );
+        println!("empty programs on the agent's hooks (the floor): median ratio {floor:.3}");
         let rows = overhead_grpc(&args, &agent_config)?;
         print_table(
             &format!(
@@ -389,6 +395,7 @@ fn overhead_nginx(
         let with = wrk(&url, args.secs);
         let cpu = agent.cpu_seconds() - cpu_before;
         let agent_ns = agent.kernel_ns() - ns_before;
+        let rss_kib = agent.rss_kib();
         println!(
             "xtask: nginx round {round}/{}: agent paused, probes attached",
             args.rounds
@@ -410,6 +417,7 @@ fn overhead_nginx(
             floor_requests_per_sec: empty.requests_per_sec,
             kernel_ns_per_request: per_request(agent_ns, with.requests_per_sec),
             floor_ns_per_request: per_request(floor_ns, empty.requests_per_sec),
+            rss_kib,
         });
         rows.push((without, with));
     }
@@ -456,6 +464,11 @@ fn print_agent_costs(rows: &[(Load, Load)], costs: &[AgentCost]) {
         "kernel programs per request: the agent's {kernel:.0} ns, the empty ones {floor_kernel:.0} ns \
          (x{:.1})",
         kernel / floor_kernel
+    );
+    let rss = costs.iter().map(|c| c.rss_kib).max().unwrap_or(0);
+    println!(
+        "agent resident memory after its load: at most {:.1} MiB",
+        rss as f64 / 1024.0
     );
 }
 
@@ -696,11 +709,16 @@ fn overhead_grpc(args: &OverheadArgs, agent_config: &Path) -> anyhow::Result<Vec
 /// The grpcio server under h2load (HTTP/2 from C: the server, one Python
 /// process, is what limits the rate, and the load takes little CPU, as
 /// clients on other hosts would): one (without, with) pair per round.
+/// (without, with) per round, and the load with the empty programs on the
+/// agent's hooks in each.
+type FloorRounds = (Vec<(Load, Load)>, Vec<Load>);
+
+/// The grpcio server under h2load.
 fn overhead_grpc_h2load(
     args: &OverheadArgs,
     dir: &Path,
     agent_config: &Path,
-) -> anyhow::Result<Vec<(Load, Load)>> {
+) -> anyhow::Result<FloorRounds> {
     let (server, port) = start_grpc_server()?;
     // A SayHello request: the gRPC frame (uncompressed, length) around a
     // protobuf message whose field 1 is the string "world".
@@ -709,12 +727,21 @@ fn overhead_grpc_h2load(
         .context("writing the gRPC request body")?;
     h2load(port, &body, 1)?;
     let mut rows = Vec::new();
+    let mut floors = Vec::new();
     for round in 1..=args.rounds {
         println!(
             "xtask: grpc/h2load round {round}/{}: without the agent",
             args.rounds
         );
         let without = h2load(port, &body, args.secs)?;
+        println!(
+            "xtask: grpc/h2load round {round}/{}: empty programs on the agent's hooks",
+            args.rounds
+        );
+        let floor = start_floor(&args.path)?;
+        let empty = h2load(port, &body, args.secs);
+        floor.stop();
+        floors.push(empty?);
         println!(
             "xtask: grpc/h2load round {round}/{}: with the agent",
             args.rounds
@@ -725,7 +752,7 @@ fn overhead_grpc_h2load(
         rows.push((without, with?));
     }
     drop(server);
-    Ok(rows)
+    Ok((rows, floors))
 }
 
 /// h2load clients and streams: enough concurrent calls to keep the server
@@ -1044,6 +1071,13 @@ impl Agent {
         cpu_seconds_of_stat(&stat)
     }
 
+    /// The agent's resident memory now, in KiB (`VmRSS`), or 0.
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.0.id())).unwrap_or_default();
+        rss_kib_of_status(&status)
+    }
+
     /// Stops (`STOP`) or resumes (`CONT`) the agent; its probes stay attached.
     fn pause(&self, name: &str) {
         signal(&self.0.0, name);
@@ -1121,6 +1155,15 @@ fn cpu_seconds_of_stat(stat: &str) -> f64 {
     }
 }
 
+/// `VmRSS` of a `/proc/PID/status` text, in KiB (0 when absent).
+fn rss_kib_of_status(status: &str) -> u64 {
+    (status.lines())
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// (without, with) per round, and what the agent cost in each.
 type NginxRounds = (Vec<(Load, Load)>, Vec<AgentCost>);
 
@@ -1142,6 +1185,8 @@ struct AgentCost {
     kernel_ns_per_request: f64,
     /// The same for the empty programs.
     floor_ns_per_request: f64,
+    /// The agent's resident memory at the end of its load, in KiB.
+    rss_kib: u64,
 }
 
 /// Starts `sonde run` and waits for its `sonde ready` line on stderr.
@@ -1408,6 +1453,13 @@ mod tests {
                     run_time_ns:\t123456\nrun_cnt:\t789\nrecursion_misses:\t0\n";
         assert_eq!(run_ns_of_fdinfo(info), 123_456);
         assert_eq!(run_ns_of_fdinfo("pos:\t0\n"), 0);
+    }
+
+    #[test]
+    fn rss_from_proc_status() {
+        let status = "Name:\tsonde\nVmPeak:\t  90000 kB\nVmRSS:\t   43210 kB\nThreads:\t4\n";
+        assert_eq!(rss_kib_of_status(status), 43210);
+        assert_eq!(rss_kib_of_status("Name:\tgone\n"), 0);
     }
 
     #[test]
