@@ -4,11 +4,13 @@
 //! The table is bounded (LRU): when full, the least recently active
 //! connection is evicted and handed back so its state can be finished.
 
+use std::hash::BuildHasherDefault;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
 use crate::capture::{ConnId, Endpoints, Role, Source};
+use crate::metrics::attrs::FastHasher;
 use crate::protocol::Direction;
 
 /// Byte accounting of one direction of a connection.
@@ -60,9 +62,10 @@ enum Key {
     Fd(u32, u32, Source),
 }
 
-/// Bounded table of connections.
+/// Bounded table of connections. Looked up for every record: a fast hash
+/// of the key, which the table's bound keeps safe from crafted collisions.
 pub struct ConnTable<T> {
-    conns: LruCache<Key, Conn<T>>,
+    conns: LruCache<Key, Conn<T>, BuildHasherDefault<FastHasher>>,
 }
 
 fn key(id: &ConnId) -> Key {
@@ -86,7 +89,7 @@ impl<T> ConnTable<T> {
     pub fn new(capacity: usize) -> Self {
         let capacity = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         ConnTable {
-            conns: LruCache::new(capacity),
+            conns: LruCache::with_hasher(capacity, BuildHasherDefault::default()),
         }
     }
 
