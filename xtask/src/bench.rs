@@ -421,8 +421,185 @@ fn overhead_nginx(
         });
         rows.push((without, with));
     }
+    // Half the mean saturated rate: how users see the overhead.
+    let saturated = rows.iter().map(|r| r.0.requests_per_sec).sum::<f64>() / rows.len() as f64;
+    let fixed = fixed_rate_rounds(args, port, agent_config, saturated / 2.0)?;
     drop(nginx);
+    print_fixed_rate(&fixed);
     Ok((rows, costs))
+}
+
+/// One fixed-rate round: the load without probes and with the agent, and
+/// the agent's CPU per request in the second.
+struct FixedRound {
+    rate: f64,
+    without: Load,
+    with: Load,
+    agent_us_per_request: f64,
+}
+
+/// nginx at a fixed `rate` of requests per second, without probes and
+/// with the agent, `args.rounds` times.
+fn fixed_rate_rounds(
+    args: &OverheadArgs,
+    port: u16,
+    agent_config: &Path,
+    rate: f64,
+) -> anyhow::Result<Vec<FixedRound>> {
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        println!(
+            "xtask: nginx at {rate:.0} req/s, round {round}/{}: without, then with the agent",
+            args.rounds
+        );
+        let without = fixed_rate(port, rate, args.secs)?;
+        let agent = start_agent(agent_config)?;
+        let cpu_before = agent.cpu_seconds();
+        let with = fixed_rate(port, rate, args.secs);
+        let cpu = agent.cpu_seconds() - cpu_before;
+        agent.stop();
+        let with = with?;
+        let served = with.requests_per_sec * f64::from(args.secs);
+        rounds.push(FixedRound {
+            rate,
+            without,
+            with,
+            agent_us_per_request: if served > 0.0 {
+                cpu * 1e6 / served
+            } else {
+                0.0
+            },
+        });
+    }
+    Ok(rounds)
+}
+
+fn print_fixed_rate(rounds: &[FixedRound]) {
+    let Some(first) = rounds.first() else {
+        return;
+    };
+    println!();
+    println!(
+        "nginx at a fixed {:.0} req/s (half the saturated rate), {FIXED_CONNS} keep-alive connections",
+        first.rate
+    );
+    println!(
+        "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>10}",
+        "round", "req/s without", "req/s with", "p99 without", "p99 with", "agent us/req"
+    );
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "{:>5}  {:>12.0}  {:>12.0}  {:>10.3}ms  {:>10.3}ms  {:>10.2}",
+            i + 1,
+            r.without.requests_per_sec,
+            r.with.requests_per_sec,
+            r.without.latency_ms,
+            r.with.latency_ms,
+            r.agent_us_per_request
+        );
+    }
+    let p99 = |f: fn(&FixedRound) -> f64| median(rounds.iter().map(f).collect());
+    let (without, with) = (p99(|r| r.without.latency_ms), p99(|r| r.with.latency_ms));
+    println!(
+        "median p99 {without:.3} ms without, {with:.3} ms with the agent (x{:.2}); the agent's CPU: {:.2} us per request",
+        with / without,
+        p99(|r| r.agent_us_per_request)
+    );
+}
+
+/// Connections of the fixed-rate load, each its own thread.
+const FIXED_CONNS: usize = 16;
+
+/// GET /index.html from nginx on `port` at `rate` requests per second in
+/// all, spread evenly over [`FIXED_CONNS`] keep-alive connections, for
+/// `secs` seconds. Each request is timed from when it was due, not from
+/// when it was sent, so that a late request counts its wait.
+fn fixed_rate(port: u16, rate: f64, secs: u32) -> anyhow::Result<Load> {
+    let interval = Duration::from_secs_f64(FIXED_CONNS as f64 / rate.max(1.0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(u64::from(secs));
+    let request = format!("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let threads: Vec<_> = (0..FIXED_CONNS)
+        .map(|i| {
+            let request = request.clone();
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let connect = || -> anyhow::Result<TcpStream> {
+                    let stream = TcpStream::connect(("127.0.0.1", port))
+                        .context("connecting to nginx for the fixed-rate load")?;
+                    stream.set_nodelay(true)?;
+                    Ok(stream)
+                };
+                let mut stream = connect()?;
+                let mut latencies = Vec::new();
+                let mut due = start + interval.mul_f64(i as f64 / FIXED_CONNS as f64);
+                while due < end {
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    // nginx closes a keep-alive connection after so many
+                    // requests (`keepalive_requests`): open another, as a
+                    // client would, and ask again.
+                    let asked = stream.write_all(request.as_bytes()).map_err(Into::into);
+                    if asked
+                        .and_then(|()| read_http_response(&mut stream))
+                        .is_err()
+                    {
+                        stream = connect()?;
+                        stream.write_all(request.as_bytes())?;
+                        read_http_response(&mut stream)?;
+                    }
+                    latencies.push(due.elapsed());
+                    due += interval;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        let latencies = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a fixed-rate load thread panicked"))??;
+        all.extend(latencies);
+    }
+    all.sort();
+    let p99 = all
+        .get(all.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    Ok(Load {
+        requests_per_sec: all.len() as f64 / f64::from(secs),
+        latency_ms: p99.as_secs_f64() * 1e3,
+    })
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from `stream`.
+fn read_http_response(stream: &mut TcpStream) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("nginx closed the connection mid-response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body = content_length(&buf[..head]).context("a response without Content-Length")?;
+            if buf.len() >= head + 4 + body {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The Content-Length of a response head.
+fn content_length(head: &[u8]) -> Option<usize> {
+    String::from_utf8_lossy(head).lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 /// The agent's share of the nginx overhead, averaged over the rounds.
@@ -1453,6 +1630,17 @@ mod tests {
                     run_time_ns:\t123456\nrun_cnt:\t789\nrecursion_misses:\t0\n";
         assert_eq!(run_ns_of_fdinfo(info), 123_456);
         assert_eq!(run_ns_of_fdinfo("pos:\t0\n"), 0);
+    }
+
+    #[test]
+    fn content_length_of_a_head() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\ncontent-length: 612\r\nConnection: keep-alive";
+        assert_eq!(content_length(head), Some(612));
+        assert_eq!(
+            content_length(b"HTTP/1.1 204 No Content\r\nServer: nginx"),
+            None
+        );
     }
 
     #[test]
