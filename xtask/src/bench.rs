@@ -523,13 +523,13 @@ fn fixed_rate(port: u16, rate: f64, secs: u32) -> anyhow::Result<Load> {
         .map(|i| {
             let request = request.clone();
             std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                let connect = || -> anyhow::Result<TcpStream> {
+                let connect = || -> anyhow::Result<(TcpStream, BufReader<TcpStream>)> {
                     let stream = TcpStream::connect(("127.0.0.1", port))
                         .context("connecting to nginx for the fixed-rate load")?;
                     stream.set_nodelay(true)?;
-                    Ok(stream)
+                    Ok((stream.try_clone()?, BufReader::new(stream)))
                 };
-                let mut stream = connect()?;
+                let mut conn = connect()?;
                 let mut latencies = Vec::new();
                 let mut due = start + interval.mul_f64(i as f64 / FIXED_CONNS as f64);
                 while due < end {
@@ -539,14 +539,9 @@ fn fixed_rate(port: u16, rate: f64, secs: u32) -> anyhow::Result<Load> {
                     // nginx closes a keep-alive connection after so many
                     // requests (`keepalive_requests`): open another, as a
                     // client would, and ask again.
-                    let asked = stream.write_all(request.as_bytes()).map_err(Into::into);
-                    if asked
-                        .and_then(|()| read_http_response(&mut stream))
-                        .is_err()
-                    {
-                        stream = connect()?;
-                        stream.write_all(request.as_bytes())?;
-                        read_http_response(&mut stream)?;
+                    if exchange(&mut conn, &request).is_err() {
+                        conn = connect()?;
+                        exchange(&mut conn, &request)?;
                     }
                     latencies.push(due.elapsed());
                     due += interval;
@@ -573,33 +568,15 @@ fn fixed_rate(port: u16, rate: f64, secs: u32) -> anyhow::Result<Load> {
     })
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length from `stream`.
-fn read_http_response(stream: &mut TcpStream) -> anyhow::Result<()> {
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            bail!("nginx closed the connection mid-response");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let body = content_length(&buf[..head]).context("a response without Content-Length")?;
-            if buf.len() >= head + 4 + body {
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// The Content-Length of a response head.
-fn content_length(head: &[u8]) -> Option<usize> {
-    String::from_utf8_lossy(head).lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse().ok())?
-    })
+/// Sends `request` on `conn` and reads its response whole.
+fn exchange(
+    (writer, reader): &mut (TcpStream, BufReader<TcpStream>),
+    request: &str,
+) -> anyhow::Result<()> {
+    writer.write_all(request.as_bytes())?;
+    let framing = read_head(reader)?.context("nginx closed the connection")?;
+    read_body(reader, &framing)?;
+    Ok(())
 }
 
 /// The agent's share of the nginx overhead, averaged over the rounds.
@@ -1461,41 +1438,61 @@ impl OtlpSink {
 fn serve_otlp(stream: TcpStream, counts: &(AtomicU64, AtomicU64)) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut chunked = false;
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse().unwrap_or(0);
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = value.eq_ignore_ascii_case("chunked");
-                }
-            }
-        }
-        let body = if chunked {
-            read_chunked(&mut reader)?
-        } else {
-            std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?
-        };
+    while let Some(framing) = read_head(&mut reader)? {
+        let body = read_body(&mut reader, &framing)?;
         counts.0.fetch_add(1, Ordering::Relaxed);
         counts.1.fetch_add(body, Ordering::Relaxed);
         writer.write_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
         )?;
+    }
+    Ok(())
+}
+
+/// How the body of an HTTP/1.1 message is framed, from its head.
+#[derive(Debug, Default, PartialEq)]
+struct Framing {
+    length: usize,
+    chunked: bool,
+}
+
+/// Reads the head (start line and headers) of the next HTTP/1.1 message
+/// from `reader`; `None` when the stream ends first.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Framing>> {
+    let mut framing = Framing::default();
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            return Ok(Some(framing));
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                framing.length = value.parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                framing.chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+}
+
+/// Reads (and drops) the body `framing` describes; returns its length.
+fn read_body(reader: &mut impl BufRead, framing: &Framing) -> std::io::Result<u64> {
+    if framing.chunked {
+        read_chunked(reader)
+    } else {
+        std::io::copy(
+            &mut reader.take(framing.length as u64),
+            &mut std::io::sink(),
+        )
     }
 }
 
@@ -1633,14 +1630,14 @@ mod tests {
     }
 
     #[test]
-    fn content_length_of_a_head() {
-        let head =
-            b"HTTP/1.1 200 OK\r\nServer: nginx\r\ncontent-length: 612\r\nConnection: keep-alive";
-        assert_eq!(content_length(head), Some(612));
-        assert_eq!(
-            content_length(b"HTTP/1.1 204 No Content\r\nServer: nginx"),
-            None
-        );
+    fn heads_give_their_framing() {
+        let mut nginx = &b"HTTP/1.1 200 OK\r\nServer: nginx\r\ncontent-length: 612\r\nConnection: keep-alive\r\n\r\n"[..];
+        let framing = read_head(&mut nginx).unwrap().unwrap();
+        assert_eq!(framing.length, 612);
+        let mut chunked = &b"POST /v1/traces HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..];
+        assert!(read_head(&mut chunked).unwrap().unwrap().chunked);
+        let mut cut = &b"HTTP/1.1 204 No Content\r\nServer: nginx\r\n"[..];
+        assert_eq!(read_head(&mut cut).unwrap(), None);
     }
 
     #[test]
