@@ -163,13 +163,21 @@ pub fn forget_sock(sock: u64) -> Option<SockState> {
 /// just accepted: its address may have named another socket before.
 #[inline(always)]
 pub fn sock_begins(sock: u64, role: u32) {
+    let _ = fresh_state(sock, unsafe { bpf_ktime_get_ns() }, role);
+}
+
+/// Replaces whatever state `sock`'s address had with a new one, and
+/// forgets a mute of the socket that was there before.
+#[inline(always)]
+fn fresh_state(sock: u64, generation: u64, role: u32) -> Option<*mut SockState> {
     let state = SockState {
-        generation: unsafe { bpf_ktime_get_ns() },
+        generation,
         role,
         ..SockState::default()
     };
-    let _ = SOCKS.insert(&sock, &state, 0);
+    SOCKS.insert(&sock, &state, 0).ok()?;
     let _ = MUTED.remove(&sock);
+    SOCKS.get_ptr_mut(&sock)
 }
 
 /// The inode number of a socket: a Unix socket's generation.
@@ -214,31 +222,24 @@ fn read_addrs(sk: u64, off: &KernelOffsets) -> SockAddrs {
 #[inline(always)]
 pub fn sock_state(sk: u64, family: u16) -> Option<*mut SockState> {
     let off = offsets();
+    // A Unix socket's state holds only if its inode is the same; only a
+    // socket with no state is checked for being a stream socket (states
+    // are made for nothing else).
     let unix_ino = if family == AF_UNIX {
-        let sk_type: u16 = read_kernel(sk + off.sk_type as u64);
-        if sk_type != SOCK_STREAM {
-            return None;
-        }
         inode_number(sk, &off)
     } else {
         0
     };
     let state = match SOCKS.get_ptr_mut(&sk) {
         Some(state) if family != AF_UNIX || unsafe { (*state).generation } == unix_ino => state,
-        _ => {
-            let fresh = SockState {
-                generation: if family == AF_UNIX {
-                    unix_ino
-                } else {
-                    unsafe { bpf_ktime_get_ns() }
-                },
-                role: ROLE_UNKNOWN,
-                ..SockState::default()
-            };
-            SOCKS.insert(&sk, &fresh, 0).ok()?;
-            let _ = MUTED.remove(&sk);
-            SOCKS.get_ptr_mut(&sk)?
+        _ if family == AF_UNIX => {
+            let sk_type: u16 = read_kernel(sk + off.sk_type as u64);
+            if sk_type != SOCK_STREAM {
+                return None;
+            }
+            fresh_state(sk, unix_ino, ROLE_UNKNOWN)?
         }
+        _ => fresh_state(sk, unsafe { bpf_ktime_get_ns() }, ROLE_UNKNOWN)?,
     };
     let s = unsafe { &mut *state };
     if s.seen == 0 {
