@@ -12,8 +12,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use sonde_common::{
-    ConnKey, KernelOffsets, MAX_PREFIX_PATTERNS, MAX_SILENCED_CGROUPS, MUTE_SILENT, PENDING_SLOTS,
-    PREFIX_LEN, PrefixPattern, ROLE_UNKNOWN, SockAddrs, lost,
+    AF_INET, AF_INET6, AF_UNIX, ConnKey, KernelOffsets, MAX_PREFIX_PATTERNS, MAX_SILENCED_CGROUPS,
+    MUTE_SILENT, PENDING_SLOTS, PREFIX_LEN, PrefixPattern, ROLE_UNKNOWN, SockAddrs, lost,
 };
 
 use crate::mem::read_kernel;
@@ -22,10 +22,7 @@ use crate::{config, offsets};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
-pub const SOCK_STREAM: u16 = 1;
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
-pub const AF_UNIX: u16 = 1;
+const SOCK_STREAM: u16 = 1;
 
 /// One stream socket we have seen.
 #[repr(C)]

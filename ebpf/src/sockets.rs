@@ -17,9 +17,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sonde_common::{DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER, lost, syscall};
+use sonde_common::{
+    AF_INET, AF_INET6, AF_UNIX, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER, lost, syscall,
+};
 
-use crate::conn::{AF_INET, AF_INET6, AF_UNIX, sock_begins, sock_state};
+use crate::conn::{sock_begins, sock_state};
 use crate::mem::read_kernel;
 use crate::record::{self, Bytes, Call, count_lost};
 use crate::{config, offsets};
