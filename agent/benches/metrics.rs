@@ -198,6 +198,7 @@ fn span(route: &str, end_ns: u64, ms: u64) -> Span {
         endpoints: sonde::capture::Endpoints::UNKNOWN,
         tenant: None,
         tenant_headers: Default::default(),
+        rest: Default::default(),
     }
 }
 

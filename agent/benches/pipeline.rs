@@ -37,7 +37,7 @@ use records::{
 };
 use sonde::capture::{Clock, encode_close, encode_data};
 use sonde::capture::{Endpoint, Endpoints};
-use sonde::config::MetricsConfig;
+use sonde::config::{MetricsConfig, SampleConfig};
 use sonde::enrich::tenant::Tenants;
 use sonde::enrich::{HostInfo, ProcessResources, Resource};
 use sonde::metrics::{Metrics, Store, store_options};
@@ -218,6 +218,33 @@ fn bench_pipeline(c: &mut Criterion) {
         });
         assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
     });
+    // What the agent does by default: metrics from every span, and the
+    // sampler keeping few (one operation here, so at most its share per
+    // second of span time). Beside it, the same with every span exported,
+    // which builds each span whole.
+    for (name, sampled) in [
+        ("http1_pairs_metrics_all_exported", false),
+        ("http1_pairs_metrics_sampled", true),
+    ] {
+        group.bench_function(name, |b| {
+            let stats = Arc::new(Stats::default());
+            let mut pipeline = pipeline(stats.clone());
+            with_metrics(&mut pipeline, &MetricsConfig::default(), stats);
+            if sampled {
+                pipeline.set_sample_config(SampleConfig::default());
+            }
+            b.iter(|| {
+                for r in &records {
+                    pipeline.read_record(black_box(r));
+                }
+                pipeline.flush_spans();
+            });
+            assert!(
+                pipeline.sink_mut().0 > 0,
+                "{name}: the bench built no spans"
+            );
+        });
+    }
     // Processes in pods, without and with their pods' metadata.
     {
         let proc = pods::FakeProc::new();
@@ -415,6 +442,7 @@ fn server_span(i: u64) -> Span {
         endpoints: sonde::capture::Endpoints::UNKNOWN,
         tenant: None,
         tenant_headers: Default::default(),
+        rest: Default::default(),
     }
 }
 

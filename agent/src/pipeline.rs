@@ -635,6 +635,11 @@ impl<S: SpanSink> Pipeline<S> {
                 .sampler
                 .as_mut()
                 .is_none_or(|sampler| sampler.decide(&span, tenant_of(&resource, &span)).kept());
+            // Only a span that is exported is built whole; metrics read
+            // what every span has.
+            if exported {
+                span.complete();
+            }
             if let Some(store) = recorder.as_mut() {
                 store.record_sampled(&resource, &span, &span.endpoints, exported);
             }

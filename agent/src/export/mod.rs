@@ -751,6 +751,7 @@ pub(crate) mod testing {
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
             tenant_headers: Default::default(),
+            rest: Default::default(),
         }
     }
 }

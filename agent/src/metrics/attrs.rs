@@ -579,6 +579,7 @@ mod tests {
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
             tenant_headers: Default::default(),
+            rest: Default::default(),
         }
     }
 

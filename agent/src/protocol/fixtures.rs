@@ -117,8 +117,8 @@ fn replay(reads: &[Read], as_client: bool) -> String {
     out
 }
 
-/// One span as text: what the conventions say, times in µs since the
-/// conversation's first read, no random ids.
+/// One span as text: what the conventions say (attributes by name), times
+/// in µs since the conversation's first read, no random ids.
 fn render(out: &mut String, span: &Span) {
     let kind = match span.kind {
         SpanKind::Client => "CLIENT",
@@ -139,7 +139,10 @@ fn render(out: &mut String, span: &Span) {
     if let SpanStatus::Error { description } = &span.status {
         let _ = writeln!(out, "  status: error {description:?}");
     }
-    for (key, value) in &span.attributes {
+    // By name: the order attributes are written in is not what a span says.
+    let mut attributes: Vec<_> = span.attributes.iter().collect();
+    attributes.sort_by_key(|(key, _)| *key);
+    for (key, value) in attributes {
         let _ = match value {
             AttrValue::Str(s) => writeln!(out, "  {key} = {:?}", s.as_str()),
             AttrValue::Int(i) => writeln!(out, "  {key} = {i}"),

@@ -83,25 +83,20 @@ pub trait Pairing: Default {
 
 use model::Span;
 
-/// A span of the connection `ctx` names from `start_ns` to `end_ns` (never before its
-/// start), in the trace `parent` names (from a traceparent) or a new one;
-/// no attributes yet, status unset.
+/// A span of the connection `ctx` names from `start_ns` to `end_ns` (never
+/// before its start); no attributes yet, status unset, no ids until
+/// [`Span::complete`].
 pub fn new_span(
     ctx: &SpanContext,
-    parent: Option<([u8; 16], [u8; 8])>,
     name: String,
     kind: model::SpanKind,
     start_ns: u64,
     end_ns: u64,
 ) -> Span {
-    let (trace_id, parent_span_id) = match parent {
-        Some((trace, span)) => (trace, Some(span)),
-        None => (ids::new_trace_id(), None),
-    };
     Span {
-        trace_id,
-        span_id: ids::new_span_id(),
-        parent_span_id,
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        parent_span_id: None,
         name,
         kind,
         start_unix_ns: start_ns,
@@ -112,6 +107,22 @@ pub fn new_span(
         endpoints: ctx.endpoints,
         tenant: None,
         tenant_headers: Default::default(),
+        rest: model::Rest::default(),
+    }
+}
+
+/// `spans` as exported (for tests that read what only exported spans carry).
+#[cfg(test)]
+pub fn completed(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.iter_mut().for_each(Span::complete);
+    spans
+}
+
+/// Puts `span` in the trace a W3C `traceparent` value names, if it is valid.
+pub fn join_trace(span: &mut Span, traceparent: Option<&str>) {
+    if let Some((trace, parent)) = traceparent.and_then(ids::parse_traceparent) {
+        span.trace_id = trace;
+        span.parent_span_id = Some(parent);
     }
 }
 
@@ -212,70 +223,100 @@ pub fn split_host(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// `server.*` and `client.*` of an HTTP span. A SERVER span names itself by
-/// the Host the client asked for (port from the socket when the Host has
-/// none) and the client by its socket address. A CLIENT span names the
-/// server it asked for, or the socket's peer; that name and port are
-/// returned for `url.full`.
-pub fn http_endpoint_attrs(
+/// The server an HTTP request went to, as name and port. A SERVER span
+/// names itself by the Host the client asked for (port from the socket
+/// when the Host has none); a CLIENT span names the host it asked for, or
+/// the socket's peer.
+pub fn http_server(
+    kind: model::SpanKind,
+    endpoints: &Endpoints,
+    host: Option<&str>,
+) -> (Option<AttrValue>, Option<u16>) {
+    let host = host.map(split_host);
+    match (kind, host, endpoints.peer) {
+        (model::SpanKind::Server, Some((name, port)), _) => {
+            let local_port = match endpoints.local {
+                Endpoint::Ip(_, p) => Some(p),
+                _ => None,
+            };
+            (Some(name.into()), port.or(local_port))
+        }
+        (model::SpanKind::Server, None, _) => (None, None),
+        (model::SpanKind::Client, Some((name, port)), Endpoint::Ip(_, peer_port)) => {
+            (Some(name.into()), Some(port.unwrap_or(peer_port)))
+        }
+        (model::SpanKind::Client, Some((name, port)), _) => (Some(name.into()), port),
+        (model::SpanKind::Client, None, Endpoint::Ip(ip, p)) => (Some(ip_value(ip)), Some(p)),
+        (model::SpanKind::Client, None, _) => (None, None),
+    }
+}
+
+/// `server.address` and `server.port` of an HTTP span (see [`http_server`]):
+/// what its metrics read.
+pub fn http_server_attrs(
     attrs: &mut Vec<(&'static str, AttrValue)>,
     kind: model::SpanKind,
     endpoints: &Endpoints,
     host: Option<&str>,
-) -> (Option<String>, Option<u16>) {
-    let host = host.map(split_host);
-    match kind {
-        model::SpanKind::Server => {
-            if let Some((name, port)) = host {
-                attrs.push(("server.address", name.into()));
-                if let Some(p) = port.or(match endpoints.local {
-                    Endpoint::Ip(_, p) => Some(p),
-                    _ => None,
-                }) {
-                    attrs.push(("server.port", i64::from(p).into()));
-                }
-            }
-            endpoint_attrs(attrs, "client.address", "client.port", endpoints.peer);
-            (None, None)
-        }
-        model::SpanKind::Client => {
-            let (name, port) = match (host, endpoints.peer) {
-                (Some((name, port)), Endpoint::Ip(_, peer_port)) => {
-                    (Some(name.to_owned()), Some(port.unwrap_or(peer_port)))
-                }
-                (Some((name, port)), _) => (Some(name.to_owned()), port),
-                (None, Endpoint::Ip(ip, p)) => (Some(ip_text(ip)), Some(p)),
-                (None, _) => (None, None),
-            };
-            if let Some(n) = &name {
-                attrs.push(("server.address", n.clone().into()));
-            }
-            if let Some(p) = port {
-                attrs.push(("server.port", i64::from(p).into()));
-            }
-            (name, port)
-        }
+) {
+    let (name, port) = http_server(kind, endpoints, host);
+    if let Some(n) = name {
+        attrs.push(("server.address", n));
+    }
+    if let Some(p) = port {
+        attrs.push(("server.port", i64::from(p).into()));
     }
 }
 
-/// Endpoint attributes of a database span: `server.*` is the peer for a
-/// CLIENT span and the socket's own address for a SERVER span, which also
-/// names its client; then `network.*`.
-pub fn db_endpoint_attrs(
+/// `url.full` of a CLIENT span: `scheme://host[:port]path`, the port left
+/// out when it is the scheme's own; `unnamed` names a server that has no
+/// name (none: no `url.full` then).
+pub fn url_full(
+    scheme: &str,
+    endpoints: &Endpoints,
+    host: Option<&str>,
+    unnamed: Option<&str>,
+    path: &str,
+) -> Option<String> {
+    let (name, port) = http_server(model::SpanKind::Client, endpoints, host);
+    let name = match &name {
+        Some(AttrValue::Str(n)) => n.as_str(),
+        _ => unnamed?,
+    };
+    let default_port = match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    Some(match port {
+        Some(p) if Some(p) != default_port => format!("{scheme}://{name}:{p}{path}"),
+        _ => format!("{scheme}://{name}{path}"),
+    })
+}
+
+/// `server.address` and `server.port` of a database span, what its
+/// metrics read: the peer for a CLIENT span, the socket's own address for
+/// a SERVER span.
+pub fn db_server_attrs(
     attrs: &mut Vec<(&'static str, AttrValue)>,
     kind: model::SpanKind,
     endpoints: &Endpoints,
 ) {
-    match kind {
-        model::SpanKind::Client => {
-            endpoint_attrs(attrs, "server.address", "server.port", endpoints.peer);
-        }
-        model::SpanKind::Server => {
-            endpoint_attrs(attrs, "server.address", "server.port", endpoints.local);
-            endpoint_attrs(attrs, "client.address", "client.port", endpoints.peer);
-        }
+    let server = match kind {
+        model::SpanKind::Client => endpoints.peer,
+        model::SpanKind::Server => endpoints.local,
+    };
+    endpoint_attrs(attrs, "server.address", "server.port", server);
+}
+
+/// What an exported span adds to [`db_server_attrs`]: a SERVER span's
+/// client, then `network.*`.
+pub fn db_peer_attrs(span: &mut Span) {
+    if span.kind == model::SpanKind::Server {
+        let peer = span.endpoints.peer;
+        endpoint_attrs(&mut span.attributes, "client.address", "client.port", peer);
     }
-    network_attrs(attrs, endpoints);
+    network_attrs(&mut span.attributes, &span.endpoints);
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The span record every later stage (enrich, metrics, sample, export) sees.
 
+use std::sync::Arc;
+
 use crate::capture::Endpoints;
 use crate::protocol::headers::KeptHeaders;
 
@@ -241,6 +243,47 @@ pub struct Span {
     /// index in `Tenants::headers()`: what the pipeline judges `tenant`
     /// by. Empty (and unallocated) when none is configured or carried.
     pub tenant_headers: KeptHeaders,
+    /// What only an exported span carries, written by [`Span::complete`].
+    pub rest: Rest,
+}
+
+/// The part of a span only its export needs: the attributes metrics and
+/// sampling do not read (full URL, path, peer and client addresses, user
+/// agent, query text) and its ids. Most spans are dropped by the sampler
+/// once they have fed the metrics, so a span is built in two steps: what
+/// metrics and sampling read at once, the rest only for the spans kept.
+#[derive(Clone, Default)]
+pub struct Rest(Option<Arc<WriteRest>>);
+
+/// Adds what only an exported span carries.
+type WriteRest = dyn Fn(&mut Span) + Send + Sync;
+
+impl Rest {
+    /// `write` adds the rest to the span when it is kept.
+    pub fn later(write: impl Fn(&mut Span) + Send + Sync + 'static) -> Rest {
+        Rest(Some(Arc::new(write)))
+    }
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Rest(pending)"
+        } else {
+            "Rest(written)"
+        })
+    }
+}
+
+/// Two spans are equal only when both are complete (or share one rest).
+impl PartialEq for Rest {
+    fn eq(&self, other: &Rest) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl Span {
@@ -254,6 +297,21 @@ impl Span {
 
     pub fn duration_ns(&self) -> u64 {
         self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+
+    /// Writes what only an exported span carries: the rest of its
+    /// attributes, and ids (its own, and a new trace unless the request
+    /// carried one). Once is enough; a second call changes nothing.
+    pub fn complete(&mut self) {
+        if let Some(write) = self.rest.0.take() {
+            write(self);
+        }
+        if self.trace_id == [0; 16] {
+            self.trace_id = crate::span::ids::new_trace_id();
+        }
+        if self.span_id == [0; 8] {
+            self.span_id = crate::span::ids::new_span_id();
+        }
     }
 }
 

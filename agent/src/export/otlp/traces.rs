@@ -183,6 +183,7 @@ mod tests {
             endpoints: crate::capture::Endpoints::UNKNOWN,
             tenant: None,
             tenant_headers: Default::default(),
+            rest: Default::default(),
         };
         let p = to_proto(span, "tenant.id");
         assert_eq!(p.trace_id, vec![0x11; 16]);

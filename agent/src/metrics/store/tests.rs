@@ -84,6 +84,7 @@ fn http(s: SpanSpec<'_>) -> Span {
         endpoints: crate::capture::Endpoints::UNKNOWN,
         tenant: None,
         tenant_headers: Default::default(),
+        rest: Default::default(),
     }
 }
 

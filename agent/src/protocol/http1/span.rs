@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 
 use crate::protocol::Direction;
 use crate::protocol::http1::{Message, Request, Response};
-use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+use crate::span::model::{self, AttrValue, Span, SpanKind, SpanStatus};
 use crate::span::{
-    HttpSpanOptions, Pairing, PairingLoss, PairingOut, SpanContext, http_endpoint_attrs, ids,
-    network_attrs, new_span, route,
+    HttpSpanOptions, Pairing, PairingLoss, PairingOut, SpanContext, endpoint_attrs,
+    http_server_attrs, join_trace, network_attrs, new_span, route, url_full,
 };
 
 /// Requests or responses waiting for their other half, per connection; more
@@ -91,9 +91,10 @@ fn span_name(method: &str, route: &str) -> String {
     name
 }
 
-/// Builds the span of one request/response pair.
+/// Builds the span of one request/response pair: at once what metrics and
+/// sampling read, the rest when it is kept (see [`Span::complete`]).
 pub fn build_span(
-    mut req: Request,
+    req: Request,
     resp: &Response,
     ctx: &SpanContext,
     options: HttpSpanOptions,
@@ -102,17 +103,10 @@ pub fn build_span(
         Direction::Ingress => SpanKind::Server,
         Direction::Egress => SpanKind::Client,
     };
-    let path = route::path_only(&req.target);
-    let route = route::route(path);
+    let route = route::route(route::path_only(&req.target));
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
     attrs.push(("http.request.method", method_value(&req.method)));
     attrs.push(("http.response.status_code", i64::from(resp.status).into()));
-    attrs.push(("url.path", path.into()));
-    if options.capture_query
-        && let Some(q) = route::query(&req.target)
-    {
-        attrs.push(("url.query", q.into()));
-    }
     attrs.push(("url.scheme", AttrValue::fixed("http")));
     let span_name = span_name(&req.method, &route);
     attrs.push(("http.route", route.into()));
@@ -123,19 +117,7 @@ pub fn build_span(
         minor => format!("1.{minor}").into(),
     };
     attrs.push(("network.protocol.version", version));
-    network_attrs(&mut attrs, &ctx.endpoints);
-    let (name, port) = http_endpoint_attrs(&mut attrs, kind, &ctx.endpoints, req.host.as_deref());
-    if kind == SpanKind::Client {
-        let name = name.unwrap_or_else(|| "localhost".to_owned());
-        let authority = match port {
-            Some(p) if p != 80 => format!("{name}:{p}"),
-            _ => name,
-        };
-        attrs.push(("url.full", format!("http://{authority}{path}").into()));
-    }
-    if let Some(ua) = req.user_agent.take() {
-        attrs.push(("user_agent.original", ua.into()));
-    }
+    http_server_attrs(&mut attrs, kind, &ctx.endpoints, req.host.as_deref());
     if let Some(n) = req.content_length {
         attrs.push(("http.request.body.size", (n as i64).into()));
     }
@@ -157,11 +139,58 @@ pub fn build_span(
         SpanStatus::Unset
     };
 
-    let parent = req.traceparent.as_deref().and_then(ids::parse_traceparent);
+    let (first_ns, kept_headers) = (req.first_ns, req.kept_headers);
+    let rest = Rest {
+        target: req.target,
+        host: req.host,
+        user_agent: req.user_agent,
+        traceparent: req.traceparent,
+        capture_query: options.capture_query,
+    };
     Span {
         attributes: attrs,
         status,
-        tenant_headers: req.kept_headers,
-        ..new_span(ctx, parent, span_name, kind, req.first_ns, resp.last_ns)
+        tenant_headers: kept_headers,
+        rest: model::Rest::later(move |span| rest.write(span)),
+        ..new_span(ctx, span_name, kind, first_ns, resp.last_ns)
+    }
+}
+
+/// What an exported HTTP/1.x span carries besides what metrics read.
+struct Rest {
+    target: String,
+    host: Option<String>,
+    user_agent: Option<String>,
+    traceparent: Option<String>,
+    capture_query: bool,
+}
+
+impl Rest {
+    fn write(&self, span: &mut Span) {
+        let attrs = &mut span.attributes;
+        let path = route::path_only(&self.target);
+        attrs.push(("url.path", path.into()));
+        if self.capture_query
+            && let Some(q) = route::query(&self.target)
+        {
+            attrs.push(("url.query", q.into()));
+        }
+        network_attrs(attrs, &span.endpoints);
+        match span.kind {
+            SpanKind::Server => {
+                endpoint_attrs(attrs, "client.address", "client.port", span.endpoints.peer);
+            }
+            SpanKind::Client => {
+                let host = self.host.as_deref();
+                if let Some(url) = url_full("http", &span.endpoints, host, Some("localhost"), path)
+                {
+                    attrs.push(("url.full", url.into()));
+                }
+            }
+        }
+        if let Some(ua) = &self.user_agent {
+            attrs.push(("user_agent.original", ua.as_str().into()));
+        }
+        join_trace(span, self.traceparent.as_deref());
     }
 }

@@ -14,10 +14,10 @@
 
 use crate::protocol::Direction;
 use crate::protocol::http2::{Message, Reset, StreamDone};
-use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+use crate::span::model::{self, AttrValue, Span, SpanKind, SpanStatus};
 use crate::span::{
-    Pairing, PairingLoss, PairingOut, SpanContext, http_endpoint_attrs, ids, network_attrs,
-    new_span, route,
+    Pairing, PairingLoss, PairingOut, SpanContext, endpoint_attrs, http_server_attrs, join_trace,
+    network_attrs, new_span, route, url_full,
 };
 
 /// Turns one connection's finished HTTP/2 streams into spans.
@@ -29,7 +29,7 @@ impl Pairing for Http2Pairing {
 
     fn push(&mut self, msg: Message, out: &mut PairingOut<'_>) {
         match msg {
-            Message::Stream(stream) => out.spans.push(build_span(&stream, out.ctx)),
+            Message::Stream(stream) => out.spans.push(build_span(*stream, out.ctx)),
             Message::Lost {
                 requests_unanswered,
                 responses_unpaired,
@@ -100,21 +100,22 @@ fn reset_error(s: &StreamDone) -> Option<String> {
     )
 }
 
-/// Builds the span of one finished stream.
-pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
+/// Builds the span of one finished stream: at once what metrics and
+/// sampling read, the rest when it is kept (see [`Span::complete`]).
+pub fn build_span(s: StreamDone, ctx: &SpanContext) -> Span {
     let kind = match s.request_dir {
         Direction::Ingress => SpanKind::Server,
         Direction::Egress => SpanKind::Client,
     };
+    let grpc = is_grpc(&s);
     let req = &s.request;
-    let target = req.path.as_deref();
-    let path = target.map(route::path_only);
+    let path = req.path.as_deref().map(route::path_only);
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(20);
     let mut error: Option<String> = None;
     let mut description = String::new();
     let name;
 
-    if is_grpc(s) {
+    if grpc {
         attrs.push(("rpc.system", AttrValue::fixed("grpc")));
         match path.and_then(grpc_method) {
             Some((service, method)) => {
@@ -134,7 +135,7 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
                 error = Some(code.to_string());
                 description = s.grpc_message.clone().unwrap_or_default();
             }
-        } else if let Some(e) = reset_error(s) {
+        } else if let Some(e) = reset_error(&s) {
             error = Some(e);
         } else if let Some(status) = s.status.filter(|&st| st != 200) {
             // Not a gRPC answer at all (a proxy's error page, say).
@@ -149,29 +150,18 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
         if let Some(status) = s.status {
             attrs.push(("http.response.status_code", i64::from(status).into()));
         }
-        if let Some(p) = path {
-            attrs.push(("url.path", p.into()));
-        }
-        if ctx.options.http.capture_query
-            && let Some(q) = target.and_then(route::query)
-        {
-            attrs.push(("url.query", q.into()));
-        }
         if let Some(scheme) = &req.scheme {
-            attrs.push(("url.scheme", scheme.clone().into()));
+            attrs.push(("url.scheme", scheme.as_str().into()));
         }
         let route = path.map(route::route);
         if let Some(r) = &route {
-            attrs.push(("http.route", r.clone().into()));
+            attrs.push(("http.route", r.as_str().into()));
         }
         name = match (method, &route) {
             (Some(m), Some(r)) => format!("{m} {r}"),
             (Some(m), None) => m.to_owned(),
             (None, _) => "HTTP".to_owned(),
         };
-        if let Some(ua) = &req.user_agent {
-            attrs.push(("user_agent.original", ua.clone().into()));
-        }
         if let Some(n) = s.request_body_size.filter(|&n| n > 0) {
             attrs.push(("http.request.body.size", (n as i64).into()));
         }
@@ -185,32 +175,14 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
         });
         if let Some(st) = s.status.filter(|_| failed) {
             error = Some(st.to_string());
-        } else if let Some(e) = reset_error(s) {
+        } else if let Some(e) = reset_error(&s) {
             error = Some(e);
         }
     }
 
     attrs.push(("network.protocol.name", AttrValue::fixed("http")));
     attrs.push(("network.protocol.version", AttrValue::fixed("2")));
-    network_attrs(&mut attrs, &ctx.endpoints);
-    let (host, port) =
-        http_endpoint_attrs(&mut attrs, kind, &ctx.endpoints, req.authority.as_deref());
-    if kind == SpanKind::Client
-        && !is_grpc(s)
-        && let (Some(scheme), Some(host), Some(p)) = (&req.scheme, &host, path)
-    {
-        let default_port = match scheme.as_str() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        };
-        let authority = match port {
-            Some(pt) if Some(pt) != default_port => format!("{host}:{pt}"),
-            _ => host.clone(),
-        };
-        attrs.push(("url.full", format!("{scheme}://{authority}{p}").into()));
-    }
-
+    http_server_attrs(&mut attrs, kind, &ctx.endpoints, req.authority.as_deref());
     let status = match error {
         Some(e) => {
             attrs.push(("error.type", e.into()));
@@ -218,13 +190,71 @@ pub fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
         }
         None => SpanStatus::Unset,
     };
-    let parent = req.traceparent.as_deref().and_then(ids::parse_traceparent);
+    let (first_ns, last_ns) = (s.first_ns, s.last_ns);
+    let req = s.request;
+    let rest = Rest {
+        grpc,
+        path: req.path,
+        authority: req.authority,
+        scheme: req.scheme,
+        user_agent: req.user_agent,
+        traceparent: req.traceparent,
+        capture_query: ctx.options.http.capture_query,
+    };
     Span {
         attributes: attrs,
         status,
-        // Copying an empty list allocates nothing.
-        tenant_headers: req.kept_headers.clone(),
-        ..new_span(ctx, parent, name, kind, s.first_ns, s.last_ns)
+        tenant_headers: req.kept_headers,
+        rest: model::Rest::later(move |span| rest.write(span)),
+        ..new_span(ctx, name, kind, first_ns, last_ns)
+    }
+}
+
+/// What an exported HTTP/2 or gRPC span carries besides what metrics read.
+struct Rest {
+    grpc: bool,
+    path: Option<String>,
+    authority: Option<String>,
+    scheme: Option<String>,
+    user_agent: Option<String>,
+    traceparent: Option<String>,
+    capture_query: bool,
+}
+
+impl Rest {
+    fn write(&self, span: &mut Span) {
+        let attrs = &mut span.attributes;
+        let target = self.path.as_deref();
+        let path = target.map(route::path_only);
+        if !self.grpc {
+            if let Some(p) = path {
+                attrs.push(("url.path", p.into()));
+            }
+            if self.capture_query
+                && let Some(q) = target.and_then(route::query)
+            {
+                attrs.push(("url.query", q.into()));
+            }
+            if let Some(ua) = &self.user_agent {
+                attrs.push(("user_agent.original", ua.as_str().into()));
+            }
+        }
+        network_attrs(attrs, &span.endpoints);
+        let authority = self.authority.as_deref();
+        match span.kind {
+            SpanKind::Server => {
+                endpoint_attrs(attrs, "client.address", "client.port", span.endpoints.peer);
+            }
+            SpanKind::Client if !self.grpc => {
+                if let (Some(scheme), Some(p)) = (&self.scheme, path)
+                    && let Some(url) = url_full(scheme, &span.endpoints, authority, None, p)
+                {
+                    attrs.push(("url.full", url.into()));
+                }
+            }
+            SpanKind::Client => {}
+        }
+        join_trace(span, self.traceparent.as_deref());
     }
 }
 

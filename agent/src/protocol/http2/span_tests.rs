@@ -45,6 +45,13 @@ fn grpc(dir: Direction, code: Option<u32>) -> StreamDone {
     s
 }
 
+/// The span of `s`, as exported.
+fn build_span(s: &StreamDone, ctx: &SpanContext) -> Span {
+    let mut span = super::build_span(s.clone(), ctx);
+    span.complete();
+    span
+}
+
 fn attr(span: &Span, key: &str) -> Option<AttrValue> {
     span.attr(key).cloned()
 }

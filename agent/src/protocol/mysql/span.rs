@@ -14,9 +14,10 @@ use lru::LruCache;
 
 use crate::protocol::Direction;
 use crate::protocol::mysql::{Command, CommandKind, Message, Response};
-use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
+use crate::span::model::{AttrValue, Rest, Span, SpanKind, SpanStatus};
 use crate::span::{
-    Pairing, PairingLoss, PairingOut, SpanContext, db_endpoint_attrs, ids, new_span, sql,
+    Pairing, PairingLoss, PairingOut, SpanContext, db_peer_attrs, db_server_attrs, ids, new_span,
+    sql,
 };
 
 /// Commands waiting for their answer, per connection; more than this means
@@ -187,17 +188,13 @@ fn build_span(
     if let Some(ns) = namespace {
         attrs.push(("db.namespace", ns.as_str().into()));
     }
-    let parent = statement.as_ref().and_then(|s| s.parent);
-    if let Some(st) = statement {
-        attrs.push(("db.query.text", st.text.into()));
-    }
     if let Some(rows) = resp.returned_rows {
         attrs.push((
             "db.response.returned_rows",
             i64::try_from(rows).unwrap_or(i64::MAX).into(),
         ));
     }
-    db_endpoint_attrs(&mut attrs, kind, &ctx.endpoints);
+    db_server_attrs(&mut attrs, kind, &ctx.endpoints);
     let status = match &resp.error {
         Some(err) => {
             attrs.push(("db.response.status_code", err.code.to_string().into()));
@@ -219,10 +216,24 @@ fn build_span(
         None => SpanStatus::Unset,
     };
 
+    // The statement's text and trace context, and the peer, only for an
+    // exported span.
+    let rest = Rest::later(move |span| {
+        if let Some(st) = &statement {
+            span.attributes
+                .push(("db.query.text", st.text.as_str().into()));
+            if let Some((trace, parent)) = st.parent {
+                span.trace_id = trace;
+                span.parent_span_id = Some(parent);
+            }
+        }
+        db_peer_attrs(span);
+    });
     Span {
         attributes: attrs,
         status,
-        ..new_span(ctx, parent, name, kind, cmd.first_ns, resp.last_ns)
+        rest,
+        ..new_span(ctx, name, kind, cmd.first_ns, resp.last_ns)
     }
 }
 

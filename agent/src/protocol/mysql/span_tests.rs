@@ -70,7 +70,7 @@ fn spans_of(text: &str, server_view: bool, sanitize: bool) -> (Vec<Span>, Pairin
     }
     pairing.finish(&mut out.loss);
     let loss = out.loss;
-    (spans, loss)
+    (crate::span::completed(spans), loss)
 }
 
 fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a AttrValue> {
@@ -261,7 +261,7 @@ fn push_all(pairing: &mut MysqlPairing, msgs: Vec<Message>) -> (Vec<Span>, Pairi
         pairing.push(m, &mut out);
     }
     let loss = out.loss;
-    (spans, loss)
+    (crate::span::completed(spans), loss)
 }
 
 #[test]

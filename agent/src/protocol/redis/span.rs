@@ -23,8 +23,10 @@ use std::collections::VecDeque;
 
 use crate::protocol::Direction;
 use crate::protocol::redis::{Arg, Command, Message, Reply, ReplyKind, Role};
-use crate::span::model::{AttrValue, Span, SpanKind, SpanStatus};
-use crate::span::{Pairing, PairingLoss, PairingOut, SpanContext, db_endpoint_attrs, new_span};
+use crate::span::model::{AttrValue, Rest, Span, SpanKind, SpanStatus};
+use crate::span::{
+    Pairing, PairingLoss, PairingOut, SpanContext, db_peer_attrs, db_server_attrs, new_span,
+};
 
 /// Commands waiting for replies, per connection; beyond this the oldest is
 /// dropped and counted, and its reply is skipped when it comes.
@@ -160,8 +162,7 @@ impl RedisPairing {
     fn command(&mut self, cmd: Command, out: &mut PairingOut<'_>) {
         if self.suppressed(&cmd) {
             let end = cmd.last_ns;
-            out.spans
-                .push(build_span(&cmd, None, end, self.db, out.ctx));
+            out.spans.push(build_span(cmd, None, end, self.db, out.ctx));
             return;
         }
         let (confirm, left) = match confirmation(&cmd) {
@@ -223,8 +224,9 @@ impl RedisPairing {
                         if p.left == 0
                             && let Some(Waiting::Command(p)) = self.queue.pop_front()
                         {
+                            let Pending { cmd, end_ns, .. } = *p;
                             out.spans
-                                .push(build_span(&p.cmd, None, p.end_ns, self.db, out.ctx));
+                                .push(build_span(cmd, None, end_ns, self.db, out.ctx));
                         }
                         return;
                     }
@@ -233,14 +235,12 @@ impl RedisPairing {
                         return;
                     };
                     if let Some(Waiting::Command(p)) = self.queue.pop_front() {
-                        out.spans.push(build_span(
-                            &p.cmd,
-                            Some(reply),
-                            reply.last_ns,
-                            self.db,
-                            out.ctx,
-                        ));
+                        // The span names the database the command ran in,
+                        // not the one a SELECT switches to.
+                        let db = self.db;
                         self.apply(&p.cmd, reply);
+                        let span = build_span(p.cmd, Some(reply), reply.last_ns, db, out.ctx);
+                        out.spans.push(span);
                     }
                     return;
                 }
@@ -436,7 +436,7 @@ fn namespace_value(db: i64) -> AttrValue {
 /// Builds the span of one command, answered by `reply` (`None`: no reply is
 /// sent, or the answers were subscription confirmations) and ending at `end_ns`.
 pub fn build_span(
-    cmd: &Command,
+    cmd: Command,
     reply: Option<&Reply>,
     end_ns: u64,
     db: i64,
@@ -446,16 +446,12 @@ pub fn build_span(
         Direction::Egress => SpanKind::Client,
         Direction::Ingress => SpanKind::Server,
     };
-    let operation = operation_name(cmd);
+    let operation = operation_name(&cmd);
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
     attrs.push(("db.system.name", AttrValue::fixed("redis")));
     attrs.push(("db.operation.name", operation.as_str().into()));
     attrs.push(("db.namespace", namespace_value(db)));
-    attrs.push((
-        "db.query.text",
-        query_text(cmd, &operation, ctx.options.db.sanitize_query).into(),
-    ));
-    db_endpoint_attrs(&mut attrs, kind, &ctx.endpoints);
+    db_server_attrs(&mut attrs, kind, &ctx.endpoints);
     let status = match reply.map(|r| &r.kind) {
         Some(ReplyKind::Error { prefix, message }) => {
             attrs.push(("db.response.status_code", prefix.clone().into()));
@@ -473,10 +469,18 @@ pub fn build_span(
         }
         _ => SpanStatus::Unset,
     };
+    // The query text and the peer only for an exported span.
+    let (first_ns, sanitize) = (cmd.first_ns, ctx.options.db.sanitize_query);
+    let rest = Rest::later(move |span| {
+        let text = query_text(&cmd, &span.name, sanitize);
+        span.attributes.push(("db.query.text", text.into()));
+        db_peer_attrs(span);
+    });
     Span {
         attributes: attrs,
         status,
-        ..new_span(ctx, None, operation, kind, cmd.first_ns, end_ns)
+        rest,
+        ..new_span(ctx, operation, kind, first_ns, end_ns)
     }
 }
 

@@ -44,7 +44,7 @@ fn pair(msgs: Vec<Message>, ctx: &SpanContext) -> (Vec<Span>, PairingLoss) {
     }
     pairing.finish(&mut out.loss);
     let loss = out.loss;
-    (spans, loss)
+    (crate::span::completed(spans), loss)
 }
 
 fn text(span: &Span, key: &str) -> String {
