@@ -358,7 +358,11 @@ fn overhead_nginx(
     agent_config: &Path,
 ) -> anyhow::Result<NginxRounds> {
     let port = free_port()?;
+    // nginx runs in a cgroup named like a systemd service, which one
+    // round's agent excludes (the others trace it as usual).
+    let unit = BenchUnit::create(agent_config, dir)?;
     let nginx = start_nginx(dir, port)?;
+    unit.adopt(nginx.0.id())?;
     let url = format!("http://127.0.0.1:{port}/index.html");
     // One short warm-up so the first measured round is not the coldest.
     wrk(&url, 1)?;
@@ -404,10 +408,23 @@ fn overhead_nginx(
         let paused = wrk(&url, args.secs);
         agent.pause("CONT");
         agent.stop();
+        println!(
+            "xtask: nginx round {round}/{}: with the agent, nginx and wrk excluded",
+            args.rounds
+        );
+        let agent = start_agent(&unit.agent_config)?;
+        let cpu_before = agent.cpu_seconds();
+        let excluded = wrk_in(&url, args.secs, None, Some(&unit.dir));
+        let excluded_cpu = agent.cpu_seconds() - cpu_before;
+        agent.stop();
+        let excluded = excluded?;
         let with = with?;
         let served = with.requests_per_sec * f64::from(args.secs);
+        let excluded_served = excluded.requests_per_sec * f64::from(args.secs);
         costs.push(AgentCost {
             cores: cpu / f64::from(args.secs),
+            excluded_requests_per_sec: excluded.requests_per_sec,
+            excluded_us_per_request: excluded_cpu * 1e6 / excluded_served.max(1.0),
             us_per_request: if served > 0.0 {
                 cpu * 1e6 / served
             } else {
@@ -618,6 +635,12 @@ fn print_agent_costs(rows: &[(Load, Load)], costs: &[AgentCost]) {
         "kernel programs per request: the agent's {kernel:.0} ns, the empty ones {floor_kernel:.0} ns \
          (x{:.1})",
         kernel / floor_kernel
+    );
+    let excluded = ratios(&|_, c| c.excluded_requests_per_sec);
+    println!(
+        "nginx and wrk excluded from tracing (select.exclude): median ratio {excluded:.3}, \
+         the agent's CPU {:.3} us per request",
+        mean(|c| c.excluded_us_per_request)
     );
     let rss = costs.iter().map(|c| c.rss_kib).max().unwrap_or(0);
     println!(
@@ -1179,6 +1202,78 @@ http {{
     Ok(guard)
 }
 
+/// The systemd-service-like cgroup of the nginx bench's excluded round,
+/// and the agent config that excludes it. Removed on drop.
+struct BenchUnit {
+    dir: PathBuf,
+    agent_config: PathBuf,
+}
+
+const BENCH_UNIT: &str = "sonde-overhead-bench.service";
+
+impl BenchUnit {
+    /// The cgroup, and `agent_config` with a rule excluding it, in `dir`.
+    fn create(agent_config: &Path, dir: &Path) -> anyhow::Result<BenchUnit> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("reading /proc/self/mountinfo")?;
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (before, after) = l.split_once(" - ")?;
+                let mount = before.split_whitespace().nth(4)?;
+                (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+            })
+            .context("no cgroup2 hierarchy is mounted: the excluded round needs one")?;
+        let cgroup = root.join(BENCH_UNIT);
+        std::fs::create_dir_all(&cgroup)
+            .with_context(|| format!("creating the cgroup {}", cgroup.display()))?;
+        let config = std::fs::read_to_string(agent_config).context("reading the agent's config")?;
+        let excluding = dir.join("sonde-excluding.yaml");
+        std::fs::write(
+            &excluding,
+            format!("{config}select:\n  exclude:\n    - systemd_unit: {BENCH_UNIT}\n"),
+        )
+        .context("writing the excluding agent config")?;
+        Ok(BenchUnit {
+            dir: cgroup,
+            agent_config: excluding,
+        })
+    }
+
+    /// Moves process `pid` and its children (nginx's worker: waited for,
+    /// as the master may still be forking it) into the cgroup.
+    fn adopt(&self, pid: u32) -> anyhow::Result<()> {
+        let children_of = || {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut children = children_of();
+        while children.trim().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            children = children_of();
+        }
+        let pids =
+            std::iter::once(pid.to_string()).chain(children.split_whitespace().map(String::from));
+        for p in pids {
+            std::fs::write(self.dir.join("cgroup.procs"), &p)
+                .with_context(|| format!("moving process {p} into {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BenchUnit {
+    fn drop(&mut self) {
+        // Its processes are gone by now or about to be: try for a while.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// redis-server on 127.0.0.1:`port`, no persistence, its files in `dir`.
 fn start_redis(dir: &Path, port: u16) -> anyhow::Result<Guard> {
     let mut cmd = Command::new(REDIS_SERVER);
@@ -1326,6 +1421,10 @@ type NginxRounds = (Vec<(Load, Load)>, Vec<AgentCost>);
 struct AgentCost {
     /// Cores the agent process used while wrk ran.
     cores: f64,
+    /// Requests/s with the agent running and nginx and wrk excluded from
+    /// tracing (`select.exclude`), and the agent's CPU per request then.
+    excluded_requests_per_sec: f64,
+    excluded_us_per_request: f64,
     /// Agent CPU per request served, in microseconds.
     us_per_request: f64,
     /// Requests/s with the probes attached but the agent stopped: what the
@@ -1522,12 +1621,34 @@ fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<u64> {
 }
 
 fn wrk(url: &str, secs: u32) -> anyhow::Result<Load> {
-    wrk_with(url, secs, None)
+    wrk_in(url, secs, None, None)
 }
 
 /// [`wrk`], with a Lua `script` that makes the requests when given.
 fn wrk_with(url: &str, secs: u32, script: Option<&Path>) -> anyhow::Result<Load> {
-    let mut cmd = Command::new("wrk");
+    wrk_in(url, secs, script, None)
+}
+
+/// [`wrk_with`], run in the cgroup `cgroup` when given.
+fn wrk_in(
+    url: &str,
+    secs: u32,
+    script: Option<&Path>,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<Load> {
+    let mut cmd = match cgroup {
+        Some(dir) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec wrk \"$@\"",
+                    dir.display()
+                ))
+                .arg("wrk");
+            sh
+        }
+        None => Command::new("wrk"),
+    };
     cmd.args(["-t1", "-c16", &format!("-d{secs}s"), "--latency"]);
     if let Some(script) = script {
         cmd.arg("-s").arg(script);
