@@ -113,14 +113,17 @@ impl<T> ConnTable<T> {
     ) -> (&mut Conn<T>, Displaced<T>) {
         let key = key(&id);
         let mut displaced = Displaced::Nothing;
-        let stale = self
+        // One lookup says whether it is known and current (nearly always).
+        let current = self
             .conns
-            .peek(&key)
-            .is_some_and(|c| c.id.generation != id.generation);
-        if stale && let Some(old) = self.conns.pop(&key) {
+            .get_mut(&key)
+            .map(|c| c.id.generation == id.generation);
+        if current == Some(false)
+            && let Some(old) = self.conns.pop(&key)
+        {
             displaced = Displaced::Replaced(old);
         }
-        if !self.conns.contains(&key) {
+        if current != Some(true) {
             let conn = Conn {
                 id,
                 role,
