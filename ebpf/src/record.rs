@@ -349,7 +349,7 @@ fn output(
     h.syscall = call.syscall;
     h.source = SOURCE_SYSCALL;
     h._pad = 0;
-    h.addrs = state.addrs;
+    crate::mem::copy_addrs(&mut h.addrs, &state.addrs);
     let record = unsafe {
         core::slice::from_raw_parts(
             (scratch as *const Scratch).cast::<u8>(),
