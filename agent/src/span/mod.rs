@@ -268,6 +268,62 @@ pub fn http_server_attrs(
     }
 }
 
+/// What an exported HTTP span (HTTP/1.x, HTTP/2, gRPC) carries besides
+/// what metrics read, written by [`HttpRest::write`] when it is kept.
+pub struct HttpRest {
+    /// The request target as sent (`/p?q`); none when not decoded.
+    pub target: Option<String>,
+    /// The Host header or `:authority`.
+    pub host: Option<String>,
+    /// The scheme `url.full` takes; none: no `url.full`.
+    pub scheme: Option<model::Text>,
+    /// The server's name in `url.full` when neither the host nor the
+    /// socket names one (none: no `url.full` then).
+    pub unnamed: Option<&'static str>,
+    /// The URL, the user agent and `url.full` (not for gRPC calls).
+    pub url: bool,
+    pub user_agent: Option<String>,
+    pub traceparent: Option<String>,
+    pub capture_query: bool,
+}
+
+impl HttpRest {
+    pub fn write(&self, span: &mut Span) {
+        let attrs = &mut span.attributes;
+        let target = self.target.as_deref();
+        let path = target.map(route::path_only);
+        if self.url {
+            if let Some(p) = path {
+                attrs.push(("url.path", p.into()));
+            }
+            if self.capture_query
+                && let Some(q) = target.and_then(route::query)
+            {
+                attrs.push(("url.query", q.into()));
+            }
+            if let Some(ua) = &self.user_agent {
+                attrs.push(("user_agent.original", ua.as_str().into()));
+            }
+        }
+        network_attrs(attrs, &span.endpoints);
+        match span.kind {
+            model::SpanKind::Server => {
+                endpoint_attrs(attrs, "client.address", "client.port", span.endpoints.peer);
+            }
+            model::SpanKind::Client if self.url => {
+                let host = self.host.as_deref();
+                if let (Some(scheme), Some(p)) = (&self.scheme, path)
+                    && let Some(url) = url_full(scheme, &span.endpoints, host, self.unnamed, p)
+                {
+                    attrs.push(("url.full", url.into()));
+                }
+            }
+            model::SpanKind::Client => {}
+        }
+        join_trace(span, self.traceparent.as_deref());
+    }
+}
+
 /// `url.full` of a CLIENT span: `scheme://host[:port]path`, the port left
 /// out when it is the scheme's own; `unnamed` names a server that has no
 /// name (none: no `url.full` then).

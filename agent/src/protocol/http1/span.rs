@@ -7,8 +7,8 @@ use crate::protocol::Direction;
 use crate::protocol::http1::{Message, Request, Response};
 use crate::span::model::{self, AttrValue, Span, SpanKind, SpanStatus};
 use crate::span::{
-    HttpSpanOptions, Pairing, PairingLoss, PairingOut, SpanContext, endpoint_attrs,
-    http_server_attrs, join_trace, network_attrs, new_span, route, url_full,
+    HttpRest, HttpSpanOptions, Pairing, PairingLoss, PairingOut, SpanContext, http_server_attrs,
+    new_span, route,
 };
 
 /// Requests or responses waiting for their other half, per connection; more
@@ -140,9 +140,12 @@ pub fn build_span(
     };
 
     let (first_ns, kept_headers) = (req.first_ns, req.kept_headers);
-    let rest = Rest {
-        target: req.target,
+    let rest = HttpRest {
+        target: Some(req.target),
         host: req.host,
+        scheme: Some(model::Text::Static("http")),
+        unnamed: Some("localhost"),
+        url: true,
         user_agent: req.user_agent,
         traceparent: req.traceparent,
         capture_query: options.capture_query,
@@ -153,44 +156,5 @@ pub fn build_span(
         tenant_headers: kept_headers,
         rest: model::Rest::later(move |span| rest.write(span)),
         ..new_span(ctx, span_name, kind, first_ns, resp.last_ns)
-    }
-}
-
-/// What an exported HTTP/1.x span carries besides what metrics read.
-struct Rest {
-    target: String,
-    host: Option<String>,
-    user_agent: Option<String>,
-    traceparent: Option<String>,
-    capture_query: bool,
-}
-
-impl Rest {
-    fn write(&self, span: &mut Span) {
-        let attrs = &mut span.attributes;
-        let path = route::path_only(&self.target);
-        attrs.push(("url.path", path.into()));
-        if self.capture_query
-            && let Some(q) = route::query(&self.target)
-        {
-            attrs.push(("url.query", q.into()));
-        }
-        network_attrs(attrs, &span.endpoints);
-        match span.kind {
-            SpanKind::Server => {
-                endpoint_attrs(attrs, "client.address", "client.port", span.endpoints.peer);
-            }
-            SpanKind::Client => {
-                let host = self.host.as_deref();
-                if let Some(url) = url_full("http", &span.endpoints, host, Some("localhost"), path)
-                {
-                    attrs.push(("url.full", url.into()));
-                }
-            }
-        }
-        if let Some(ua) = &self.user_agent {
-            attrs.push(("user_agent.original", ua.as_str().into()));
-        }
-        join_trace(span, self.traceparent.as_deref());
     }
 }

@@ -16,8 +16,7 @@ use crate::protocol::Direction;
 use crate::protocol::http2::{Message, Reset, StreamDone};
 use crate::span::model::{self, AttrValue, Span, SpanKind, SpanStatus};
 use crate::span::{
-    Pairing, PairingLoss, PairingOut, SpanContext, endpoint_attrs, http_server_attrs, join_trace,
-    network_attrs, new_span, route, url_full,
+    HttpRest, Pairing, PairingLoss, PairingOut, SpanContext, http_server_attrs, new_span, route,
 };
 
 /// Turns one connection's finished HTTP/2 streams into spans.
@@ -192,11 +191,12 @@ pub fn build_span(s: StreamDone, ctx: &SpanContext) -> Span {
     };
     let (first_ns, last_ns) = (s.first_ns, s.last_ns);
     let req = s.request;
-    let rest = Rest {
-        grpc,
-        path: req.path,
-        authority: req.authority,
-        scheme: req.scheme,
+    let rest = HttpRest {
+        target: req.path,
+        host: req.authority,
+        scheme: req.scheme.map(model::Text::Owned),
+        unnamed: None,
+        url: !grpc,
         user_agent: req.user_agent,
         traceparent: req.traceparent,
         capture_query: ctx.options.http.capture_query,
@@ -207,54 +207,6 @@ pub fn build_span(s: StreamDone, ctx: &SpanContext) -> Span {
         tenant_headers: req.kept_headers,
         rest: model::Rest::later(move |span| rest.write(span)),
         ..new_span(ctx, name, kind, first_ns, last_ns)
-    }
-}
-
-/// What an exported HTTP/2 or gRPC span carries besides what metrics read.
-struct Rest {
-    grpc: bool,
-    path: Option<String>,
-    authority: Option<String>,
-    scheme: Option<String>,
-    user_agent: Option<String>,
-    traceparent: Option<String>,
-    capture_query: bool,
-}
-
-impl Rest {
-    fn write(&self, span: &mut Span) {
-        let attrs = &mut span.attributes;
-        let target = self.path.as_deref();
-        let path = target.map(route::path_only);
-        if !self.grpc {
-            if let Some(p) = path {
-                attrs.push(("url.path", p.into()));
-            }
-            if self.capture_query
-                && let Some(q) = target.and_then(route::query)
-            {
-                attrs.push(("url.query", q.into()));
-            }
-            if let Some(ua) = &self.user_agent {
-                attrs.push(("user_agent.original", ua.as_str().into()));
-            }
-        }
-        network_attrs(attrs, &span.endpoints);
-        let authority = self.authority.as_deref();
-        match span.kind {
-            SpanKind::Server => {
-                endpoint_attrs(attrs, "client.address", "client.port", span.endpoints.peer);
-            }
-            SpanKind::Client if !self.grpc => {
-                if let (Some(scheme), Some(p)) = (&self.scheme, path)
-                    && let Some(url) = url_full(scheme, &span.endpoints, authority, None, p)
-                {
-                    attrs.push(("url.full", url.into()));
-                }
-            }
-            SpanKind::Client => {}
-        }
-        join_trace(span, self.traceparent.as_deref());
     }
 }
 
