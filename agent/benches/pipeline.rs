@@ -95,6 +95,14 @@ fn pipeline_over<S: SpanSink>(
     )
 }
 
+/// Feeds every record of `records` to `pipeline` and hands its spans on.
+fn replay<S: SpanSink>(pipeline: &mut Pipeline<S>, records: &[Vec<u8>]) {
+    for r in records {
+        pipeline.read_record(black_box(r));
+    }
+    pipeline.flush_spans();
+}
+
 /// Gives `pipeline` a metrics stage of `config`, under the agent's own
 /// resource.
 fn with_metrics<S: SpanSink>(
@@ -211,10 +219,7 @@ fn bench_pipeline(c: &mut Criterion) {
     group.bench_function("http1_pairs", |b| {
         let mut pipeline = pipeline(Arc::new(Stats::default()));
         b.iter(|| {
-            for r in &records {
-                pipeline.read_record(black_box(r));
-            }
-            pipeline.flush_spans();
+            replay(&mut pipeline, &records);
         });
         assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
     });
@@ -234,10 +239,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 pipeline.set_sample_config(SampleConfig::default());
             }
             b.iter(|| {
-                for r in &records {
-                    pipeline.read_record(black_box(r));
-                }
-                pipeline.flush_spans();
+                replay(&mut pipeline, &records);
             });
             assert!(
                 pipeline.sink_mut().0 > 0,
@@ -259,10 +261,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 let resources = proc.resources(metadata.clone());
                 let mut pipeline = pipeline_over(resources, Arc::default(), CountingSink(0));
                 b.iter(|| {
-                    for r in &records {
-                        pipeline.read_record(black_box(r));
-                    }
-                    pipeline.flush_spans();
+                    replay(&mut pipeline, &records);
                 });
                 assert!(
                     pipeline.sink_mut().0 > 0,
@@ -282,10 +281,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 for _ in 0..iters {
                     publisher.publish(false);
                     let start = std::time::Instant::now();
-                    for r in &records {
-                        pipeline.read_record(black_box(r));
-                    }
-                    pipeline.flush_spans();
+                    replay(&mut pipeline, &records);
                     timed += start.elapsed();
                 }
                 timed
@@ -301,10 +297,7 @@ fn bench_pipeline(c: &mut Criterion) {
         group.bench_function(name, |b| {
             let mut pipeline = pipeline(Arc::new(Stats::default()));
             b.iter(|| {
-                for r in &records {
-                    pipeline.read_record(black_box(r));
-                }
-                pipeline.flush_spans();
+                replay(&mut pipeline, &records);
             });
             assert!(
                 pipeline.sink_mut().0 > 0,
@@ -321,10 +314,7 @@ fn bench_pipeline(c: &mut Criterion) {
         group.bench_function("grpc_unary", |b| {
             let mut pipeline = pipeline(Arc::new(Stats::default()));
             b.iter(|| {
-                for r in &records {
-                    pipeline.read_record(black_box(r));
-                }
-                pipeline.flush_spans();
+                replay(&mut pipeline, &records);
             });
             let spans = pipeline.sink_mut().0;
             assert!(
@@ -349,10 +339,7 @@ fn bench_pipeline(c: &mut Criterion) {
             config.service_graph.enabled = graph;
             let metrics = with_metrics(&mut pipeline, &config, stats);
             b.iter(|| {
-                for r in &records {
-                    pipeline.read_record(black_box(r));
-                }
-                pipeline.flush_spans();
+                replay(&mut pipeline, &records);
             });
             assert!(pipeline.sink_mut().0 > 0, "the bench built no spans");
             let counts = metrics.recorder().series_counts();
@@ -393,10 +380,7 @@ fn bench_pipeline(c: &mut Criterion) {
                     pipeline_over(resources, stats.clone(), CollectingSink(Vec::new()));
                 with_metrics(&mut pipeline, &MetricsConfig::default(), stats);
                 b.iter(|| {
-                    for r in &records {
-                        pipeline.read_record(black_box(r));
-                    }
-                    pipeline.flush_spans();
+                    replay(&mut pipeline, &records);
                     let spans = &mut pipeline.sink_mut().0;
                     let last = spans.pop().expect("the bench built spans");
                     let want = tenants.as_ref().map(|_| "acme");
